@@ -1,0 +1,1 @@
+"""Honest and malicious Flower clients; importable as ``fedsec.clients``."""

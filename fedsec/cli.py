@@ -1,0 +1,147 @@
+"""The ``fedsec`` command line: run, validate, list."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fedsec.config import ConfigError, Experiment, load_experiment
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="fedsec: federated-learning security simulator (Flower + Ray).",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set attack.fraction=0.3 (repeatable)."),
+]
+
+
+def _load(config: Path, overrides: list[str] | None) -> Experiment:
+    try:
+        return load_experiment(config, overrides or [])
+    except ConfigError as e:
+        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if not math.isfinite(value) else f"{value:.4f}"
+    return str(value)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run an experiment and write its run directory."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedsec.runner import RunError, run_experiment
+
+    experiment = _load(config, set_)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task(experiment.name, total=experiment.rounds, status="starting Ray and clients...")
+
+    def on_round(row: dict) -> None:
+        status = f"round {row['round']}: accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}"
+        progress.update(task, completed=int(row["round"]), status=status)
+
+    try:
+        with progress:
+            result = run_experiment(experiment, out, on_round=on_round, verbose=verbose)
+    except RunError as e:
+        err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    summary = result.summary
+    table = Table(title=f"{experiment.name}: final metrics", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("rounds_completed", "stopped_reason", "accuracy", "loss", "train_loss", "startup_seconds",
+                "wall_seconds"):
+        if key in summary and summary[key] is not None:
+            table.add_row(key, _fmt(summary[key]))
+    console.print(table)
+    console.print(f"run directory: [bold]{result.run_dir}[/]")
+    if summary.get("stopped_reason") != "completed":
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Check a config without running it (exit 0 if valid, 2 otherwise)."""
+    experiment = _load(config, set_)
+    console.print(
+        f"[green]valid[/]: {experiment.name}: {experiment.data.dataset} ({experiment.data.partition}, "
+        f"{experiment.data.num_clients} clients), model {experiment.model.name}, strategy "
+        f"{experiment.defense.strategy}, attack {experiment.attack.kind}, {experiment.rounds} rounds x "
+        f"{experiment.train.clients_per_round} clients",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_components() -> None:
+    """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
+    from fedsec.config import AttackConfig, EncryptionConfig, PrivacyConfig
+    from fedsec.data import DATASETS, PARTITIONS
+    from fedsec.models import MODELS
+    from fedsec.strategies import STRATEGIES
+
+    sections: list[tuple[str, dict[str, str]]] = [
+        ("datasets (data.dataset)", dict(DATASETS)),
+        ("partitions (data.partition)", dict(PARTITIONS)),
+        ("models (model.name)", {k: d for k, (_, d) in MODELS.items()}),
+        ("strategies (defense.strategy)", {k: d for k, (_, d) in STRATEGIES.items()}),
+        ("attacks (attack.kind)", _kinds(AttackConfig, "kind", {"none": "no attack: every client is honest"})),
+        ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", {"none": "no differential privacy"})),
+        ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", {"none": "plaintext aggregation"})),
+    ]
+    for title, items in sections:
+        table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for name, description in items.items():
+            table.add_row(name, description)
+        console.print(table)
+        console.print()
+
+
+def _kinds(section: type, key: str, descriptions: dict[str, str]) -> dict[str, str]:
+    from typing import get_args
+
+    return {k: descriptions.get(k, "") for k in get_args(section.model_fields[key].annotation)}
+
+
+def main() -> None:
+    """Entry point of the ``fedsec`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

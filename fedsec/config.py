@@ -1,0 +1,242 @@
+"""Experiment configuration: TOML files validated by pydantic.
+
+The keys follow the config contract in ``shared/README.md`` (extend, never rename). One pydantic model per
+section, ``extra="forbid"`` everywhere so a typo is an error, and cross-section rules in
+:meth:`Experiment._check_plan`. Every problem surfaces as a :class:`ConfigError` whose message names the key,
+the rule, the value received and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# Input shape per dataset, known without loading the data (used to check model/dataset fit).
+DATASET_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "fashion-mnist": (1, 28, 28),
+    "digits": (1, 8, 8),
+    "synthetic": (60,),
+}
+DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+class ConfigError(ValueError):
+    """An invalid experiment configuration; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: Literal["fashion-mnist", "digits", "synthetic"] = Field(
+        "fashion-mnist", description="Dataset name (see `fedsec list`)."
+    )
+    partition: Literal["iid", "dirichlet", "shards", "natural"] = Field(
+        "dirichlet",
+        description="How training data is split across clients; 'natural' only for naturally federated data.",
+    )
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skewed).")
+    num_clients: int = Field(20, ge=2, le=100_000, description="Number of logical clients (partitions).")
+    shards_per_client: int = Field(2, ge=1, description="Label shards per client for partition = 'shards'.")
+    root: str = Field("", description="Directory of the dataset files ('' = the dataset's default location).")
+    synthetic_alpha: float = Field(1.0, ge=0, description="FedProx Synthetic(alpha, beta): model heterogeneity.")
+    synthetic_beta: float = Field(1.0, ge=0, description="FedProx Synthetic(alpha, beta): data heterogeneity.")
+
+
+class ModelConfig(_Section):
+    name: str = Field("cnn", description="Model name (see `fedsec list`).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from fedsec.models import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; use one of {sorted(MODELS)}")
+        return value
+
+
+class TrainConfig(_Section):
+    clients_per_round: int = Field(10, ge=1, description="Clients sampled (seeded) per round.")
+    local_epochs: int = Field(1, ge=1, description="Local epochs per round.")
+    batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
+    lr: float = Field(0.01, gt=0, description="Local SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
+    weight_decay: float = Field(0.0, ge=0, description="Local SGD weight decay.")
+
+
+class AttackConfig(_Section):
+    kind: Literal["none"] = Field("none", description="Attack kind (see `fedsec list`).")
+    fraction: float = Field(0.0, ge=0, le=1, description="Fraction of clients that are malicious.")
+    client_ids: list[int] | None = Field(None, description="Explicit malicious partition ids (instead of fraction).")
+    start_round: int = Field(1, ge=1, description="First round in which attackers act.")
+    end_round: int | None = Field(None, ge=1, description="Last round in which attackers act (None = last round).")
+    knowledge: Literal["colluding", "omniscient"] = Field("colluding", description="What attackers know.")
+
+
+class DefenseConfig(_Section):
+    strategy: str = Field("fedavg", description="Server strategy (see `fedsec list`).")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from fedsec.strategies import STRATEGIES
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown strategy {value!r}; use one of {sorted(STRATEGIES)}")
+        return value
+
+
+class PrivacyConfig(_Section):
+    mode: Literal["none"] = Field("none", description="Differential privacy mode.")
+    epsilon: float = Field(8.0, gt=0, description="Privacy budget; a run never spends more.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta.")
+
+
+class EncryptionConfig(_Section):
+    scheme: Literal["none"] = Field("none", description="Encrypted aggregation scheme.")
+
+
+class BackendConfig(_Section):
+    address: str = Field("", description="'' starts a local Ray; 'auto' or host:port joins an existing cluster.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per client actor (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per client actor (fractions allowed).")
+    round_timeout: float = Field(
+        600.0, gt=0, description="Seconds the server waits for a round's replies (and for nodes at start-up)."
+    )
+
+
+class Experiment(_Section):
+    """A whole experiment: what `fedsec run` executes and what lands in the run directory's config.toml."""
+
+    name: str = Field("experiment", min_length=1, description="Experiment name (run directory prefix).")
+    seed: int = Field(0, ge=0, description="Seed for data partitioning, client sampling and training.")
+    rounds: int = Field(5, ge=1, description="Federated rounds.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> Experiment:
+        data, train = self.data, self.train
+        if train.clients_per_round > data.num_clients:
+            raise ValueError(
+                f"train.clients_per_round={train.clients_per_round}: must be <= data.num_clients="
+                f"{data.num_clients}; lower clients_per_round or raise num_clients"
+            )
+        if data.partition == "natural" and data.dataset != "synthetic":
+            raise ValueError(
+                f"data.partition='natural': only 'synthetic' is naturally federated, got dataset "
+                f"{data.dataset!r}; use iid, dirichlet or shards"
+            )
+        from fedsec.models import check_model_fits
+
+        problem = check_model_fits(self.model.name, DATASET_INPUT_SHAPES[data.dataset])
+        if problem:
+            raise ValueError(f"model.name={self.model.name!r}: {problem}")
+        if self.attack.end_round is not None and self.attack.end_round < self.attack.start_round:
+            raise ValueError(
+                f"attack.end_round={self.attack.end_round}: must be >= attack.start_round={self.attack.start_round}"
+            )
+        return self
+
+    @property
+    def data_root(self) -> str:
+        """The dataset directory: `data.root` or the dataset's default location."""
+        if self.data.root:
+            return self.data.root
+        return DEFAULT_FASHION_MNIST_ROOT if self.data.dataset == "fashion-mnist" else ""
+
+    def to_toml(self) -> str:
+        """The resolved config (defaults filled in) as TOML."""
+        return tomli_w.dumps(self.model_dump(exclude_none=True))
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key (check the spelling; `fedsec list` shows what exists)")
+        elif item["type"] == "missing":
+            parts.append(f"{key}: required key is missing")
+        elif key:
+            parts.append(f"{key}: {message} (got {item.get('input')!r})")
+        else:  # cross-section rule: the message names its keys itself
+            parts.append(message)
+    return "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``--set key.path=value``; the value is read as a TOML value, else as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. attack.fraction=0.3")
+    key, raw = text.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: empty key segment")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key.path=value`` set."""
+    merged: dict[str, Any] = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def experiment_from_dict(raw: dict[str, Any], *, source: str = "config") -> Experiment:
+    """Validate a raw mapping into an :class:`Experiment`, raising :class:`ConfigError`."""
+    try:
+        experiment = Experiment.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation_error(e)}") from e
+    if experiment.data.dataset == "fashion-mnist":
+        root = Path(experiment.data_root)
+        if not root.is_dir():
+            raise ConfigError(
+                f"{source}: data.root: directory {str(root)!r} not found; install Debian's package "
+                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.root"
+            )
+    return experiment
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override and validate an experiment TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file: {e}") from e
+    return experiment_from_dict(apply_overrides(raw, overrides or []), source=str(path))

@@ -1,0 +1,137 @@
+"""Run one experiment: data, Ray, Flower's simulation engine, and the run directory.
+
+The driver loads and partitions the data once, starts (or joins) Ray itself and puts the client data into Ray's
+object store; the ClientApp carries only the experiment and that object's handle. Flower's
+``run_simulation`` then runs fedsec's ServerApp (in a thread of this process) against ``data.num_clients``
+ClientApps executed by Ray actors with ``backend.num_cpus`` / ``backend.num_gpus`` each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedsec.config import BackendConfig, Experiment
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """The run could not be carried out (cluster unreachable, clients failing at start-up, ...)."""
+
+
+@dataclass
+class RunResult:
+    """Where a run's results are and its summary."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def quiet_frameworks(verbose: bool) -> None:
+    """Silence Flower's and Ray's log noise unless ``verbose``; call before importing flwr."""
+    if verbose:
+        return
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def default_run_dir(experiment: Experiment) -> Path:
+    return Path("runs") / f"{experiment.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
+    """Start a local Ray, or join the cluster at ``backend.address`` (or ``RAY_ADDRESS``)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = backend.address or os.environ.get("RAY_ADDRESS", "")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        # workers import fedsec from wherever this driver does (an installed or a source checkout)
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
+    }
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
+
+
+def run_experiment(
+    experiment: Experiment,
+    out_dir: str | Path | None = None,
+    *,
+    on_round: Any = None,
+    verbose: bool = False,
+) -> RunResult:
+    """Run ``experiment`` end to end and write its run directory; ``on_round(row)`` is called as rounds end."""
+    quiet_frameworks(verbose)
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedsec.clients.honest import ClientSpec, make_client_app
+    from fedsec.federated_data import build_federated_data
+    from fedsec.results import RunDirectory
+    from fedsec.server_app import ServerOutcome, make_server_app
+
+    run_dir = RunDirectory(out_dir or default_run_dir(experiment), experiment)
+    t0 = time.perf_counter()
+    data = build_federated_data(experiment)
+    data_seconds = time.perf_counter() - t0
+    init_ray(experiment.backend, verbose=verbose)
+    outcome = ServerOutcome()
+    try:
+        data_ref = ray.put(data.without_test())
+        client_app = make_client_app(ClientSpec(experiment=experiment, data_ref=data_ref))
+        server_app = make_server_app(experiment, data, run_dir, on_round=on_round, outcome=outcome)
+        backend_config = {
+            "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
+            "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
+        }
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=experiment.data.num_clients,
+            backend_name="ray",
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
+    except KeyboardInterrupt as e:
+        outcome.error = e
+        outcome.stopped_reason = "interrupted"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    summary = run_dir.finish(
+        stopped_reason=outcome.stopped_reason,
+        extra={
+            "strategy": experiment.defense.strategy,
+            "malicious_clients": [],
+            "startup_seconds": outcome.startup_seconds,
+            "data_seconds": data_seconds,
+            "wall_seconds": time.perf_counter() - t0,
+            "skipped_rounds": outcome.skipped_rounds,
+            "clients_per_node": outcome.clients_per_node,
+        },
+    )
+    if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):
+        raise RunError(f"run stopped: {outcome.error}") from outcome.error
+    return RunResult(run_dir=run_dir.path, summary=summary)

@@ -1,0 +1,217 @@
+"""fedsec's Flower ServerApp: the round loop.
+
+1. Wait until every client node has registered, then a start-up handshake (a ``query`` message to every node)
+   maps Flower's random node ids to partition ids and warms the workers (data fetched once per worker).
+2. Round 0: evaluate the seeded initial model on the held-out test set.
+3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round); the
+   strategy sends the global arrays, checks and aggregates the replies (sorted by partition id); the server
+   evaluates the new global model (accuracy, loss, per-class recall) and records the round.
+
+The loop drives the strategy's ``configure_train`` / ``aggregate_train`` itself rather than calling
+``Strategy.start``, so that each round can be timed, recorded and reported as it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedsec.config import Experiment
+from fedsec.federated_data import FederatedData
+from fedsec.models import build_model
+from fedsec.records import load_record, model_to_record
+from fedsec.results import RunDirectory
+from fedsec.strategies import STRATEGIES, RobustStrategy
+from fedsec.strategies.base import NODE_KEY, PARTITION_ID_KEY, resolve_device
+from fedsec.training import evaluate
+
+logger = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class ServerError(RuntimeError):
+    """The federation could not be set up (nodes missing, handshake failed)."""
+
+
+@dataclass
+class ServerOutcome:
+    """How the round loop ended."""
+
+    stopped_reason: str = "not started"
+    startup_seconds: float = float("nan")
+    partition_nodes: dict[int, str] = field(default_factory=dict)
+    clients_per_node: dict[str, int] = field(default_factory=dict)
+    skipped_rounds: list[int] = field(default_factory=list)
+    error: BaseException | None = None  # what stopped the loop, if it did not complete
+
+
+def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) -> list[int]:
+    """The partitions that train in ``server_round``: k of num_clients, seeded by (seed, round), sorted."""
+    rng = np.random.default_rng([seed, server_round])
+    return sorted(int(p) for p in rng.choice(num_clients, size=k, replace=False))
+
+
+def build_strategy(experiment: Experiment) -> RobustStrategy:
+    """The configured strategy, with Flower's sampling minimums set for the experiment."""
+    cls, _ = STRATEGIES[experiment.defense.strategy]
+    return cls(
+        min_train_nodes=experiment.train.clients_per_round,
+        min_available_nodes=experiment.data.num_clients,
+    )
+
+
+def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int, int], dict[int, str]]:
+    """Wait for ``num_clients`` nodes, ask each for its partition id; return partition -> node id and -> Ray node."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise ServerError(f"only {len(node_ids)} of {num_clients} client nodes registered within {timeout:.0f} s")
+        time.sleep(0.05)
+    messages = [
+        Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    node_of: dict[int, int] = {}
+    ray_node_of: dict[int, str] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise ServerError(f"client start-up failed on node {reply.metadata.src_node_id}: {reply.error.reason}")
+        partition_id = int(reply.content["metrics"][PARTITION_ID_KEY])
+        node_of[partition_id] = reply.metadata.src_node_id
+        ray_node_of[partition_id] = str(reply.content["info"][NODE_KEY])
+    if sorted(node_of) != list(range(num_clients)):
+        raise ServerError(f"handshake answered for {len(node_of)} of {num_clients} partitions")
+    return node_of, ray_node_of
+
+
+class ServerEvaluator:
+    """Evaluates global arrays on the held-out test set, on the server's device."""
+
+    def __init__(self, experiment: Experiment, data: FederatedData) -> None:
+        self.device = resolve_device("auto")
+        self.num_classes = data.num_classes
+        self.model = build_model(experiment.model.name, data.input_shape, data.num_classes).to(self.device)
+        self.x = torch.from_numpy(np.array(data.x_test, copy=True)).to(self.device)
+        self.y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(self.device)
+
+    def __call__(self, arrays: Any) -> dict[str, float]:
+        load_record(self.model, arrays)
+        result = evaluate(self.model, self.x, self.y, num_classes=self.num_classes)
+        row: dict[str, float] = {"accuracy": result.accuracy, "loss": result.loss}
+        row.update({f"recall_{c}": r for c, r in enumerate(result.per_class_recall)})
+        return row
+
+
+def run_rounds(
+    grid: Grid,
+    experiment: Experiment,
+    data: FederatedData,
+    run_dir: RunDirectory,
+    *,
+    on_round: RoundCallback | None = None,
+    outcome: ServerOutcome | None = None,
+) -> ServerOutcome:
+    """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end."""
+    outcome = outcome or ServerOutcome()
+    t0 = time.perf_counter()
+    node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
+    outcome.partition_nodes = ray_node_of
+    strategy = build_strategy(experiment)
+    strategy.node_sampler = lambda server_round: [
+        node_of[p]
+        for p in sample_partitions(
+            experiment.seed, server_round, experiment.data.num_clients, experiment.train.clients_per_round
+        )
+    ]
+    evaluator = ServerEvaluator(experiment, data)
+    initial = build_model(experiment.model.name, data.input_shape, data.num_classes, seed=experiment.seed)
+    arrays = model_to_record(initial)
+    row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
+    outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
+    _emit(run_dir, row, on_round)
+    logger.info("fedsec: %s with %s, %d rounds", experiment.name, strategy.describe(), experiment.rounds)
+
+    node_counts: Counter[str] = Counter()
+    train_config = ConfigRecord()
+    for server_round in range(1, experiment.rounds + 1):
+        t_round = time.perf_counter()
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = grid.send_and_receive(messages, timeout=experiment.backend.round_timeout)
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        report = strategy.last_report
+        if new_arrays is not None:
+            arrays = new_arrays
+        else:
+            outcome.skipped_rounds.append(server_round)
+        row = {"round": server_round, **evaluator(arrays)}
+        row["seconds"] = time.perf_counter() - t_round
+        decisions = report.decisions if report else []
+        row["clients_sampled"] = len(decisions)
+        row["clients_accepted"] = sum(1 for d in decisions if d.weight > 0)
+        row["clients_failed"] = sum(1 for d in decisions if d.status.startswith(("failed", "invalid")))
+        row["skipped"] = int(new_arrays is None)
+        if train_metrics is not None and "train_loss" in train_metrics:
+            row["train_loss"] = float(train_metrics["train_loss"])
+        client_rows = []
+        for d in decisions:
+            node = d.node or (ray_node_of.get(d.partition_id, "") if d.partition_id is not None else "")
+            node_counts[node] += 1
+            client_rows.append(
+                {
+                    "round": server_round,
+                    "client": d.partition_id if d.partition_id is not None else -1,
+                    "malicious": 0,
+                    "num_examples": d.num_examples,
+                    "update_norm": d.update_norm,
+                    "accepted": d.weight,
+                    "node": node,
+                    "status": d.status,
+                    "train_loss": d.metrics.get("train_loss", float("nan")),
+                }
+            )
+        run_dir.add_clients(client_rows)
+        _emit(run_dir, row, on_round)
+    outcome.clients_per_node = dict(node_counts)
+    outcome.stopped_reason = "completed"
+    return outcome
+
+
+def _emit(run_dir: RunDirectory, row: dict[str, Any], on_round: RoundCallback | None) -> None:
+    run_dir.add_round(row)
+    if on_round is not None:
+        on_round(row)
+
+
+def make_server_app(
+    experiment: Experiment,
+    data: FederatedData,
+    run_dir: RunDirectory,
+    *,
+    on_round: RoundCallback | None = None,
+    outcome: ServerOutcome | None = None,
+) -> ServerApp:
+    """A ServerApp that runs ``experiment``; ``outcome`` is filled in as the run goes."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            run_rounds(grid, experiment, data, run_dir, on_round=on_round, outcome=outcome)
+        except BaseException as e:  # hand it to the runner, which reports it after Ray has shut down
+            if outcome is None:
+                raise
+            outcome.error = e
+            outcome.stopped_reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {e}"
+
+    return app

@@ -1,0 +1,277 @@
+"""Shared machinery of fedsec's server strategies: reply checks, stacking, and per-client decisions.
+
+Every fedsec strategy is a Flower Message-API strategy (a subclass of Flower's ``FedAvg``) whose aggregation rule
+is a pure kernel over a stacked ``(n_clients, n_params)`` tensor of *updates* (client arrays minus the global arrays
+sent that round). This base class does what all rules share, once:
+
+- sorts replies by the client's partition id (so aggregation order, and floating-point sums, are reproducible);
+- rejects, before any rule runs, replies that failed, carry no or several ArrayRecords, arrays whose keys or
+  shapes differ from the global model's, non-finite values, or a non-positive ``num-examples``;
+- stacks the valid updates on ``device`` and calls :meth:`RobustStrategy.aggregate_updates`;
+- records one :class:`ClientDecision` per reply in :attr:`RobustStrategy.last_report` (the weight the rule gave,
+  0 = rejected), which the fedsec runner writes to ``clients.csv``.
+
+A round with fewer valid updates than the rule needs is skipped (the global model stays) and the reason recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fedsec.records import record_signature, record_to_vector, vector_to_record
+
+PARTITION_ID_KEY = "partition-id"
+NUM_EXAMPLES_KEY = "num-examples"
+NODE_KEY = "node"  # in the reply's ConfigRecord: the Ray node that ran the client
+
+NodeSampler = Callable[[int], list[int]]  # server round -> node ids to train this round
+
+
+class StrategyConfigError(ValueError):
+    """A strategy parameter is out of range; the message names the parameter and the rule."""
+
+
+@dataclass
+class ClientDecision:
+    """What happened to one client's reply in one round."""
+
+    node_id: int
+    partition_id: int | None
+    num_examples: int
+    update_norm: float  # L2 norm of (client arrays - global arrays); NaN if the reply was unusable
+    weight: float  # weight the rule gave the update in the aggregate (0 = rejected)
+    status: str  # "accepted" | "rejected" | "invalid: <why>" | "failed: <why>"
+    node: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RoundReport:
+    """Per-round record of a strategy's decisions."""
+
+    server_round: int
+    decisions: list[ClientDecision]
+    skipped_reason: str | None = None
+
+
+def _reply_key(message: Message) -> tuple[int, int]:
+    """Sort key: partition id when the client reported one, then node id."""
+    if not message.has_error():
+        for metrics in message.content.metric_records.values():
+            if PARTITION_ID_KEY in metrics:
+                return int(metrics[PARTITION_ID_KEY]), message.metadata.src_node_id
+    return 2**62, message.metadata.src_node_id
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class RobustStrategy(FedAvg):
+    """Base class for fedsec strategies; subclasses implement :meth:`aggregate_updates`.
+
+    Parameters
+    ----------
+    fraction_train : float (default: 1.0)
+        Fraction of connected nodes sampled for training when no ``node_sampler`` is set (Flower's sampling).
+    min_train_nodes : int (default: 2)
+        Minimum nodes sampled for training (Flower's sampling).
+    min_available_nodes : int (default: 2)
+        Nodes that must be connected before sampling (Flower's sampling).
+    fraction_evaluate : float (default: 0.0)
+        Fraction of nodes for federated (client-side) evaluation; fedsec evaluates on the server.
+    device : str (default: "auto")
+        Where the stacked updates are aggregated: "auto" (CUDA when available), "cpu", "cuda", ...
+    node_sampler : Callable[[int], list[int]] | None (default: None)
+        Chooses the node ids to train in a round; fedsec's ServerApp sets a seeded one so runs are
+        reproducible. None falls back to Flower's random sampling.
+    """
+
+    #: smallest number of valid updates the rule can aggregate
+    min_valid_updates: int = 1
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        min_train_nodes: int = 2,
+        min_available_nodes: int = 2,
+        fraction_evaluate: float = 0.0,
+        device: str = "auto",
+        node_sampler: NodeSampler | None = None,
+    ) -> None:
+        super().__init__(
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_train_nodes,
+            min_available_nodes=min_available_nodes,
+        )
+        self.device = resolve_device(device)
+        self.node_sampler = node_sampler
+        self.last_report: RoundReport | None = None
+        self._global_arrays: ArrayRecord | None = None
+
+    # ------------------------------------------------------------------ the rule
+    @abstractmethod
+    def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aggregate stacked updates.
+
+        Parameters
+        ----------
+        updates : torch.Tensor
+            Shape (n, d): one flattened update (client arrays - global arrays) per valid client, sorted by
+            partition id, on :attr:`device`.
+        num_examples : torch.Tensor
+            Shape (n,): each client's reported number of training examples (float).
+
+        Returns
+        -------
+        tuple[torch.Tensor, torch.Tensor]
+            The aggregated update, shape (d,), and the weight each client got, shape (n,) (0 = rejected).
+        """
+
+    def describe(self) -> str:
+        """One line with the rule's parameters (for logs and `fedsec list`)."""
+        return self.__class__.__name__
+
+    def summary(self) -> None:
+        """Log the strategy's configuration."""
+        log(INFO, "\t├──> Rule: %s (aggregates on %s)", self.describe(), self.device)
+        super().summary()
+
+    # ------------------------------------------------------------------ Flower hooks
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global arrays to the sampled nodes (seeded sampler when set) and remember them."""
+        self._global_arrays = arrays
+        if self.node_sampler is None:
+            return super().configure_train(server_round, arrays, config, grid)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, self.node_sampler(server_round), MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Check, stack and aggregate the replies; record a :class:`ClientDecision` per reply."""
+        if self._global_arrays is None:
+            raise RuntimeError("aggregate_train called before configure_train: no global arrays to compare with")
+        global_arrays = self._global_arrays
+        signature = record_signature(global_arrays)
+        decisions: list[ClientDecision] = []
+        vectors: list[torch.Tensor] = []
+        valid: list[ClientDecision] = []
+
+        for message in sorted(replies, key=_reply_key):
+            decision, vector = self._check_reply(message, signature)
+            decisions.append(decision)
+            if vector is not None:
+                vectors.append(vector)
+                valid.append(decision)
+
+        report = RoundReport(server_round=server_round, decisions=decisions)
+        self.last_report = report
+        for d in decisions:
+            if d.status != "accepted":
+                log(WARNING, "round %s: client %s (node %s) %s", server_round, d.partition_id, d.node_id, d.status)
+        if len(vectors) < self.min_valid_updates:
+            report.skipped_reason = (
+                f"{len(vectors)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
+            )
+            log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
+            return None, None
+
+        global_vector = record_to_vector(global_arrays).to(self.device)
+        updates = torch.stack(vectors).to(self.device) - global_vector
+        num_examples = torch.tensor([float(d.num_examples) for d in valid], device=self.device)
+        for d, norm in zip(valid, torch.linalg.vector_norm(updates, dim=1).tolist(), strict=True):
+            d.update_norm = norm
+        aggregate, weights = self.aggregate_updates(updates, num_examples)
+        for d, w in zip(valid, weights.tolist(), strict=True):
+            d.weight = float(w)
+            d.status = "accepted" if w > 0 else "rejected"
+        new_arrays = vector_to_record(global_vector + aggregate, like=global_arrays)
+        return new_arrays, self._weighted_metrics(valid)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_reply(
+        self, message: Message, signature: list[tuple[str, tuple[int, ...]]]
+    ) -> tuple[ClientDecision, torch.Tensor | None]:
+        node_id = message.metadata.src_node_id
+        if message.has_error():
+            reason = message.error.reason.strip().splitlines()
+            return self._bad(node_id, None, "failed: " + (reason[-1] if reason else "unknown error")), None
+        content = message.content
+        metrics: dict[str, float] = {}
+        for record in content.metric_records.values():
+            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
+        partition_id = int(metrics[PARTITION_ID_KEY]) if PARTITION_ID_KEY in metrics else None
+        node = ""
+        for record in content.config_records.values():
+            if isinstance(record.get(NODE_KEY), str):
+                node = str(record[NODE_KEY])
+        num_examples = metrics.get(NUM_EXAMPLES_KEY)
+        bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
+        if len(content.array_records) != 1:
+            return bad(f"expected one ArrayRecord, got {len(content.array_records)}")
+        if num_examples is None or not math.isfinite(num_examples) or num_examples <= 0:
+            return bad(f"'{NUM_EXAMPLES_KEY}' must be a positive number, got {num_examples!r}")
+        arrays = next(iter(content.array_records.values()))
+        got = record_signature(arrays)
+        if got != signature:
+            return bad("arrays do not match the global model's keys/shapes")
+        vector = record_to_vector(arrays)
+        if not bool(torch.isfinite(vector).all()):
+            return bad("non-finite values (NaN/Inf) in the update")
+        decision = ClientDecision(
+            node_id=node_id,
+            partition_id=partition_id,
+            num_examples=int(num_examples),
+            update_norm=math.nan,
+            weight=0.0,
+            status="pending",
+            node=node,
+            metrics=metrics,
+        )
+        return decision, vector
+
+    @staticmethod
+    def _bad(
+        node_id: int,
+        partition_id: int | None,
+        status: str,
+        node: str = "",
+        metrics: dict[str, float] | None = None,
+    ) -> ClientDecision:
+        num = (metrics or {}).get(NUM_EXAMPLES_KEY, 0)
+        num_examples = int(num) if isinstance(num, int | float) and math.isfinite(num) else 0
+        return ClientDecision(node_id, partition_id, num_examples, math.nan, 0.0, status, node, metrics or {})
+
+    @staticmethod
+    def _weighted_metrics(valid: list[ClientDecision]) -> MetricRecord:
+        """Example-weighted mean of the accepted clients' numeric training metrics."""
+        accepted = [d for d in valid if d.weight > 0]
+        total = sum(d.num_examples for d in accepted)
+        out = MetricRecord()
+        if not accepted or total <= 0:
+            return out
+        keys = set.intersection(*(set(d.metrics) for d in accepted)) - {NUM_EXAMPLES_KEY, PARTITION_ID_KEY}
+        for key in sorted(keys):
+            out[key] = sum(d.metrics[key] * d.num_examples for d in accepted) / total
+        out[NUM_EXAMPLES_KEY] = total
+        return out

@@ -1,0 +1,96 @@
+"""Config validation: every kind of bad input gives one line naming the key and the reason (exit 2 in the CLI)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedsec.cli import app
+from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, load_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict(raw)
+    return str(info.value)
+
+
+def test_defaults_fill_in_and_round_trip():
+    exp = experiment_from_dict({"name": "x", "data": {"dataset": "digits"}})
+    assert exp.train.batch_size == 32 and exp.defense.strategy == "fedavg" and exp.backend.address == ""
+    again = Experiment.model_validate(tomllib.loads(exp.to_toml()))
+    assert again == exp
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        ({"train": {"lrr": 0.1}}, ["train.lrr", "unknown key"]),
+        ({"bogus": 1}, ["bogus", "unknown key"]),
+        ({"train": {"lr": -0.5}}, ["train.lr", "greater than 0", "-0.5"]),
+        ({"rounds": "many"}, ["rounds", "valid integer", "'many'"]),
+        ({"data": {"dataset": "cifar"}}, ["data.dataset", "'cifar'", "fashion-mnist"]),
+        ({"data": {"dataset": "digits", "num_clients": 4}, "train": {"clients_per_round": 5}},
+         ["train.clients_per_round=5", "data.num_clients=4"]),
+        ({"data": {"dataset": "digits"}, "model": {"name": "cnn_mcmahan"}}, ["model.name='cnn_mcmahan'", "28x28"]),
+        ({"data": {"dataset": "synthetic"}, "model": {"name": "cnn"}}, ["model.name='cnn'", "image inputs"]),
+        ({"data": {"dataset": "digits", "partition": "natural"}}, ["data.partition='natural'", "synthetic"]),
+        ({"model": {"name": "resnet"}}, ["model.name", "unknown model 'resnet'", "logreg"]),
+        ({"defense": {"strategy": "krumm"}}, ["defense.strategy", "unknown strategy 'krumm'", "fedavg"]),
+        ({"privacy": {"delta": 1.5}}, ["privacy.delta", "less than 1"]),
+        ({"data": {"dataset": "fashion-mnist", "root": "/nonexistent/fm"}},
+         ["data.root", "/nonexistent/fm", "dataset-fashion-mnist"]),
+        ({"attack": {"start_round": 3, "end_round": 2}}, ["attack.end_round=2", "start_round=3"]),
+    ],
+)
+def test_bad_configs_name_the_key_and_reason(raw, fragments):
+    message = error_of(raw)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_overrides_parse_toml_values_and_bare_strings():
+    raw = apply_overrides({"train": {"lr": 0.1}}, ["train.lr=0.5", "defense.strategy=fedavg", "data.num_clients=7"])
+    assert raw == {"train": {"lr": 0.5}, "defense": {"strategy": "fedavg"}, "data": {"num_clients": 7}}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_load_errors_for_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_experiment(write(tmp_path, "rounds = = 3"))
+
+
+def test_cli_validate_exit_codes_without_traceback(tmp_path):
+    ok = runner.invoke(app, ["validate", str(REPO / "experiments" / "digits_smoke.toml")])
+    assert ok.exit_code == 0, ok.output
+    assert "valid" in ok.output
+    bad = runner.invoke(app, ["validate", str(write(tmp_path, "[train]\nbatch_size = 0\n"))])
+    assert bad.exit_code == 2
+    assert "train.batch_size" in bad.output and "Traceback" not in bad.output
+    override = runner.invoke(
+        app, ["validate", str(REPO / "experiments" / "digits_smoke.toml"), "--set", "train.momentum=1.5"]
+    )
+    assert override.exit_code == 2 and "train.momentum" in override.output
+    missing = runner.invoke(app, ["validate", str(tmp_path / "missing.toml")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_experiments_are_valid(path):
+    load_experiment(path)
