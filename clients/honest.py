@@ -5,26 +5,28 @@ partition (mini-batches from a generator seeded by (seed, round, partition id), 
 replies with the full model arrays, ``num-examples``, its training loss, its partition id and the Ray node it ran
 on. ``evaluate`` reports the received model's loss and accuracy on the client's partition. ``query`` answers the
 server's start-up handshake with the partition id, so the server can map Flower's random node ids to
-partitions.
+partitions. The ClientApp itself (honest and malicious clients in one app) is built in :mod:`fedsec.clients.app`.
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from fedsec.config import Experiment
 from fedsec.federated_data import WorkerData, worker_data
 from fedsec.models import build_model
-from fedsec.records import load_record, model_to_record
+from fedsec.records import load_record
 from fedsec.strategies.base import NODE_KEY, NUM_EXAMPLES_KEY, PARTITION_ID_KEY
-from fedsec.training import evaluate, train_local
+from fedsec.training import train_local
+
+DataPoison = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,13 @@ def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord) -> torc
     return model.to(data.device)
 
 
-def honest_train(spec: ClientSpec, message: Message, context: Context) -> tuple[torch.nn.Module, MetricRecord]:
-    """Train the received model on this client's partition; returns the trained model and its metrics."""
+def honest_train(
+    spec: ClientSpec, message: Message, context: Context, *, poison: DataPoison | None = None
+) -> tuple[torch.nn.Module, MetricRecord]:
+    """Train the received model on this client's partition; returns the trained model and its metrics.
+
+    ``poison(x, y, generator)`` (a malicious client's data poisoning) replaces the local data before training.
+    """
     experiment, train = spec.experiment, spec.experiment.train
     data = worker_data(spec.data_ref, experiment)
     partition_id = partition_of(context)
@@ -72,6 +79,8 @@ def honest_train(spec: ClientSpec, message: Message, context: Context) -> tuple[
     x, y = data.client_tensors(partition_id)
     seed = client_seed(experiment.seed, server_round, partition_id)
     torch.manual_seed(seed)
+    if poison is not None:
+        x, y = poison(x, y, torch.Generator().manual_seed(seed ^ 0x5EED))
     result = train_local(
         model,
         x,
@@ -89,44 +98,7 @@ def honest_train(spec: ClientSpec, message: Message, context: Context) -> tuple[
     return model, metrics
 
 
-def train_reply(message: Message, model: torch.nn.Module, metrics: MetricRecord) -> Message:
-    content = RecordDict(
-        {"arrays": model_to_record(model), "metrics": metrics, "info": ConfigRecord({NODE_KEY: current_node()})}
-    )
+def train_reply(message: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
+    """The reply of a train message: full model arrays, metrics (with num-examples), and the Ray node."""
+    content = RecordDict({"arrays": arrays, "metrics": metrics, "info": ConfigRecord({NODE_KEY: current_node()})})
     return Message(content=content, reply_to=message)
-
-
-def make_client_app(spec: ClientSpec) -> ClientApp:
-    """An honest ClientApp for ``spec``."""
-    app = ClientApp()
-
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
-        model, metrics = honest_train(spec, message, context)
-        return train_reply(message, model, metrics)
-
-    @app.evaluate()
-    def evaluate_local(message: Message, context: Context) -> Message:
-        data = worker_data(spec.data_ref, spec.experiment)
-        partition_id = partition_of(context)
-        model = local_model(spec, data, message.content["arrays"])
-        x, y = data.client_tensors(partition_id)
-        result = evaluate(model, x, y, num_classes=data.data.num_classes)
-        metrics = MetricRecord(
-            {
-                NUM_EXAMPLES_KEY: result.num_examples,
-                "eval_loss": result.loss,
-                "eval_acc": result.accuracy,
-                PARTITION_ID_KEY: partition_id,
-            }
-        )
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
-
-    @app.query()
-    def query(message: Message, context: Context) -> Message:
-        worker_data(spec.data_ref, spec.experiment)  # warm the worker: fetch the data once, here
-        info = ConfigRecord({NODE_KEY: current_node()})
-        metrics = MetricRecord({PARTITION_ID_KEY: partition_of(context)})
-        return Message(content=RecordDict({"metrics": metrics, "info": info}), reply_to=message)
-
-    return app

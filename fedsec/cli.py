@@ -51,8 +51,9 @@ def run(
     """Run an experiment and write its run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsec.runner import RunError, run_experiment
+    from fedsec.runner import RunError, quiet_frameworks, run_experiment
 
+    quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
     experiment = _load(config, set_)
     progress = Progress(
         TextColumn("[bold]{task.description}"),

@@ -21,6 +21,7 @@ DATASET_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "digits": (1, 8, 8),
     "synthetic": (60,),
 }
+DATASET_NUM_CLASSES: dict[str, int] = {"fashion-mnist": 10, "digits": 10, "synthetic": 10}
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -70,13 +71,62 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0, description="Local SGD weight decay.")
 
 
+ATTACKS: dict[str, str] = {
+    "none": "no attack: every client is honest",
+    "label_flip": "data poisoning: source->target (keys source, target), all-to-one (target) or all-to-random",
+    "backdoor": "BadNets trigger + relabel (target, poison_ratio, trigger=square|dba), model replacement (boost)",
+    "sign_flip": "model poisoning: send the negated update",
+    "scaling": "model poisoning: send scale x the update (scale)",
+    "gaussian": "model poisoning: add N(0, std^2) noise to the update (std)",
+}
+# keys that only some attack kinds use
+_ATTACK_KEYS: dict[str, set[str]] = {
+    "source": {"label_flip"},
+    "target": {"label_flip", "backdoor"},
+    "poison_ratio": {"backdoor"},
+    "boost": {"backdoor"},
+    "trigger": {"backdoor"},
+    "scale": {"scaling"},
+    "std": {"gaussian"},
+}
+
+
 class AttackConfig(_Section):
-    kind: Literal["none"] = Field("none", description="Attack kind (see `fedsec list`).")
+    kind: Literal["none", "label_flip", "backdoor", "sign_flip", "scaling", "gaussian"] = Field(
+        "none", description="Attack kind (see `fedsec list`)."
+    )
     fraction: float = Field(0.0, ge=0, le=1, description="Fraction of clients that are malicious.")
     client_ids: list[int] | None = Field(None, description="Explicit malicious partition ids (instead of fraction).")
     start_round: int = Field(1, ge=1, description="First round in which attackers act.")
     end_round: int | None = Field(None, ge=1, description="Last round in which attackers act (None = last round).")
     knowledge: Literal["colluding", "omniscient"] = Field("colluding", description="What attackers know.")
+    source: int | None = Field(None, ge=0, description="label_flip: class whose examples are relabelled.")
+    target: int | None = Field(None, ge=0, description="label_flip / backdoor: the label attackers aim for.")
+    poison_ratio: float = Field(0.5, gt=0, le=1, description="backdoor: share of local examples poisoned.")
+    boost: float = Field(1.0, gt=0, description="backdoor: model-replacement scale of the update (1 = none).")
+    trigger: Literal["square", "dba"] = Field("square", description="backdoor: trigger pattern.")
+    scale: float = Field(10.0, description="scaling: factor applied to the update.")
+    std: float = Field(1.0, gt=0, description="gaussian: noise standard deviation added to the update.")
+
+    @model_validator(mode="after")
+    def _check_kind_keys(self) -> AttackConfig:
+        for key, kinds in _ATTACK_KEYS.items():
+            if key in self.model_fields_set and self.kind not in kinds:
+                raise ValueError(
+                    f"attack.{key}: not used by attack.kind={self.kind!r} (only by {', '.join(sorted(kinds))})"
+                )
+        if self.kind == "label_flip" and self.source is not None:
+            if self.target is None:
+                raise ValueError(f"attack.source={self.source}: targeted label flipping needs attack.target too")
+            if self.source == self.target:
+                raise ValueError(f"attack.target={self.target}: must differ from attack.source={self.source}")
+        if self.client_ids is not None and "fraction" in self.model_fields_set:
+            raise ValueError("attack.client_ids: give either attack.fraction or attack.client_ids, not both")
+        return self
+
+    @property
+    def backdoor_target(self) -> int:
+        return 0 if self.target is None else self.target
 
 
 class DefenseConfig(_Section):
@@ -144,11 +194,38 @@ class Experiment(_Section):
         problem = check_model_fits(self.model.name, DATASET_INPUT_SHAPES[data.dataset])
         if problem:
             raise ValueError(f"model.name={self.model.name!r}: {problem}")
-        if self.attack.end_round is not None and self.attack.end_round < self.attack.start_round:
-            raise ValueError(
-                f"attack.end_round={self.attack.end_round}: must be >= attack.start_round={self.attack.start_round}"
-            )
+        self._check_attack()
         return self
+
+    def _check_attack(self) -> None:
+        attack, data = self.attack, self.data
+        if attack.end_round is not None and attack.end_round < attack.start_round:
+            raise ValueError(
+                f"attack.end_round={attack.end_round}: must be >= attack.start_round={attack.start_round}"
+            )
+        if attack.kind == "none":
+            return
+        if attack.client_ids is not None:
+            bad = [c for c in attack.client_ids if not 0 <= c < data.num_clients]
+            if bad or len(set(attack.client_ids)) != len(attack.client_ids):
+                raise ValueError(
+                    f"attack.client_ids={attack.client_ids}: ids must be distinct and in [0, data.num_clients="
+                    f"{data.num_clients})"
+                )
+        elif round(attack.fraction * data.num_clients) == 0:
+            raise ValueError(
+                f"attack.fraction={attack.fraction}: attack.kind={attack.kind!r} needs at least one malicious client"
+                f" (fraction x data.num_clients={data.num_clients} rounds to 0); raise fraction or set client_ids"
+            )
+        num_classes = DATASET_NUM_CLASSES[data.dataset]
+        for key in ("source", "target"):
+            value = getattr(attack, key)
+            if value is not None and value >= num_classes:
+                raise ValueError(
+                    f"attack.{key}={value}: outside the label set of {data.dataset} (0..{num_classes - 1})"
+                )
+        if attack.kind == "backdoor" and len(DATASET_INPUT_SHAPES[data.dataset]) != 3:
+            raise ValueError(f"attack.kind='backdoor': needs image data, {data.dataset!r} gives vectors")
 
     @property
     def data_root(self) -> str:
@@ -159,7 +236,11 @@ class Experiment(_Section):
 
     def to_toml(self) -> str:
         """The resolved config (defaults filled in) as TOML."""
-        return tomli_w.dumps(self.model_dump(exclude_none=True))
+        raw = self.model_dump(exclude_none=True)
+        for key, kinds in _ATTACK_KEYS.items():  # keys the attack kind does not use would not validate
+            if self.attack.kind not in kinds:
+                raw["attack"].pop(key, None)
+        return tomli_w.dumps(raw)
 
 
 def _format_validation_error(error: ValidationError) -> str:

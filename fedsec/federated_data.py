@@ -78,6 +78,7 @@ class WorkerData:
     x_train: torch.Tensor
     y_train: torch.Tensor
     device: torch.device
+    data_max: float  # largest input value (a "white" pixel after normalisation), for trigger stamping
 
     def client_tensors(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.from_numpy(self.data.partitions[partition_id]).to(self.device)
@@ -113,6 +114,7 @@ def worker_data(source: Any, experiment: Experiment) -> WorkerData:
             x_train=torch.from_numpy(np.array(data.x_train, copy=True)).to(device),
             y_train=torch.from_numpy(np.array(data.y_train, dtype=np.int64, copy=True)).to(device),
             device=device,
+            data_max=float(data.x_train.max()),
         )
         _WORKER_CACHE.clear()  # one experiment's data per worker at a time
         _WORKER_CACHE[key] = cached

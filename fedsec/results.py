@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,7 +92,7 @@ class RunDirectory:
             "rounds_planned": self.experiment.rounds,
             "rounds_completed": max((int(r["round"]) for r in self.rounds), default=0),
             "stopped_reason": stopped_reason,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "versions": versions(),
         }
         for key, value in last.items():

@@ -37,6 +37,7 @@ class RunResult:
 
 def quiet_frameworks(verbose: bool) -> None:
     """Silence Flower's and Ray's log noise unless ``verbose``; call before importing flwr."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage pings from a simulator
     if verbose:
         return
     os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
@@ -87,7 +88,8 @@ def run_experiment(
     import ray
     from flwr.simulation import run_simulation
 
-    from fedsec.clients.honest import ClientSpec, make_client_app
+    from fedsec.clients.app import make_client_app
+    from fedsec.clients.honest import ClientSpec
     from fedsec.federated_data import build_federated_data
     from fedsec.results import RunDirectory
     from fedsec.server_app import ServerOutcome, make_server_app
@@ -124,7 +126,8 @@ def run_experiment(
         stopped_reason=outcome.stopped_reason,
         extra={
             "strategy": experiment.defense.strategy,
-            "malicious_clients": [],
+            "attack": experiment.attack.kind,
+            "malicious_clients": outcome.malicious_clients,
             "startup_seconds": outcome.startup_seconds,
             "data_seconds": data_seconds,
             "wall_seconds": time.perf_counter() - t0,

@@ -32,6 +32,7 @@ from fedsec.records import load_record, model_to_record
 from fedsec.results import RunDirectory
 from fedsec.strategies import STRATEGIES, RobustStrategy
 from fedsec.strategies.base import NODE_KEY, PARTITION_ID_KEY, resolve_device
+from fedsec.threat import attack_active, malicious_clients
 from fedsec.training import evaluate
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ServerOutcome:
     partition_nodes: dict[int, str] = field(default_factory=dict)
     clients_per_node: dict[str, int] = field(default_factory=dict)
     skipped_rounds: list[int] = field(default_factory=list)
+    malicious_clients: list[int] = field(default_factory=list)
     error: BaseException | None = None  # what stopped the loop, if it did not complete
 
 
@@ -96,21 +98,67 @@ def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int
 
 
 class ServerEvaluator:
-    """Evaluates global arrays on the held-out test set, on the server's device."""
+    """Evaluates global arrays on the held-out test set, on the server's device, with the attack's metrics.
+
+    - every run: ``accuracy``, ``loss``, ``recall_<class>``;
+    - targeted label flipping: ``source_recall`` (recall of the source class) and ``flip_rate`` (share of
+      source-class test inputs classified as the target);
+    - backdoor: ``attack_success_rate``: share of triggered test inputs whose true label is not the target that
+      the model classifies as the target (the full trigger; for DBA the union of the local triggers).
+    """
 
     def __init__(self, experiment: Experiment, data: FederatedData) -> None:
         self.device = resolve_device("auto")
         self.num_classes = data.num_classes
+        self.attack = experiment.attack
         self.model = build_model(experiment.model.name, data.input_shape, data.num_classes).to(self.device)
         self.x = torch.from_numpy(np.array(data.x_test, copy=True)).to(self.device)
         self.y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(self.device)
+        self.x_triggered: torch.Tensor | None = None
+        if self.attack.kind == "backdoor":
+            from fedsec.clients.attacks.backdoor import stamp, trigger_mask
+
+            keep = self.y != self.attack.backdoor_target
+            mask = trigger_mask(data.input_shape, trigger=self.attack.trigger)
+            self.x_triggered = stamp(self.x[keep], mask, float(data.x_train.max()))
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.model(x[i : i + 2048]).argmax(dim=1) for i in range(0, x.shape[0], 2048)])
 
     def __call__(self, arrays: Any) -> dict[str, float]:
         load_record(self.model, arrays)
         result = evaluate(self.model, self.x, self.y, num_classes=self.num_classes)
         row: dict[str, float] = {"accuracy": result.accuracy, "loss": result.loss}
+        if self.attack.kind == "label_flip" and self.attack.source is not None:
+            source = self.y == self.attack.source
+            row["source_recall"] = result.per_class_recall[self.attack.source]
+            row["flip_rate"] = float((self._predict(self.x[source]) == self.attack.target).double().mean())
+        if self.x_triggered is not None:
+            hits = self._predict(self.x_triggered) == self.attack.backdoor_target
+            row["attack_success_rate"] = float(hits.double().mean())
         row.update({f"recall_{c}": r for c, r in enumerate(result.per_class_recall)})
         return row
+
+
+def detection_scores(decisions: list[Any], malicious: set[int]) -> dict[str, float]:
+    """Precision and recall of the strategy's rejections against the truth (NaN where undefined).
+
+    A client counts as flagged when the strategy rejected it or gave it less than half the weight FedAvg would
+    (its share of the round's examples); failed or invalid replies are not counted as detections.
+    """
+    valid = [d for d in decisions if d.status in ("accepted", "rejected")]
+    total = sum(d.num_examples for d in valid)
+    if not valid or total <= 0:
+        return {"detection_precision": float("nan"), "detection_recall": float("nan")}
+    flagged = {d.partition_id for d in valid if d.weight < 0.5 * d.num_examples / total}
+    bad = {d.partition_id for d in valid if d.partition_id in malicious}
+    hits = len(flagged & bad)
+    return {
+        "detection_precision": hits / len(flagged) if flagged else float("nan"),
+        "detection_recall": hits / len(bad) if bad else float("nan"),
+    }
 
 
 def run_rounds(
@@ -127,6 +175,8 @@ def run_rounds(
     t0 = time.perf_counter()
     node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
     outcome.partition_nodes = ray_node_of
+    malicious = set(malicious_clients(experiment))
+    outcome.malicious_clients = sorted(malicious)
     strategy = build_strategy(experiment)
     strategy.node_sampler = lambda server_round: [
         node_of[p]
@@ -163,6 +213,10 @@ def run_rounds(
         row["skipped"] = int(new_arrays is None)
         if train_metrics is not None and "train_loss" in train_metrics:
             row["train_loss"] = float(train_metrics["train_loss"])
+        if malicious:
+            row["attack_active"] = int(attack_active(experiment, server_round))
+            row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
+            row.update(detection_scores(decisions, malicious))
         client_rows = []
         for d in decisions:
             node = d.node or (ray_node_of.get(d.partition_id, "") if d.partition_id is not None else "")
@@ -171,7 +225,7 @@ def run_rounds(
                 {
                     "round": server_round,
                     "client": d.partition_id if d.partition_id is not None else -1,
-                    "malicious": 0,
+                    "malicious": int(d.partition_id in malicious),
                     "num_examples": d.num_examples,
                     "update_norm": d.update_norm,
                     "accepted": d.weight,

@@ -1,0 +1,1 @@
+"""Attacks run by malicious clients: data poisoning (before local training) and model poisoning (after)."""

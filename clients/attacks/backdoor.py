@@ -1,0 +1,73 @@
+"""Backdoor (data poisoning with a trigger), optionally with model replacement, and its distributed variant.
+
+- BadNets: Gu et al., "BadNets: Identifying Vulnerabilities in the Machine Learning Model Supply Chain", 2017
+  (https://arxiv.org/abs/1708.06733): a pixel-pattern trigger stamped on a share of the attacker's training
+  examples, relabelled to the target class. Defaults here: a 3x3 square of the data's maximum value in the
+  bottom-right corner (1 pixel margin), ``poison_ratio = 0.5`` of the attacker's local examples (so of each
+  local batch in expectation), ``target = 0``.
+- Model replacement: Bagdasaryan et al., "How To Backdoor Federated Learning", AISTATS 2020
+  (https://arxiv.org/abs/1807.00459): the attacker scales its update by ``boost`` (their gamma = n / eta, the
+  number of clients over the server learning rate) so that it survives averaging. Default ``boost = 1`` (none).
+- DBA: Xie et al., "DBA: Distributed Backdoor Attacks against Federated Learning", ICLR 2020
+  (https://openreview.net/forum?id=rkgyS0VFvr): the global trigger is split into 4 local triggers (here: four
+  1x4 bars in the top-left corner, 1-pixel gaps), attacker i stamps local trigger i mod 4; the model is
+  evaluated with the union (the global trigger). ``trigger = "dba"``.
+
+Kernels are pure and device-agnostic; masks are boolean tensors of the input shape (C, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+
+TRIGGERS = ("square", "dba")
+DBA_PARTS = 4
+
+
+def trigger_mask(input_shape: tuple[int, ...], *, trigger: str = "square", part: int | None = None) -> torch.Tensor:
+    """Boolean (C, H, W) mask of the trigger's pixels; for "dba", ``part`` selects one local trigger (None = all)."""
+    if len(input_shape) != 3:
+        raise ValueError(f"backdoor triggers need image inputs (C, H, W), got {input_shape}")
+    _, h, w = input_shape
+    mask = torch.zeros(input_shape, dtype=torch.bool)
+    if trigger == "square":
+        if h < 5 or w < 5:
+            raise ValueError(f"a 3x3 trigger with a 1-pixel margin needs images of at least 5x5, got {h}x{w}")
+        mask[:, h - 4 : h - 1, w - 4 : w - 1] = True
+    elif trigger == "dba":
+        if h < 1 + 2 * DBA_PARTS or w < 10:
+            raise ValueError(f"the DBA trigger needs images of at least {1 + 2 * DBA_PARTS}x10, got {h}x{w}")
+        parts = range(DBA_PARTS) if part is None else [part % DBA_PARTS]
+        for p in parts:
+            # bars at rows 1, 3 (left block) and columns 1..4 / 6..9: two bars per row pair, as in DBA's Fig. 2
+            row = 1 + 2 * (p // 2)
+            col = 1 + 5 * (p % 2)
+            mask[:, row, col : col + 4] = True
+    else:
+        raise ValueError(f"unknown trigger {trigger!r}; use one of {TRIGGERS}")
+    return mask
+
+
+def stamp(x: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
+    """Inputs (N, C, H, W) with the mask's pixels set to ``value`` (a new tensor)."""
+    return torch.where(mask.to(x.device), torch.as_tensor(value, dtype=x.dtype, device=x.device), x)
+
+
+def poison_examples(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    mask: torch.Tensor,
+    value: float,
+    target: int,
+    ratio: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stamp the trigger on ``round(ratio * N)`` randomly chosen examples and relabel them ``target``."""
+    n = x.shape[0]
+    k = int(round(ratio * n))
+    chosen = torch.randperm(n, generator=generator)[:k].to(x.device)
+    x_out, y_out = x.clone(), y.clone()
+    x_out[chosen] = stamp(x[chosen], mask, value)
+    y_out[chosen] = target
+    return x_out, y_out
