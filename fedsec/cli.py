@@ -109,7 +109,7 @@ def validate(
 @app.command("list")
 def list_components() -> None:
     """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
-    from fedsec.config import AttackConfig, EncryptionConfig, PrivacyConfig
+    from fedsec.config import ATTACKS, AttackConfig, EncryptionConfig, PrivacyConfig
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.models import MODELS
     from fedsec.strategies import STRATEGIES
@@ -119,7 +119,7 @@ def list_components() -> None:
         ("partitions (data.partition)", dict(PARTITIONS)),
         ("models (model.name)", {k: d for k, (_, d) in MODELS.items()}),
         ("strategies (defense.strategy)", {k: d for k, (_, d) in STRATEGIES.items()}),
-        ("attacks (attack.kind)", _kinds(AttackConfig, "kind", {"none": "no attack: every client is honest"})),
+        ("attacks (attack.kind)", _kinds(AttackConfig, "kind", ATTACKS)),
         ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", {"none": "no differential privacy"})),
         ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", {"none": "plaintext aggregation"})),
     ]

@@ -41,24 +41,31 @@ def _clean(value: Any) -> Any:
 
 
 class _CsvAppender:
-    """A CSV file whose header is fixed by its first row; every later row is appended and flushed."""
+    """A CSV file written as rows arrive: appended and flushed, rewritten whole only when a row brings a new
+    column (so a column that first appears in round 1, such as ``train_loss``, is never dropped)."""
 
     def __init__(self, path: Path, leading: list[str]) -> None:
         self.path = path
         self.leading = leading
-        self.columns: list[str] | None = None
+        self.columns: list[str] = []
+        self.rows: list[dict[str, Any]] = []
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        if self.columns is None:
-            extra = sorted({k for row in rows for k in row} - set(self.leading))
-            self.columns = self.leading + extra
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.columns)
-        with self.path.open("a", newline="") as f:
+        self.rows.extend(rows)
+        new = {k for row in rows for k in row} - set(self.columns)
+        if new:
+            rest = sorted((set(self.columns) | new) - set(self.leading))
+            self.columns = [c for c in self.leading] + rest
+            to_write, mode = self.rows, "w"
+        else:
+            to_write, mode = rows, "a"
+        with self.path.open(mode, newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            writer.writerows(rows)
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(to_write)
 
 
 class RunDirectory:

@@ -1,1 +1,25 @@
 """Datasets and partitioners."""
+
+from .datasets import (
+    DATASETS,
+    ArrayDataset,
+    DatasetError,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    make_synthetic,
+)
+from .partition import PARTITIONS, PartitionError, partition_indices
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONS",
+    "ArrayDataset",
+    "DatasetError",
+    "PartitionError",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "make_synthetic",
+    "partition_indices",
+]
