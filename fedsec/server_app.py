@@ -198,14 +198,19 @@ def run_rounds(
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = grid.send_and_receive(messages, timeout=experiment.backend.round_timeout)
+        t_replies = time.perf_counter()
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         report = strategy.last_report
         if new_arrays is not None:
             arrays = new_arrays
         else:
             outcome.skipped_rounds.append(server_round)
+        t_aggregated = time.perf_counter()
         row = {"round": server_round, **evaluator(arrays)}
         row["seconds"] = time.perf_counter() - t_round
+        row["train_seconds"] = t_replies - t_round  # clients' training, messaging through Flower and Ray
+        row["aggregate_seconds"] = t_aggregated - t_replies
+        row["eval_seconds"] = row["seconds"] - (t_aggregated - t_round)
         decisions = report.decisions if report else []
         row["clients_sampled"] = len(decisions)
         row["clients_accepted"] = sum(1 for d in decisions if d.weight > 0)
