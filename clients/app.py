@@ -10,7 +10,15 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsec.clients.attacks.registry import build_attack
-from fedsec.clients.honest import ClientSpec, current_node, honest_train, local_model, partition_of, train_reply
+from fedsec.clients.honest import (
+    ClientSpec,
+    current_node,
+    honest_train,
+    local_model,
+    partition_of,
+    round_of,
+    train_reply,
+)
 from fedsec.clients.malicious import malicious_train
 from fedsec.federated_data import worker_data
 from fedsec.records import model_to_record
@@ -27,15 +35,20 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         experiment = spec.experiment
         partition_id = partition_of(context)
-        server_round = int(message.content["config"]["server-round"])
+        server_round = round_of(message)
+        global_arrays = message.content["arrays"]
         attackers = malicious_clients(experiment)
         if partition_id in attackers and attack_active(experiment, server_round):
             arrays, metrics = malicious_train(
-                spec, message, context, attack=build_attack(experiment.attack),
+                spec,
+                global_arrays,
+                server_round=server_round,
+                partition_id=partition_id,
+                attack=build_attack(experiment.attack),
                 attacker_rank=attackers.index(partition_id),
             )
         else:
-            model, metrics = honest_train(spec, message, context)
+            model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)
         return train_reply(message, arrays, metrics)
 

@@ -35,6 +35,7 @@ class ClientSpec:
 
     experiment: Experiment
     data_ref: Any = None  # ray.ObjectRef to FederatedData, or None to load from disk in the worker
+    board_name: str | None = None  # the colluding attackers' named Ray actor, if any
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -58,6 +59,10 @@ def partition_of(context: Context) -> int:
     return int(context.node_config["partition-id"])
 
 
+def round_of(message: Message) -> int:
+    return int(message.content["config"]["server-round"])
+
+
 def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord) -> torch.nn.Module:
     model = build_model(spec.experiment.model.name, data.data.input_shape, data.data.num_classes)
     load_record(model, arrays)
@@ -65,17 +70,21 @@ def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord) -> torc
 
 
 def honest_train(
-    spec: ClientSpec, message: Message, context: Context, *, poison: DataPoison | None = None
+    spec: ClientSpec,
+    arrays: ArrayRecord,
+    *,
+    server_round: int,
+    partition_id: int,
+    poison: DataPoison | None = None,
 ) -> tuple[torch.nn.Module, MetricRecord]:
-    """Train the received model on this client's partition; returns the trained model and its metrics.
+    """Train the global ``arrays`` on partition ``partition_id``'s data; returns the trained model and metrics.
 
-    ``poison(x, y, generator)`` (a malicious client's data poisoning) replaces the local data before training.
+    Deterministic in (seed, round, partition id). ``poison(x, y, generator)`` (a malicious client's data
+    poisoning) replaces the local data before training.
     """
     experiment, train = spec.experiment, spec.experiment.train
     data = worker_data(spec.data_ref, experiment)
-    partition_id = partition_of(context)
-    server_round = int(message.content["config"]["server-round"])
-    model = local_model(spec, data, message.content["arrays"])
+    model = local_model(spec, data, arrays)
     x, y = data.client_tensors(partition_id)
     seed = client_seed(experiment.seed, server_round, partition_id)
     torch.manual_seed(seed)

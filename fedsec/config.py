@@ -78,7 +78,13 @@ ATTACKS: dict[str, str] = {
     "sign_flip": "model poisoning: send the negated update",
     "scaling": "model poisoning: send scale x the update (scale)",
     "gaussian": "model poisoning: add N(0, std^2) noise to the update (std)",
+    "alie": "A Little Is Enough (Baruch et al. 2019): mean - z*std of benign updates (z: default from n, f)",
+    "ipm": "inner-product manipulation (Xie et al. 2019): -epsilon x mean of benign updates (epsilon)",
+    "minmax": "min-max (Shejwalkar & Houmansadr 2021): max distance to benign <= max benign distance",
+    "minsum": "min-sum (Shejwalkar & Houmansadr 2021): sum of distances to benign <= max benign sum",
 }
+#: attacks that craft their update from benign updates (what they know depends on attack.knowledge)
+COLLUDING_ATTACKS = frozenset({"alie", "ipm", "minmax", "minsum"})
 # keys that only some attack kinds use
 _ATTACK_KEYS: dict[str, set[str]] = {
     "source": {"label_flip"},
@@ -88,18 +94,27 @@ _ATTACK_KEYS: dict[str, set[str]] = {
     "trigger": {"backdoor"},
     "scale": {"scaling"},
     "std": {"gaussian"},
+    "z": {"alie"},
+    "epsilon": {"ipm"},
+    "perturbation": {"minmax", "minsum"},
 }
 
 
 class AttackConfig(_Section):
-    kind: Literal["none", "label_flip", "backdoor", "sign_flip", "scaling", "gaussian"] = Field(
+    kind: Literal[
+        "none", "label_flip", "backdoor", "sign_flip", "scaling", "gaussian", "alie", "ipm", "minmax", "minsum"
+    ] = Field(
         "none", description="Attack kind (see `fedsec list`)."
     )
     fraction: float = Field(0.0, ge=0, le=1, description="Fraction of clients that are malicious.")
     client_ids: list[int] | None = Field(None, description="Explicit malicious partition ids (instead of fraction).")
     start_round: int = Field(1, ge=1, description="First round in which attackers act.")
     end_round: int | None = Field(None, ge=1, description="Last round in which attackers act (None = last round).")
-    knowledge: Literal["colluding", "omniscient"] = Field("colluding", description="What attackers know.")
+    knowledge: Literal["colluding", "omniscient"] = Field(
+        "colluding",
+        description="alie/ipm/minmax/minsum: 'colluding' = the attackers' own honest updates; 'omniscient' = all"
+        " honest updates of the round (realised on the server before aggregation).",
+    )
     source: int | None = Field(None, ge=0, description="label_flip: class whose examples are relabelled.")
     target: int | None = Field(None, ge=0, description="label_flip / backdoor: the label attackers aim for.")
     poison_ratio: float = Field(0.5, gt=0, le=1, description="backdoor: share of local examples poisoned.")
@@ -107,6 +122,11 @@ class AttackConfig(_Section):
     trigger: Literal["square", "dba"] = Field("square", description="backdoor: trigger pattern.")
     scale: float = Field(10.0, description="scaling: factor applied to the update.")
     std: float = Field(1.0, gt=0, description="gaussian: noise standard deviation added to the update.")
+    z: float | None = Field(None, description="alie: z (default: the paper's z_max from n and f).")
+    epsilon: float = Field(0.5, gt=0, description="ipm: scale of the negated benign mean.")
+    perturbation: Literal["unit_vec", "std", "sign"] = Field(
+        "unit_vec", description="minmax / minsum: perturbation direction."
+    )
 
     @model_validator(mode="after")
     def _check_kind_keys(self) -> AttackConfig:

@@ -12,13 +12,14 @@ import logging
 import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedsec.config import BackendConfig, Experiment
+from fedsec.config import COLLUDING_ATTACKS, BackendConfig, Experiment
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,14 @@ def quiet_frameworks(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _knowledge(experiment: Experiment) -> str | None:
+    if experiment.attack.kind not in COLLUDING_ATTACKS:
+        return None
+    if experiment.attack.knowledge == "omniscient":
+        return "omniscient (applied on the server before aggregation)"
+    return "colluding (attackers share their own honest updates)"
 
 
 def default_run_dir(experiment: Experiment) -> Path:
@@ -102,7 +111,13 @@ def run_experiment(
     outcome = ServerOutcome()
     try:
         data_ref = ray.put(data.without_test())
-        client_app = make_client_app(ClientSpec(experiment=experiment, data_ref=data_ref))
+        board_name = None
+        if experiment.attack.kind in COLLUDING_ATTACKS and experiment.attack.knowledge == "colluding":
+            from fedsec.clients.attacks.collusion import start_board
+
+            board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
+            start_board(board_name)
+        client_app = make_client_app(ClientSpec(experiment=experiment, data_ref=data_ref, board_name=board_name))
         server_app = make_server_app(experiment, data, run_dir, on_round=on_round, outcome=outcome)
         backend_config = {
             "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
@@ -127,6 +142,7 @@ def run_experiment(
         extra={
             "strategy": experiment.defense.strategy,
             "attack": experiment.attack.kind,
+            "knowledge": _knowledge(experiment),
             "malicious_clients": outcome.malicious_clients,
             "startup_seconds": outcome.startup_seconds,
             "data_seconds": data_seconds,

@@ -25,9 +25,10 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsec.config import Experiment
+from fedsec.config import COLLUDING_ATTACKS, Experiment
 from fedsec.federated_data import FederatedData
 from fedsec.models import build_model
+from fedsec.omniscient import apply_omniscient
 from fedsec.records import load_record, model_to_record
 from fedsec.results import RunDirectory
 from fedsec.strategies import STRATEGIES, RobustStrategy
@@ -176,6 +177,7 @@ def run_rounds(
     node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
     outcome.partition_nodes = ray_node_of
     malicious = set(malicious_clients(experiment))
+    omniscient = experiment.attack.kind in COLLUDING_ATTACKS and experiment.attack.knowledge == "omniscient"
     outcome.malicious_clients = sorted(malicious)
     strategy = build_strategy(experiment)
     strategy.node_sampler = lambda server_round: [
@@ -197,7 +199,9 @@ def run_rounds(
     for server_round in range(1, experiment.rounds + 1):
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = grid.send_and_receive(messages, timeout=experiment.backend.round_timeout)
+        replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
+        if omniscient and attack_active(experiment, server_round):
+            apply_omniscient(experiment.attack, replies, arrays, malicious)
         t_replies = time.perf_counter()
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         report = strategy.last_report

@@ -69,3 +69,22 @@ def test_same_config_and_seed_give_identical_rounds(two_runs):
     pd.testing.assert_frame_equal(ra, rb, check_exact=True)
     ca, cb = (pd.read_csv(d / "clients.csv").drop(columns=["node"]) for d in (a, b))
     pd.testing.assert_frame_equal(ca, cb, check_exact=True)
+
+
+def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path):
+    """Two clients send NaN updates (scaling by NaN): rejected, recorded, never aggregated; training goes on."""
+    experiment = load_experiment(
+        SMOKE, ["attack.kind=scaling", "attack.scale=nan", "attack.client_ids=[1, 2]", "rounds=2"]
+    )
+    result = run_experiment(experiment, tmp_path / "run")
+    clients = pd.read_csv(result.run_dir / "clients.csv")
+    bad = clients[clients["malicious"] == 1]
+    assert set(bad["client"]) == {1, 2} and len(bad) == 4
+    assert (bad["status"] == "invalid: non-finite values (NaN/Inf) in the update").all()
+    assert (bad["accepted"] == 0).all()
+    good = clients[clients["malicious"] == 0]
+    assert (good["status"] == "accepted").all() and good.groupby("round")["accepted"].sum().round(6).eq(1).all()
+    rounds = pd.read_csv(result.run_dir / "rounds.csv")
+    assert list(rounds["clients_failed"].iloc[1:]) == [2, 2]
+    assert rounds["accuracy"].iloc[-1] > 0.7 and rounds["loss"].notna().all()
+    assert result.summary["malicious_clients"] == [1, 2]

@@ -1,0 +1,71 @@
+"""Min-max and min-sum: aggregation-agnostic optimised model poisoning.
+
+Shejwalkar and Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning Attacks and Defenses for
+Federated Learning", NDSS 2021 (https://www.ndss-symposium.org/ndss-paper/manipulating-the-byzantine-optimizing-
+model-poisoning-attacks-and-defenses-for-federated-learning/). The malicious update is mean - gamma * p with the
+largest gamma such that
+
+- min-max: its largest distance to any benign update is at most the largest distance between two benign updates;
+- min-sum: its sum of squared distances to the benign updates is at most the largest such sum of a benign update.
+
+gamma is found by the paper's halving search (start ``gamma_init = 10``, tolerance 1e-5). Perturbation p
+(``perturbation``): "unit_vec" (the benign mean's unit vector; the default), "std" (coordinate-wise std) or
+"sign" (sign of the mean).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PERTURBATIONS = ("unit_vec", "std", "sign")
+
+
+def _perturbation(benign: torch.Tensor, kind: str) -> torch.Tensor:
+    mean = benign.mean(dim=0)
+    if kind == "unit_vec":
+        return mean / mean.norm().clamp_min(1e-12)
+    if kind == "std":
+        return benign.std(dim=0, unbiased=benign.shape[0] > 1)
+    if kind == "sign":
+        return torch.sign(mean)
+    raise ValueError(f"unknown perturbation {kind!r}; use one of {PERTURBATIONS}")
+
+
+def _search_gamma(ok, gamma_init: float, tol: float) -> float:
+    """The paper's search: grow/shrink gamma by halving steps, keep the largest gamma that satisfies ``ok``."""
+    gamma, step, best = gamma_init, gamma_init / 2, 0.0
+    while step > tol:
+        if ok(gamma):
+            best = gamma
+            gamma += step
+        else:
+            gamma -= step
+        step /= 2
+    return best
+
+
+def optimised_update(
+    benign: torch.Tensor,
+    *,
+    objective: str,
+    perturbation: str = "unit_vec",
+    gamma_init: float = 10.0,
+    tol: float = 1e-5,
+) -> torch.Tensor:
+    """Min-max (``objective="minmax"``) or min-sum (``"minsum"``) malicious update from benign rows (m, d)."""
+    mean = benign.mean(dim=0)
+    p = _perturbation(benign, perturbation)
+    pairwise = torch.cdist(benign, benign) ** 2
+    if objective == "minmax":
+        bound = pairwise.max()
+
+        def ok(gamma: float) -> bool:
+            return bool(((benign - (mean - gamma * p)) ** 2).sum(dim=1).max() <= bound)
+    elif objective == "minsum":
+        bound = pairwise.sum(dim=1).max()
+
+        def ok(gamma: float) -> bool:
+            return bool(((benign - (mean - gamma * p)) ** 2).sum() <= bound)
+    else:
+        raise ValueError(f"unknown objective {objective!r}; use minmax or minsum")
+    return mean - _search_gamma(ok, gamma_init, tol) * p
