@@ -120,3 +120,58 @@ def test_backdoor_refuses_vector_data():
         experiment_from_dict({"data": {"dataset": "synthetic", "partition": "natural", "num_clients": 10},
                               "model": {"name": "logreg"}, "train": {"clients_per_round": 5},
                               "attack": {"kind": "backdoor", "fraction": 0.2}})
+
+
+def test_alie_z_and_update():
+    from fedsec.clients.attacks.alie import alie_update, alie_z
+
+    # n=50, f=24: s = 26 - 24 = 2, z = Phi^-1(48/50) = 1.7507
+    assert alie_z(50, 24) == pytest.approx(1.7506860712521695)
+    # n=10, f=5: s = 1, z = Phi^-1(0.9) = 1.2816
+    assert alie_z(10, 5) == pytest.approx(1.2815515655446004)
+    benign = torch.tensor([[1.0, 4.0], [3.0, 4.0], [2.0, 7.0]])
+    # mean (2, 5), unbiased std (1, sqrt(3)) -> mean - 2 std = (0, 5 - 2 sqrt 3)
+    torch.testing.assert_close(alie_update(benign, 2.0), torch.tensor([0.0, 5 - 2 * 3**0.5]))
+
+
+def test_ipm_negates_the_scaled_mean():
+    from fedsec.clients.attacks.ipm import ipm_update
+
+    benign = torch.tensor([[1.0, 4.0], [3.0, -2.0]])
+    torch.testing.assert_close(ipm_update(benign, 0.5), torch.tensor([-1.0, -0.5]))
+
+
+def test_minmax_and_minsum_hit_their_bounds():
+    from fedsec.clients.attacks.minmax import optimised_update
+
+    benign = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    # mean (2/3, 2/3), p = (1, 1)/sqrt 2. min-max: max benign sq. distance is 2 ((1,0)-(0,1)); m = (t, t) must keep
+    # |(1,1) - m|^2 = 2 (1-t)^2 <= 2 -> t >= 0.
+    torch.testing.assert_close(optimised_update(benign, objective="minmax"), torch.zeros(2), atol=1e-4, rtol=0)
+    # min-sum: bound = max_i sum_j |b_i - b_j|^2 = 3; sum_j |b_j - m|^2 = 6t^2 - 8t + 4 <= 3 -> t >= (8 - sqrt 40)/12
+    t = (8 - 40**0.5) / 12
+    torch.testing.assert_close(optimised_update(benign, objective="minsum"), torch.full((2,), t), atol=1e-4, rtol=0)
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_omniscient_swaps_only_the_attackers_arrays():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    from fedsec.omniscient import apply_omniscient
+
+    def reply(pid: int, values: list[float]) -> Message:
+        instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=100 + pid,
+                              message_type=MessageType.TRAIN)
+        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.array(values, dtype=np.float32))}),
+                              "metrics": MetricRecord({"num-examples": 10, "partition-id": pid})})
+        return Message(content=content, reply_to=instruction)
+
+    global_arrays = ArrayRecord({"w": Array(np.array([1.0, 1.0], dtype=np.float32))})
+    replies = [reply(0, [2.0, 1.0]), reply(1, [1.0, 3.0]), reply(2, [3.0, 5.0])]
+    replaced = apply_omniscient(AttackConfig(kind="ipm", epsilon=1.0), replies, global_arrays, malicious={2})
+    assert replaced == 1
+    # updates (1,0), (0,2), (2,4): mean (1, 2); IPM eps=1 -> (-1, -2); arrays = global + that = (0, -1)
+    np.testing.assert_allclose(replies[2].content["arrays"]["w"].numpy(), [0.0, -1.0])
+    np.testing.assert_allclose(replies[0].content["arrays"]["w"].numpy(), [2.0, 1.0])
+    np.testing.assert_allclose(replies[1].content["arrays"]["w"].numpy(), [1.0, 3.0])
