@@ -149,8 +149,27 @@ class AttackConfig(_Section):
         return 0 if self.target is None else self.target
 
 
+# keys that only some strategies use
+_DEFENSE_KEYS: dict[str, set[str]] = {
+    "num_malicious": {"krum", "multikrum", "bulyan"},
+    "num_selected": {"multikrum"},
+    "trim_ratio": {"trimmed_mean"},
+    "clip_norm": {"norm_clipping", "centered_clipping"},
+    "noise_std": {"norm_clipping"},
+    "iterations": {"geomed", "centered_clipping"},
+}
+
+
 class DefenseConfig(_Section):
     strategy: str = Field("fedavg", description="Server strategy (see `fedsec list`).")
+    num_malicious: int | None = Field(
+        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+    )
+    num_selected: int | None = Field(None, ge=1, description="multikrum: m updates kept (default: n - f).")
+    trim_ratio: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut from each end.")
+    clip_norm: float = Field(1.0, gt=0, description="norm_clipping / centered_clipping: L2 clipping bound.")
+    noise_std: float = Field(0.0, ge=0, description="norm_clipping: std of Gaussian noise on the aggregate.")
+    iterations: int | None = Field(None, ge=1, description="geomed (3) / centered_clipping (1): iterations.")
 
     @field_validator("strategy")
     @classmethod
@@ -160,6 +179,16 @@ class DefenseConfig(_Section):
         if value not in STRATEGIES:
             raise ValueError(f"unknown strategy {value!r}; use one of {sorted(STRATEGIES)}")
         return value
+
+    @model_validator(mode="after")
+    def _check_strategy_keys(self) -> DefenseConfig:
+        for key, strategies in _DEFENSE_KEYS.items():
+            if key in self.model_fields_set and self.strategy not in strategies:
+                raise ValueError(
+                    f"defense.{key}: not used by defense.strategy={self.strategy!r} "
+                    f"(only by {', '.join(sorted(strategies))})"
+                )
+        return self
 
 
 class PrivacyConfig(_Section):
@@ -215,7 +244,52 @@ class Experiment(_Section):
         if problem:
             raise ValueError(f"model.name={self.model.name!r}: {problem}")
         self._check_attack()
+        self._check_defense()
         return self
+
+    def expected_attackers_per_round(self) -> int:
+        """round(share of malicious clients x clients per round): the f a defense assumes by default."""
+        attack, data = self.attack, self.data
+        if attack.kind == "none":
+            return 0
+        share = len(attack.client_ids) / data.num_clients if attack.client_ids is not None else attack.fraction
+        return int(round(share * self.train.clients_per_round))
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments of the configured strategy (fedsec.strategies), from the defense section."""
+        defense, name = self.defense, self.defense.strategy
+        f = defense.num_malicious if defense.num_malicious is not None else self.expected_attackers_per_round()
+        kwargs: dict[str, Any] = {}
+        if name in _DEFENSE_KEYS["num_malicious"]:
+            kwargs["num_malicious"] = f
+        if name == "multikrum":
+            kwargs["num_selected"] = defense.num_selected or max(1, self.train.clients_per_round - f)
+        if name == "trimmed_mean":
+            kwargs["trim_ratio"] = defense.trim_ratio
+        if name in _DEFENSE_KEYS["clip_norm"]:
+            kwargs["clip_norm"] = defense.clip_norm
+        if name == "norm_clipping":
+            kwargs["noise_std"] = defense.noise_std
+            kwargs["seed"] = self.seed
+        if name in _DEFENSE_KEYS["iterations"] and defense.iterations is not None:
+            kwargs["iterations"] = defense.iterations
+        return kwargs
+
+    def _check_defense(self) -> None:
+        from fedsec.strategies import STRATEGIES
+
+        cls, _ = STRATEGIES[self.defense.strategy]
+        try:
+            strategy = cls(device="cpu", **self.strategy_kwargs())
+        except ValueError as e:
+            raise ValueError(f"defense.strategy={self.defense.strategy!r}: {e}") from e
+        k = self.train.clients_per_round
+        if strategy.min_valid_updates > k:
+            f = getattr(strategy, "num_malicious", None)
+            raise ValueError(
+                f"defense.num_malicious={f}: {strategy.describe()} needs at least {strategy.min_valid_updates} "
+                f"updates per round, train.clients_per_round={k}; lower num_malicious or raise clients_per_round"
+            )
 
     def _check_attack(self) -> None:
         attack, data = self.attack, self.data
@@ -260,6 +334,9 @@ class Experiment(_Section):
         for key, kinds in _ATTACK_KEYS.items():  # keys the attack kind does not use would not validate
             if self.attack.kind not in kinds:
                 raw["attack"].pop(key, None)
+        for key, strategies in _DEFENSE_KEYS.items():
+            if self.defense.strategy not in strategies:
+                raw["defense"].pop(key, None)
         return tomli_w.dumps(raw)
 
 
@@ -272,6 +349,8 @@ def _format_validation_error(error: ValidationError) -> str:
             parts.append(f"{key}: unknown key (check the spelling; `fedsec list` shows what exists)")
         elif item["type"] == "missing":
             parts.append(f"{key}: required key is missing")
+        elif key and message.startswith(f"{item['loc'][0]}."):  # a section's own rule names its keys itself
+            parts.append(message)
         elif key:
             parts.append(f"{key}: {message} (got {item.get('input')!r})")
         else:  # cross-section rule: the message names its keys itself

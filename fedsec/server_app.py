@@ -70,6 +70,7 @@ def build_strategy(experiment: Experiment) -> RobustStrategy:
     return cls(
         min_train_nodes=experiment.train.clients_per_round,
         min_available_nodes=experiment.data.num_clients,
+        **experiment.strategy_kwargs(),
     )
 
 

@@ -115,11 +115,13 @@ class RobustStrategy(FedAvg):
     ) -> None:
         super().__init__(
             fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
+            fraction_evaluate=1.0,  # set below: Flower's FedAvg logs a warning for 0.0, our default
             min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=0 if fraction_evaluate == 0.0 else min_train_nodes,
+            min_evaluate_nodes=min_train_nodes,
             min_available_nodes=min_available_nodes,
         )
+        self.fraction_evaluate = fraction_evaluate
+        self.min_evaluate_nodes = 0 if fraction_evaluate == 0.0 else min_train_nodes
         self.device = resolve_device(device)
         self.node_sampler = node_sampler
         self.last_report: RoundReport | None = None
@@ -187,13 +189,15 @@ class RobustStrategy(FedAvg):
         report = RoundReport(server_round=server_round, decisions=decisions)
         self.last_report = report
         for d in decisions:
-            if d.status != "accepted":
+            if d.status != "pending":  # failed or invalid
                 log(WARNING, "round %s: client %s (node %s) %s", server_round, d.partition_id, d.node_id, d.status)
         if len(vectors) < self.min_valid_updates:
             report.skipped_reason = (
                 f"{len(vectors)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
             )
             log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
+            for d in valid:
+                d.status = "skipped: too few valid updates"
             return None, None
 
         global_vector = record_to_vector(global_arrays).to(self.device)

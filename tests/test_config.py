@@ -94,3 +94,29 @@ def test_cli_validate_exit_codes_without_traceback(tmp_path):
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_experiments_are_valid(path):
     load_experiment(path)
+
+
+@pytest.mark.parametrize(
+    ("defense", "fragments"),
+    [
+        ({"strategy": "bulyan", "num_malicious": 2}, ["defense.num_malicious=2", "n >= 4f+3 = 11", "clients_per_round=10"]),
+        ({"strategy": "krum", "num_malicious": 4}, ["defense.num_malicious=4", "at least 11", "clients_per_round=10"]),
+        ({"strategy": "median", "trim_ratio": 0.1}, ["defense.trim_ratio", "not used", "'median'"]),
+        ({"strategy": "trimmed_mean", "trim_ratio": 0.5}, ["defense.trim_ratio", "less than 0.5"]),
+        ({"strategy": "norm_clipping", "clip_norm": 0}, ["defense.clip_norm", "greater than 0"]),
+    ],
+)
+def test_bad_defense_configs(defense, fragments):
+    message = error_of({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
+                        "defense": defense})
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_num_malicious_defaults_to_the_expected_attackers_per_round():
+    exp = experiment_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
+                                "attack": {"kind": "alie", "fraction": 0.3}, "defense": {"strategy": "multikrum"}})
+    assert exp.strategy_kwargs() == {"num_malicious": 3, "num_selected": 7}
+    exp = experiment_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
+                                "defense": {"strategy": "krum"}})
+    assert exp.strategy_kwargs() == {"num_malicious": 0}

@@ -1,4 +1,4 @@
-"""Robust strategies: hand-computed golden values, invariants, n-vs-f checks, parameter errors, agreement with Flower."""
+"""Robust strategies: hand-computed golden values, invariants, n-vs-f checks, parameter errors, Flower agreement."""
 
 from __future__ import annotations
 
@@ -193,10 +193,14 @@ def test_outlier_is_rejected_or_bounded(name, device):
         assert torch.linalg.vector_norm(aggregate - honest.mean(0)) < 0.3
     elif name == "geomed":
         assert weights[6] < 0.01 and torch.linalg.vector_norm(aggregate - honest.mean(0)) < 0.3
-    else:  # clipping: the outlier's weight shrinks, and it moves the aggregate at most tau * share
-        assert weights[6] < 0.1 * weights[:6].min()
-        assert torch.linalg.vector_norm(aggregate - weights[:6] @ honest) <= 2.5 * (1 if name == "norm_clipping"
-                                                                                     else 3) + 0.5
+    else:  # clipping: weight = share * scale; honest (norm ~2 < tau) unclipped, the outlier scaled to ~tau/100
+        share = num_examples / num_examples.sum() if name == "norm_clipping" else torch.full_like(weights, 1 / 7)
+        scale = weights / share
+        torch.testing.assert_close(scale[:6], torch.ones_like(scale[:6]))
+        assert scale[6] < 0.05
+        assert torch.linalg.vector_norm(aggregate - honest.mean(0)) < 1.0  # the mean is > 10 away
+    if name == "norm_clipping":  # the outlier moves the aggregate by share * tau at most (plus noise, std 0.1)
+        assert torch.linalg.vector_norm(aggregate - weights[:6] @ honest) <= 2.5 * share[6] + 0.5
 
 
 def test_fedavg_would_be_dragged_by_the_outlier():  # the fear the tests above guard against
@@ -211,8 +215,10 @@ def test_fedavg_would_be_dragged_by_the_outlier():  # the fear the tests above g
         (lambda: krum_scores(torch.zeros(4, 2), num_malicious=1), "Krum needs n >= 2f+3 = 5 valid updates, got 4"),
         (lambda: multikrum_select(torch.zeros(5, 2), num_malicious=1, num_selected=6),
          "Multi-Krum needs n >= max(2f+3, m) = 6 valid updates, got 5"),
-        (lambda: bulyan_aggregate(torch.zeros(10, 2), num_malicious=2), "Bulyan needs n >= 4f+3 = 11 valid updates, got 10"),
-        (lambda: trimmed_mean(torch.zeros(4, 2), num_trimmed=2), "TrimmedMean needs n >= 2k+1 = 5 valid updates, got 4"),
+        (lambda: bulyan_aggregate(torch.zeros(10, 2), num_malicious=2),
+         "Bulyan needs n >= 4f+3 = 11 valid updates, got 10"),
+        (lambda: trimmed_mean(torch.zeros(4, 2), num_trimmed=2),
+         "TrimmedMean needs n >= 2k+1 = 5 valid updates, got 4"),
         (lambda: require_clients("Bulyan", 10, 15, "n >= 4f+3", fix="use num_malicious <= 1"),
          "Bulyan needs n >= 4f+3 = 15 valid updates, got 10; use num_malicious <= 1"),
     ],
@@ -283,7 +289,7 @@ def random_round(seed: int, n: int):
     clients[-1] = {k: v + 20.0 for k, v in clients[-1].items()}  # one outlier
     examples = [float(rng.integers(1, 50)) for _ in range(n)]
     # fresh messages per call: Flower's FedMedian/FedTrimmedAvg/Bulyan pop the arrays out of the replies
-    make = lambda: [reply(100 + i, i, v, e) for i, (v, e) in enumerate(zip(clients, examples))]  # noqa: E731
+    make = lambda: [reply(100 + i, i, v, e) for i, (v, e) in enumerate(zip(clients, examples, strict=True))]  # noqa: E731
     return arrays_of(global_values), make
 
 
@@ -304,14 +310,17 @@ FLOWER_PAIRS = [
 @pytest.mark.usefixtures("server_identity")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("name", "ours", "theirs", "n"), FLOWER_PAIRS, ids=[p[0] for p in FLOWER_PAIRS])
-def test_agrees_with_flower(name, ours, theirs, n, seed):
+def test_agrees_with_flower(name, ours, theirs, n, seed, monkeypatch):
+    # Flower's Bulyan calls ArrayRecord.to_numpy_ndarrays(keep_input=False), which runs gc.collect() per client
+    # (~0.1 s each here); skipping it keeps this file fast and changes no number.
+    monkeypatch.setattr("gc.collect", lambda *args: 0)
     global_arrays, make = random_round(seed, n)
     strategy = started(ours(), global_arrays)
     mine, _ = strategy.aggregate_train(1, make())
     flower, _ = theirs().aggregate_train(1, make())
     for key in SHAPES:
         np.testing.assert_allclose(mine[key].numpy(), flower[key].numpy(), rtol=1e-5, atol=1e-5)
-    assert strategy.last_report.decisions[-1].weight == 0 or name.startswith("median_even")
+    assert strategy.last_report.decisions[-1].weight == 0  # the +20 outlier never counts
 
 
 @pytest.mark.usefixtures("server_identity")
