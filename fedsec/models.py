@@ -43,39 +43,33 @@ def mlp(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+def _two_conv(
+    channels: int, widths: tuple[int, int], hidden: int, num_classes: int, *, pooled_to: int | None, flat: int
+) -> nn.Module:
+    """5x5 conv (same padding) + ReLU + 2x2 max-pool, twice; optional adaptive average pooling; FC - ReLU - FC."""
+    c1, c2 = widths
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, c1, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    ]
+    if pooled_to is not None:
+        layers.append(nn.AdaptiveAvgPool2d(pooled_to))
+    layers += [nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Small CNN (~47k parameters) for image inputs of any size >= 4x4."""
-    channels = input_shape[0]
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(4),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 64),
-        nn.ReLU(),
-        nn.Linear(64, num_classes),
-    )
+    return _two_conv(input_shape[0], (16, 32), 64, num_classes, pooled_to=4, flat=32 * 4 * 4)
 
 
 def cnn_mcmahan(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The 2-conv CNN of McMahan et al. 2017 for 28x28 inputs (1.66M parameters with 10 classes)."""
-    channels = input_shape[0]
-    return nn.Sequential(
-        nn.Conv2d(channels, 32, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 512),
-        nn.ReLU(),
-        nn.Linear(512, num_classes),
-    )
+    return _two_conv(input_shape[0], (32, 64), 512, num_classes, pooled_to=None, flat=64 * 7 * 7)
 
 
 MODELS: dict[str, tuple[ModelFactory, str]] = {

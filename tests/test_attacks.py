@@ -156,19 +156,12 @@ def test_minmax_and_minsum_hit_their_bounds():
 @pytest.mark.usefixtures("server_identity")
 def test_omniscient_swaps_only_the_attackers_arrays():
     import numpy as np
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+    from flower_messages import arrays_of, reply
 
     from fedsec.omniscient import apply_omniscient
 
-    def reply(pid: int, values: list[float]) -> Message:
-        instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=100 + pid,
-                              message_type=MessageType.TRAIN)
-        content = RecordDict({"arrays": ArrayRecord({"w": Array(np.array(values, dtype=np.float32))}),
-                              "metrics": MetricRecord({"num-examples": 10, "partition-id": pid})})
-        return Message(content=content, reply_to=instruction)
-
-    global_arrays = ArrayRecord({"w": Array(np.array([1.0, 1.0], dtype=np.float32))})
-    replies = [reply(0, [2.0, 1.0]), reply(1, [1.0, 3.0]), reply(2, [3.0, 5.0])]
+    global_arrays = arrays_of({"w": np.array([1.0, 1.0])})
+    replies = [reply(100 + pid, pid, {"w": np.array(v)}) for pid, v in enumerate([[2.0, 1.0], [1.0, 3.0], [3.0, 5.0]])]
     replaced = apply_omniscient(AttackConfig(kind="ipm", epsilon=1.0), replies, global_arrays, malicious={2})
     assert replaced == 1
     # updates (1,0), (0,2), (2,4): mean (1, 2); IPM eps=1 -> (-1, -2); arrays = global + that = (0, -1)

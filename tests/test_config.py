@@ -99,7 +99,8 @@ def test_shipped_experiments_are_valid(path):
 @pytest.mark.parametrize(
     ("defense", "fragments"),
     [
-        ({"strategy": "bulyan", "num_malicious": 2}, ["defense.num_malicious=2", "n >= 4f+3 = 11", "clients_per_round=10"]),
+        ({"strategy": "bulyan", "num_malicious": 2},
+         ["defense.num_malicious=2", "n >= 4f+3 = 11", "clients_per_round=10"]),
         ({"strategy": "krum", "num_malicious": 4}, ["defense.num_malicious=4", "at least 11", "clients_per_round=10"]),
         ({"strategy": "median", "trim_ratio": 0.1}, ["defense.trim_ratio", "not used", "'median'"]),
         ({"strategy": "trimmed_mean", "trim_ratio": 0.5}, ["defense.trim_ratio", "less than 0.5"]),

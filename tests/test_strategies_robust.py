@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flower_messages import arrays_of, reply, started
 from flwr.serverapp.strategy import Bulyan as FlowerBulyan
 from flwr.serverapp.strategy import FedMedian as FlowerFedMedian
 from flwr.serverapp.strategy import FedTrimmedAvg as FlowerFedTrimmedAvg
@@ -262,26 +262,6 @@ def test_bad_constructor_parameters_name_the_key(cls, kwargs, message):
 
 
 # ------------------------------------------------------------------ strategies on real Flower messages
-def arrays_of(values: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in values.items()})
-
-
-def reply(node_id: int, partition_id: int, values: dict[str, np.ndarray], num_examples: float = 10) -> Message:
-    instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=node_id,
-                          message_type=MessageType.TRAIN)
-    content = RecordDict({
-        "arrays": arrays_of(values),
-        "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id, "train_loss": 1.0}),
-    })
-    return Message(content=content, reply_to=instruction)
-
-
-def started(strategy, global_arrays: ArrayRecord):
-    strategy.node_sampler = lambda r: []
-    list(strategy.configure_train(1, global_arrays, ConfigRecord(), grid=None))
-    return strategy
-
-
 def random_round(seed: int, n: int):
     rng = np.random.default_rng(seed)
     global_values = {k: rng.normal(size=s) for k, s in SHAPES.items()}

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flower_messages import arrays_of, error_reply, reply, started
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedsec.strategies import FedAvg, fedavg_aggregate
@@ -16,35 +16,8 @@ SHAPES = {"w": (2, 3), "b": (3,)}
 pytestmark = pytest.mark.usefixtures("server_identity")
 
 
-def arrays_of(values: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.asarray(v, dtype=np.float32)) for k, v in values.items()})
-
-
-def reply(node_id: int, partition_id: int, values: dict[str, np.ndarray], num_examples: float = 10) -> Message:
-    instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=node_id,
-                          message_type=MessageType.TRAIN)
-    content = RecordDict({
-        "arrays": arrays_of(values),
-        "metrics": MetricRecord({"num-examples": num_examples, "partition-id": partition_id, "train_loss": 1.0}),
-        "info": ConfigRecord({"node": f"ray-{partition_id}"}),
-    })
-    return Message(content=content, reply_to=instruction)
-
-
-def error_reply(node_id: int) -> Message:
-    instruction = Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=node_id,
-                          message_type=MessageType.TRAIN)
-    return Message(Error(code=0, reason="ClientAppException\nboom: CUDA out of memory"), reply_to=instruction)
-
-
-def global_zero() -> ArrayRecord:
+def global_zero():
     return arrays_of({k: np.zeros(s) for k, s in SHAPES.items()})
-
-
-def started(strategy: FedAvg, global_arrays: ArrayRecord) -> FedAvg:
-    strategy.node_sampler = lambda r: []
-    list(strategy.configure_train(1, global_arrays, ConfigRecord(), grid=None))
-    return strategy
 
 
 def test_fedavg_kernel_weights_by_examples():
@@ -62,7 +35,7 @@ def test_invalid_and_failed_replies_are_rejected_and_recorded():
     wrong_shape = {"w": np.ones((3, 2)), "b": np.ones(3)}
     replies = [
         reply(105, 5, nan),
-        reply(101, 1, good, num_examples=30),
+        reply(101, 1, good, num_examples=30, node="ray-1"),
         reply(103, 3, wrong_shape),
         reply(102, 2, {"w": 3 * np.ones((2, 3)), "b": 3 * np.ones(3)}, num_examples=10),
         reply(104, 4, good, num_examples=0),

@@ -1,0 +1,180 @@
+"""CKKS aggregation: correctness of the encrypted weighted sum, the server's lack of a secret key, and refusals."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from fedsec.crypto import (
+    CkksParams,
+    CryptoError,
+    KeyAuthority,
+    add_encrypted,
+    ciphertext_bytes,
+    encrypt_vector,
+    load_context,
+)
+
+# Default params (N=4096, (60, 40), 2^40): measured max error 4e-8 after 100 additions of unit-range values
+# (see fedsec.crypto's docstring); 1e-6 leaves 25x margin yet is 1e4 below the weighted values' own scale.
+TOLERANCE = 1e-6
+
+
+@pytest.fixture(scope="module")
+def authority() -> KeyAuthority:
+    return KeyAuthority()
+
+
+def _client_updates(rng: np.random.Generator, d: int, num_examples: list[int]) -> list[np.ndarray]:
+    """What clients send: update (values in [-1, 1]) times num_examples."""
+    return [n * rng.uniform(-1.0, 1.0, size=d) for n in num_examples]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1000])
+def test_encrypted_weighted_sum_matches_plaintext(authority: KeyAuthority, chunk_size: int | None) -> None:
+    rng = np.random.default_rng(0)
+    slots = authority.params.slots
+    d = 2 * slots + 37  # not a multiple of the slot count: the last chunk is partial
+    num_examples = [13, 250, 1200, 40, 700]
+    updates = _client_updates(rng, d, num_examples)
+    encrypted = [encrypt_vector(u, authority.client_context(), chunk_size=chunk_size) for u in updates]
+    expected_chunks = -(-d // (chunk_size or slots))
+    assert all(len(chunks) == expected_chunks for chunks in encrypted)
+
+    total = authority.decrypt_sum(add_encrypted(encrypted, authority.server_context()), d)
+
+    assert total.dtype == np.float64 and total.shape == (d,)
+    np.testing.assert_allclose(total, np.sum(updates, axis=0), rtol=0, atol=TOLERANCE)
+    average = total / sum(num_examples)  # what FedAvg does with it
+    unweighted = np.mean([u / n for u, n in zip(updates, num_examples)], axis=0)
+    np.testing.assert_allclose(average, np.average([u / n for u, n in zip(updates, num_examples)], axis=0,
+                                                   weights=num_examples), rtol=0, atol=TOLERANCE)
+    assert np.abs(average - unweighted).max() > 1e-2  # the weighting is really applied
+
+
+def test_client_context_without_secret_key_encrypts_the_same(authority: KeyAuthority) -> None:
+    x = np.linspace(-3.0, 3.0, 100)
+    chunks = encrypt_vector(x, authority.client_context(secret_key=False))
+    assert not load_context(authority.client_context(secret_key=False)).has_secret_key()
+    np.testing.assert_allclose(authority.decrypt_sum(chunks, 100), x, rtol=0, atol=TOLERANCE)
+
+
+def test_default_ciphertext_is_eight_times_float32(authority: KeyAuthority) -> None:
+    chunks = encrypt_vector(np.ones(authority.params.slots), authority.client_context())
+    ratio = ciphertext_bytes(chunks) / (authority.params.slots * 4)
+    assert len(chunks) == 1 and 7.5 < ratio < 8.5
+
+
+def test_server_context_holds_no_secret_key(authority: KeyAuthority) -> None:
+    server_bytes = authority.server_context()
+    server = ts.context_from(server_bytes)
+    assert not server.is_private() and not server.has_secret_key() and server.has_public_key()
+    assert ts.context_from(authority.client_context()).has_secret_key()
+
+    # The server's bytes are exactly the client context serialized *without* its secret key.
+    client = ts.context_from(authority.client_context())
+    without = client.serialize(save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    with_key = client.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)
+    assert server_bytes == without
+    assert server_bytes != with_key and len(with_key) > len(server_bytes)
+
+    chunks = encrypt_vector(np.arange(10.0), authority.client_context())
+    vector = ts.ckks_vector_from(server, chunks[0])
+    with pytest.raises(ValueError, match="secret"):
+        vector.decrypt()
+
+
+def test_add_encrypted_with_public_context_only(authority: KeyAuthority, caplog) -> None:
+    x, y = np.arange(50.0), -0.5 * np.arange(50.0)
+    public = ts.context_from(authority.server_context())
+    chunks = [encrypt_vector(v, authority.client_context()) for v in (x, y)]
+    with caplog.at_level(logging.WARNING, logger="fedsec.crypto"):
+        total = add_encrypted(chunks, public)
+    assert not caplog.records
+    np.testing.assert_allclose(authority.decrypt_sum(total, 50), x + y, rtol=0, atol=TOLERANCE)
+
+    with caplog.at_level(logging.WARNING, logger="fedsec.crypto"):
+        add_encrypted(chunks, authority.client_context())
+    assert any("secret key" in r.getMessage() for r in caplog.records)
+
+
+def test_context_cache_reuses_deserialized_context(authority: KeyAuthority) -> None:
+    data = authority.server_context()
+    first = load_context(bytes(bytearray(data)))  # equal bytes, distinct object
+    assert load_context(bytes(bytearray(data))) is first
+    assert load_context(authority.client_context()) is not first
+
+
+@pytest.mark.parametrize(
+    ("params", "key", "fragment"),
+    [
+        (CkksParams(4096, (60, 40, 40, 60), 40), "encryption.poly_modulus_degree=4096",
+         "exceeds the 128-bit-security limit of 109 bits"),
+        (CkksParams(8192, (60, 60, 60, 60), 40), "encryption.poly_modulus_degree=8192", "240 bits"),
+        (CkksParams(3000, (60, 40), 40), "encryption.poly_modulus_degree=3000", "power of two"),
+        (CkksParams(65536, (60, 40), 40), "encryption.poly_modulus_degree=65536", "power of two"),
+        (CkksParams(8192, (60,), 40), "encryption.coeff_mod_bit_sizes=[60]", "at least two primes"),
+        (CkksParams(8192, (61, 40), 40), "encryption.coeff_mod_bit_sizes=[61, 40]", "[2, 60]"),
+        (CkksParams(8192, (60, 40), 59), "encryption.global_scale_bits=59", "must be below 59"),
+        (CkksParams(8192, (60, 40), 10), "encryption.global_scale_bits=10", ">= 20"),
+        (CkksParams(4096, (60, 15), 40), "encryption.coeff_mod_bit_sizes=[60, 15]", "SEAL refused"),
+    ],
+)
+def test_invalid_params_raise_crypto_error_naming_the_key(params: CkksParams, key: str, fragment: str) -> None:
+    with pytest.raises(CryptoError) as info:
+        KeyAuthority(params)
+    assert key in str(info.value) and fragment in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_validate_accepts_secure_sets() -> None:
+    for params in (CkksParams(), CkksParams(8192, (60, 40), 40), CkksParams(8192, [60, 40, 40, 60], 40)):
+        params.validate()
+    assert CkksParams(8192, [60, 40]).coeff_mod_bit_sizes == (60, 40)  # lists become tuples (hashable)
+
+
+@pytest.mark.parametrize("bad", [b"", b"not a ciphertext", "truncated", "other-N"])
+def test_malformed_ciphertext_raises(authority: KeyAuthority, bad) -> None:
+    good = encrypt_vector(np.ones(20), authority.client_context())
+    if bad == "truncated":
+        bad = good[0][: len(good[0]) // 2]
+    elif bad == "other-N":
+        other = KeyAuthority(CkksParams(8192, (60, 40), 40))
+        bad = encrypt_vector(np.ones(20), other.client_context())[0]
+    with pytest.raises(CryptoError, match="client 1, chunk 0"):
+        add_encrypted([good, [bad]], authority.server_context())
+
+
+def test_mismatched_chunks_raise(authority: KeyAuthority) -> None:
+    ctx = authority.client_context()
+    one = encrypt_vector(np.ones(10), ctx)
+    three = encrypt_vector(np.ones(3 * authority.params.slots), ctx)
+    with pytest.raises(CryptoError, match=r"different or zero chunk counts \[1, 3\]"):
+        add_encrypted([one, three], authority.server_context())
+    with pytest.raises(CryptoError, match="holds 11 values for client 1"):
+        add_encrypted([one, encrypt_vector(np.ones(11), ctx)], authority.server_context())
+    with pytest.raises(CryptoError, match="at least one"):
+        add_encrypted([], authority.server_context())
+    with pytest.raises(CryptoError, match="expected length=11"):
+        authority.decrypt_sum(one, 11)
+
+
+def test_encrypt_vector_refuses_what_ckks_cannot_hold(authority: KeyAuthority) -> None:
+    ctx = authority.client_context()
+    limit = authority.params.max_abs
+    assert limit == 2.0 ** 18
+    chunks = encrypt_vector(np.array([limit, -limit]), ctx)  # at the bound: fine
+    np.testing.assert_allclose(authority.decrypt_sum(chunks, 2), [limit, -limit], rtol=0, atol=TOLERANCE)
+    with pytest.raises(CryptoError, match="headroom"):
+        encrypt_vector(np.array([2.5 * limit]), ctx)
+    with pytest.raises(CryptoError, match="non-finite"):
+        encrypt_vector(np.array([1.0, np.nan]), ctx)
+    with pytest.raises(CryptoError, match=r"chunk_size=5000 must be in \[1, 2048\]"):
+        encrypt_vector(np.ones(10), ctx, chunk_size=5000)
+    with pytest.raises(CryptoError, match="1-D"):
+        encrypt_vector(np.ones((2, 3)), ctx)
+    with pytest.raises(CryptoError, match="do not deserialize to a TenSEAL context"):
+        encrypt_vector(np.ones(3), b"junk")
