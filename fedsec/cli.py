@@ -86,7 +86,7 @@ def run(
             table.add_row(key, _fmt(summary[key]))
     console.print(table)
     console.print(f"run directory: [bold]{result.run_dir}[/]")
-    if summary.get("stopped_reason") != "completed":
+    if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
 
 
@@ -104,12 +104,20 @@ def validate(
         f"{experiment.train.clients_per_round} clients",
         highlight=False,
     )
+    plan = experiment.privacy_plan()
+    if plan is not None:
+        line = (f"privacy: {experiment.privacy.mode} DP, noise multiplier {plan.noise_multiplier:.4g}, sample rate "
+                f"{plan.sample_rate:.3g}: the {experiment.rounds} planned rounds spend epsilon "
+                f"{plan.planned_epsilon:.3f} of {experiment.privacy.epsilon} at delta {experiment.privacy.delta:g}")
+        if plan.rounds_within_budget < experiment.rounds:
+            line += f"; the budget guard will stop the run after round {plan.rounds_within_budget}"
+        console.print(line, highlight=False)
 
 
 @app.command("list")
 def list_components() -> None:
     """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
-    from fedsec.config import ATTACKS, AttackConfig, EncryptionConfig, PrivacyConfig
+    from fedsec.config import ATTACKS, PRIVACY_MODES, AttackConfig, EncryptionConfig, PrivacyConfig
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.models import MODELS
     from fedsec.strategies import STRATEGIES
@@ -120,7 +128,7 @@ def list_components() -> None:
         ("models (model.name)", {k: d for k, (_, d) in MODELS.items()}),
         ("strategies (defense.strategy)", {k: d for k, (_, d) in STRATEGIES.items()}),
         ("attacks (attack.kind)", _kinds(AttackConfig, "kind", ATTACKS)),
-        ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", {"none": "no differential privacy"})),
+        ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", PRIVACY_MODES)),
         ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", {"none": "plaintext aggregation"})),
     ]
     for title, items in sections:

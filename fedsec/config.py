@@ -9,6 +9,7 @@ the rule, the value received and, where there is one, the fix.
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -191,10 +192,32 @@ class DefenseConfig(_Section):
         return self
 
 
+PRIVACY_MODES: dict[str, str] = {
+    "none": "no differential privacy",
+    "central": "user-level DP-FedAvg (McMahan et al. 2018): server clips updates to clip_norm, adds Gaussian noise;"
+    " RDP/PRV accounting; the run never spends more than epsilon",
+}
+
+
 class PrivacyConfig(_Section):
-    mode: Literal["none"] = Field("none", description="Differential privacy mode.")
+    mode: Literal["none", "central"] = Field("none", description="Differential privacy mode.")
     epsilon: float = Field(8.0, gt=0, description="Privacy budget; a run never spends more.")
-    delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta.")
+    delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta (must be below 1 / data.num_clients).")
+    clip_norm: float = Field(1.0, gt=0, description="central: L2 bound of each client's update.")
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="central: noise std / clip_norm (default: calibrated to spend epsilon in the rounds)."
+    )
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant.")
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """What a central-DP run will spend: noise, sampling rate, epsilon after the planned rounds."""
+
+    noise_multiplier: float
+    sample_rate: float
+    planned_epsilon: float
+    rounds_within_budget: int
 
 
 class EncryptionConfig(_Section):
@@ -245,7 +268,47 @@ class Experiment(_Section):
             raise ValueError(f"model.name={self.model.name!r}: {problem}")
         self._check_attack()
         self._check_defense()
+        self._check_privacy()
         return self
+
+    def privacy_plan(self) -> PrivacyPlan | None:
+        """Noise and spending of a central-DP run (None without DP)."""
+        privacy = self.privacy
+        if privacy.mode == "none":
+            return None
+        from fedsec.privacy import PrivacyLedger, calibrate_noise, epsilon_after
+
+        q = self.train.clients_per_round / self.data.num_clients
+        z = privacy.noise_multiplier
+        if z is None:
+            z = calibrate_noise(epsilon=privacy.epsilon, delta=privacy.delta, sample_rate=q, steps=self.rounds,
+                                accountant=privacy.accountant)
+        spent = epsilon_after(noise_multiplier=z, sample_rate=q, steps=self.rounds, delta=privacy.delta,
+                              accountant=privacy.accountant)
+        ledger = PrivacyLedger(z, q, privacy.delta, privacy.epsilon, privacy.accountant)
+        return PrivacyPlan(z, q, spent, ledger.rounds_within_budget(self.rounds))
+
+    def _check_privacy(self) -> None:
+        privacy, data = self.privacy, self.data
+        if privacy.mode == "none":
+            return
+        if privacy.delta >= 1 / data.num_clients:
+            raise ValueError(
+                f"privacy.delta={privacy.delta:g}: must be below 1 / data.num_clients = {1 / data.num_clients:g} "
+                "(user-level DP over clients)"
+            )
+        if self.defense.strategy != "fedavg":
+            raise ValueError(
+                f"privacy.mode='central' with defense.strategy={self.defense.strategy!r}: DP-FedAvg's guarantee "
+                "needs the clipped sum of updates (sensitivity clip_norm); a robust rule changes the sensitivity. "
+                "Use defense.strategy='fedavg'"
+            )
+        plan = self.privacy_plan()
+        if plan is not None and plan.rounds_within_budget == 0:
+            raise ValueError(
+                f"privacy.noise_multiplier={privacy.noise_multiplier}: one round already spends more than "
+                f"privacy.epsilon={privacy.epsilon}; raise the noise or the budget, or omit noise_multiplier"
+            )
 
     def expected_attackers_per_round(self) -> int:
         """round(share of malicious clients x clients per round): the f a defense assumes by default."""

@@ -149,6 +149,7 @@ def run_experiment(
             "wall_seconds": time.perf_counter() - t0,
             "skipped_rounds": outcome.skipped_rounds,
             "clients_per_node": outcome.clients_per_node,
+            **({"privacy": outcome.privacy} if outcome.privacy else {}),
         },
     )
     if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):

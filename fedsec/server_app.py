@@ -55,6 +55,7 @@ class ServerOutcome:
     clients_per_node: dict[str, int] = field(default_factory=dict)
     skipped_rounds: list[int] = field(default_factory=list)
     malicious_clients: list[int] = field(default_factory=list)
+    privacy: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None  # what stopped the loop, if it did not complete
 
 
@@ -65,13 +66,17 @@ def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) ->
 
 
 def build_strategy(experiment: Experiment) -> RobustStrategy:
-    """The configured strategy, with Flower's sampling minimums set for the experiment."""
+    """The configured strategy (DP-FedAvg under central DP), with Flower's sampling minimums set."""
+    sampling = {"min_train_nodes": experiment.train.clients_per_round,
+                "min_available_nodes": experiment.data.num_clients}
+    plan = experiment.privacy_plan()
+    if plan is not None:
+        from fedsec.strategies.dp_fedavg import DPFedAvg
+
+        return DPFedAvg(clip_norm=experiment.privacy.clip_norm, noise_multiplier=plan.noise_multiplier,
+                        expected_clients=experiment.train.clients_per_round, seed=experiment.seed, **sampling)
     cls, _ = STRATEGIES[experiment.defense.strategy]
-    return cls(
-        min_train_nodes=experiment.train.clients_per_round,
-        min_available_nodes=experiment.data.num_clients,
-        **experiment.strategy_kwargs(),
-    )
+    return cls(**sampling, **experiment.strategy_kwargs())
 
 
 def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int, int], dict[int, str]]:
@@ -192,12 +197,23 @@ def run_rounds(
     arrays = model_to_record(initial)
     row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
     outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
+
+    ledger = _ledger(experiment)
+    if ledger is not None:
+        row["epsilon"] = 0.0
+        outcome.privacy = {"noise_multiplier": ledger.noise_multiplier, "sample_rate": ledger.sample_rate,
+                           "epsilon_budget": ledger.budget, "delta": ledger.delta, "epsilon": 0.0}
     _emit(run_dir, row, on_round)
     logger.info("fedsec: %s with %s, %d rounds", experiment.name, strategy.describe(), experiment.rounds)
 
     node_counts: Counter[str] = Counter()
     train_config = ConfigRecord()
     for server_round in range(1, experiment.rounds + 1):
+        if ledger is not None and not ledger.allows(1):
+            outcome.stopped_reason = "privacy_budget"
+            logger.warning("stopping before round %d: it would spend more than epsilon=%s", server_round,
+                           ledger.budget)
+            break
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
@@ -223,6 +239,8 @@ def run_rounds(
         row["skipped"] = int(new_arrays is None)
         if train_metrics is not None and "train_loss" in train_metrics:
             row["train_loss"] = float(train_metrics["train_loss"])
+        if ledger is not None:
+            row["epsilon"] = outcome.privacy["epsilon"] = ledger.spend(1)
         if malicious:
             row["attack_active"] = int(attack_active(experiment, server_round))
             row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
@@ -247,8 +265,19 @@ def run_rounds(
         run_dir.add_clients(client_rows)
         _emit(run_dir, row, on_round)
     outcome.clients_per_node = dict(node_counts)
-    outcome.stopped_reason = "completed"
+    if outcome.stopped_reason != "privacy_budget":
+        outcome.stopped_reason = "completed"
     return outcome
+
+
+def _ledger(experiment: Experiment):
+    plan = experiment.privacy_plan()
+    if plan is None:
+        return None
+    from fedsec.privacy import PrivacyLedger
+
+    privacy = experiment.privacy
+    return PrivacyLedger(plan.noise_multiplier, plan.sample_rate, privacy.delta, privacy.epsilon, privacy.accountant)
 
 
 def _emit(run_dir: RunDirectory, row: dict[str, Any], on_round: RoundCallback | None) -> None:

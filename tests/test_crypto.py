@@ -49,9 +49,9 @@ def test_encrypted_weighted_sum_matches_plaintext(authority: KeyAuthority, chunk
     assert total.dtype == np.float64 and total.shape == (d,)
     np.testing.assert_allclose(total, np.sum(updates, axis=0), rtol=0, atol=TOLERANCE)
     average = total / sum(num_examples)  # what FedAvg does with it
-    unweighted = np.mean([u / n for u, n in zip(updates, num_examples)], axis=0)
-    np.testing.assert_allclose(average, np.average([u / n for u, n in zip(updates, num_examples)], axis=0,
-                                                   weights=num_examples), rtol=0, atol=TOLERANCE)
+    raw = [u / n for u, n in zip(updates, num_examples, strict=True)]
+    unweighted = np.mean(raw, axis=0)
+    np.testing.assert_allclose(average, np.average(raw, axis=0, weights=num_examples), rtol=0, atol=TOLERANCE)
     assert np.abs(average - unweighted).max() > 1e-2  # the weighting is really applied
 
 

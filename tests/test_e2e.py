@@ -94,3 +94,21 @@ def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, two_runs):
     first = clean[(clean["round"] == 1) & clean["client"].isin([0, 3])].set_index("client")["update_norm"]
     ours = good[good["round"] == 1].set_index("client")["update_norm"]
     pd.testing.assert_series_equal(ours, first, check_exact=True)
+
+
+def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
+    """Noise 2, all 4 clients each round, delta 1e-3: rounds 1..4 would spend 1.546, 2.330, 2.971, 3.537;
+    with a budget of 3.0 the run stops before round 4."""
+    overrides = ["privacy.mode=central", "privacy.noise_multiplier=2.0", "privacy.epsilon=3.0",
+                 "privacy.delta=1e-3", "privacy.clip_norm=5.0", "rounds=6"]
+    result = run_experiment(load_experiment(SMOKE, overrides), tmp_path / "run")
+    rounds = pd.read_csv(result.run_dir / "rounds.csv")
+    assert list(rounds["round"]) == [0, 1, 2, 3]
+    assert rounds["epsilon"].round(3).tolist() == [0.0, 1.546, 2.330, 2.971]
+    assert (rounds["epsilon"] <= 3.0).all()
+    summary = result.summary
+    assert summary["stopped_reason"] == "privacy_budget" and summary["rounds_completed"] == 3
+    assert summary["privacy"]["epsilon"] == pytest.approx(2.9714, abs=1e-3)
+    assert summary["privacy"]["epsilon_budget"] == 3.0
+    clients = pd.read_csv(result.run_dir / "clients.csv")
+    assert (clients["accepted"] <= 0.25 + 1e-9).all()  # DP-FedAvg: uniform weights, clipped, divided by k=4

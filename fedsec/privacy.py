@@ -1,0 +1,87 @@
+"""Privacy accounting for fedsec runs, on Opacus' accountants, and the budget guard.
+
+Central (user-level) DP, DP-FedAvg of McMahan, Ramage, Talwar and Zhang, "Learning Differentially Private
+Recurrent Language Models", ICLR 2018 (https://arxiv.org/abs/1710.06963): each round samples k of N clients,
+clips every update to L2 norm C, sums, adds N(0, (z C)^2) noise and divides by k. One round is one step of the
+subsampled Gaussian mechanism with sampling rate q = k / N and noise multiplier z; epsilon at ``privacy.delta``
+comes from Opacus' RDP accountant (Mironov, "Renyi Differential Privacy", CSF 2017; Mironov, Talwar and Zhang,
+"Renyi Differential Privacy of the Sampled Gaussian Mechanism", 2019) or PRV accountant. Caveat: fedsec samples
+exactly k clients per round (without replacement), the accountant analyses Poisson sampling with rate q, as the
+DP-FedAvg paper and most FL libraries do.
+
+Noise: ``privacy.noise_multiplier``, or calibrated with Opacus' ``get_noise_multiplier`` so that the planned rounds
+spend at most ``privacy.epsilon``. The guard (:meth:`PrivacyLedger.allows`) refuses any round whose step would push
+epsilon above the budget, so a run never spends more than its budget.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
+
+
+def _accountant(kind: str):
+    return ACCOUNTANTS[kind]()
+
+
+def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, delta: float, accountant: str = "rdp"
+                  ) -> float:
+    """Epsilon after ``steps`` subsampled-Gaussian steps (0 steps: 0)."""
+    if steps <= 0:
+        return 0.0
+    acc = _accountant(accountant)
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # Opacus' "optimal order is the largest alpha" notice
+        return float(acc.get_epsilon(delta=delta))
+
+
+def calibrate_noise(*, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
+    """The smallest noise multiplier (Opacus' search, within 0.01) that spends at most ``epsilon`` in ``steps``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant=accountant, epsilon_tolerance=0.01))
+
+
+@dataclass
+class PrivacyLedger:
+    """Rounds spent so far under one noise multiplier and sampling rate; epsilon never above ``budget``."""
+
+    noise_multiplier: float
+    sample_rate: float
+    delta: float
+    budget: float
+    accountant: str = "rdp"
+    steps: int = 0
+
+    @property
+    def epsilon(self) -> float:
+        return epsilon_after(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps,
+                             delta=self.delta, accountant=self.accountant)
+
+    def allows(self, more_steps: int = 1) -> bool:
+        """Whether ``more_steps`` more rounds keep epsilon within the budget."""
+        spent = epsilon_after(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate,
+                              steps=self.steps + more_steps, delta=self.delta, accountant=self.accountant)
+        return spent <= self.budget and math.isfinite(spent)
+
+    def spend(self, steps: int = 1) -> float:
+        self.steps += steps
+        return self.epsilon
+
+    def rounds_within_budget(self, planned: int) -> int:
+        """How many of ``planned`` rounds fit in the budget."""
+        low, high = 0, planned
+        while low < high:
+            mid = (low + high + 1) // 2
+            spent = epsilon_after(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=mid,
+                                  delta=self.delta, accountant=self.accountant)
+            low, high = (mid, high) if spent <= self.budget else (low, mid - 1)
+        return low
