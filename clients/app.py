@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsec.clients.attacks.registry import build_attack
+from fedsec.clients.encrypted import encrypted_train_reply, worker_context
 from fedsec.clients.honest import (
     ClientSpec,
     current_node,
@@ -50,6 +51,10 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         else:
             model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)
+        if spec.crypto_ref is not None:
+            return encrypted_train_reply(
+                message, arrays, metrics, context=worker_context(spec.crypto_ref), node=current_node()
+            )
         return train_reply(message, arrays, metrics)
 
     @app.evaluate()

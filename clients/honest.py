@@ -36,6 +36,7 @@ class ClientSpec:
     experiment: Experiment
     data_ref: Any = None  # ray.ObjectRef to FederatedData, or None to load from disk in the worker
     board_name: str | None = None  # the colluding attackers' named Ray actor, if any
+    crypto_ref: Any = None  # CKKS client context (Ray ObjectRef or bytes) under encryption.scheme = "ckks"
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:

@@ -220,8 +220,35 @@ class PrivacyPlan:
     rounds_within_budget: int
 
 
+ENCRYPTION_SCHEMES: dict[str, str] = {
+    "none": "plaintext aggregation",
+    "ckks": "CKKS (TenSEAL): clients encrypt weighted updates, the server adds ciphertexts it cannot decrypt",
+}
+
+
 class EncryptionConfig(_Section):
-    scheme: Literal["none"] = Field("none", description="Encrypted aggregation scheme.")
+    scheme: Literal["none", "ckks"] = Field("none", description="Encrypted aggregation scheme.")
+    poly_modulus_degree: int = Field(4096, description="ckks: ring dimension N (slots = N/2).")
+    coeff_mod_bit_sizes: list[int] = Field([60, 40], description="ckks: coefficient-modulus prime sizes (bits).")
+    global_scale_bits: int = Field(40, description="ckks: log2 of the encoding scale.")
+
+    @model_validator(mode="after")
+    def _check_ckks(self) -> EncryptionConfig:
+        if self.scheme == "ckks":
+            from fedsec.crypto import CryptoError
+
+            try:
+                self.params().validate()
+            except CryptoError as e:
+                raise ValueError(str(e)) from e
+        return self
+
+    def params(self):
+        from fedsec.crypto import CkksParams
+
+        return CkksParams(poly_modulus_degree=self.poly_modulus_degree,
+                          coeff_mod_bit_sizes=tuple(self.coeff_mod_bit_sizes),
+                          global_scale_bits=self.global_scale_bits)
 
 
 class BackendConfig(_Section):
@@ -269,7 +296,27 @@ class Experiment(_Section):
         self._check_attack()
         self._check_defense()
         self._check_privacy()
+        self._check_encryption()
         return self
+
+    def _check_encryption(self) -> None:
+        if self.encryption.scheme == "none":
+            return
+        if self.defense.strategy != "fedavg":
+            raise ValueError(
+                f"encryption.scheme='ckks' with defense.strategy={self.defense.strategy!r}: the server only sees "
+                "ciphertexts, and robust rules need per-client plaintext distances or values; use 'fedavg'"
+            )
+        if self.privacy.mode != "none":
+            raise ValueError(
+                "encryption.scheme='ckks' with privacy.mode='central': clipping needs plaintext updates on the "
+                "server; not supported yet (use one or the other)"
+            )
+        if self.attack.kind in COLLUDING_ATTACKS and self.attack.knowledge == "omniscient":
+            raise ValueError(
+                "attack.knowledge='omniscient' with encryption.scheme='ckks': the omniscient attack is realised on "
+                "the server, which cannot read encrypted updates; use knowledge='colluding'"
+            )
 
     def privacy_plan(self) -> PrivacyPlan | None:
         """Noise and spending of a central-DP run (None without DP)."""
@@ -400,6 +447,8 @@ class Experiment(_Section):
         for key, strategies in _DEFENSE_KEYS.items():
             if self.defense.strategy not in strategies:
                 raw["defense"].pop(key, None)
+        if self.encryption.scheme == "none":
+            raw["encryption"] = {"scheme": "none"}
         return tomli_w.dumps(raw)
 
 

@@ -117,8 +117,17 @@ def run_experiment(
 
             board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
             start_board(board_name)
-        client_app = make_client_app(ClientSpec(experiment=experiment, data_ref=data_ref, board_name=board_name))
-        server_app = make_server_app(experiment, data, run_dir, on_round=on_round, outcome=outcome)
+        key_authority = crypto_ref = None
+        if experiment.encryption.scheme == "ckks":
+            from fedsec.crypto import KeyAuthority
+
+            key_authority = KeyAuthority(experiment.encryption.params())
+            crypto_ref = ray.put(key_authority.client_context())
+        spec = ClientSpec(experiment=experiment, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref)
+        client_app = make_client_app(spec)
+        server_app = make_server_app(
+            experiment, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority
+        )
         backend_config = {
             "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},

@@ -65,10 +65,19 @@ def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) ->
     return sorted(int(p) for p in rng.choice(num_clients, size=k, replace=False))
 
 
-def build_strategy(experiment: Experiment) -> RobustStrategy:
-    """The configured strategy (DP-FedAvg under central DP), with Flower's sampling minimums set."""
+def build_strategy(experiment: Experiment, *, key_authority: Any = None) -> RobustStrategy:
+    """The configured strategy (DP-FedAvg under central DP, EncryptedFedAvg under CKKS), with Flower's sampling
+    minimums set. Under encryption the strategy gets the key authority's public context and its decrypt function,
+    never the secret key."""
     sampling = {"min_train_nodes": experiment.train.clients_per_round,
                 "min_available_nodes": experiment.data.num_clients}
+    if experiment.encryption.scheme == "ckks":
+        from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
+
+        if key_authority is None:
+            raise ServerError("encryption.scheme='ckks' needs a key authority")
+        return EncryptedFedAvg(public_context=key_authority.server_context(), decryptor=key_authority.decrypt_sum,
+                               **sampling)
     plan = experiment.privacy_plan()
     if plan is not None:
         from fedsec.strategies.dp_fedavg import DPFedAvg
@@ -176,6 +185,7 @@ def run_rounds(
     *,
     on_round: RoundCallback | None = None,
     outcome: ServerOutcome | None = None,
+    key_authority: Any = None,
 ) -> ServerOutcome:
     """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end."""
     outcome = outcome or ServerOutcome()
@@ -185,7 +195,7 @@ def run_rounds(
     malicious = set(malicious_clients(experiment))
     omniscient = experiment.attack.kind in COLLUDING_ATTACKS and experiment.attack.knowledge == "omniscient"
     outcome.malicious_clients = sorted(malicious)
-    strategy = build_strategy(experiment)
+    strategy = build_strategy(experiment, key_authority=key_authority)
     strategy.node_sampler = lambda server_round: [
         node_of[p]
         for p in sample_partitions(
@@ -237,8 +247,9 @@ def run_rounds(
         row["clients_accepted"] = sum(1 for d in decisions if d.weight > 0)
         row["clients_failed"] = sum(1 for d in decisions if d.status.startswith(("failed", "invalid")))
         row["skipped"] = int(new_arrays is None)
-        if train_metrics is not None and "train_loss" in train_metrics:
-            row["train_loss"] = float(train_metrics["train_loss"])
+        for key in ("train_loss", "bytes_up", "encrypt_seconds", "he_add_seconds", "decrypt_seconds"):
+            if train_metrics is not None and key in train_metrics:
+                row[key] = float(train_metrics[key])
         if ledger is not None:
             row["epsilon"] = outcome.privacy["epsilon"] = ledger.spend(1)
         if malicious:
@@ -293,6 +304,7 @@ def make_server_app(
     *,
     on_round: RoundCallback | None = None,
     outcome: ServerOutcome | None = None,
+    key_authority: Any = None,
 ) -> ServerApp:
     """A ServerApp that runs ``experiment``; ``outcome`` is filled in as the run goes."""
     app = ServerApp()
@@ -300,7 +312,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_rounds(grid, experiment, data, run_dir, on_round=on_round, outcome=outcome)
+            run_rounds(grid, experiment, data, run_dir, on_round=on_round, outcome=outcome,
+                       key_authority=key_authority)
         except BaseException as e:  # hand it to the runner, which reports it after Ray has shut down
             if outcome is None:
                 raise

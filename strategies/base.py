@@ -210,7 +210,9 @@ class RobustStrategy(FedAvg):
             d.weight = float(w)
             d.status = "accepted" if w > 0 else "rejected"
         new_arrays = vector_to_record(global_vector + aggregate, like=global_arrays)
-        return new_arrays, self._weighted_metrics(valid)
+        metrics = self._weighted_metrics(valid)
+        metrics["bytes_up"] = sum(d.metrics["bytes_up"] for d in valid)
+        return new_arrays, metrics
 
     # ------------------------------------------------------------------ helpers
     def _check_reply(
@@ -242,6 +244,7 @@ class RobustStrategy(FedAvg):
         vector = record_to_vector(arrays)
         if not bool(torch.isfinite(vector).all()):
             return bad("non-finite values (NaN/Inf) in the update")
+        metrics = {**metrics, "bytes_up": float(sum(len(a.data) for a in arrays.values()))}
         decision = ClientDecision(
             node_id=node_id,
             partition_id=partition_id,
@@ -274,7 +277,7 @@ class RobustStrategy(FedAvg):
         out = MetricRecord()
         if not accepted or total <= 0:
             return out
-        keys = set.intersection(*(set(d.metrics) for d in accepted)) - {NUM_EXAMPLES_KEY, PARTITION_ID_KEY}
+        keys = set.intersection(*(set(d.metrics) for d in accepted)) - {NUM_EXAMPLES_KEY, PARTITION_ID_KEY, "bytes_up"}
         for key in sorted(keys):
             out[key] = sum(d.metrics[key] * d.num_examples for d in accepted) / total
         out[NUM_EXAMPLES_KEY] = total

@@ -112,3 +112,16 @@ def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
     assert summary["privacy"]["epsilon_budget"] == 3.0
     clients = pd.read_csv(result.run_dir / "clients.csv")
     assert (clients["accepted"] <= 0.25 + 1e-9).all()  # DP-FedAvg: uniform weights, clipped, divided by k=4
+
+
+def test_ckks_encrypted_run_matches_the_plaintext_run(tmp_path, two_runs):
+    """The same run under CKKS: the server sums ciphertexts only; accuracy equals the plaintext run's."""
+    result = run_experiment(load_experiment(SMOKE, ["rounds=3", "encryption.scheme=ckks"]), tmp_path / "run")
+    encrypted = pd.read_csv(result.run_dir / "rounds.csv")
+    plain = pd.read_csv(two_runs[0] / "rounds.csv")
+    assert (encrypted["accuracy"] - plain["accuracy"]).abs().max() < 0.01
+    assert (encrypted["loss"] - plain["loss"]).abs().max() < 1e-3
+    # 4 clients x 650 parameters: ciphertexts of about 8x the float32 bytes
+    assert (encrypted["bytes_up"].iloc[1:] / plain["bytes_up"].iloc[1:] > 4).all()
+    clients = pd.read_csv(result.run_dir / "clients.csv")
+    assert clients["update_norm"].isna().all()  # the server never sees a plaintext update

@@ -1,0 +1,50 @@
+"""The client side of CKKS-encrypted aggregation: encrypt the weighted update instead of sending arrays.
+
+The client flattens its update (trained arrays - received global arrays), multiplies it by its number of
+examples (so that the server's sum divided by the total is FedAvg), encrypts it in chunks of the slot count with
+the context the key authority gave it (:mod:`fedsec.crypto`), and replies with the ciphertext bytes, its
+plaintext ``num-examples`` and metrics; no ArrayRecord leaves the client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fedsec.crypto import ciphertext_bytes, encrypt_vector
+from fedsec.records import record_to_vector
+from fedsec.strategies.base import NODE_KEY, NUM_EXAMPLES_KEY
+from fedsec.strategies.encrypted_fedavg import CHUNKS_KEY, CKKS_RECORD
+
+_CONTEXTS: dict[str, bytes] = {}
+
+
+def worker_context(crypto_ref: Any) -> bytes:
+    """The client context (bytes) behind ``crypto_ref`` (a Ray ObjectRef or the bytes), fetched once per worker."""
+    if isinstance(crypto_ref, bytes):
+        return crypto_ref
+    key = crypto_ref.hex()
+    if key not in _CONTEXTS:
+        import ray
+
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = ray.get(crypto_ref)
+    return _CONTEXTS[key]
+
+
+def encrypted_train_reply(
+    message: Message, arrays: ArrayRecord, metrics: MetricRecord, *, context: bytes, node: str
+) -> Message:
+    """The train reply under encryption: CKKS chunks of num_examples * update, plus plaintext metrics."""
+    global_arrays = message.content["arrays"]
+    update = record_to_vector(arrays).double() - record_to_vector(global_arrays).double()
+    t0 = time.perf_counter()
+    chunks = encrypt_vector((update * float(metrics[NUM_EXAMPLES_KEY])).numpy(), context)
+    metrics["encrypt_seconds"] = time.perf_counter() - t0
+    metrics["ciphertext_bytes"] = ciphertext_bytes(chunks)
+    content = RecordDict(
+        {CKKS_RECORD: ConfigRecord({CHUNKS_KEY: chunks}), "metrics": metrics, "info": ConfigRecord({NODE_KEY: node})}
+    )
+    return Message(content=content, reply_to=message)

@@ -1,0 +1,148 @@
+"""FedAvg over CKKS ciphertexts: the server adds encrypted updates it cannot read.
+
+Homomorphic encryption: Cheon, Kim, Kim and Song, "Homomorphic Encryption for Arithmetic of Approximate Numbers"
+(CKKS), ASIACRYPT 2017 (https://eprint.iacr.org/2016/421), with TenSEAL; the parameters and their measured error
+are in :mod:`fedsec.crypto`. Each client sends its flattened update multiplied by its ``num-examples`` as CKKS
+chunks (a ConfigRecord ``"ckks"`` with ``"chunks"``: list of bytes) plus its plaintext ``num-examples``; the server
+sums the chunk lists with the *public* context only and hands the encrypted sum to a decryptor (the key
+authority's, in a simulation the trusted setup); the new global model is global + sum / total examples, exactly
+FedAvg up to the CKKS error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedsec.crypto import CryptoError, add_encrypted, ciphertext_bytes, load_context
+from fedsec.records import record_to_vector, vector_to_record
+
+from .base import NUM_EXAMPLES_KEY, ClientDecision, RobustStrategy, RoundReport, _reply_key
+
+CKKS_RECORD = "ckks"
+CHUNKS_KEY = "chunks"
+
+Decryptor = Callable[[list[bytes], int], np.ndarray]
+
+
+class EncryptedFedAvg(RobustStrategy):
+    """FedAvg on CKKS-encrypted updates; the server holds only the public context.
+
+    Parameters
+    ----------
+    public_context : bytes
+        The key authority's serialized public context (no secret key: refused otherwise).
+    decryptor : Callable[[list[bytes], int], np.ndarray]
+        Decrypts the summed chunks to a vector of the given length (``KeyAuthority.decrypt_sum``); the
+        strategy never gets the secret key.
+    **kwargs
+        All parameters of :class:`fedsec.strategies.base.RobustStrategy` (sampling, ``node_sampler``).
+
+    Assumptions
+    -----------
+    Honest-but-curious server; the sum of weighted updates stays within the CKKS headroom
+    (:attr:`fedsec.crypto.CkksParams.max_abs`), otherwise the decrypted sum is garbage (CKKS cannot detect it).
+    Robust rules need per-client plaintext distances and cannot run here.
+
+    Differences
+    -----------
+    A reply whose ciphertexts do not deserialize or add up (malformed bytes, other parameters, other length) is
+    rejected and recorded, the rest are summed. ``update_norm`` is NaN: the server cannot see it.
+    """
+
+    def __init__(self, *, public_context: bytes, decryptor: Decryptor, **kwargs: Any) -> None:
+        if load_context(public_context).has_secret_key():
+            raise CryptoError("EncryptedFedAvg: the server's context holds the secret key; pass the public one")
+        self.public_context = public_context
+        self.decryptor = decryptor
+        super().__init__(**kwargs)
+
+    def describe(self) -> str:
+        return "EncryptedFedAvg(CKKS)"
+
+    def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError("EncryptedFedAvg never sees plaintext updates")
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Sum the valid replies' ciphertexts, have the sum decrypted, apply it to the global model."""
+        if self._global_arrays is None:
+            raise RuntimeError("aggregate_train called before configure_train: no global arrays to update")
+        decisions: list[ClientDecision] = []
+        valid: list[tuple[ClientDecision, list[bytes]]] = []
+        for message in sorted(replies, key=_reply_key):
+            decision, chunks = self._check_encrypted(message)
+            decisions.append(decision)
+            if chunks is not None:
+                valid.append((decision, chunks))
+        report = RoundReport(server_round=server_round, decisions=decisions)
+        self.last_report = report
+        t0 = time.perf_counter()
+        summed, valid = self._sum(valid)
+        t1 = time.perf_counter()
+        if summed is None:
+            report.skipped_reason = "no valid encrypted update"
+            return None, None
+        global_vector = record_to_vector(self._global_arrays).double()
+        total = sum(d.num_examples for d, _ in valid)
+        weighted_sum = torch.from_numpy(self.decryptor(summed, global_vector.numel()))
+        t2 = time.perf_counter()
+        for d, _ in valid:
+            d.weight, d.status = d.num_examples / total, "accepted"
+        new_arrays = vector_to_record((global_vector + weighted_sum / total).float(), like=self._global_arrays)
+        metrics = self._weighted_metrics([d for d, _ in valid])
+        metrics["bytes_up"] = sum(ciphertext_bytes(c) for _, c in valid)
+        metrics["he_add_seconds"] = t1 - t0
+        metrics["decrypt_seconds"] = t2 - t1
+        return new_arrays, metrics
+
+    def _sum(
+        self, valid: list[tuple[ClientDecision, list[bytes]]]
+    ) -> tuple[list[bytes] | None, list[tuple[ClientDecision, list[bytes]]]]:
+        """Encrypted sum of the valid chunk lists; a client whose chunks do not add is rejected, the rest summed."""
+        if not valid:
+            return None, valid
+        try:
+            return add_encrypted([c for _, c in valid], self.public_context), valid
+        except CryptoError:
+            pass
+        total: list[bytes] | None = None
+        kept = []
+        for decision, chunks in valid:  # find the culprits one by one
+            try:
+                total = add_encrypted([chunks] if total is None else [total, chunks], self.public_context)
+                kept.append((decision, chunks))
+            except CryptoError as e:
+                decision.status = f"invalid: {str(e).split(';')[0]}"
+        return total, kept
+
+    def _check_encrypted(self, message: Message) -> tuple[ClientDecision, list[bytes] | None]:
+        node_id = message.metadata.src_node_id
+        if message.has_error():
+            reason = message.error.reason.strip().splitlines()
+            return self._bad(node_id, None, "failed: " + (reason[-1] if reason else "unknown error")), None
+        content = message.content
+        metrics: dict[str, float] = {}
+        for record in content.metric_records.values():
+            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
+        partition_id = int(metrics["partition-id"]) if "partition-id" in metrics else None
+        node = next((str(r["node"]) for r in content.config_records.values() if isinstance(r.get("node"), str)), "")
+        num_examples = metrics.get(NUM_EXAMPLES_KEY)
+        if content.array_records:
+            return self._bad(node_id, partition_id, "invalid: plaintext arrays sent under encryption", node,
+                             metrics), None
+        chunks = content.config_records.get(CKKS_RECORD, {}).get(CHUNKS_KEY)
+        if not isinstance(chunks, list) or not chunks or not all(isinstance(c, bytes) for c in chunks):
+            return self._bad(node_id, partition_id, "invalid: no CKKS chunks in the reply", node, metrics), None
+        if num_examples is None or not math.isfinite(num_examples) or num_examples <= 0:
+            return self._bad(node_id, partition_id, f"invalid: '{NUM_EXAMPLES_KEY}' must be a positive number",
+                             node, metrics), None
+        decision = ClientDecision(node_id, partition_id, int(num_examples), math.nan, 0.0, "pending", node, metrics)
+        return decision, chunks
