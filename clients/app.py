@@ -52,8 +52,10 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)
         if spec.crypto_ref is not None:
+            central = experiment.privacy.mode == "central"
             return encrypted_train_reply(
-                message, arrays, metrics, context=worker_context(spec.crypto_ref), node=current_node()
+                message, arrays, metrics, context=worker_context(spec.crypto_ref), node=current_node(),
+                clip_norm=experiment.privacy.clip_norm if central else None,
             )
         return train_reply(message, arrays, metrics)
 

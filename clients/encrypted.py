@@ -1,7 +1,8 @@
 """The client side of CKKS-encrypted aggregation: encrypt the weighted update instead of sending arrays.
 
 The client flattens its update (trained arrays - received global arrays), multiplies it by its number of
-examples (so that the server's sum divided by the total is FedAvg), encrypts it in chunks of the slot count with
+examples (so that the server's sum divided by the total is FedAvg; under central DP it clips it to
+``privacy.clip_norm`` instead, weight 1), encrypts it in chunks of the slot count with
 the context the key authority gave it (:mod:`fedsec.crypto`), and replies with the ciphertext bytes, its
 plaintext ``num-examples`` and metrics; no ArrayRecord leaves the client.
 """
@@ -35,13 +36,24 @@ def worker_context(crypto_ref: Any) -> bytes:
 
 
 def encrypted_train_reply(
-    message: Message, arrays: ArrayRecord, metrics: MetricRecord, *, context: bytes, node: str
+    message: Message,
+    arrays: ArrayRecord,
+    metrics: MetricRecord,
+    *,
+    context: bytes,
+    node: str,
+    clip_norm: float | None = None,
 ) -> Message:
-    """The train reply under encryption: CKKS chunks of num_examples * update, plus plaintext metrics."""
+    """The train reply under encryption: CKKS chunks of num_examples * update (or, under central DP, of the
+    update clipped to ``clip_norm``, weight 1), plus plaintext metrics."""
     global_arrays = message.content["arrays"]
     update = record_to_vector(arrays).double() - record_to_vector(global_arrays).double()
+    if clip_norm is None:
+        weighted = update * float(metrics[NUM_EXAMPLES_KEY])
+    else:
+        weighted = update * min(1.0, clip_norm / max(float(update.norm()), 1e-12))
     t0 = time.perf_counter()
-    chunks = encrypt_vector((update * float(metrics[NUM_EXAMPLES_KEY])).numpy(), context)
+    chunks = encrypt_vector(weighted.numpy(), context)
     metrics["encrypt_seconds"] = time.perf_counter() - t0
     metrics["ciphertext_bytes"] = ciphertext_bytes(chunks)
     content = RecordDict(

@@ -307,11 +307,6 @@ class Experiment(_Section):
                 f"encryption.scheme='ckks' with defense.strategy={self.defense.strategy!r}: the server only sees "
                 "ciphertexts, and robust rules need per-client plaintext distances or values; use 'fedavg'"
             )
-        if self.privacy.mode != "none":
-            raise ValueError(
-                "encryption.scheme='ckks' with privacy.mode='central': clipping needs plaintext updates on the "
-                "server; not supported yet (use one or the other)"
-            )
         if self.attack.kind in COLLUDING_ATTACKS and self.attack.knowledge == "omniscient":
             raise ValueError(
                 "attack.knowledge='omniscient' with encryption.scheme='ckks': the omniscient attack is realised on "

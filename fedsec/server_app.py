@@ -76,8 +76,14 @@ def build_strategy(experiment: Experiment, *, key_authority: Any = None) -> Robu
 
         if key_authority is None:
             raise ServerError("encryption.scheme='ckks' needs a key authority")
+        plan = experiment.privacy_plan()
+        dp = {} if plan is None else {
+            "dp_noise_std": plan.noise_multiplier * experiment.privacy.clip_norm,
+            "expected_clients": experiment.train.clients_per_round,
+            "seed": experiment.seed,
+        }
         return EncryptedFedAvg(public_context=key_authority.server_context(), decryptor=key_authority.decrypt_sum,
-                               **sampling)
+                               **dp, **sampling)
     plan = experiment.privacy_plan()
     if plan is not None:
         from fedsec.strategies.dp_fedavg import DPFedAvg

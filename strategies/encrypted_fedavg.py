@@ -7,6 +7,11 @@ chunks (a ConfigRecord ``"ckks"`` with ``"chunks"``: list of bytes) plus its pla
 sums the chunk lists with the *public* context only and hands the encrypted sum to a decryptor (the key
 authority's, in a simulation the trusted setup); the new global model is global + sum / total examples, exactly
 FedAvg up to the CKKS error.
+
+With central DP (``dp_noise_std``), clients clip their update to ``privacy.clip_norm`` and send it with weight 1;
+the server encrypts N(0, dp_noise_std^2) noise with the public key, adds it to the encrypted sum, and the new
+model is global + sum / k (DP-FedAvg's fixed denominator, McMahan et al., ICLR 2018): the key authority only ever
+decrypts a noised sum.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fedsec.crypto import CryptoError, add_encrypted, ciphertext_bytes, load_context
+from fedsec.crypto import CryptoError, add_encrypted, ciphertext_bytes, encrypt_vector, load_context
 from fedsec.records import record_to_vector, vector_to_record
 
 from .base import NUM_EXAMPLES_KEY, ClientDecision, RobustStrategy, RoundReport, _reply_key
@@ -56,15 +61,32 @@ class EncryptedFedAvg(RobustStrategy):
     rejected and recorded, the rest are summed. ``update_norm`` is NaN: the server cannot see it.
     """
 
-    def __init__(self, *, public_context: bytes, decryptor: Decryptor, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        public_context: bytes,
+        decryptor: Decryptor,
+        dp_noise_std: float | None = None,
+        expected_clients: int | None = None,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
         if load_context(public_context).has_secret_key():
             raise CryptoError("EncryptedFedAvg: the server's context holds the secret key; pass the public one")
+        if dp_noise_std is not None and (expected_clients is None or expected_clients < 1):
+            raise CryptoError("EncryptedFedAvg: central DP needs expected_clients >= 1 (the fixed denominator)")
         self.public_context = public_context
         self.decryptor = decryptor
+        self.dp_noise_std = dp_noise_std
+        self.expected_clients = expected_clients
+        self.generator = torch.Generator().manual_seed(seed)
         super().__init__(**kwargs)
 
     def describe(self) -> str:
-        return "EncryptedFedAvg(CKKS)"
+        if self.dp_noise_std is None:
+            return "EncryptedFedAvg(CKKS)"
+        return (f"EncryptedFedAvg(CKKS, DP noise std {self.dp_noise_std:.4g} on the encrypted sum, "
+                f"k={self.expected_clients})")
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("EncryptedFedAvg never sees plaintext updates")
@@ -91,11 +113,19 @@ class EncryptedFedAvg(RobustStrategy):
             report.skipped_reason = "no valid encrypted update"
             return None, None
         global_vector = record_to_vector(self._global_arrays).double()
-        total = sum(d.num_examples for d, _ in valid)
+        if self.dp_noise_std is not None:  # DP-FedAvg: clipped updates with weight 1, noise, fixed denominator k
+            d = global_vector.numel()
+            noise = self.dp_noise_std * torch.randn(d, generator=self.generator, dtype=torch.float64)
+            summed = add_encrypted([summed, encrypt_vector(noise.numpy(), self.public_context)], self.public_context)
+            weights = {id(d): 1.0 / self.expected_clients for d, _ in valid}
+            total = float(self.expected_clients)
+        else:
+            total = float(sum(d.num_examples for d, _ in valid))
+            weights = {id(d): d.num_examples / total for d, _ in valid}
         weighted_sum = torch.from_numpy(self.decryptor(summed, global_vector.numel()))
         t2 = time.perf_counter()
         for d, _ in valid:
-            d.weight, d.status = d.num_examples / total, "accepted"
+            d.weight, d.status = weights[id(d)], "accepted"
         new_arrays = vector_to_record((global_vector + weighted_sum / total).float(), like=self._global_arrays)
         metrics = self._weighted_metrics([d for d, _ in valid])
         metrics["bytes_up"] = sum(ciphertext_bytes(c) for _, c in valid)

@@ -121,3 +121,20 @@ def test_num_malicious_defaults_to_the_expected_attackers_per_round():
     exp = experiment_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
                                 "defense": {"strategy": "krum"}})
     assert exp.strategy_kwargs() == {"num_malicious": 0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        ({"encryption": {"scheme": "ckks", "coeff_mod_bit_sizes": [60, 40, 40, 60]}},
+         ["encryption.poly_modulus_degree=4096", "200 bits", "128-bit-security limit of 109"]),
+        ({"encryption": {"scheme": "ckks"}, "defense": {"strategy": "median"}},
+         ["encryption.scheme='ckks'", "'median'", "plaintext"]),
+        ({"encryption": {"scheme": "ckks"}, "attack": {"kind": "alie", "fraction": 0.5, "knowledge": "omniscient"}},
+         ["attack.knowledge='omniscient'", "cannot read encrypted updates"]),
+    ],
+)
+def test_bad_encryption_configs(raw, fragments):
+    message = error_of({"data": {"dataset": "digits", "num_clients": 4}, "train": {"clients_per_round": 4}, **raw})
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"

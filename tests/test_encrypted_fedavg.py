@@ -83,3 +83,35 @@ def test_malformed_or_plaintext_replies_are_rejected_the_rest_summed(authority):
     assert status[1] == status[2] == "accepted"
     assert status[3].startswith("invalid:") and "deserialize" in status[3]
     assert status[4] == "invalid: plaintext arrays sent under encryption"
+
+
+def test_central_dp_on_the_encrypted_sum_equals_plaintext_dp_fedavg(authority):
+    """Clients clip to C and send weight 1; the server adds encrypted N(0, (zC)^2) noise; / k. Same seed, same
+    noise as the plaintext DP-FedAvg kernel."""
+    import torch
+
+    from fedsec.clients.encrypted import encrypted_train_reply
+    from fedsec.records import vector_to_record
+    from fedsec.strategies.dp_fedavg import dp_fedavg_aggregate
+
+    rng = np.random.default_rng(1)
+    global_arrays = arrays_of({k: rng.normal(size=s) for k, s in SHAPES.items()})
+    g = record_to_vector(global_arrays).double()
+    updates = [torch.from_numpy(rng.normal(size=16) * scale) for scale in (0.1, 1.0, 3.0)]
+    replies = []
+    for i, u in enumerate(updates):
+        instruction = Message(content=RecordDict({"arrays": global_arrays, "config": ConfigRecord()}),
+                              dst_node_id=100 + i, message_type="train")
+        trained = vector_to_record((g + u).float(), like=global_arrays)
+        metrics = MetricRecord({"num-examples": 10 * (i + 1), "partition-id": i})
+        replies.append(encrypted_train_reply(instruction, trained, metrics, context=authority.client_context(),
+                                             node="n", clip_norm=1.0))
+    strategy = started(EncryptedFedAvg(public_context=authority.server_context(), decryptor=authority.decrypt_sum,
+                                       dp_noise_std=0.5 * 1.0, expected_clients=4, seed=7), global_arrays)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    exact = torch.stack([record_to_vector(vector_to_record((g + u).float(), like=global_arrays)).double() - g
+                         for u in updates])
+    expected, _ = dp_fedavg_aggregate(exact, clip_norm=1.0, noise_multiplier=0.5, expected_clients=4,
+                                      generator=torch.Generator().manual_seed(7))
+    np.testing.assert_allclose(record_to_vector(arrays).double().numpy(), (g + expected).numpy(), atol=1e-5)
+    assert [d.weight for d in strategy.last_report.decisions] == [0.25, 0.25, 0.25]
