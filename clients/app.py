@@ -21,6 +21,7 @@ from fedsec.clients.honest import (
     train_reply,
 )
 from fedsec.clients.malicious import malicious_train
+from fedsec.clients.private import dp_train
 from fedsec.federated_data import worker_data
 from fedsec.records import model_to_record
 from fedsec.strategies.base import NODE_KEY, NUM_EXAMPLES_KEY, PARTITION_ID_KEY
@@ -48,6 +49,10 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                 attack=build_attack(experiment.attack),
                 attacker_rank=attackers.index(partition_id),
             )
+        elif experiment.privacy.mode == "local":
+            model, metrics = dp_train(spec, global_arrays, server_round=server_round, partition_id=partition_id,
+                                      state=context.state)
+            arrays = model_to_record(model)
         else:
             model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)

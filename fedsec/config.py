@@ -23,6 +23,7 @@ DATASET_INPUT_SHAPES: dict[str, tuple[int, ...]] = {
     "synthetic": (60,),
 }
 DATASET_NUM_CLASSES: dict[str, int] = {"fashion-mnist": 10, "digits": 10, "synthetic": 10}
+DATASET_TRAIN_SIZES: dict[str, int] = {"fashion-mnist": 60_000, "digits": 1_347}
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -194,13 +195,15 @@ class DefenseConfig(_Section):
 
 PRIVACY_MODES: dict[str, str] = {
     "none": "no differential privacy",
+    "local": "sample-level DP-SGD on every client with Opacus (max_grad_norm, noise_multiplier or calibrated);"
+    " per-client accountants; no client spends more than epsilon",
     "central": "user-level DP-FedAvg (McMahan et al. 2018): server clips updates to clip_norm, adds Gaussian noise;"
     " RDP/PRV accounting; the run never spends more than epsilon",
 }
 
 
 class PrivacyConfig(_Section):
-    mode: Literal["none", "central"] = Field("none", description="Differential privacy mode.")
+    mode: Literal["none", "local", "central"] = Field("none", description="Differential privacy mode.")
     epsilon: float = Field(8.0, gt=0, description="Privacy budget; a run never spends more.")
     delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta (must be below 1 / data.num_clients).")
     clip_norm: float = Field(1.0, gt=0, description="central: L2 bound of each client's update.")
@@ -208,6 +211,10 @@ class PrivacyConfig(_Section):
         None, ge=0, description="central: noise std / clip_norm (default: calibrated to spend epsilon in the rounds)."
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant.")
+    max_grad_norm: float = Field(1.0, gt=0, description="local: per-sample gradient clipping bound (DP-SGD).")
+    grad_sample_mode: Literal["hooks", "ew", "functorch"] = Field(
+        "hooks", description="local: Opacus' per-sample-gradient engine."
+    )
 
 
 @dataclass(frozen=True)
@@ -314,9 +321,9 @@ class Experiment(_Section):
             )
 
     def privacy_plan(self) -> PrivacyPlan | None:
-        """Noise and spending of a central-DP run (None without DP)."""
+        """Noise and spending of a central-DP run (None without central DP; local DP is planned per client)."""
         privacy = self.privacy
-        if privacy.mode == "none":
+        if privacy.mode != "central":
             return None
         from fedsec.privacy import PrivacyLedger, calibrate_noise, epsilon_after
 
@@ -333,6 +340,14 @@ class Experiment(_Section):
     def _check_privacy(self) -> None:
         privacy, data = self.privacy, self.data
         if privacy.mode == "none":
+            return
+        if privacy.mode == "local":
+            size = DATASET_TRAIN_SIZES.get(data.dataset)
+            if size is not None and privacy.delta >= data.num_clients / size:
+                raise ValueError(
+                    f"privacy.delta={privacy.delta:g}: local DP needs delta below 1 / (examples per client) ~ "
+                    f"{data.num_clients / size:.3g} for {data.dataset} over {data.num_clients} clients"
+                )
             return
         if privacy.delta >= 1 / data.num_clients:
             raise ValueError(

@@ -1,5 +1,8 @@
 """Privacy accounting for fedsec runs, on Opacus' accountants, and the budget guard.
 
+Local (sample-level) DP-SGD on the clients is in :mod:`fedsec.clients.private`; this module holds the shared
+accounting and the central (user-level) mode's ledger.
+
 Central (user-level) DP, DP-FedAvg of McMahan, Ramage, Talwar and Zhang, "Learning Differentially Private
 Recurrent Language Models", ICLR 2018 (https://arxiv.org/abs/1710.06963): each round samples k of N clients,
 clips every update to L2 norm C, sums, adds N(0, (z C)^2) noise and divides by k. One round is one step of the
@@ -35,10 +38,17 @@ def epsilon_after(*, noise_multiplier: float, sample_rate: float, steps: int, de
     """Epsilon after ``steps`` subsampled-Gaussian steps (0 steps: 0)."""
     if steps <= 0:
         return 0.0
+    return epsilon_after_history([(noise_multiplier, sample_rate, steps)], delta=delta, accountant=accountant)
+
+
+def epsilon_after_history(history: list[tuple[float, float, int]], *, delta: float, accountant: str = "rdp") -> float:
+    """Epsilon of a composed history of (noise multiplier, sample rate, steps) entries."""
+    if not history:
+        return 0.0
     acc = _accountant(accountant)
-    acc.history = [(noise_multiplier, sample_rate, steps)]
+    acc.history = list(history)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # Opacus' "optimal order is the largest alpha" notice
+        warnings.simplefilter("ignore", UserWarning)
         return float(acc.get_epsilon(delta=delta))
 
 

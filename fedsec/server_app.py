@@ -215,6 +215,9 @@ def run_rounds(
     outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
 
     ledger = _ledger(experiment)
+    client_epsilon: dict[int | None, float] = {}
+    if experiment.privacy.mode == "local":
+        row["epsilon"] = 0.0
     if ledger is not None:
         row["epsilon"] = 0.0
         outcome.privacy = {"noise_multiplier": ledger.noise_multiplier, "sample_rate": ledger.sample_rate,
@@ -258,6 +261,12 @@ def run_rounds(
                 row[key] = float(train_metrics[key])
         if ledger is not None:
             row["epsilon"] = outcome.privacy["epsilon"] = ledger.spend(1)
+        if experiment.privacy.mode == "local":
+            client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions if "epsilon" in d.metrics})
+            row["epsilon"] = max(client_epsilon.values(), default=0.0)
+            outcome.privacy = {"mode": "local", "epsilon": row["epsilon"], "epsilon_budget": experiment.privacy.epsilon,
+                               "delta": experiment.privacy.delta,
+                               "client_epsilon": {str(k): v for k, v in sorted(client_epsilon.items())}}
         if malicious:
             row["attack_active"] = int(attack_active(experiment, server_round))
             row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
@@ -277,10 +286,15 @@ def run_rounds(
                     "node": node,
                     "status": d.status,
                     "train_loss": d.metrics.get("train_loss", float("nan")),
+                    **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
                 }
             )
         run_dir.add_clients(client_rows)
         _emit(run_dir, row, on_round)
+        if decisions and all("privacy budget exhausted" in d.status for d in decisions):
+            outcome.stopped_reason = "privacy_budget"
+            logger.warning("stopping after round %d: every sampled client has spent its budget", server_round)
+            break
     outcome.clients_per_node = dict(node_counts)
     if outcome.stopped_reason != "privacy_budget":
         outcome.stopped_reason = "completed"

@@ -125,3 +125,22 @@ def test_ckks_encrypted_run_matches_the_plaintext_run(tmp_path, two_runs):
     assert (encrypted["bytes_up"].iloc[1:] / plain["bytes_up"].iloc[1:] > 4).all()
     clients = pd.read_csv(result.run_dir / "clients.csv")
     assert clients["update_norm"].isna().all()  # the server never sees a plaintext update
+
+
+def test_local_dp_accountants_accumulate_and_the_guard_refuses_overspending(tmp_path):
+    """DP-SGD on every client with noise 1.0 (about 2.4, 3.1, 3.6 epsilon after 1, 2, 3 rounds here): with a
+    budget of 3.3 every client trains twice, refuses round 3, and the run stops with the privacy reason."""
+    overrides = ["privacy.mode=local", "privacy.noise_multiplier=1.0", "privacy.epsilon=3.3", "privacy.delta=1e-4",
+                 "rounds=5"]
+    result = run_experiment(load_experiment(SMOKE, overrides), tmp_path / "run")
+    clients = pd.read_csv(result.run_dir / "clients.csv")
+    trained = clients[clients["status"] == "accepted"].pivot(index="round", columns="client", values="epsilon")
+    assert list(trained.index) == [1, 2]
+    assert (trained.loc[2] > trained.loc[1]).all() and (trained.loc[1] > 2.0).all()  # accountants accumulate
+    assert (trained.max() <= 3.3).all()
+    refused = clients[clients["round"] == 3]
+    assert len(refused) == 4 and refused["status"].str.contains("privacy budget exhausted").all()
+    rounds = pd.read_csv(result.run_dir / "rounds.csv")
+    assert (rounds["epsilon"] <= 3.3).all() and rounds["epsilon"].iloc[-1] == pytest.approx(trained.loc[2].max())
+    assert result.summary["stopped_reason"] == "privacy_budget"
+    assert set(result.summary["privacy"]["client_epsilon"]) == {"0", "1", "2", "3"}

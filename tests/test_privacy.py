@@ -74,3 +74,34 @@ def test_privacy_plan_calibrates_to_the_budget():
     plan = experiment_from_dict({**central(epsilon=2.0), "rounds": 20}).privacy_plan()
     assert plan.sample_rate == 0.5 and plan.rounds_within_budget == 20
     assert 1.95 <= plan.planned_epsilon <= 2.0
+
+
+def local(**privacy) -> dict:
+    return {"data": {"dataset": "fashion-mnist", "num_clients": 20}, "privacy": {"mode": "local", **privacy}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        (local(delta=1e-3), ["privacy.delta=0.001", "local DP", "0.000333"]),
+        (local(max_grad_norm=0), ["privacy.max_grad_norm", "greater than 0"]),
+        (local(epsilon=0), ["privacy.epsilon", "greater than 0"]),
+        (local(grad_sample_mode="magic"), ["privacy.grad_sample_mode", "'magic'"]),
+    ],
+)
+def test_bad_local_privacy_configs(raw, fragments):
+    with pytest.raises(ConfigError) as info:
+        experiment_from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(info.value), str(info.value)
+
+
+def test_local_dp_history_round_trips_through_flower_state():
+    from flwr.app import RecordDict
+
+    from fedsec.clients.private import load_history, save_history
+
+    state = RecordDict()
+    assert load_history(state) == []
+    save_history(state, [(1.1, 0.05, 40), (0.9, 0.05, 20)])
+    assert load_history(state) == [(1.1, 0.05, 40), (0.9, 0.05, 20)]
