@@ -114,6 +114,50 @@ def validate(
         console.print(line, highlight=False)
 
 
+@app.command("privacy-study")
+def privacy_study(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file with privacy.mode = local or central.")],
+    epsilons: Annotated[str, typer.Option("--epsilons", help="Budgets, e.g. 0.5,1,2,4,8,inf (inf = no DP).")] = (
+        "1,4,8,inf"
+    ),
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Study directory (default: runs/<name>-study-<time>).")
+                   ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
+) -> None:
+    """Run the scenario at each privacy budget; write study.csv and plots/privacy_study.png."""
+    from datetime import datetime
+
+    from fedsec.runner import RunError, quiet_frameworks
+    from fedsec.study import parse_epsilons, run_study, study_experiments
+
+    quiet_frameworks(verbose)
+    experiment = _load(config, set_)
+    try:
+        budgets = parse_epsilons(epsilons)
+        study_experiments(experiment, budgets)  # validate every cell before running any
+    except ConfigError as e:
+        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    out = out or Path("runs") / f"{experiment.name}-study-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    table = Table(title=f"{experiment.name}: privacy study ({experiment.privacy.mode} DP)")
+    for column in ("epsilon budget", "epsilon spent", "accuracy", "membership advantage", "bound"):
+        table.add_column(column, justify="right")
+
+    def on_cell(eps: float, row: dict) -> None:
+        console.print(f"epsilon {eps:g}: accuracy {row['accuracy']:.4f}", highlight=False)
+        table.add_row(f"{eps:g}", _fmt(row["epsilon"]), _fmt(row["accuracy"]), _fmt(row["mia_advantage"]),
+                      _fmt(row["mia_bound"]))
+
+    try:
+        run_study(experiment, budgets, out, on_cell=on_cell)
+    except RunError as e:
+        err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    console.print(table)
+    console.print(f"study directory: [bold]{out}[/] (study.csv, plots/privacy_study.png)")
+
+
 @app.command("list")
 def list_components() -> None:
     """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""

@@ -450,6 +450,11 @@ class Experiment(_Section):
 
     def to_toml(self) -> str:
         """The resolved config (defaults filled in) as TOML."""
+        return tomli_w.dumps(self.resolved())
+
+    def resolved(self) -> dict[str, Any]:
+        """The config with defaults filled in, without the keys its attack, strategy and scheme do not use
+        (so it validates again as it is)."""
         raw = self.model_dump(exclude_none=True)
         for key, kinds in _ATTACK_KEYS.items():  # keys the attack kind does not use would not validate
             if self.attack.kind not in kinds:
@@ -459,7 +464,7 @@ class Experiment(_Section):
                 raw["defense"].pop(key, None)
         if self.encryption.scheme == "none":
             raw["encryption"] = {"scheme": "none"}
-        return tomli_w.dumps(raw)
+        return raw
 
 
 def _format_validation_error(error: ValidationError) -> str:

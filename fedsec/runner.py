@@ -159,6 +159,7 @@ def run_experiment(
             "skipped_rounds": outcome.skipped_rounds,
             "clients_per_node": outcome.clients_per_node,
             **({"privacy": outcome.privacy} if outcome.privacy else {}),
+            **outcome.membership_inference,
         },
     )
     if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):

@@ -56,6 +56,7 @@ class ServerOutcome:
     skipped_rounds: list[int] = field(default_factory=list)
     malicious_clients: list[int] = field(default_factory=list)
     privacy: dict[str, float] = field(default_factory=dict)
+    membership_inference: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None  # what stopped the loop, if it did not complete
 
 
@@ -143,6 +144,21 @@ class ServerEvaluator:
             keep = self.y != self.attack.backdoor_target
             mask = trigger_mask(data.input_shape, trigger=self.attack.trigger)
             self.x_triggered = stamp(self.x[keep], mask, float(data.x_train.max()))
+
+    def membership_inference(self, arrays: Any, data: FederatedData, experiment: Experiment) -> dict[str, float]:
+        """Yeom et al.'s loss-threshold attack on the clients' training data vs the test set (fedsec.mia)."""
+        from fedsec.mia import advantage_bound, balanced_sample, loss_threshold_attack
+
+        load_record(self.model, arrays)
+        trained = np.concatenate(data.partitions)
+        members, others = balanced_sample(trained.size, data.y_test.size, seed=experiment.seed)
+        idx = trained[members]
+        x_in = torch.from_numpy(np.array(data.x_train[idx])).to(self.device)
+        y_in = torch.from_numpy(np.array(data.y_train[idx], dtype=np.int64)).to(self.device)
+        result = loss_threshold_attack(self.model, (x_in, y_in), (self.x[others], self.y[others]))
+        if experiment.privacy.mode != "none":
+            result["mia_bound"] = advantage_bound(experiment.privacy.epsilon, experiment.privacy.delta)
+        return result
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,6 +314,7 @@ def run_rounds(
     outcome.clients_per_node = dict(node_counts)
     if outcome.stopped_reason != "privacy_budget":
         outcome.stopped_reason = "completed"
+    outcome.membership_inference = evaluator.membership_inference(arrays, data, experiment)
     return outcome
 
 

@@ -1,0 +1,60 @@
+"""Privacy studies (budget parsing, one experiment per budget) and the loss-threshold membership attack."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fedsec.config import ConfigError, experiment_from_dict
+from fedsec.mia import advantage_bound, balanced_sample, loss_threshold_attack
+from fedsec.study import parse_epsilons, study_experiments
+
+
+def test_advantage_bound():
+    # (e^1 - 1) / (e^1 + 1) = 0.46212; delta adds 2 delta / (e^eps + 1)
+    assert advantage_bound(1.0, 0.0) == pytest.approx(0.462117, abs=1e-6)
+    assert advantage_bound(1.0, 1e-3) == pytest.approx(0.462117 + 2e-3 / (math.e + 1), abs=1e-6)
+    assert advantage_bound(math.inf, 1e-5) == 1.0 and advantage_bound(50.0, 0.0) == 1.0
+
+
+def test_loss_threshold_attack_separates_memorised_examples():
+    model = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0]]))
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    members = (x, torch.tensor([0, 1, 0, 1]))  # the model predicts these labels: low loss
+    others = (x, torch.tensor([1, 0, 1, 0]))  # wrong labels: high loss
+    result = loss_threshold_attack(model, members, others, threshold=1.0)
+    assert (result["mia_tpr"], result["mia_fpr"], result["mia_advantage"]) == (1.0, 0.0, 1.0)
+    same = loss_threshold_attack(model, members, members)
+    assert same["mia_advantage"] == 0.0  # identical sets: no advantage
+
+
+def test_balanced_sample_is_seeded_and_balanced():
+    a, b = balanced_sample(10_000, 300, seed=0)
+    assert len(a) == len(b) == 300 and len(set(a.tolist())) == 300
+    assert (balanced_sample(10_000, 300, seed=0)[0] == a).all()
+
+
+def test_parse_epsilons():
+    assert parse_epsilons("0.5, 1,inf") == [0.5, 1.0, math.inf]
+    with pytest.raises(ConfigError, match="'abc' is not a number"):
+        parse_epsilons("1,abc")
+    with pytest.raises(ConfigError, match="must be > 0"):
+        parse_epsilons("0")
+
+
+def test_study_makes_one_experiment_per_budget():
+    base = experiment_from_dict({"name": "s", "data": {"dataset": "digits", "num_clients": 4},
+                                 "train": {"clients_per_round": 4},
+                                 "privacy": {"mode": "local", "delta": 1e-4}})
+    cells = study_experiments(base, [1.0, 4.0, math.inf])
+    assert [e.privacy.mode for _, e in cells] == ["local", "local", "none"]
+    assert [e.privacy.epsilon for _, e in cells][:2] == [1.0, 4.0]
+    assert [e.name for _, e in cells] == ["s-eps-1", "s-eps-4", "s-eps-inf"]
+    with pytest.raises(ConfigError, match="needs privacy.mode"):
+        study_experiments(experiment_from_dict({"data": {"dataset": "digits"}, "train": {"clients_per_round": 4}}),
+                          [1.0])
