@@ -19,12 +19,17 @@ epsilon above the budget, so a run never spends more than its budget.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
+
+if TYPE_CHECKING:
+    from fedsec.config import Experiment
 
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
@@ -52,6 +57,7 @@ def epsilon_after_history(history: list[tuple[float, float, int]], *, delta: flo
         return float(acc.get_epsilon(delta=delta))
 
 
+@functools.lru_cache(maxsize=256)
 def calibrate_noise(*, epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp") -> float:
     """The smallest noise multiplier (Opacus' search, within 0.01) that spends at most ``epsilon`` in ``steps``."""
     with warnings.catch_warnings():
@@ -95,3 +101,49 @@ class PrivacyLedger:
                                   delta=self.delta, accountant=self.accountant)
             low, high = (mid, high) if spent <= self.budget else (low, mid - 1)
         return low
+
+
+class PrivacyTracker:
+    """Epsilon per round and the budget guard, for both DP modes (nothing without DP).
+
+    Central: the server's ledger (one subsampled-Gaussian step per round); the run stops before a round that
+    would overspend. Local: each client accounts for itself and refuses to overspend; the run's epsilon is the
+    largest client epsilon so far, and the run stops when every sampled client refused.
+    """
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.config = experiment.privacy
+        self.ledger = None
+        plan = experiment.privacy_plan()
+        if plan is not None:
+            self.ledger = PrivacyLedger(plan.noise_multiplier, plan.sample_rate, self.config.delta,
+                                        self.config.epsilon, self.config.accountant)
+        self.client_epsilon: dict[int | None, float] = {}
+        self.summary: dict[str, Any] = {}
+        if self.config.mode != "none":
+            self.summary = {"mode": self.config.mode, "epsilon": 0.0, "epsilon_budget": self.config.epsilon,
+                            "delta": self.config.delta}
+        if self.ledger is not None:
+            self.summary.update(noise_multiplier=self.ledger.noise_multiplier, sample_rate=self.ledger.sample_rate)
+
+    def start(self, row: dict[str, Any]) -> None:
+        if self.config.mode != "none":
+            row["epsilon"] = 0.0
+
+    def allows_next_round(self) -> bool:
+        return self.ledger is None or self.ledger.allows(1)
+
+    def end_round(self, row: dict[str, Any], decisions: list[Any]) -> None:
+        if self.ledger is not None:
+            row["epsilon"] = self.ledger.spend(1)
+        elif self.config.mode == "local":
+            self.client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions
+                                        if "epsilon" in d.metrics})
+            row["epsilon"] = max(self.client_epsilon.values(), default=0.0)
+            self.summary["client_epsilon"] = {str(k): v for k, v in sorted(self.client_epsilon.items())}
+        if "epsilon" in row:
+            self.summary["epsilon"] = row["epsilon"]
+
+    @staticmethod
+    def all_exhausted(decisions: list[Any]) -> bool:
+        return bool(decisions) and all("privacy budget exhausted" in d.status for d in decisions)

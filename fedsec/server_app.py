@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsec.config import COLLUDING_ATTACKS, Experiment
+from fedsec.evaluation import ServerEvaluator, detection_scores
 from fedsec.federated_data import FederatedData
 from fedsec.models import build_model
 from fedsec.omniscient import apply_omniscient
-from fedsec.records import load_record, model_to_record
+from fedsec.privacy import PrivacyTracker
+from fedsec.records import model_to_record
 from fedsec.results import RunDirectory
 from fedsec.strategies import STRATEGIES, RobustStrategy
-from fedsec.strategies.base import NODE_KEY, PARTITION_ID_KEY, resolve_device
+from fedsec.strategies.base import NODE_KEY, PARTITION_ID_KEY
 from fedsec.threat import attack_active, malicious_clients
-from fedsec.training import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -120,85 +120,6 @@ def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int
     return node_of, ray_node_of
 
 
-class ServerEvaluator:
-    """Evaluates global arrays on the held-out test set, on the server's device, with the attack's metrics.
-
-    - every run: ``accuracy``, ``loss``, ``recall_<class>``;
-    - targeted label flipping: ``source_recall`` (recall of the source class) and ``flip_rate`` (share of
-      source-class test inputs classified as the target);
-    - backdoor: ``attack_success_rate``: share of triggered test inputs whose true label is not the target that
-      the model classifies as the target (the full trigger; for DBA the union of the local triggers).
-    """
-
-    def __init__(self, experiment: Experiment, data: FederatedData) -> None:
-        self.device = resolve_device("auto")
-        self.num_classes = data.num_classes
-        self.attack = experiment.attack
-        self.model = build_model(experiment.model.name, data.input_shape, data.num_classes).to(self.device)
-        self.x = torch.from_numpy(np.array(data.x_test, copy=True)).to(self.device)
-        self.y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(self.device)
-        self.x_triggered: torch.Tensor | None = None
-        if self.attack.kind == "backdoor":
-            from fedsec.clients.attacks.backdoor import stamp, trigger_mask
-
-            keep = self.y != self.attack.backdoor_target
-            mask = trigger_mask(data.input_shape, trigger=self.attack.trigger)
-            self.x_triggered = stamp(self.x[keep], mask, float(data.x_train.max()))
-
-    def membership_inference(self, arrays: Any, data: FederatedData, experiment: Experiment) -> dict[str, float]:
-        """Yeom et al.'s loss-threshold attack on the clients' training data vs the test set (fedsec.mia)."""
-        from fedsec.mia import advantage_bound, balanced_sample, loss_threshold_attack
-
-        load_record(self.model, arrays)
-        trained = np.concatenate(data.partitions)
-        members, others = balanced_sample(trained.size, data.y_test.size, seed=experiment.seed)
-        idx = trained[members]
-        x_in = torch.from_numpy(np.array(data.x_train[idx])).to(self.device)
-        y_in = torch.from_numpy(np.array(data.y_train[idx], dtype=np.int64)).to(self.device)
-        result = loss_threshold_attack(self.model, (x_in, y_in), (self.x[others], self.y[others]))
-        if experiment.privacy.mode != "none":
-            result["mia_bound"] = advantage_bound(experiment.privacy.epsilon, experiment.privacy.delta)
-        return result
-
-    @torch.no_grad()
-    def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        return torch.cat([self.model(x[i : i + 2048]).argmax(dim=1) for i in range(0, x.shape[0], 2048)])
-
-    def __call__(self, arrays: Any) -> dict[str, float]:
-        load_record(self.model, arrays)
-        result = evaluate(self.model, self.x, self.y, num_classes=self.num_classes)
-        row: dict[str, float] = {"accuracy": result.accuracy, "loss": result.loss}
-        if self.attack.kind == "label_flip" and self.attack.source is not None:
-            source = self.y == self.attack.source
-            row["source_recall"] = result.per_class_recall[self.attack.source]
-            row["flip_rate"] = float((self._predict(self.x[source]) == self.attack.target).double().mean())
-        if self.x_triggered is not None:
-            hits = self._predict(self.x_triggered) == self.attack.backdoor_target
-            row["attack_success_rate"] = float(hits.double().mean())
-        row.update({f"recall_{c}": r for c, r in enumerate(result.per_class_recall)})
-        return row
-
-
-def detection_scores(decisions: list[Any], malicious: set[int]) -> dict[str, float]:
-    """Precision and recall of the strategy's rejections against the truth (NaN where undefined).
-
-    A client counts as flagged when the strategy rejected it or gave it less than half the weight FedAvg would
-    (its share of the round's examples); failed or invalid replies are not counted as detections.
-    """
-    valid = [d for d in decisions if d.status in ("accepted", "rejected")]
-    total = sum(d.num_examples for d in valid)
-    if not valid or total <= 0:
-        return {"detection_precision": float("nan"), "detection_recall": float("nan")}
-    flagged = {d.partition_id for d in valid if d.weight < 0.5 * d.num_examples / total}
-    bad = {d.partition_id for d in valid if d.partition_id in malicious}
-    hits = len(flagged & bad)
-    return {
-        "detection_precision": hits / len(flagged) if flagged else float("nan"),
-        "detection_recall": hits / len(bad) if bad else float("nan"),
-    }
-
-
 def run_rounds(
     grid: Grid,
     experiment: Experiment,
@@ -230,24 +151,18 @@ def run_rounds(
     row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
     outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
 
-    ledger = _ledger(experiment)
-    client_epsilon: dict[int | None, float] = {}
-    if experiment.privacy.mode == "local":
-        row["epsilon"] = 0.0
-    if ledger is not None:
-        row["epsilon"] = 0.0
-        outcome.privacy = {"noise_multiplier": ledger.noise_multiplier, "sample_rate": ledger.sample_rate,
-                           "epsilon_budget": ledger.budget, "delta": ledger.delta, "epsilon": 0.0}
+    privacy = PrivacyTracker(experiment)
+    privacy.start(row)
     _emit(run_dir, row, on_round)
     logger.info("fedsec: %s with %s, %d rounds", experiment.name, strategy.describe(), experiment.rounds)
 
     node_counts: Counter[str] = Counter()
     train_config = ConfigRecord()
     for server_round in range(1, experiment.rounds + 1):
-        if ledger is not None and not ledger.allows(1):
+        if not privacy.allows_next_round():
             outcome.stopped_reason = "privacy_budget"
             logger.warning("stopping before round %d: it would spend more than epsilon=%s", server_round,
-                           ledger.budget)
+                           experiment.privacy.epsilon)
             break
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
@@ -275,57 +190,42 @@ def run_rounds(
         for key in ("train_loss", "bytes_up", "encrypt_seconds", "he_add_seconds", "decrypt_seconds"):
             if train_metrics is not None and key in train_metrics:
                 row[key] = float(train_metrics[key])
-        if ledger is not None:
-            row["epsilon"] = outcome.privacy["epsilon"] = ledger.spend(1)
-        if experiment.privacy.mode == "local":
-            client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions if "epsilon" in d.metrics})
-            row["epsilon"] = max(client_epsilon.values(), default=0.0)
-            outcome.privacy = {"mode": "local", "epsilon": row["epsilon"], "epsilon_budget": experiment.privacy.epsilon,
-                               "delta": experiment.privacy.delta,
-                               "client_epsilon": {str(k): v for k, v in sorted(client_epsilon.items())}}
+        privacy.end_round(row, decisions)
         if malicious:
             row["attack_active"] = int(attack_active(experiment, server_round))
             row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
             row.update(detection_scores(decisions, malicious))
-        client_rows = []
-        for d in decisions:
-            node = d.node or (ray_node_of.get(d.partition_id, "") if d.partition_id is not None else "")
-            node_counts[node] += 1
-            client_rows.append(
-                {
-                    "round": server_round,
-                    "client": d.partition_id if d.partition_id is not None else -1,
-                    "malicious": int(d.partition_id in malicious),
-                    "num_examples": d.num_examples,
-                    "update_norm": d.update_norm,
-                    "accepted": d.weight,
-                    "node": node,
-                    "status": d.status,
-                    "train_loss": d.metrics.get("train_loss", float("nan")),
-                    **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
-                }
-            )
+        client_rows = [_client_row(server_round, d, malicious, ray_node_of) for d in decisions]
+        node_counts.update(r["node"] for r in client_rows)
         run_dir.add_clients(client_rows)
         _emit(run_dir, row, on_round)
-        if decisions and all("privacy budget exhausted" in d.status for d in decisions):
+        if privacy.all_exhausted(decisions):
             outcome.stopped_reason = "privacy_budget"
             logger.warning("stopping after round %d: every sampled client has spent its budget", server_round)
             break
     outcome.clients_per_node = dict(node_counts)
+    outcome.privacy = privacy.summary
     if outcome.stopped_reason != "privacy_budget":
         outcome.stopped_reason = "completed"
     outcome.membership_inference = evaluator.membership_inference(arrays, data, experiment)
     return outcome
 
 
-def _ledger(experiment: Experiment):
-    plan = experiment.privacy_plan()
-    if plan is None:
-        return None
-    from fedsec.privacy import PrivacyLedger
-
-    privacy = experiment.privacy
-    return PrivacyLedger(plan.noise_multiplier, plan.sample_rate, privacy.delta, privacy.epsilon, privacy.accountant)
+def _client_row(server_round: int, d: Any, malicious: set[int], ray_node_of: dict[int, str]) -> dict[str, Any]:
+    """One row of clients.csv."""
+    node = d.node or (ray_node_of.get(d.partition_id, "") if d.partition_id is not None else "")
+    return {
+        "round": server_round,
+        "client": d.partition_id if d.partition_id is not None else -1,
+        "malicious": int(d.partition_id in malicious),
+        "num_examples": d.num_examples,
+        "update_norm": d.update_norm,
+        "accepted": d.weight,
+        "node": node,
+        "status": d.status,
+        "train_loss": d.metrics.get("train_loss", float("nan")),
+        **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
+    }
 
 
 def _emit(run_dir: RunDirectory, row: dict[str, Any], on_round: RoundCallback | None) -> None:
