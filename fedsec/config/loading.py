@@ -1,0 +1,94 @@
+"""Reading experiment TOML files: overrides, validation, and one-line error messages."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .experiment import Experiment
+from .sections import ConfigError
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key (check the spelling; `fedsec list` shows what exists)")
+        elif item["type"] == "missing":
+            parts.append(f"{key}: required key is missing")
+        elif key and message.startswith(f"{item['loc'][0]}."):  # a section's own rule names its keys itself
+            parts.append(message)
+        elif key:
+            parts.append(f"{key}: {message} (got {item.get('input')!r})")
+        else:  # cross-section rule: the message names its keys itself
+            parts.append(message)
+    return "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse one ``--set key.path=value``; the value is read as a TOML value, else as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. attack.fraction=0.3")
+    key, raw = text.split("=", 1)
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"--set {text!r}: empty key segment")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with each ``key.path=value`` set."""
+    merged: dict[str, Any] = _deep_copy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = merged
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return merged
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def experiment_from_dict(raw: dict[str, Any], *, source: str = "config") -> Experiment:
+    """Validate a raw mapping into an :class:`Experiment`, raising :class:`ConfigError`."""
+    try:
+        experiment = Experiment.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation_error(e)}") from e
+    if experiment.data.dataset == "fashion-mnist":
+        root = Path(experiment.data_root)
+        if not root.is_dir():
+            raise ConfigError(
+                f"{source}: data.root: directory {str(root)!r} not found; install Debian's package "
+                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.root"
+            )
+    return experiment
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read, override and validate an experiment TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file: {e}") from e
+    return experiment_from_dict(apply_overrides(raw, overrides or []), source=str(path))
