@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import time
 import uuid
@@ -76,6 +77,8 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
         # workers import fedsec from wherever this driver does (an installed or a source checkout)
         "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
     }
+    if address and address != "auto":
+        check_reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -83,6 +86,22 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
             ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
+
+
+def check_reachable(address: str, *, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds when nothing listens at a Ray address (Ray itself retries for minutes)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunError(f"backend.address={address!r}: expected host:port (e.g. 10.0.0.5:6379), 'auto' or ''")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise RunError(
+            f"backend.address={address!r}: no Ray cluster reachable there within {timeout:.0f} s ({e}); start one "
+            "with `ray start --head` or fix the address"
+        ) from e
 
 
 def run_experiment(
@@ -103,11 +122,12 @@ def run_experiment(
     from fedsec.results import RunDirectory
     from fedsec.server_app import ServerOutcome, make_server_app
 
-    run_dir = RunDirectory(out_dir or default_run_dir(experiment), experiment)
     t0 = time.perf_counter()
+    init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
+    run_dir = RunDirectory(out_dir or default_run_dir(experiment), experiment)
+    t_data = time.perf_counter()
     data = build_federated_data(experiment)
-    data_seconds = time.perf_counter() - t0
-    init_ray(experiment.backend, verbose=verbose)
+    data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
     try:
         data_ref = ray.put(data.without_test())
