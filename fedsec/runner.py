@@ -118,6 +118,7 @@ def run_experiment(
 
     from fedsec.clients.app import make_client_app
     from fedsec.clients.honest import ClientSpec
+    from fedsec.data import DatasetError, PartitionError
     from fedsec.federated_data import build_federated_data
     from fedsec.results import RunDirectory
     from fedsec.server_app import ServerOutcome, make_server_app
@@ -126,7 +127,11 @@ def run_experiment(
     init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
     run_dir = RunDirectory(out_dir or default_run_dir(experiment), experiment)
     t_data = time.perf_counter()
-    data = build_federated_data(experiment)
+    try:
+        data = build_federated_data(experiment)
+    except (DatasetError, PartitionError) as e:
+        ray.shutdown()
+        raise RunError(str(e)) from e
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
     try:

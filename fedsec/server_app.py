@@ -66,7 +66,9 @@ def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) ->
     return sorted(int(p) for p in rng.choice(num_clients, size=k, replace=False))
 
 
-def build_strategy(experiment: Experiment, *, key_authority: Any = None) -> RobustStrategy:
+def build_strategy(
+    experiment: Experiment, *, key_authority: Any = None, data: FederatedData | None = None
+) -> RobustStrategy:
     """The configured strategy (DP-FedAvg under central DP, EncryptedFedAvg under CKKS), with Flower's sampling
     minimums set. Under encryption the strategy gets the key authority's public context and its decrypt function,
     never the secret key."""
@@ -92,6 +94,12 @@ def build_strategy(experiment: Experiment, *, key_authority: Any = None) -> Robu
         return DPFedAvg(clip_norm=experiment.privacy.clip_norm, noise_multiplier=plan.noise_multiplier,
                         expected_clients=experiment.train.clients_per_round, seed=experiment.seed, **sampling)
     cls, _ = STRATEGIES[experiment.defense.strategy]
+    if experiment.defense.strategy == "fltrust":
+        from fedsec.root_update import make_root_update
+
+        if data is None:
+            raise ServerError("defense.strategy='fltrust' needs the data for the server's root dataset")
+        sampling["server_update_fn"] = make_root_update(experiment, data)
     return cls(**sampling, **experiment.strategy_kwargs())
 
 
@@ -138,7 +146,7 @@ def run_rounds(
     malicious = set(malicious_clients(experiment))
     omniscient = experiment.attack.kind in COLLUDING_ATTACKS and experiment.attack.knowledge == "omniscient"
     outcome.malicious_clients = sorted(malicious)
-    strategy = build_strategy(experiment, key_authority=key_authority)
+    strategy = build_strategy(experiment, key_authority=key_authority, data=data)
     strategy.node_sampler = lambda server_round: [
         node_of[p]
         for p in sample_partitions(

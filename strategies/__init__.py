@@ -9,7 +9,11 @@ from __future__ import annotations
 from .base import ClientDecision, RobustStrategy, RoundReport, StrategyConfigError
 from .bulyan import Bulyan, bulyan_aggregate
 from .centered_clipping import CenteredClipping, centered_clip
+from .dnc import DnC, dnc_aggregate, dnc_select
 from .fedavg import FedAvg, fedavg_aggregate
+from .flame import FLAME, flame_aggregate
+from .fltrust import FLTrust, fltrust_aggregate
+from .foolsgold import FoolsGold, foolsgold_aggregate, foolsgold_weights
 from .geometric_median import GeometricMedian, geometric_median
 from .krum import Krum
 from .median import Median, coordinate_median
@@ -28,10 +32,25 @@ STRATEGIES: dict[str, tuple[type[RobustStrategy], str]] = {
     "geomed": (GeometricMedian, "geometric median by smoothed Weiszfeld, RFA (Pillutla et al. 2022); iterations"),
     "norm_clipping": (NormClipping, "norm bounding + optional Gaussian noise (Sun et al. 2019); clip_norm, noise_std"),
     "centered_clipping": (CenteredClipping, "centered clipping (Karimireddy et al. 2021); clip_norm, iterations"),
+    "fltrust": (FLTrust, "FLTrust: ReLU-cosine trust vs the server's root-data update (Cao et al. 2021); root_size"),
+    "flame": (FLAME, "FLAME: HDBSCAN majority, median-norm clipping, noise (Nguyen et al. 2022); noise_lambda"),
+    "foolsgold": (FoolsGold, "FoolsGold: down-weight clients with similar update histories (Fung et al. 2020); kappa"),
+    "dnc": (DnC, "Divide-and-Conquer: SVD outlier filtering (Shejwalkar & Houmansadr 2021); num_malicious, iterations,"
+            " subsample_dim, filter_frac"),
 }
 
 __all__ = [
+    "FLAME",
     "STRATEGIES",
+    "DnC",
+    "FLTrust",
+    "FoolsGold",
+    "dnc_aggregate",
+    "dnc_select",
+    "flame_aggregate",
+    "fltrust_aggregate",
+    "foolsgold_aggregate",
+    "foolsgold_weights",
     "Bulyan",
     "CenteredClipping",
     "ClientDecision",

@@ -125,6 +125,8 @@ class RobustStrategy(FedAvg):
         self.device = resolve_device(device)
         self.node_sampler = node_sampler
         self.last_report: RoundReport | None = None
+        #: the decision of each row of the updates passed to aggregate_updates this round (sorted by partition id)
+        self.current_clients: list[ClientDecision] = []
         self._global_arrays: ArrayRecord | None = None
 
     # ------------------------------------------------------------------ the rule
@@ -205,6 +207,7 @@ class RobustStrategy(FedAvg):
         num_examples = torch.tensor([float(d.num_examples) for d in valid], device=self.device)
         for d, norm in zip(valid, torch.linalg.vector_norm(updates, dim=1).tolist(), strict=True):
             d.update_norm = norm
+        self.current_clients = valid
         aggregate, weights = self.aggregate_updates(updates, num_examples)
         for d, w in zip(valid, weights.tolist(), strict=True):
             d.weight = float(w)

@@ -122,8 +122,9 @@ class DnC(RobustStrategy):
     Differences
     -----------
     The good sets of the iterations are intersected starting from all n updates. When b >= d every iteration
-    uses all coordinates (nothing is drawn), so the iterations agree. The removal count floor(c f) rounds c f down. ``num-examples`` is ignored, as in the paper. If the
-    intersection is empty the global model stays. Flower has no DnC strategy.
+    uses all coordinates (nothing is drawn), so the iterations agree. The removal count floor(c f) rounds c f
+    down. ``num-examples`` is ignored, as in the paper. If the intersection is empty the global model stays.
+    Flower has no DnC strategy.
     """
 
     def __init__(

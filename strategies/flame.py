@@ -38,9 +38,11 @@ def flame_majority(updates: torch.Tensor) -> torch.Tensor:
     n = updates.shape[0]
     require_clients("FLAME", n, 2, "n >= 2")
     distances = cosine_distances(updates.double()).cpu().numpy()
-    labels = HDBSCAN(
-        min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True
-    ).fit(distances).labels_
+    labels = (
+        HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True)
+        .fit(distances)
+        .labels_
+    )
     clustered = labels[labels >= 0]
     if clustered.size == 0:
         return torch.zeros(n, dtype=torch.bool, device=updates.device)
@@ -106,10 +108,11 @@ class FLAME(RobustStrategy):
     two models is close to 1 for every pair and the angles the rule needs are dominated by the shared part (and
     by float rounding); the updates carry exactly the differences, and they are what every fedsec rule receives
     (the paper's S_t is already a norm of updates). Clustering uses scikit-learn's ``sklearn.cluster.HDBSCAN``
-    (the paper uses the ``hdbscan`` package): a maintained, tested implementation that the project already
-    depends on, rather than our own. The kept updates are averaged uniformly, as in the paper (``num-examples``
-    ignored); the noise is added to the aggregate update, which equals adding it to the new global model. A round
-    where HDBSCAN finds no cluster keeps the global model. Flower has no FLAME strategy.
+    (public FLAME reimplementations use the standalone ``hdbscan`` package): a maintained, tested
+    implementation in a library the project already depends on, rather than code of our own. The kept updates
+    are averaged uniformly, as in the paper (``num-examples`` ignored); the noise is added to the aggregate
+    update, which equals adding it to the new global model. A round where HDBSCAN finds no cluster keeps the
+    global model. Flower has no FLAME strategy.
     """
 
     min_valid_updates = 2

@@ -96,7 +96,7 @@ class FLTrust(RobustStrategy):
     def describe(self) -> str:
         return f"FLTrust(root_size={self.root_size})"
 
-    def server_update(self, d: int) -> torch.Tensor:
+    def compute_server_update(self, d: int) -> torch.Tensor:
         """g0 for the current round: ``server_update_fn`` on the global arrays, checked to be finite of shape (d,)."""
         if self._global_arrays is None:
             raise RuntimeError("FLTrust: no global arrays yet (configure_train has not run); cannot compute g0")
@@ -108,6 +108,6 @@ class FLTrust(RobustStrategy):
         return g0
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g0 = self.server_update(updates.shape[1]).to(device=updates.device, dtype=updates.dtype)
+        g0 = self.compute_server_update(updates.shape[1]).to(device=updates.device, dtype=updates.dtype)
         self.last_trust_scores = fltrust_trust_scores(updates, g0)
         return fltrust_aggregate(updates, g0)

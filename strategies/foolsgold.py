@@ -95,18 +95,13 @@ class FoolsGold(RobustStrategy):
         return f"FoolsGold(kappa={self.kappa:g})"
 
     def _client_keys(self, n: int) -> list[Hashable]:
-        """Keys of the n valid replies of the round being aggregated, in the order of the stacked updates.
-
-        The base class sets :attr:`last_report` before calling :meth:`aggregate_updates`; its valid decisions
-        are the ones still "pending", in the same (sorted) order as the rows of the updates.
-        """
-        report = self.last_report
-        pending = [] if report is None else [d for d in report.decisions if d.status == "pending"]
-        if len(pending) != n:
+        """The client of each row of this round's updates (partition id, else node id), from the base class."""
+        clients = self.current_clients
+        if len(clients) != n:
             raise RuntimeError(
-                f"FoolsGold: {n} updates but {len(pending)} pending replies; call it through aggregate_train"
+                f"FoolsGold: {n} updates but {len(clients)} known clients; call it through aggregate_train"
             )
-        return [("partition", d.partition_id) if d.partition_id is not None else ("node", d.node_id) for d in pending]
+        return [("partition", d.partition_id) if d.partition_id is not None else ("node", d.node_id) for d in clients]
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.aggregate_with_keys(updates, self._client_keys(updates.shape[0]))

@@ -177,7 +177,10 @@ def test_dnc_subsets_are_seeded():
 def test_foolsgold_remembers_sybils_across_rounds():
     strategy = FoolsGold(device="cpu")
     g = torch.Generator().manual_seed(2)
-    honest = lambda: torch.eye(3, 8, dtype=torch.float64) + 0.05 * torch.randn(3, 8, generator=g, dtype=torch.float64)  # noqa: E731
+
+    def honest():  # three clients on their own axes, with noise
+        return torch.eye(3, 8, dtype=torch.float64) + 0.05 * torch.randn(3, 8, generator=g, dtype=torch.float64)
+
     sybil = torch.zeros(8, dtype=torch.float64)
     sybil[5:] = 1.0
     keys = ["h0", "h1", "h2", "s3", "s4"]
@@ -298,7 +301,10 @@ def test_flame_on_flower_messages():
     assert float(step.mean()) > 0.5  # moved with the honest +1, not towards -2
     strategy = started(FLAME(device="cpu"), global_arrays)
     assert strategy.aggregate_train(1, replies[:1]) == (None, None)  # one update: round skipped
-    assert strategy.last_report.skipped_reason == "1 valid updates, FLAME(noise_lambda=0.001, seed=0; n >= 2) needs at least 2"
+    assert (
+        strategy.last_report.skipped_reason
+        == "1 valid updates, FLAME(noise_lambda=0.001, seed=0; n >= 2) needs at least 2"
+    )
 
 
 @pytest.mark.usefixtures("server_identity")

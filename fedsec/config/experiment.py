@@ -154,14 +154,21 @@ class Experiment(_Section):
             kwargs["seed"] = self.seed
         if name in _DEFENSE_KEYS["iterations"] and defense.iterations is not None:
             kwargs["iterations"] = defense.iterations
+        for key in ("root_size", "noise_lambda", "kappa", "subsample_dim", "filter_frac"):
+            if name in _DEFENSE_KEYS[key]:
+                kwargs[key] = getattr(defense, key)
+        if name in ("flame", "dnc"):
+            kwargs["seed"] = self.seed
         return kwargs
 
     def _check_defense(self) -> None:
         from fedsec.strategies import STRATEGIES
 
         cls, _ = STRATEGIES[self.defense.strategy]
+        # FLTrust's server update needs the data; a placeholder is enough to check its parameters here
+        extra = {"server_update_fn": lambda arrays: None} if self.defense.strategy == "fltrust" else {}
         try:
-            strategy = cls(device="cpu", **self.strategy_kwargs())
+            strategy = cls(device="cpu", **extra, **self.strategy_kwargs())
         except ValueError as e:
             raise ValueError(f"defense.strategy={self.defense.strategy!r}: {e}") from e
         k = self.train.clients_per_round

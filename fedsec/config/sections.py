@@ -148,12 +148,17 @@ class AttackConfig(_Section):
 
 # keys that only some strategies use
 _DEFENSE_KEYS: dict[str, set[str]] = {
-    "num_malicious": {"krum", "multikrum", "bulyan"},
+    "num_malicious": {"krum", "multikrum", "bulyan", "dnc"},
     "num_selected": {"multikrum"},
     "trim_ratio": {"trimmed_mean"},
     "clip_norm": {"norm_clipping", "centered_clipping"},
     "noise_std": {"norm_clipping"},
-    "iterations": {"geomed", "centered_clipping"},
+    "iterations": {"geomed", "centered_clipping", "dnc"},
+    "root_size": {"fltrust"},
+    "noise_lambda": {"flame"},
+    "kappa": {"foolsgold"},
+    "subsample_dim": {"dnc"},
+    "filter_frac": {"dnc"},
 }
 
 
@@ -166,7 +171,14 @@ class DefenseConfig(_Section):
     trim_ratio: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut from each end.")
     clip_norm: float = Field(1.0, gt=0, description="norm_clipping / centered_clipping: L2 clipping bound.")
     noise_std: float = Field(0.0, ge=0, description="norm_clipping: std of Gaussian noise on the aggregate.")
-    iterations: int | None = Field(None, ge=1, description="geomed (3) / centered_clipping (1): iterations.")
+    iterations: int | None = Field(
+        None, ge=1, description="geomed (3) / centered_clipping (1) / dnc (5): iterations."
+    )
+    root_size: int = Field(100, ge=1, description="fltrust: examples in the server's root dataset.")
+    noise_lambda: float = Field(0.001, ge=0, description="flame: noise std as a share of the median norm.")
+    kappa: float = Field(1.0, gt=0, description="foolsgold: confidence of the logit rescaling.")
+    subsample_dim: int = Field(10_000, ge=1, description="dnc: coordinates sampled per iteration.")
+    filter_frac: float = Field(1.0, gt=0, description="dnc: c, removes c x num_malicious updates per iteration.")
 
     @field_validator("strategy")
     @classmethod

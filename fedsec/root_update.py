@@ -1,0 +1,44 @@
+"""The server's own update on a small clean root dataset, for FLTrust (Cao et al., NDSS 2021).
+
+The server holds ``defense.root_size`` training examples (default 100, the paper's), drawn with the experiment
+seed from the whole training set, and each round trains the current global model on them exactly as a client
+would (same optimiser, learning rate, local epochs, batch size); the difference to the global model is g0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+
+from fedsec.config import Experiment
+from fedsec.federated_data import FederatedData
+from fedsec.models import build_model
+from fedsec.records import load_record, model_to_record, record_to_vector
+from fedsec.training import train_local
+
+
+def make_root_update(experiment: Experiment, data: FederatedData) -> Callable[[ArrayRecord], torch.Tensor]:
+    """A function: global arrays -> the server's flattened update on its root dataset."""
+    rng = np.random.default_rng([experiment.seed, 0x7005])
+    idx = np.sort(rng.choice(data.y_train.size, size=min(experiment.defense.root_size, data.y_train.size),
+                             replace=False))
+    x = torch.from_numpy(np.array(data.x_train[idx]))
+    y = torch.from_numpy(np.array(data.y_train[idx], dtype=np.int64))
+    model = build_model(experiment.model.name, data.input_shape, data.num_classes)
+    train = experiment.train
+    calls = [0]
+
+    def server_update(arrays: ArrayRecord) -> torch.Tensor:
+        calls[0] += 1
+        load_record(model, arrays)
+        seed = int(np.random.SeedSequence([experiment.seed, 0x7005, calls[0]]).generate_state(1)[0])
+        torch.manual_seed(seed)
+        train_local(model, x, y, epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
+                    momentum=train.momentum, weight_decay=train.weight_decay,
+                    generator=torch.Generator().manual_seed(seed))
+        return record_to_vector(model_to_record(model)) - record_to_vector(arrays)
+
+    return server_update
