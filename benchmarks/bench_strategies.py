@@ -12,6 +12,7 @@ Flower's time and to fedsec FedAvg's time. CPU, this process's threads.
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     import gc
 
     gc.collect = lambda *a, **k: 0  # Flower's Bulyan calls gc.collect() per client; timing the rule, not the GC
