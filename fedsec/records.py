@@ -6,6 +6,9 @@ replies and turn an aggregate vector back into an ``ArrayRecord`` with the globa
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
@@ -28,10 +31,54 @@ def record_signature(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(a.shape)) for k, a in record.items()]
 
 
+def array_view(array: Array) -> np.ndarray:
+    """The array's values without copying: a read-only view into its serialized .npy bytes.
+
+    Flower's ``Array.numpy()`` runs ``np.load`` on a BytesIO, which copies every value; at 100 clients x 1.6M
+    parameters that copy is a large share of aggregation time. This parses the .npy header and maps the data in
+    place (C-order arrays; anything else falls back to ``Array.numpy()``)."""
+    buffer = io.BytesIO(array.data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(buffer, max_header_size=100_000)
+    except (ValueError, TypeError):
+        return array.numpy()
+    if fortran_order or dtype.hasobject:
+        return array.numpy()
+    count = int(np.prod(shape))
+    return np.frombuffer(array.data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+
+
+def record_size(record: ArrayRecord) -> int:
+    """Total number of values in the record's arrays."""
+    return sum(int(np.prod(a.shape)) for a in record.values())
+
+
+def fill_row(row: torch.Tensor, record: ArrayRecord) -> None:
+    """Copy the record's arrays, flattened in key order, into the 1-D tensor ``row`` (one pass, casting)."""
+    offset = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch notes the read-only view; it is only read
+        for array in record.values():
+            values = torch.from_numpy(array_view(array).reshape(-1))
+            row[offset : offset + values.numel()].copy_(values)
+            offset += values.numel()
+
+
+def stack_records(records: list[ArrayRecord], *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Records with equal signatures as one (n, d) tensor, each row filled in one pass."""
+    out = torch.empty((len(records), record_size(records[0]) if records else 0), dtype=dtype)
+    for row, record in zip(out, records, strict=True):
+        fill_row(row, record)
+    return out
+
+
 def record_to_vector(record: ArrayRecord, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Flatten all arrays of ``record`` (in key order) into one 1-D tensor."""
-    parts = [torch.from_numpy(np.ascontiguousarray(a.numpy()).reshape(-1)).to(dtype) for a in record.values()]
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+    out = torch.empty(record_size(record), dtype=dtype)
+    fill_row(out, record)
+    return out
 
 
 def vector_to_record(vector: torch.Tensor, like: ArrayRecord) -> ArrayRecord:

@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fedsec.records import record_signature, record_to_vector, vector_to_record
+from fedsec.records import record_signature, record_to_vector, stack_records, vector_to_record
 
 PARTITION_ID_KEY = "partition-id"
 NUM_EXAMPLES_KEY = "num-examples"
@@ -178,24 +178,36 @@ class RobustStrategy(FedAvg):
         global_arrays = self._global_arrays
         signature = record_signature(global_arrays)
         decisions: list[ClientDecision] = []
-        vectors: list[torch.Tensor] = []
-        valid: list[ClientDecision] = []
-
+        candidates: list[tuple[ClientDecision, ArrayRecord]] = []
         for message in sorted(replies, key=_reply_key):
-            decision, vector = self._check_reply(message, signature)
+            decision, arrays = self._check_reply(message, signature)
             decisions.append(decision)
-            if vector is not None:
-                vectors.append(vector)
+            if arrays is not None:
+                candidates.append((decision, arrays))
+
+        # one (n, d) matrix, filled in place; rows with NaN/Inf are dropped before any rule runs
+        stacked = stack_records([arrays for _, arrays in candidates])
+        # max and min propagate NaN and reach +-Inf: two read-only passes, no (n, d) temporary
+        finite = []
+        if candidates:
+            finite = (torch.isfinite(stacked.amax(dim=1)) & torch.isfinite(stacked.amin(dim=1))).tolist()
+        valid: list[ClientDecision] = []
+        for (decision, _), ok in zip(candidates, finite, strict=True):
+            if ok:
                 valid.append(decision)
+            else:
+                decision.status = "invalid: non-finite values (NaN/Inf) in the update"
+        if not all(finite):
+            stacked = stacked[torch.tensor(finite, dtype=torch.bool)]
 
         report = RoundReport(server_round=server_round, decisions=decisions)
         self.last_report = report
         for d in decisions:
             if d.status != "pending":  # failed or invalid
                 log(WARNING, "round %s: client %s (node %s) %s", server_round, d.partition_id, d.node_id, d.status)
-        if len(vectors) < self.min_valid_updates:
+        if len(valid) < self.min_valid_updates:
             report.skipped_reason = (
-                f"{len(vectors)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
+                f"{len(valid)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
             )
             log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
             for d in valid:
@@ -203,7 +215,8 @@ class RobustStrategy(FedAvg):
             return None, None
 
         global_vector = record_to_vector(global_arrays).to(self.device)
-        updates = torch.stack(vectors).to(self.device) - global_vector
+        updates = stacked.to(self.device)
+        updates -= global_vector
         num_examples = torch.tensor([float(d.num_examples) for d in valid], device=self.device)
         for d, norm in zip(valid, torch.linalg.vector_norm(updates, dim=1).tolist(), strict=True):
             d.update_norm = norm
@@ -220,7 +233,8 @@ class RobustStrategy(FedAvg):
     # ------------------------------------------------------------------ helpers
     def _check_reply(
         self, message: Message, signature: list[tuple[str, tuple[int, ...]]]
-    ) -> tuple[ClientDecision, torch.Tensor | None]:
+    ) -> tuple[ClientDecision, ArrayRecord | None]:
+        """Structural checks (failure, records, num-examples, keys/shapes); values are checked once stacked."""
         node_id = message.metadata.src_node_id
         if message.has_error():
             reason = message.error.reason.strip().splitlines()
@@ -244,9 +258,6 @@ class RobustStrategy(FedAvg):
         got = record_signature(arrays)
         if got != signature:
             return bad("arrays do not match the global model's keys/shapes")
-        vector = record_to_vector(arrays)
-        if not bool(torch.isfinite(vector).all()):
-            return bad("non-finite values (NaN/Inf) in the update")
         metrics = {**metrics, "bytes_up": float(sum(len(a.data) for a in arrays.values()))}
         decision = ClientDecision(
             node_id=node_id,
@@ -258,7 +269,7 @@ class RobustStrategy(FedAvg):
             node=node,
             metrics=metrics,
         )
-        return decision, vector
+        return decision, arrays
 
     @staticmethod
     def _bad(
