@@ -16,6 +16,8 @@ import torch
 from fedsec.config import Experiment
 from fedsec.data import load_dataset, partition_indices
 
+MIN_CLIENT_EXAMPLES = 10
+
 
 @dataclass(frozen=True)
 class FederatedData:
@@ -58,6 +60,8 @@ def build_federated_data(experiment: Experiment) -> FederatedData:
         seed=experiment.seed,
         alpha=data.alpha,
         shards_per_client=data.shards_per_client,
+        # Dirichlet draws are redrawn until every client has 10 examples (fewer only when the data are too small)
+        min_size=max(1, min(MIN_CLIENT_EXAMPLES, dataset.y_train.size // data.num_clients)),
         natural=dataset.natural_partition,
     )
     return FederatedData(

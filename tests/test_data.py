@@ -1,4 +1,4 @@
-"""Datasets (IDX parsing, Fashion-MNIST, digits, synthetic) and partition properties."""
+"""Datasets (IDX parsing, Fashion-MNIST, digits, FedProx synthetic) and partition properties."""
 
 from __future__ import annotations
 
@@ -9,120 +9,275 @@ import numpy as np
 import pytest
 
 from fedsec.data import (
+    DATASETS,
+    PARTITIONS,
     DatasetError,
     PartitionError,
+    load_dataset,
     load_digits,
     load_fashion_mnist,
     make_synthetic,
     partition_indices,
+    read_idx,
 )
-from fedsec.data.datasets import read_idx
+from fedsec.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C}
 
 
-def idx_bytes(array: np.ndarray, dtype_code: int = 0x08) -> bytes:
-    header = bytes([0, 0, dtype_code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(">u1" if dtype_code == 0x08 else ">i4").tobytes()
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file's bytes, written by hand (big-endian dims and body)."""
+    header = bytes([0, 0, _CODES[array.dtype], array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(array.dtype.newbyteorder(">")).tobytes()
 
 
-@pytest.mark.parametrize("compressed", [False, True])
-def test_idx_parser_reads_handmade_files(tmp_path, compressed):
+def write_idx(path: Path, array: np.ndarray) -> None:
+    raw = idx_bytes(array)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+# --- IDX parsing and Fashion-MNIST ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x.idx", "x.idx.gz"])
+def test_idx_parser_reads_handmade_files(tmp_path, name):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    raw = idx_bytes(images)
-    path = tmp_path / ("x.idx.gz" if compressed else "x.idx")
-    path.write_bytes(gzip.compress(raw) if compressed else raw)
-    out = read_idx(path)
+    write_idx(tmp_path / name, images)
+    out = read_idx(tmp_path / name)
     assert out.shape == (2, 3, 4) and out.dtype == np.uint8 and np.array_equal(out, images)
+    # multi-byte types are big-endian on disk and come back in native order
     ints = np.array([1, -2, 70000], dtype=np.int32)
-    (tmp_path / "i.idx").write_bytes(idx_bytes(ints, 0x0C))
-    assert read_idx(tmp_path / "i.idx").tolist() == [1, -2, 70000]
+    write_idx(tmp_path / ("i" + name), ints)
+    got = read_idx(tmp_path / ("i" + name))
+    assert got.tolist() == [1, -2, 70000] and got.dtype.isnative
+    # the exact bytes for a 1-d uint8 file: magic 0x00000801, one dim of 3
+    (tmp_path / "lit.idx").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x03\x07\x00\xff")
+    assert read_idx(tmp_path / "lit.idx").tolist() == [7, 0, 255]
 
 
 def test_idx_parser_rejects_corrupt_files(tmp_path):
     bad_magic = tmp_path / "bad.idx"
     bad_magic.write_bytes(b"\x01\x02\x03\x04" + b"\x00" * 8)
-    with pytest.raises(DatasetError, match="bad.idx.*bad magic"):
+    with pytest.raises(DatasetError, match=r"bad\.idx.*bad magic number 0x01020304"):
         read_idx(bad_magic)
-    truncated = tmp_path / "short.idx"
-    truncated.write_bytes(idx_bytes(np.zeros((4, 2), np.uint8))[:-3])
-    with pytest.raises(DatasetError, match="short.idx.*promises 8"):
+    bad_dtype = tmp_path / "dtype.idx"
+    bad_dtype.write_bytes(b"\x00\x00\x07\x01\x00\x00\x00\x01\x00")
+    with pytest.raises(DatasetError, match=r"dtype\.idx.*bad magic"):
+        read_idx(bad_dtype)
+    short_header = tmp_path / "header.idx"
+    short_header.write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x02")
+    with pytest.raises(DatasetError, match=r"header\.idx.*truncated IDX header"):
+        read_idx(short_header)
+    truncated = tmp_path / "short.idx.gz"
+    truncated.write_bytes(gzip.compress(idx_bytes(np.zeros((4, 2), np.uint8))[:-3]))
+    with pytest.raises(DatasetError, match=r"short\.idx\.gz.*body has 5 bytes.*promises 8"):
         read_idx(truncated)
+    trailing = tmp_path / "long.idx"
+    trailing.write_bytes(idx_bytes(np.zeros((4, 2), np.uint8)) + b"\x00")
+    with pytest.raises(DatasetError, match=r"long\.idx.*body has 9 bytes.*promises 8"):
+        read_idx(trailing)
+    not_gzip = tmp_path / "plain.idx.gz"
+    not_gzip.write_bytes(idx_bytes(np.zeros(3, np.uint8)))
+    with pytest.raises(DatasetError, match=r"plain\.idx\.gz.*cannot read"):
+        read_idx(not_gzip)
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
-    with pytest.raises(DatasetError, match="dataset-fashion-mnist"):
+    with pytest.raises(DatasetError, match=r"nowhere.*apt-get install dataset-fashion-mnist\).*data\.root"):
+        load_fashion_mnist(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte.*dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path)  # the directory exists but is empty
+
+
+def test_fashion_mnist_loader_on_handmade_files(tmp_path):
+    """Both .gz and uncompressed names are found; pixels are scaled to [0, 1] and normalised exactly."""
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", train_x)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([9, 0, 4], np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", test_x)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([1, 2], np.uint8))
+    data = load_fashion_mnist(tmp_path)
+    assert data.x_train.shape == (3, 1, 28, 28) and data.x_test.shape == (2, 1, 28, 28)
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64 and data.input_shape == (1, 28, 28)
+    assert data.y_train.tolist() == [9, 0, 4] and data.y_test.tolist() == [1, 2]
+    expected = (train_x[:, None] / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    np.testing.assert_allclose(data.x_train, expected, rtol=0, atol=1e-6)
+    assert data.x_train[0, 0, 0, 0] == pytest.approx((train_x[0, 0, 0] / 255 - 0.2860) / 0.3530, abs=1e-6)
+    # image/label count mismatch
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([1, 2, 3], np.uint8))
+    with pytest.raises(DatasetError, match="t10k has 2 images but 3 labels"):
+        load_fashion_mnist(tmp_path)
+    # images of the wrong size are refused, naming the file
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: expected N x 28 x 28"):
         load_fashion_mnist(tmp_path)
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist():
-    data = load_fashion_mnist(FMNIST)
+    data = load_dataset("fashion-mnist")
+    assert data.name == "fashion-mnist" and data.num_classes == 10 and data.natural_partition is None
     assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
-    assert data.x_train.dtype == np.float32 and data.num_classes == 10
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert np.bincount(data.y_train).tolist() == [6000] * 10
+    assert np.bincount(data.y_test).tolist() == [1000] * 10
+    # the normalisation constants are Fashion-MNIST's own: the train set comes out at mean ~0, std ~1
     assert abs(float(data.x_train.mean())) < 0.01 and abs(float(data.x_train.std()) - 1) < 0.01
+    assert data.x_train.min() == pytest.approx(-0.2860 / 0.3530, abs=1e-6)
+
+
+# --- digits and synthetic -----------------------------------------------------------------------------------------
 
 
 def test_digits_split_is_stratified_and_seeded():
-    a, b, c = load_digits(seed=0), load_digits(seed=0), load_digits(seed=1)
-    assert a.x_train.shape[1:] == (1, 8, 8) and len(a.x_train) + len(a.x_test) == 1797
-    assert 0 <= a.x_train.min() and a.x_train.max() <= 1
-    assert np.array_equal(a.y_test, b.y_test) and not np.array_equal(a.y_test, c.y_test)
-    assert np.bincount(a.y_test).min() >= 40  # every class in the 25% test split
+    a, b, c = load_digits(seed=0), load_digits(seed=0), load_dataset("digits", seed=1)
+    assert a.name == "digits" and a.input_shape == (1, 8, 8) and a.num_classes == 10
+    assert len(a.x_train) + len(a.x_test) == 1797 and len(a.x_test) == 450
+    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
+    assert a.x_train.min() == 0 and a.x_train.max() == 1  # 0..16 scaled by 1/16
+    assert np.array_equal(a.x_test, b.x_test) and np.array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.y_test, c.y_test)
+    # stratified: each class's test count is within one of 25% of its total
+    totals = np.bincount(np.concatenate([a.y_train, a.y_test]))
+    assert np.all(np.abs(np.bincount(a.y_test) - 0.25 * totals) <= 1)
 
 
-def test_synthetic_is_seeded_federated_and_heterogeneous():
-    a, b = make_synthetic(num_clients=10, seed=3), make_synthetic(num_clients=10, seed=3)
-    assert np.array_equal(a.x_train, b.x_train) and a.x_train.shape[1] == 60
-    covered = np.sort(np.concatenate(a.natural_partition))
+def test_synthetic_shapes_sizes_and_determinism():
+    a = make_synthetic(num_clients=12, seed=3)
+    b = load_dataset("synthetic", num_clients=12, seed=3)
+    c = make_synthetic(num_clients=12, seed=4)
+    assert a.name == "synthetic" and a.num_classes == 10 and a.input_shape == (60,)
+    assert a.x_train.dtype == np.float32 and a.y_train.dtype == np.int64
+    assert a.y_train.min() >= 0 and a.y_train.max() < 10
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert a.x_train.shape != c.x_train.shape or not np.array_equal(a.x_train, c.x_train)
+    # natural partition: one contiguous block per device, covering the train set exactly once
+    assert len(a.natural_partition) == 12
+    covered = np.concatenate(a.natural_partition)
     assert np.array_equal(covered, np.arange(len(a.x_train)))
-    dists = np.array([np.bincount(a.y_train[p], minlength=10) / len(p) for p in a.natural_partition])
-    assert np.abs(dists - dists.mean(0)).sum(1).mean() > 0.3  # label distributions differ across devices
+    # per device: lognormal(4, 2) + 50 samples, capped at 1,000; 20% of each held out
+    train_sizes = np.array([p.size for p in a.natural_partition])
+    totals = len(a.x_train) + len(a.x_test)
+    assert np.all(train_sizes >= 40) and np.all(train_sizes <= 800)
+    assert abs(len(a.x_test) / totals - 0.2) < 0.01
+    big = make_synthetic(num_clients=200, seed=0, test_fraction=0.0)
+    sizes = np.array([p.size for p in big.natural_partition])
+    assert len(big.x_test) == 0 and sizes.min() >= 50 and sizes.max() == 1000  # the cap binds for some devices
+    assert np.median(sizes) < 200  # a power law: most devices are small
 
+
+def test_synthetic_is_heterogeneous_and_beta_controls_feature_shift():
+    a = make_synthetic(num_clients=10, seed=3)
+    dists = np.array([np.bincount(a.y_train[p], minlength=10) / len(p) for p in a.natural_partition])
+    # mean total-variation distance between a device's label distribution and the average one
+    assert 0.5 * np.abs(dists - dists.mean(0)).sum(1).mean() > 0.5
+    # per-device feature means: B_k ~ N(0, beta) shifts them, so their spread grows with beta
+    spread = {}
+    for beta in (0.0, 5.0):
+        d = make_synthetic(num_clients=20, alpha=0.0, beta=beta, seed=0)
+        spread[beta] = np.std([d.x_train[p].mean() for p in d.natural_partition])
+    assert spread[0.0] < 0.5 < 2.0 < spread[5.0], spread
+
+
+def test_dataset_errors():
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar'"):
+        load_dataset("cifar")
+    with pytest.raises(DatasetError, match="test_fraction"):
+        make_synthetic(test_fraction=1.0)
+    with pytest.raises(DatasetError, match="alpha and beta must be >= 0"):
+        make_synthetic(alpha=-1)
+    assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic"}
+    assert set(PARTITIONS) == {"iid", "dirichlet", "shards", "natural"}
+
+
+# --- partitions ---------------------------------------------------------------------------------------------------
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 samples, 100 per class
+SHUFFLED = np.random.default_rng(7).permutation(LABELS)
 
 
+def max_class_share(labels: np.ndarray, parts: list[np.ndarray]) -> float:
+    """Mean over clients of the largest class's share of the client's data (1.0 = one class per client)."""
+    return float(np.mean([np.bincount(labels[p], minlength=10).max() / p.size for p in parts]))
+
+
+@pytest.mark.parametrize("labels", [LABELS, SHUFFLED], ids=["sorted", "shuffled"])
 @pytest.mark.parametrize("kind", ["iid", "dirichlet", "shards"])
-def test_partitions_cover_every_sample_once(kind):
-    parts = partition_indices(LABELS, kind=kind, num_clients=20, seed=0, alpha=0.5)
+def test_partitions_cover_every_sample_once(kind, labels):
+    parts = partition_indices(labels, kind=kind, num_clients=20, seed=0, alpha=0.5)
     assert len(parts) == 20 and all(p.size > 0 for p in parts)
-    everything = np.concatenate(parts)
-    assert np.array_equal(np.sort(everything), np.arange(LABELS.size))
-    again = partition_indices(LABELS, kind=kind, num_clients=20, seed=0, alpha=0.5)
+    assert all(p.dtype == np.int64 and np.all(np.diff(p) > 0) for p in parts)  # sorted, no repeats
+    assert sum(p.size for p in parts) == labels.size
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(labels.size))  # disjoint and covering
+    again = partition_indices(labels, kind=kind, num_clients=20, seed=0, alpha=0.5)
     assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
-    other = partition_indices(LABELS, kind=kind, num_clients=20, seed=1, alpha=0.5)
+    other = partition_indices(labels, kind=kind, num_clients=20, seed=1, alpha=0.5)
     assert not all(np.array_equal(p, q) for p, q in zip(parts, other, strict=True))
 
 
-def test_iid_sizes_differ_by_at_most_one():
+def test_iid_sizes_differ_by_at_most_one_and_mix_classes():
     sizes = [p.size for p in partition_indices(np.zeros(1003), kind="iid", num_clients=10, seed=0)]
-    assert max(sizes) - min(sizes) == 1 and sum(sizes) == 1003
-
-
-def mean_max_class_share(parts: list[np.ndarray]) -> float:
-    return float(np.mean([np.bincount(LABELS[p], minlength=10).max() / p.size for p in parts]))
+    assert sorted(sizes) == [100] * 7 + [101] * 3
+    parts = partition_indices(LABELS, kind="iid", num_clients=10, seed=0)  # label-sorted input is shuffled
+    assert max_class_share(LABELS, parts) < 0.25 and all(len(np.unique(LABELS[p])) >= 8 for p in parts)
 
 
 def test_dirichlet_skew_grows_as_alpha_shrinks():
-    skewed = mean_max_class_share(partition_indices(LABELS, kind="dirichlet", num_clients=10, seed=0, alpha=0.1))
-    flat = mean_max_class_share(partition_indices(LABELS, kind="dirichlet", num_clients=10, seed=0, alpha=100))
-    assert skewed > 0.5 and flat < 0.25, (skewed, flat)
+    skewed = max_class_share(LABELS, partition_indices(LABELS, kind="dirichlet", num_clients=10, seed=0, alpha=0.1))
+    flat = max_class_share(LABELS, partition_indices(LABELS, kind="dirichlet", num_clients=10, seed=0, alpha=100))
+    assert skewed > 0.45 and flat < 0.2 and skewed - flat > 0.3, (skewed, flat)
 
 
-def test_shards_give_each_client_at_most_two_classes():
+def test_dirichlet_min_size_and_retries():
+    parts = partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=0, alpha=0.5, min_size=50)
+    assert min(p.size for p in parts) >= 50 and sum(p.size for p in parts) == 1000
+    with pytest.raises(PartitionError, match="need 1100 samples, got 1000"):
+        partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=0, min_size=110)
+    with pytest.raises(PartitionError, match="in 11 tries"):  # 100 clients, 10 each, alpha tiny: never met
+        partition_indices(SHUFFLED, kind="dirichlet", num_clients=100, seed=0, alpha=0.01, min_size=10)
+
+
+def test_shards_give_each_client_at_most_shards_per_client_classes():
     parts = partition_indices(LABELS, kind="shards", num_clients=10, seed=0, shards_per_client=2)
     assert all(len(np.unique(LABELS[p])) <= 2 for p in parts)
     assert [p.size for p in parts] == [100] * 10
+    parts = partition_indices(SHUFFLED, kind="shards", num_clients=25, seed=3, shards_per_client=4)  # shards of 10
+    assert all(len(np.unique(SHUFFLED[p])) <= 4 for p in parts) and [p.size for p in parts] == [40] * 25
+    # uneven: 997 samples, 7 x 2 shards; nothing is dropped and shard sizes differ by at most 1
+    parts = partition_indices(LABELS[:997], kind="shards", num_clients=7, seed=0, shards_per_client=2)
+    assert sum(p.size for p in parts) == 997 and max(p.size for p in parts) - min(p.size for p in parts) <= 2
+
+
+def test_natural_partition_is_passed_through_and_checked():
+    natural = [np.array([4, 0, 2]), np.array([1, 3])]
+    parts = partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=natural)
+    assert [p.tolist() for p in parts] == [[0, 2, 4], [1, 3]]
+    data = make_synthetic(num_clients=5, seed=0)
+    parts = partition_indices(data.y_train, kind="natural", num_clients=5, seed=9, natural=data.natural_partition)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, data.natural_partition, strict=True))
+    with pytest.raises(PartitionError, match="some sample to two clients"):
+        partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=[np.arange(3), np.arange(2, 5)])
+    with pytest.raises(PartitionError, match=r"outside \[0, 5\)"):
+        partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=[np.arange(3), np.array([7])])
+    with pytest.raises(PartitionError, match=r"clients \[1\] got no data"):
+        partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=[np.arange(3), np.array([])])
 
 
 def test_impossible_partitions_are_refused():
     with pytest.raises(PartitionError, match="2000 clients but only 1000 samples"):
         partition_indices(LABELS, kind="iid", num_clients=2000, seed=0)
+    with pytest.raises(PartitionError, match="num_clients must be >= 1"):
+        partition_indices(LABELS, kind="iid", num_clients=0, seed=0)
+    with pytest.raises(PartitionError, match="need at least 1200 samples, got 1000"):
+        partition_indices(LABELS, kind="shards", num_clients=600, seed=0, shards_per_client=2)
     with pytest.raises(PartitionError, match="no natural partition"):
         partition_indices(LABELS, kind="natural", num_clients=10, seed=0)
-    with pytest.raises(PartitionError, match="split across 2 clients"):
+    with pytest.raises(PartitionError, match="split across 2 clients, the config asks for 3"):
         partition_indices(LABELS, kind="natural", num_clients=3, seed=0, natural=[np.arange(5), np.arange(5, 9)])
-    with pytest.raises(PartitionError, match="unknown partition"):
+    with pytest.raises(PartitionError, match="unknown partition 'zipf'"):
         partition_indices(LABELS, kind="zipf", num_clients=3, seed=0)
+    with pytest.raises(PartitionError, match="alpha must be > 0"):
+        partition_indices(LABELS, kind="dirichlet", num_clients=3, seed=0, alpha=0)

@@ -8,6 +8,7 @@ from .datasets import (
     load_digits,
     load_fashion_mnist,
     make_synthetic,
+    read_idx,
 )
 from .partition import PARTITIONS, PartitionError, partition_indices
 
@@ -22,4 +23,5 @@ __all__ = [
     "load_fashion_mnist",
     "make_synthetic",
     "partition_indices",
+    "read_idx",
 ]

@@ -1,21 +1,27 @@
-"""Datasets, loaded offline into memory as NumPy arrays.
+"""Datasets, loaded offline into memory as NumPy arrays (:class:`ArrayDataset`); see :data:`DATASETS`.
 
 - ``fashion-mnist``: Xiao et al., "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning
-  Algorithms", 2017 (https://arxiv.org/abs/1708.07747), read from the IDX files of Debian's package
-  ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``; gzipped or not). Inputs (N, 1, 28, 28)
-  float32, scaled to [0, 1] then normalised with mean 0.2860 and std 0.3530.
-- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, ships with scikit-learn), (N, 1, 8, 8) scaled
-  by 1/16, a stratified seeded train/test split (default 25% test).
+  Algorithms", 2017 (https://arxiv.org/abs/1708.07747), read from the four IDX files of Debian's package
+  ``dataset-fashion-mnist`` (default root ``/usr/share/datasets/fashion-mnist``; ``.gz`` or uncompressed names).
+  The IDX header (magic 0x0000, dtype code, number of dims, big-endian dims) is validated against the file's size.
+  Inputs (N, 1, 28, 28) float32, scaled to [0, 1] then normalised with mean 0.2860 and std 0.3530; labels int64.
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, ships with scikit-learn), (N, 1, 8, 8) float32
+  scaled by 1/16, a stratified seeded train/test split (``train_test_split``, default 25% test).
 - ``synthetic``: Synthetic(alpha, beta) of Li et al., "Federated Optimization in Heterogeneous Networks" (FedProx),
-  MLSys 2020 (https://arxiv.org/abs/1812.06127), sec. 5.1: per device k, u_k ~ N(0, alpha), B_k ~ N(0, beta);
-  W_k (10 x 60), b_k ~ N(u_k, 1); v_k ~ N(B_k, 1); x ~ N(v_k, Sigma) with Sigma_jj = j^-1.2; y = argmax(W_k x + b_k).
-  Samples per device follow the paper's power law (lognormal(4, 2) + 50, capped at 1,000 here). Defaults
-  alpha = beta = 1, 20% of each device's samples held out into the pooled test set; naturally federated.
+  MLSys 2020 (https://arxiv.org/abs/1812.06127), sec. 5.1. Per device k: u_k ~ N(0, alpha), B_k ~ N(0, beta);
+  W_k (classes x dim) and b_k with entries ~ N(u_k, 1); v_k (dim) with entries ~ N(B_k, 1); x ~ N(v_k, Sigma),
+  Sigma diagonal with Sigma_jj = j^-1.2; y = argmax softmax(W_k x + b_k). As in the paper's generator
+  (github.com/litian96/FedProx, ``data/synthetic_*/generate_synthetic.py``), alpha and beta are the *standard
+  deviations* of u_k and B_k (``np.random.normal(0, alpha)``), and device k has lognormal(4, 2) + 50 samples (a power
+  law), capped here at 1,000. Defaults: alpha = beta = 1, 30 devices, dim 60, 10 classes, 20% of each device's
+  samples held out into the pooled test set; ``natural_partition`` holds each device's train indices.
+  Seeded with ``np.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
 
 import gzip
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +29,7 @@ import numpy as np
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+SYNTHETIC_MIN_SAMPLES, SYNTHETIC_MAX_SAMPLES = 50, 1000  # per device: lognormal(4, 2) + 50, capped
 
 DATASETS: dict[str, str] = {
     "fashion-mnist": "Fashion-MNIST, 60k/10k 28x28 grey images, 10 classes (Debian's dataset-fashion-mnist)",
@@ -55,67 +62,85 @@ class ArrayDataset:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Parse an IDX file (http://yann.lecun.com/exdb/mnist/ format), gzipped or not."""
+    """Parse an IDX file (the MNIST format, http://yann.lecun.com/exdb/mnist/), gzipped (``.gz``) or not.
+
+    Header: two zero bytes, a dtype code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64),
+    the number of dimensions, then each dimension as a big-endian uint32; the body must hold exactly their product.
+    Raises :class:`DatasetError` naming the file if it is unreadable, not IDX, or truncated.
+    """
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{path}: cannot read IDX file: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise DatasetError(f"{path}: not an IDX file (bad magic number 0x{raw[:4].hex()})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header")
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes, {ndim} dimensions need {header})")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise DatasetError(f"{path}: IDX body has {len(raw) - header} bytes, the header promises {expected}")
+        raise DatasetError(
+            f"{path}: IDX body has {len(raw) - header} bytes, the header (shape {shape}) promises {expected}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+_INSTALL_HINT = (
+    "install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.root"
+)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (root / name).is_file():
             return root / name
-    raise DatasetError(
-        f"{root / stem}(.gz) not found; install Debian's package dataset-fashion-mnist "
-        "(apt-get install dataset-fashion-mnist) or set data.root"
-    )
+    raise DatasetError(f"Fashion-MNIST: {root / stem}[.gz] not found; {_INSTALL_HINT}")
 
 
 def load_fashion_mnist(root: str | Path = DEFAULT_FASHION_MNIST_ROOT) -> ArrayDataset:
-    """Fashion-MNIST from its four IDX files under ``root``."""
+    """Fashion-MNIST from its four IDX files under ``root`` (``.gz`` or not), normalised; see the module docstring."""
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"Fashion-MNIST: directory {root} not found; {_INSTALL_HINT}")
 
     def images(stem: str) -> np.ndarray:
-        x = read_idx(_find_idx(root, stem))
-        if x.ndim != 3 or x.shape[1:] != (28, 28):
-            raise DatasetError(f"{root / stem}: expected N x 28 x 28 images, got shape {x.shape}")
-        return ((x.astype(np.float32) / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD)[:, None]
+        path = _find_idx(root, stem)
+        x = read_idx(path)
+        if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
+            raise DatasetError(f"{path}: expected N x 28 x 28 uint8 images, got {x.dtype} of shape {x.shape}")
+        scaled = x.astype(np.float32) / np.float32(255)
+        return ((scaled - np.float32(FASHION_MNIST_MEAN)) / np.float32(FASHION_MNIST_STD))[:, None]
 
     def labels(stem: str) -> np.ndarray:
-        return read_idx(_find_idx(root, stem)).astype(np.int64)
+        path = _find_idx(root, stem)
+        y = read_idx(path)
+        if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() > 9)):
+            raise DatasetError(f"{path}: expected N labels in 0..9, got shape {y.shape}")
+        return y.astype(np.int64)
 
     x_train, y_train = images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte")
     x_test, y_test = images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte")
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise DatasetError(f"{root}: image and label counts differ")
+    for split, x, y in (("train", x_train, y_train), ("t10k", x_test, y_test)):
+        if len(x) != len(y):
+            raise DatasetError(f"{root}: {split} has {len(x)} images but {len(y)} labels")
     return ArrayDataset("fashion-mnist", x_train, y_train, x_test, y_test, num_classes=10)
 
 
 def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> ArrayDataset:
-    """scikit-learn's digits, stratified train/test split."""
+    """scikit-learn's digits, (N, 1, 8, 8) scaled to [0, 1], stratified seeded train/test split."""
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
     bunch = sk_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None]
     y = bunch.target.astype(np.int64)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, random_state=seed, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return ArrayDataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
 
 
@@ -129,26 +154,36 @@ def make_synthetic(
     seed: int = 0,
     test_fraction: float = 0.2,
 ) -> ArrayDataset:
-    """FedProx's Synthetic(alpha, beta), one device per client."""
+    """FedProx's Synthetic(alpha, beta), one device per client (``natural_partition``); see the module docstring."""
+    if alpha < 0 or beta < 0:
+        raise DatasetError(f"synthetic: alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if num_clients < 1 or dim < 1 or num_classes < 2:
+        raise DatasetError(
+            f"synthetic: need num_clients >= 1, dim >= 1, num_classes >= 2; got {num_clients}, {dim}, {num_classes}"
+        )
+    if not 0 <= test_fraction < 1:
+        raise DatasetError(f"synthetic: test_fraction must be in [0, 1), got {test_fraction}")
     rng = np.random.default_rng(seed)
-    sizes = np.minimum(rng.lognormal(4, 2, num_clients).astype(int) + 50, 1000)
-    cov_diag = np.arange(1, dim + 1, dtype=np.float64) ** -1.2
+    sizes = np.minimum(rng.lognormal(4, 2, num_clients).astype(np.int64) + SYNTHETIC_MIN_SAMPLES, SYNTHETIC_MAX_SAMPLES)
+    u = rng.normal(0, alpha, num_clients)  # mean of W_k and b_k
+    big_b = rng.normal(0, beta, num_clients)  # mean of v_k
+    std_x = np.arange(1, dim + 1, dtype=np.float64) ** -0.6  # sqrt(Sigma_jj), Sigma_jj = j^-1.2
     x_train, y_train, x_test, y_test, natural = [], [], [], [], []
     offset = 0
     for k in range(num_clients):
-        u_k, b_k = rng.normal(0, np.sqrt(alpha)), rng.normal(0, np.sqrt(beta))
-        w = rng.normal(u_k, 1, (num_classes, dim))
-        b = rng.normal(u_k, 1, num_classes)
-        v = rng.normal(b_k, 1, dim)
-        x = rng.normal(v, np.sqrt(cov_diag), (sizes[k], dim))
-        y = np.argmax(x @ w.T + b, axis=1)
-        n_test = max(1, int(round(test_fraction * sizes[k])))
-        x_train.append(x[n_test:])
-        y_train.append(y[n_test:])
+        w = rng.normal(u[k], 1, (num_classes, dim))
+        b = rng.normal(u[k], 1, num_classes)
+        v = rng.normal(big_b[k], 1, dim)
+        x = rng.normal(v, std_x, (sizes[k], dim))
+        y = np.argmax(x @ w.T + b, axis=1)  # softmax is monotone: argmax of the logits
+        n_test = min(int(round(test_fraction * sizes[k])), int(sizes[k]) - 1)
+        n_train = int(sizes[k]) - n_test
         x_test.append(x[:n_test])
         y_test.append(y[:n_test])
-        natural.append(np.arange(offset, offset + sizes[k] - n_test, dtype=np.int64))
-        offset += sizes[k] - n_test
+        x_train.append(x[n_test:])
+        y_train.append(y[n_test:])
+        natural.append(np.arange(offset, offset + n_train, dtype=np.int64))
+        offset += n_train
     return ArrayDataset(
         "synthetic",
         np.concatenate(x_train).astype(np.float32),
@@ -169,7 +204,13 @@ def load_dataset(
     alpha: float = 1.0,
     beta: float = 1.0,
 ) -> ArrayDataset:
-    """Load dataset ``name`` (see :data:`DATASETS`)."""
+    """Load dataset ``name`` (see :data:`DATASETS`).
+
+    ``root`` is Fashion-MNIST's directory (default ``/usr/share/datasets/fashion-mnist``); ``seed`` seeds digits'
+    train/test split and the synthetic generator; ``num_clients``, ``alpha`` and ``beta`` are Synthetic(alpha, beta)'s
+    number of devices and heterogeneity. Raises :class:`DatasetError` for an unknown name or a dataset that cannot be
+    loaded.
+    """
     if name == "fashion-mnist":
         return load_fashion_mnist(root or DEFAULT_FASHION_MNIST_ROOT)
     if name == "digits":

@@ -1,32 +1,47 @@
 """Partitioners: split a labelled training set across federated clients, seeded.
 
-- ``iid``: a seeded shuffle cut into near-equal parts (sizes differ by at most 1).
-- ``dirichlet``: label skew of Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated
-  Visual Classification", 2019 (https://arxiv.org/abs/1909.06335): for each class, client shares are drawn from
-  Dir(alpha); smaller alpha = more skew. Default ``alpha = 0.5``, every client gets at least ``min_size`` (10)
-  examples (redrawn otherwise). Implemented with flwr-datasets' ``DirichletPartitioner`` (Flower's own, seeded,
-  works offline on an in-memory ``datasets.Dataset``; measured: 50 clients over 60k labels in ~2 s plus ~4 s to
-  import ``datasets`` once, every sample assigned exactly once).
-- ``shards``: the pathological non-IID split of McMahan et al., AISTATS 2017 (https://arxiv.org/abs/1602.05629):
-  sort by label, cut into ``num_clients * shards_per_client`` shards (default 2 per client), deal them out at
-  random, so each client sees about two classes. Written here rather than with flwr-datasets'
-  ``ShardPartitioner``, which drops the remainder that does not fill a whole shard; ours spreads it, so every
-  sample is assigned.
-- ``natural``: the dataset's own per-client split (FedProx's Synthetic).
+- ``iid``: a seeded shuffle (``np.random.default_rng(seed)``) cut into near-equal parts (sizes differ by at most 1).
+  Written here: flwr-datasets' ``IidPartitioner`` takes no seed and cuts the dataset into *contiguous* shards
+  (``Dataset.shard(contiguous=True)``); measured on Fashion-MNIST's 60k labels sorted by label, 50 clients got 1 class
+  each, and its output cannot change with the seed. Shuffling first would leave it nothing to do but a split.
+- ``dirichlet``: the label skew of Hsu et al., "Measuring the Effects of Non-Identical Data Distribution for Federated
+  Visual Classification", 2019 (https://arxiv.org/abs/1909.06335): for each class, the clients' shares of it are
+  drawn from Dir(alpha, ..., alpha); smaller alpha = more skew (default ``alpha = 0.5``). All of every class is dealt
+  out. If some client ends up with fewer than ``min_size`` samples (default 1) the whole draw is repeated (seeded),
+  at most 10 times, then :class:`PartitionError`. Done with flwr-datasets' ``DirichletPartitioner`` (``shuffle=True,
+  self_balancing=False, seed=seed``) on an in-memory ``datasets.Dataset`` of (label, index): it works offline, is
+  seeded and reproducible, has exactly these semantics (per class Dir(alpha), whole-draw retries, 10 of them, then
+  ValueError), and assigns every sample exactly once. Measured (CPU, 60k Fashion-MNIST labels, 50 clients):
+  ~3 s to import ``datasets`` + flwr-datasets once (hence imported lazily), ~0.7 s to draw, ~0.5 s to read the 50
+  partitions back as NumPy (2 s without ``with_format("numpy")``); 1,000 clients take about the same.
+- ``shards``: the pathological non-IID split of McMahan et al., "Communication-Efficient Learning of Deep Networks
+  from Decentralized Data", AISTATS 2017 (https://arxiv.org/abs/1602.05629): sort by label, cut into
+  ``num_clients * shards_per_client`` shards (default 2 per client; sizes differ by at most 1), deal each client
+  ``shards_per_client`` shards at random, so each client sees about two classes. Written here: flwr-datasets'
+  ``ShardPartitioner`` drops the samples that do not fill a whole shard (measured: 59,900 of 59,999 samples assigned
+  for 50 x 2 shards; 994 of 997 for 7 x 2) and with ``keep_incomplete_shard=True`` it drops more (926 of 997: it
+  deals ``num_clients * shards_per_client`` of the ceil(N / shard size) shards, leaving whole shards out); it also
+  sorts the table with pyarrow (a deprecation warning on every call) and took ~2.4 s for 60k. Ours assigns every sample.
+- ``natural``: the dataset's own per-client split (FedProx's Synthetic, one device per client); validated.
 
-Every partitioner returns one sorted ``int64`` index array per client; the arrays are disjoint and non-empty.
+Every partitioner returns one sorted ``int64`` index array per client; the arrays are disjoint and non-empty, and for
+``iid``, ``dirichlet`` and ``shards`` together they cover every sample exactly once.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 PARTITIONS: dict[str, str] = {
     "iid": "uniform random split, sizes differ by at most 1",
-    "dirichlet": "label skew: per-class shares ~ Dir(alpha) (Hsu et al. 2019), via flwr-datasets",
+    "dirichlet": "label skew: each class's client shares ~ Dir(alpha) (Hsu et al. 2019), via flwr-datasets",
     "shards": "pathological non-IID: shards_per_client label-sorted shards each (McMahan et al. 2017)",
     "natural": "the dataset's own per-client split (synthetic only)",
 }
+
+DIRICHLET_MAX_TRIES = 11  # flwr-datasets' DirichletPartitioner: a first draw and 10 retries
 
 
 class PartitionError(ValueError):
@@ -38,6 +53,8 @@ def _iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]
 
 
 def _shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+    if shards_per_client < 1:
+        raise PartitionError(f"shards: shards_per_client must be >= 1, got {shards_per_client}")
     num_shards = num_clients * shards_per_client
     if num_shards > labels.size:
         raise PartitionError(
@@ -51,19 +68,21 @@ def _shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: n
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, min_size: int, seed: int) -> list[np.ndarray]:
-    import datasets  # slow to import: only when a Dirichlet split is asked for
-    from flwr_datasets.partitioner import DirichletPartitioner
-
+    if not alpha > 0:
+        raise PartitionError(f"dirichlet: alpha must be > 0, got {alpha}")
     if num_clients * min_size > labels.size:
         raise PartitionError(
-            f"dirichlet: {num_clients} clients x min {min_size} samples exceed the {labels.size} samples"
+            f"dirichlet: {num_clients} clients x at least {min_size} samples each need {num_clients * min_size} "
+            f"samples, got {labels.size}"
         )
-    datasets.disable_progress_bars()
-    table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(labels.size)})
+    import datasets  # slow to import (~3 s): only when a Dirichlet split is asked for
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(labels.size, dtype=np.int64)})
     partitioner = DirichletPartitioner(
         num_partitions=num_clients,
         partition_by="label",
-        alpha=alpha,
+        alpha=float(alpha),
         min_partition_size=min_size,
         self_balancing=False,
         shuffle=True,
@@ -71,9 +90,34 @@ def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, min_size: int
     )
     partitioner.dataset = table
     try:
-        return [np.asarray(partitioner.load_partition(i)["idx"], dtype=np.int64) for i in range(num_clients)]
-    except ValueError as e:  # flwr-datasets gives up after its retries
-        raise PartitionError(f"dirichlet: alpha={alpha} with {num_clients} clients: {e}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns on every redraw; we raise if they all fail
+            return [
+                np.asarray(partitioner.load_partition(i).with_format("numpy")["idx"][:], dtype=np.int64)
+                for i in range(num_clients)
+            ]
+    except ValueError as e:  # flwr-datasets gives up after its 10 retries
+        raise PartitionError(
+            f"dirichlet: no draw with alpha={alpha} gave each of {num_clients} clients at least {min_size} "
+            f"samples in {DIRICHLET_MAX_TRIES} tries; use a larger alpha, fewer clients or a smaller min_size "
+            f"(flwr-datasets: {e})"
+        ) from e
+
+
+def _natural(natural: list[np.ndarray] | None, num_clients: int, n: int) -> list[np.ndarray]:
+    if natural is None:
+        raise PartitionError("natural: this dataset has no natural partition; use iid, dirichlet or shards")
+    if len(natural) != num_clients:
+        raise PartitionError(
+            f"natural: the dataset is split across {len(natural)} clients, the config asks for {num_clients}"
+        )
+    parts = [np.asarray(p, dtype=np.int64).ravel() for p in natural]
+    everything = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if everything.size and (everything.min() < 0 or everything.max() >= n):
+        raise PartitionError(f"natural: indices outside [0, {n}) in the dataset's natural partition")
+    if np.unique(everything).size != everything.size:
+        raise PartitionError("natural: the dataset's natural partition gives some sample to two clients")
+    return parts
 
 
 def partition_indices(
@@ -84,33 +128,36 @@ def partition_indices(
     seed: int,
     alpha: float = 0.5,
     shards_per_client: int = 2,
-    min_size: int = 10,
+    min_size: int = 1,
     natural: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Split ``labels``' indices across ``num_clients`` clients; see the module docstring for the kinds."""
+    """Split ``labels``' indices across ``num_clients`` clients; see the module docstring for the kinds.
+
+    ``alpha`` and ``min_size`` are for ``dirichlet``, ``shards_per_client`` for ``shards``, ``natural`` (the
+    dataset's ``natural_partition``) for ``natural``. Raises :class:`PartitionError` if it cannot be done.
+    """
     labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise PartitionError(f"labels must be one-dimensional, got shape {labels.shape}")
+    if kind not in PARTITIONS:
+        raise PartitionError(f"unknown partition {kind!r}; use one of {sorted(PARTITIONS)}")
     if num_clients < 1:
         raise PartitionError(f"num_clients must be >= 1, got {num_clients}")
     if num_clients > labels.size:
         raise PartitionError(f"{kind}: {num_clients} clients but only {labels.size} samples")
+    if min_size < 1:
+        raise PartitionError(f"min_size must be >= 1, got {min_size}")
     rng = np.random.default_rng(seed)
     if kind == "iid":
         parts = _iid(labels.size, num_clients, rng)
     elif kind == "shards":
         parts = _shards(labels, num_clients, shards_per_client, rng)
     elif kind == "dirichlet":
-        parts = _dirichlet(labels, num_clients, alpha, min(min_size, labels.size // num_clients), seed)
-    elif kind == "natural":
-        if natural is None:
-            raise PartitionError("natural: this dataset has no natural partition; use iid, dirichlet or shards")
-        if len(natural) != num_clients:
-            raise PartitionError(
-                f"natural: the dataset is split across {len(natural)} clients, the config asks for {num_clients}"
-            )
-        parts = [np.asarray(p) for p in natural]
+        parts = _dirichlet(labels, num_clients, alpha, min_size, seed)
     else:
-        raise PartitionError(f"unknown partition {kind!r}; use one of {sorted(PARTITIONS)}")
+        parts = _natural(natural, num_clients, labels.size)
     out = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
-    if any(p.size == 0 for p in out):
-        raise PartitionError(f"{kind}: some client got no data; use fewer clients or a larger alpha")
+    empty = [i for i, p in enumerate(out) if p.size == 0]
+    if empty:
+        raise PartitionError(f"{kind}: clients {empty} got no data; use fewer clients or a larger alpha")
     return out
