@@ -161,7 +161,7 @@ def privacy_study(
 @app.command("list")
 def list_components() -> None:
     """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
-    from fedsec.config import ATTACKS, PRIVACY_MODES, AttackConfig, EncryptionConfig, PrivacyConfig
+    from fedsec.config import ATTACKS, ENCRYPTION_SCHEMES, PRIVACY_MODES, AttackConfig, EncryptionConfig, PrivacyConfig
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.models import MODELS
     from fedsec.strategies import STRATEGIES
@@ -171,9 +171,10 @@ def list_components() -> None:
         ("partitions (data.partition)", dict(PARTITIONS)),
         ("models (model.name)", {k: d for k, (_, d) in MODELS.items()}),
         ("strategies (defense.strategy)", {k: d for k, (_, d) in STRATEGIES.items()}),
-        ("attacks (attack.kind)", _kinds(AttackConfig, "kind", ATTACKS)),
+        ("attacks (attack.kind; every kind also takes fraction or client_ids, start_round, end_round, knowledge)",
+         _kinds(AttackConfig, "kind", ATTACKS)),
         ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", PRIVACY_MODES)),
-        ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", {"none": "plaintext aggregation"})),
+        ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", ENCRYPTION_SCHEMES)),
     ]
     for title, items in sections:
         table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))

@@ -138,3 +138,17 @@ def test_bad_encryption_configs(raw, fragments):
     message = error_of({"data": {"dataset": "digits", "num_clients": 4}, "train": {"clients_per_round": 4}, **raw})
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_list_shows_every_component():
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    from fedsec.config import ATTACKS, ENCRYPTION_SCHEMES, PRIVACY_MODES
+    from fedsec.data import DATASETS, PARTITIONS
+    from fedsec.models import MODELS
+    from fedsec.strategies import STRATEGIES
+
+    for names in (DATASETS, PARTITIONS, MODELS, STRATEGIES, ATTACKS, PRIVACY_MODES, ENCRYPTION_SCHEMES):
+        for name in names:
+            assert f" {name} " in result.output, name
+    assert "HE" not in result.output and "scale x the update (scale)" in result.output
