@@ -235,19 +235,11 @@ class RobustStrategy(FedAvg):
         self, message: Message, signature: list[tuple[str, tuple[int, ...]]]
     ) -> tuple[ClientDecision, ArrayRecord | None]:
         """Structural checks (failure, records, num-examples, keys/shapes); values are checked once stacked."""
+        parsed = self._parse_reply(message)
+        if isinstance(parsed, ClientDecision):
+            return parsed, None
+        content, metrics, partition_id, node = parsed
         node_id = message.metadata.src_node_id
-        if message.has_error():
-            reason = message.error.reason.strip().splitlines()
-            return self._bad(node_id, None, "failed: " + (reason[-1] if reason else "unknown error")), None
-        content = message.content
-        metrics: dict[str, float] = {}
-        for record in content.metric_records.values():
-            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
-        partition_id = int(metrics[PARTITION_ID_KEY]) if PARTITION_ID_KEY in metrics else None
-        node = ""
-        for record in content.config_records.values():
-            if isinstance(record.get(NODE_KEY), str):
-                node = str(record[NODE_KEY])
         num_examples = metrics.get(NUM_EXAMPLES_KEY)
         bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
         if len(content.array_records) != 1:
@@ -270,6 +262,21 @@ class RobustStrategy(FedAvg):
             metrics=metrics,
         )
         return decision, arrays
+
+    def _parse_reply(self, message: Message) -> ClientDecision | tuple[RecordDict, dict[str, float], int | None, str]:
+        """A failed client's decision, or the reply's content, numeric metrics, partition id and Ray node."""
+        if message.has_error():
+            reason = message.error.reason.strip().splitlines()
+            return self._bad(message.metadata.src_node_id, None,
+                             "failed: " + (reason[-1] if reason else "unknown error"))
+        content = message.content
+        metrics: dict[str, float] = {}
+        for record in content.metric_records.values():
+            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
+        partition_id = int(metrics[PARTITION_ID_KEY]) if PARTITION_ID_KEY in metrics else None
+        node = next((str(r[NODE_KEY]) for r in content.config_records.values() if isinstance(r.get(NODE_KEY), str)),
+                    "")
+        return content, metrics, partition_id, node
 
     @staticmethod
     def _bad(

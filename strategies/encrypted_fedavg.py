@@ -154,16 +154,11 @@ class EncryptedFedAvg(RobustStrategy):
         return total, kept
 
     def _check_encrypted(self, message: Message) -> tuple[ClientDecision, list[bytes] | None]:
+        parsed = self._parse_reply(message)
+        if isinstance(parsed, ClientDecision):
+            return parsed, None
+        content, metrics, partition_id, node = parsed
         node_id = message.metadata.src_node_id
-        if message.has_error():
-            reason = message.error.reason.strip().splitlines()
-            return self._bad(node_id, None, "failed: " + (reason[-1] if reason else "unknown error")), None
-        content = message.content
-        metrics: dict[str, float] = {}
-        for record in content.metric_records.values():
-            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
-        partition_id = int(metrics["partition-id"]) if "partition-id" in metrics else None
-        node = next((str(r["node"]) for r in content.config_records.values() if isinstance(r.get("node"), str)), "")
         num_examples = metrics.get(NUM_EXAMPLES_KEY)
         if content.array_records:
             return self._bad(node_id, partition_id, "invalid: plaintext arrays sent under encryption", node,
