@@ -48,3 +48,11 @@ def test_refusals_name_the_problem():
 def test_registry_lists_every_model_with_a_description():
     assert set(MODELS) == {"logreg", "mlp", "cnn", "cnn_mcmahan"}
     assert all(desc for _, desc in MODELS.values())
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_is_opacus_compatible(name):
+    from opacus.validators import ModuleValidator
+
+    shape = (1, 28, 28)
+    assert ModuleValidator.validate(build_model(name, shape, 10), strict=False) == []
