@@ -80,10 +80,9 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     if address and address != "auto":
         check_reachable(address)
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(**kwargs)
+        # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
+        # /tmp/ray/ray_current_cluster, even a head that is long gone
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
 
