@@ -158,6 +158,92 @@ def privacy_study(
     console.print(f"study directory: [bold]{out}[/] (study.csv, plots/privacy_study.png)")
 
 
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep TOML: base = CONFIG and a [grid] of dotted keys.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Sweep directory (default: runs/<sweep name>).")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", "-j", help="Cells run at once (local Ray only).")] = 1,
+    address: Annotated[str, typer.Option("--address", help="Join this Ray cluster (host:port or auto).")] = "",
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report when done.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs in cells.")] = False,
+) -> None:
+    """Run every cell of a grid (resumable: finished cells are skipped) and write sweep.csv."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from fedsec.sweep import SweepRunner, load_sweep
+
+    try:
+        spec = load_sweep(sweep_file)
+        runner = SweepRunner(spec, out or Path("runs") / spec.name, parallel=parallel, address=address,
+                             verbose=verbose)
+    except ConfigError as e:
+        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    total = len(spec.cells)
+    done_before = total - len(runner.pending())
+    axes = ", ".join(f"{k} ({len(v)})" for k, v in spec.axes.items())
+    console.print(f"sweep [bold]{spec.name}[/]: {total} cells over {axes}; {done_before} already done; "
+                  f"directory {runner.out}", highlight=False)
+    progress = Progress(TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+                        console=console)
+    task = progress.add_task("cells", total=total, completed=done_before, status="starting Ray...")
+    failed: list[str] = []
+
+    def on_start(cell) -> None:  # noqa: ANN001
+        progress.update(task, status=f"running {cell.id}")
+
+    def on_done(result) -> None:  # noqa: ANN001
+        progress.advance(task)
+        if result.status == "failed":
+            failed.append(result.cell.id)
+            progress.console.print(f"[red]cell {result.cell.id} failed[/]: {result.error}", highlight=False)
+        else:
+            progress.console.print(f"cell {result.cell.id}: done in {result.seconds:.0f} s", highlight=False)
+
+    try:
+        with progress:
+            runner.run(on_start=on_start, on_done=on_done)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; rerun `fedsec sweep {sweep_file}` to finish the remaining cells")
+        raise typer.Exit(code=130) from None
+    except RuntimeError as e:
+        err_console.print(f"[bold red]sweep failed:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    console.print(f"sweep table: [bold]{runner.out / 'sweep.csv'}[/]")
+    if report:
+        _write_report(runner.out)
+    if failed:
+        err_console.print(f"{len(failed)} cell(s) failed (logs in cells/<cell>/log.txt); a rerun retries them")
+        raise typer.Exit(code=1)
+
+
+@app.command("report")
+def report_command(
+    directory: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
+) -> None:
+    """Write report.md and report.html (with plots) for a run or a sweep."""
+    _write_report(directory)
+
+
+def _write_report(directory: Path) -> None:
+    from fedsec.report import ReportError, write_report
+
+    try:
+        path = write_report(directory)
+    except ReportError as e:
+        err_console.print(f"[bold red]report error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    console.print(f"report: [bold]{path}[/] and {path.with_suffix('.html')}")
+
+
 @app.command("list")
 def list_components() -> None:
     """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
