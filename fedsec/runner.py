@@ -87,6 +87,38 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
 
 
+def client_slots(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> dict[str, int]:
+    """How many client actors of ``num_cpus`` / ``num_gpus`` each fit on each alive node (``ray.nodes()`` entries),
+    counted per node as Flower's actor pool does."""
+    slots: dict[str, int] = {}
+    for node in nodes:
+        resources = node.get("Resources") or {}
+        if not node.get("Alive", True) or not resources:
+            continue
+        fit = int(resources.get("CPU", 0) // num_cpus)
+        if num_gpus > 0:
+            fit = min(fit, int(resources.get("GPU", 0) // num_gpus))
+        slots[str(node.get("NodeID", "?"))] = fit
+    return slots
+
+
+def check_resources(backend: BackendConfig) -> dict[str, int]:
+    """Fail with a clear message when no node can host one client with the requested resources (Flower would
+    otherwise start an empty actor pool and wait forever); return the client slots per node."""
+    import ray
+
+    nodes = ray.nodes()
+    slots = client_slots(nodes, backend.num_cpus, backend.num_gpus)
+    if sum(slots.values()) == 0:
+        total = ray.cluster_resources()
+        raise RunError(
+            f"backend.num_cpus={backend.num_cpus:g}, backend.num_gpus={backend.num_gpus:g}: no Ray node can host a "
+            f"client (the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs over "
+            f"{len(slots)} node(s); one node must have both); lower the per-client resources or add nodes"
+        )
+    return slots
+
+
 def check_reachable(address: str, *, timeout: float = 5.0) -> None:
     """Fail within ``timeout`` seconds when nothing listens at a Ray address (Ray itself retries for minutes)."""
     target = address.removeprefix("ray://")
@@ -124,6 +156,11 @@ def run_experiment(
 
     t0 = time.perf_counter()
     init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
+    try:
+        slots = check_resources(experiment.backend)
+    except RunError:
+        ray.shutdown()
+        raise
     run_dir = RunDirectory(out_dir or default_run_dir(experiment), experiment)
     t_data = time.perf_counter()
     try:
@@ -182,6 +219,7 @@ def run_experiment(
             "wall_seconds": time.perf_counter() - t0,
             "skipped_rounds": outcome.skipped_rounds,
             "clients_per_node": outcome.clients_per_node,
+            "client_slots_per_node": slots,
             **({"privacy": outcome.privacy} if outcome.privacy else {}),
             **outcome.membership_inference,
         },

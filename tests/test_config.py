@@ -152,3 +152,17 @@ def test_list_shows_every_component():
         for name in names:
             assert f" {name} " in result.output, name
     assert "scale x the update (scale)" in result.output  # a kind-specific key is named
+
+
+def test_client_slots_count_per_node_as_flowers_actor_pool():
+    from fedsec.runner import client_slots
+
+    nodes = [{"NodeID": "a", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+             {"NodeID": "b", "Alive": True, "Resources": {"CPU": 3.0}},
+             {"NodeID": "c", "Alive": False, "Resources": {"CPU": 8.0}},
+             {"NodeID": "d", "Alive": True, "Resources": {}}]
+    assert client_slots(nodes, 1.0, 0.0) == {"a": 4, "b": 3}
+    assert client_slots(nodes, 1.5, 0.0) == {"a": 2, "b": 2}
+    assert client_slots(nodes, 1.0, 0.25) == {"a": 4, "b": 0}
+    assert client_slots(nodes, 1.0, 0.5) == {"a": 2, "b": 0}
+    assert client_slots(nodes, 5.0, 0.0) == {"a": 0, "b": 0}

@@ -144,3 +144,46 @@ def test_local_dp_accountants_accumulate_and_the_guard_refuses_overspending(tmp_
     assert (rounds["epsilon"] <= 3.3).all() and rounds["epsilon"].iloc[-1] == pytest.approx(trained.loc[2].max())
     assert result.summary["stopped_reason"] == "privacy_budget"
     assert set(result.summary["privacy"]["client_epsilon"]) == {"0", "1", "2", "3"}
+
+
+def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, two_runs):
+    """A two-node Ray cluster on loopback (1 CPU per node): clients run on both nodes, and the run equals the
+    single-node run of the same config and seed. Only the cluster's own processes are stopped."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        result = CliRunner().invoke(app, ["run", str(SMOKE), "--out", str(tmp_path / "cluster"), "--set", "rounds=3",
+                                          "--set", f"backend.address={cluster.address}"])
+        assert result.exit_code == 0, result.output
+    finally:
+        cluster.shutdown()
+    run_dir = tmp_path / "cluster"
+    clients = pd.read_csv(run_dir / "clients.csv")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert clients["node"].nunique() == 2
+    assert len(summary["clients_per_node"]) == 2 and sum(summary["clients_per_node"].values()) == 3 * 4
+    assert sorted(summary["client_slots_per_node"].values()) == [1, 1]
+    single = two_runs[0]
+    ra, rb = (pd.read_csv(d / "rounds.csv").filter(regex=r"^(?!.*seconds$)") for d in (single, run_dir))
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    ca, cb = (pd.read_csv(d / "clients.csv").drop(columns=["node"]) for d in (single, run_dir))
+    pd.testing.assert_frame_equal(ca, cb, check_exact=True)
+
+
+def test_a_cluster_without_the_requested_resources_fails_fast(tmp_path):
+    """No node has a GPU (CI), yet each client asks for one: a clear error in seconds, not an empty actor pool."""
+    import time
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["run", str(SMOKE), "--out", str(tmp_path / "r"), "--set", "backend.num_gpus=0.5"])
+    assert result.exit_code == 1
+    assert "backend.num_gpus=0.5: no Ray node can host a client" in result.output.replace("\n", " ")
+    assert "0 GPUs" in result.output and "Traceback" not in result.output
+    assert time.perf_counter() - t0 < 60
