@@ -59,6 +59,22 @@ def _knowledge(experiment: Experiment) -> str | None:
     return "colluding (attackers share their own honest updates)"
 
 
+def summary_extra(experiment: Experiment, outcome: Any, **measured: Any) -> dict[str, Any]:
+    """What a run adds to ``summary.json`` besides the final round's metrics (``outcome``: a ServerOutcome)."""
+    return {
+        "strategy": experiment.defense.strategy,
+        "attack": experiment.attack.kind,
+        "knowledge": _knowledge(experiment),
+        "malicious_clients": outcome.malicious_clients,
+        "startup_seconds": outcome.startup_seconds,
+        **measured,
+        "skipped_rounds": outcome.skipped_rounds,
+        "clients_per_node": outcome.clients_per_node,
+        **({"privacy": outcome.privacy} if outcome.privacy else {}),
+        **outcome.membership_inference,
+    }
+
+
 def default_run_dir(experiment: Experiment) -> Path:
     return Path("runs") / f"{experiment.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -209,20 +225,8 @@ def run_experiment(
             ray.shutdown()
     summary = run_dir.finish(
         stopped_reason=outcome.stopped_reason,
-        extra={
-            "strategy": experiment.defense.strategy,
-            "attack": experiment.attack.kind,
-            "knowledge": _knowledge(experiment),
-            "malicious_clients": outcome.malicious_clients,
-            "startup_seconds": outcome.startup_seconds,
-            "data_seconds": data_seconds,
-            "wall_seconds": time.perf_counter() - t0,
-            "skipped_rounds": outcome.skipped_rounds,
-            "clients_per_node": outcome.clients_per_node,
-            "client_slots_per_node": slots,
-            **({"privacy": outcome.privacy} if outcome.privacy else {}),
-            **outcome.membership_inference,
-        },
+        extra=summary_extra(experiment, outcome, data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0,
+                            client_slots_per_node=slots),
     )
     if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):
         raise RunError(f"run stopped: {outcome.error}") from outcome.error

@@ -187,3 +187,57 @@ def test_a_cluster_without_the_requested_resources_fails_fast(tmp_path):
     assert "backend.num_gpus=0.5: no Ray node can host a client" in result.output.replace("\n", " ")
     assert "0 GPUs" in result.output and "Traceback" not in result.output
     assert time.perf_counter() - t0 < 60
+
+
+def test_flwr_run_runs_the_same_server_and_client_apps(tmp_path, two_runs):
+    """`flwr run .` (Flower's own CLI, a SuperLink in simulation mode, fedsec.flower_app from pyproject's
+    [tool.flwr.app]) gives the rounds of `fedsec run` for the same config and seed."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists():
+        pytest.skip("flower-superlink is not installed next to this Python")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    superlink = subprocess.Popen(
+        [str(bin_dir / "flower-superlink"), "--insecure", "--simulation", "--disable-runtime-dependency-installation",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and superlink.poll() is None, "SuperLink did not start"
+                time.sleep(0.3)
+        out = tmp_path / "flwr-run"
+        result = subprocess.run(
+            [str(bin_dir / "flwr"), "run", str(REPO), "--stream", "--run-config",
+             f"config='{SMOKE}' overrides='rounds=3' out='{out}'", "--federation-config", "num-supernodes=4"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    finally:
+        superlink.terminate()
+        superlink.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
+    ra, rb = (pd.read_csv(d / "rounds.csv").filter(regex=r"^(?!.*seconds$)") for d in (two_runs[0], out))
+    # the same accuracies; the server's evaluation and norms run in another process with another torch thread
+    # count, so losses and norms may differ in the last bits of a float32 sum
+    pd.testing.assert_frame_equal(ra, rb, check_exact=False, rtol=1e-6)
+    pd.testing.assert_series_equal(ra["accuracy"], rb["accuracy"], check_exact=True)
+    ca, cb = (pd.read_csv(d / "clients.csv").drop(columns=["node"]) for d in (two_runs[0], out))
+    pd.testing.assert_frame_equal(ca, cb, check_exact=False, rtol=1e-6)
+    assert json.loads((out / "summary.json").read_text())["runtime"] == "flwr run"
