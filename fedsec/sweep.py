@@ -240,6 +240,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_HEAD_SUPERVISOR = """
+import os, signal, subprocess, sys, time
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while head.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(0, signal.SIGKILL)
+head = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGTERM, stop)
+head.wait()
+stop()
+"""
+
+
 @contextmanager
 def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
     """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it."""
@@ -249,8 +266,11 @@ def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> I
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                "--disable-usage-stats"]
     log = log_path.open("ab")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, preexec_fn=_die_with_parent if _LINUX else None)
+    # a supervisor in its own process group runs the head; on SIGTERM (from us, or from the kernel when the sweep
+    # dies) it stops the whole group: `ray start --block` alone leaves gcs_server running after SIGTERM
+    process = subprocess.Popen([sys.executable, "-c", _HEAD_SUPERVISOR, *command], stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=_die_with_parent if _LINUX else None)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
