@@ -1,12 +1,14 @@
 """Aggregation time of each fedsec strategy against Flower's equivalent, on the same Flower replies.
 
-    python benchmarks/bench_strategies.py [--n 10,100] [--d 100000,1600000] [--repeats 3]
+    python benchmarks/bench_strategies.py [--n 10,100] [--d 100000,1600000] [--repeats 3] [--only median,krum]
 
 For every (n clients, d parameters) it builds n real Flower train replies (one float32 array of d values each,
 random, one outlier), then times the whole ``aggregate_train`` call (reply checks, stacking, the rule, building
 the new ArrayRecord) of each fedsec strategy and of Flower's class for the same rule where one exists (Krum,
 MultiKrum, Bulyan, FedMedian, FedTrimmedAvg, FedAvg), best of ``--repeats``. Prints a table with the ratio to
-Flower's time and to fedsec FedAvg's time. CPU, this process's threads.
+Flower's time and to fedsec FedAvg's time. CPU, this process's threads. The load average is printed before and
+after: on a shared machine, other processes' load inflates (and scatters) every time, ours (two OpenMP threads
+per call) more than Flower's mostly single-threaded NumPy; compare runs made at a low load.
 """
 
 from __future__ import annotations
@@ -63,13 +65,15 @@ def main() -> None:
     parser.add_argument("--n", default="10,100")
     parser.add_argument("--d", default="100000,1600000")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", default="", help="comma-separated fedsec strategy names (fedavg always runs)")
     args = parser.parse_args()
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     logging.getLogger("flwr").setLevel(logging.WARNING)
     import gc
 
     gc.collect = lambda *a, **k: 0  # Flower's Bulyan calls gc.collect() per client; timing the rule, not the GC
-    print(f"torch threads: {torch.get_num_threads()}")
+    only = {name for name in args.only.split(",") if name} | {"fedavg"} if args.only else set(STRATEGIES)
+    print(f"torch threads: {torch.get_num_threads()}; load average {load_average()}")
     print(f"{'n':>4} {'d':>9} {'strategy':>18} {'fedsec s':>9} {'flower s':>9} {'vs flower':>9} {'vs fedavg':>9}")
     for n in (int(v) for v in args.n.split(",")):
         for d in (int(v) for v in args.d.split(",")):
@@ -87,8 +91,8 @@ def main() -> None:
                       "bulyan": {"num_malicious": f}, "dnc": {"num_malicious": f}}
             fedavg_time = None
             for name, (cls, _) in STRATEGIES.items():
-                if name == "fltrust":
-                    continue  # needs a server root dataset: timed with its kernel in tests, not here
+                if name == "fltrust" or name not in only:  # FLTrust needs a server root dataset: not timed here
+                    continue
                 ours = time_call(cls(device="cpu", **kwargs.get(name, {})), global_arrays, make, args.repeats,
                                  ours=True)
                 fedavg_time = fedavg_time or ours
@@ -96,6 +100,15 @@ def main() -> None:
                 theirs = time_call(twin, global_arrays, make, args.repeats, ours=False) if twin else float("nan")
                 print(f"{n:>4} {d:>9} {name:>18} {ours:>9.3f} {theirs:>9.3f} {ours / theirs:>9.2f} "
                       f"{ours / fedavg_time:>9.2f}", flush=True)
+    print(f"load average {load_average()}")
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ replies and turn an aggregate vector back into an ``ArrayRecord`` with the globa
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -55,23 +56,85 @@ def record_size(record: ArrayRecord) -> int:
     return sum(int(np.prod(a.shape)) for a in record.values())
 
 
+def _flat_views(record: ArrayRecord) -> list[torch.Tensor]:
+    """The record's arrays as flat, read-only torch views of their serialized bytes (no copy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch notes the read-only view; it is only read
+        return [torch.from_numpy(array_view(array).reshape(-1)) for array in record.values()]
+
+
 def fill_row(row: torch.Tensor, record: ArrayRecord) -> None:
     """Copy the record's arrays, flattened in key order, into the 1-D tensor ``row`` (one pass, casting)."""
     offset = 0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torch notes the read-only view; it is only read
-        for array in record.values():
-            values = torch.from_numpy(array_view(array).reshape(-1))
-            row[offset : offset + values.numel()].copy_(values)
-            offset += values.numel()
+    for values in _flat_views(record):
+        row[offset : offset + values.numel()].copy_(values)
+        offset += values.numel()
 
 
-def stack_records(records: list[ArrayRecord], *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Records with equal signatures as one (n, d) tensor, each row filled in one pass."""
-    out = torch.empty((len(records), record_size(records[0]) if records else 0), dtype=dtype)
+def stack_records(
+    records: list[ArrayRecord], *, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Records with equal signatures as one (n, d) tensor, each row filled in one pass.
+
+    ``out``, when given, is a preallocated (n, d) CPU tensor of ``dtype`` that is filled and returned (a caller that
+    stacks every round can keep one: a fresh n*d allocation is page-faulted in again on every call, which at
+    100 x 1.6M float32 costs more than the copy itself).
+    """
+    shape = (len(records), record_size(records[0]) if records else 0)
+    if out is None:
+        out = torch.empty(shape, dtype=dtype)
+    elif tuple(out.shape) != shape or out.dtype != dtype:
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected {shape} and {dtype}")
     for row, record in zip(out, records, strict=True):
         fill_row(row, record)
     return out
+
+
+def stack_updates(
+    records: list[ArrayRecord], reference: torch.Tensor, *, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, list[float], list[bool]]:
+    """Rows ``record - reference`` (flattened in key order) as one (n, d) tensor, their L2 norms, and which
+    records are finite.
+
+    reference: the flat global model, shape (d,), on the CPU; rows take its dtype. Returns the (n, d) rows, the
+    L2 norm of each row (a Python float; +inf or NaN where the row overflows or is not finite) and a finite flag
+    per record. Each row is written in one pass over the reply (``torch.sub`` from the zero-copy view of the
+    serialized arrays straight into the row; arrays of another dtype are cast in first, then the reference is
+    subtracted), so the row is still in cache when its norm is taken. A record counts as finite when every value,
+    cast to the rows' dtype, is finite (no NaN or +-Inf), exactly as a check of :func:`stack_records`' rows: a
+    finite norm implies a finite update and so finite values; only a row whose norm is not finite is filled again
+    with the raw values and checked value by value (the reference may not be finite, ``record - reference`` or
+    the sum of squares may overflow). Rows of non-finite records hold unspecified values. ``out`` as in
+    :func:`stack_records`.
+    """
+    n, d = len(records), reference.numel()
+    if out is None:
+        out = torch.empty((n, d), dtype=reference.dtype)
+    elif tuple(out.shape) != (n, d) or out.dtype != reference.dtype:
+        raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, expected {(n, d)} and "
+                         f"{reference.dtype}")
+    norms, finite = [], []
+    for row, record in zip(out, records, strict=True):
+        offset = 0
+        for values in _flat_views(record):
+            end = offset + values.numel()
+            if values.dtype == row.dtype:
+                torch.sub(values, reference[offset:end], out=row[offset:end])
+            else:  # cast first, as stack_records would, then subtract in the rows' dtype
+                row[offset:end].copy_(values)
+                row[offset:end].sub_(reference[offset:end])
+            offset = end
+        if offset != d:
+            raise ValueError(f"record has {offset} values, the reference {d}")
+        norm = float(torch.linalg.vector_norm(row))
+        ok = math.isfinite(norm)
+        if not ok:  # rare: decide on the raw values, exactly as a check of stack_records' rows would
+            fill_row(row, record)
+            ok = bool(torch.isfinite(row.amax()) & torch.isfinite(row.amin()))
+            row.sub_(reference)
+        norms.append(norm)
+        finite.append(ok)
+    return out, norms, finite
 
 
 def record_to_vector(record: ArrayRecord, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from ._checks import check_int, require_clients
+from ._order import map_sorted_chunks, rank_weights, window_counts
 from .base import RobustStrategy
-from .median import coordinate_median
 from .multikrum import multikrum_select
 
 #: (updates (n, d), *, num_malicious, num_selected) -> indices (num_selected,) of the kept updates
@@ -28,27 +28,49 @@ def bulyan_needed(num_malicious: int) -> int:
 def bulyan_aggregate(
     updates: torch.Tensor, *, num_malicious: int, select: SelectionRule = multikrum_select
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bulyan over updates (n, d) with n >= 4f+3.
+    """Bulyan over updates (n, d) with n >= 4f+3, without NaN.
 
     1. ``select`` keeps theta = n - 2f updates (default: the theta lowest Krum scores, :func:`multikrum_select`).
     2. In every coordinate, average the beta = theta - 2f kept values closest to the coordinate-wise median of
-       the kept updates.
+       the kept updates (mean of the two middle values for even theta).
 
     Returns the aggregate (d,) and the weights (n,): the fraction of coordinates in which the client's value was
     among the beta averaged, times 1/beta (they sum to 1; 0 for clients not selected in step 1).
+
+    The beta values closest to the median are a run of consecutive ranks of the sorted kept values, ranks
+    [l, l + beta) with l = #{i < 2f : median - v_(i) > v_(i + beta) - median}, so step 2 sorts each column (chunk
+    by chunk, by the sorting network of :mod:`fedsec.strategies._order`, which says why) and reads l off the
+    sorted values. Ties in distance to the median go to the smaller value; equal values are ranked by client
+    (partition id) order, as a stable sort would.
     """
-    n = updates.shape[0]
+    n, d = updates.shape
     require_clients("Bulyan", n, bulyan_needed(num_malicious), "n >= 4f+3")
     theta = n - 2 * num_malicious
     beta = theta - 2 * num_malicious
     selected = select(updates, num_malicious=num_malicious, num_selected=theta)  # (theta,)
-    kept = updates[selected]  # (theta, d)
-    median, _ = coordinate_median(kept)
-    closest = torch.topk((kept - median).abs(), beta, dim=0, largest=False).indices  # (beta, d)
-    aggregate = torch.gather(kept, 0, closest).mean(dim=0)
-    used = torch.zeros_like(kept).scatter_(0, closest, 1.0 / beta)  # (theta, d) coefficient per kept value
+    kept = torch.sort(torch.as_tensor(selected, device=updates.device)).values  # in client order
+    low, high = (theta - 1) // 2, theta // 2
+    trimmed = theta - beta
+    ranks = torch.arange(theta, device=updates.device)[:, None]
+    aggregate = torch.empty(d, dtype=updates.dtype, device=updates.device)
+
+    def visit(columns: slice, values: torch.Tensor, ordered: torch.Tensor) -> torch.Tensor:
+        median = (ordered[low] + ordered[high]) / 2
+        # right[i]: rank i + beta is nearer the median than rank i (ties: the smaller value stays); monotone in i
+        right = (median - ordered[:trimmed]) > (ordered[beta:] - median)  # (2f, w)
+        start = right.sum(dim=0, dtype=torch.int64)  # (w,) the first rank averaged
+        if trimmed <= beta:  # ranks [2f, beta) are always in; of each pair (i, i + beta), i < 2f, exactly one is
+            total = torch.sum(ordered[trimmed:beta], dim=0, out=aggregate[columns])
+            total += torch.where(right, ordered[beta:], ordered[:trimmed]).sum(dim=0)
+        else:
+            window = (ranks >= start) & (ranks < start + beta)
+            total = torch.sum(torch.where(window, ordered, 0.0), dim=0, out=aggregate[columns])
+        total.div_(beta)
+        return window_counts(values, ordered, start, start + beta)
+
+    counts = map_sorted_chunks(updates, visit, rows=kept)
     weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
-    weights[selected] = used.mean(dim=1)
+    weights[kept] = rank_weights(counts, 1.0 / beta, d, updates.dtype)
     return aggregate, weights
 
 
@@ -78,7 +100,13 @@ class Bulyan(RobustStrategy):
     The paper selects the theta updates by running Krum recursively (remove the winner, rescore the rest);
     like Flower's ``Bulyan`` (default ``select_multikrum``), fedsec scores once and keeps the theta lowest
     Krum scores. The averages are unweighted (``num-examples`` ignored), as in Flower and the paper. With the
-    default selection the aggregate equals Flower's (up to float32 rounding of near-tied scores).
+    default selection the aggregate equals Flower's (up to rounding of near-tied Krum scores, which fedsec
+    compares in float64). Where two values are equally far from the median and only one can be averaged, the
+    smaller one is (Flower's ``argpartition`` and a ``topk`` leave this to the implementation), and equal values
+    are ranked by partition id, which decides who is credited in the reported weights. The step-2 columns are
+    sorted by a sorting network over chunks of coordinates (:mod:`fedsec.strategies._order`), not by
+    ``torch.sort``/``topk``, several times slower on the (n, d) layout; the kept updates are gathered chunk by
+    chunk, never copied as a whole.
     """
 
     def __init__(self, *, num_malicious: int = 0, select: SelectionRule = multikrum_select, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ._checks import check_float, check_int
+from ._linalg import distances_to, weighted_differences
 from .base import RobustStrategy
 from .norm_clipping import clip_scales
 
@@ -23,14 +24,17 @@ def centered_clip(
     updates: (n, d); center: (d,) (moved to the updates' device and dtype); tau = ``clip_norm``. Returns v (d,) and
     the weights (n,): (1/n) * min(1, tau / ||u_i - v||) of the last step, i.e. the client's share shrunk by its
     clipping factor (they sum to 1 only when nothing was clipped).
+
+    Each step reads the updates twice, chunk by chunk, without an (n, d) temporary for u_i - v: once for the
+    norms (:func:`fedsec.strategies._linalg.distances_to`), once for the weighted sum
+    (:func:`~fedsec.strategies._linalg.weighted_differences`).
     """
     n = updates.shape[0]
     aggregate = center.to(device=updates.device, dtype=updates.dtype)
     weights = torch.full((n,), 1.0 / n, dtype=updates.dtype, device=updates.device)
     for _ in range(iterations):
-        differences = updates - aggregate
-        weights = clip_scales(torch.linalg.vector_norm(differences, dim=1), clip_norm) / n
-        aggregate = aggregate + weights @ differences
+        weights = clip_scales(distances_to(updates, aggregate), clip_norm) / n
+        aggregate = aggregate + weighted_differences(updates, aggregate, weights)
     return aggregate, weights
 
 

@@ -14,15 +14,25 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from ._checks import check_float, check_int, require_clients
+from ._linalg import gram_matrix
 from .base import RobustStrategy
 
 
 def cosine_distances(updates: torch.Tensor) -> torch.Tensor:
     """1 - cos(u_i, u_j), shape (n, n), in [0, 2], symmetric with a zero diagonal; a zero update is at distance 1
-    from every other update. updates: (n, d)."""
-    norms = torch.linalg.vector_norm(updates, dim=1, keepdim=True)
-    unit = torch.where(norms > 0, updates / norms.clamp_min(torch.finfo(updates.dtype).tiny), 0.0)
-    distances = (1.0 - unit @ unit.T).clamp(0.0, 2.0)
+    from every other update. updates: (n, d). Computed in float64 (returned in the updates' dtype) from the Gram
+    matrix, G_ij / sqrt(G_ii G_jj), one chunk of columns at a time (:func:`fedsec.strategies._linalg.gram_matrix`):
+    neither a float64 copy nor a normalised copy of the (n, d) updates is made."""
+    return _cosine_distances64(updates).to(updates.dtype)
+
+
+def _cosine_distances64(updates: torch.Tensor) -> torch.Tensor:
+    """:func:`cosine_distances` in float64."""
+    gram = gram_matrix(updates, compute_dtype=torch.float64)
+    norms = gram.diagonal().sqrt()
+    scale = torch.outer(norms, norms)
+    cosine = torch.where(scale > 0, gram / scale.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    distances = (1.0 - cosine).clamp(0.0, 2.0)
     distances = (distances + distances.T) / 2
     return distances.fill_diagonal_(0.0)
 
@@ -37,7 +47,7 @@ def flame_majority(updates: torch.Tensor) -> torch.Tensor:
     """
     n = updates.shape[0]
     require_clients("FLAME", n, 2, "n >= 2")
-    distances = cosine_distances(updates.double()).cpu().numpy()
+    distances = _cosine_distances64(updates).cpu().numpy()
     labels = (
         HDBSCAN(min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True, copy=True)
         .fit(distances)

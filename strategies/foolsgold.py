@@ -7,27 +7,44 @@ reference code: https://github.com/DistributedML/FoolsGold).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 
 from ._checks import check_float
+from ._linalg import gram_matrix
 from .base import RobustStrategy
 
 
-def foolsgold_weights(histories: torch.Tensor, *, kappa: float = 1.0) -> torch.Tensor:
-    """FoolsGold's learning rates alpha (n,) in [0, 1] from the clients' summed-update histories (n, d).
+def foolsgold_weights(histories: torch.Tensor | Sequence[torch.Tensor], *, kappa: float = 1.0) -> torch.Tensor:
+    """FoolsGold's learning rates alpha (n,) in [0, 1] from the clients' summed-update histories (n, d) (a tensor,
+    or a sequence of n tensors of d values), in the histories' dtype and on their device.
 
     cs = cosine similarity of the histories with the diagonal set to 0; v_i = max_j cs_ij; pardoning:
     cs_ij <- cs_ij v_i / v_j where v_j > v_i; wv_i = clip(1 - max_j cs_ij, 0, 1); wv <- wv / max wv (1 -> 0.99);
     alpha_i = clip(kappa (ln(wv_i / (1 - wv_i)) + 0.5), 0, 1). All zero when every wv_i is 0 (identical histories).
     """
-    n = histories.shape[0]
-    norms = torch.linalg.vector_norm(histories, dim=1, keepdim=True)
-    unit = torch.where(norms > 0, histories / norms.clamp_min(torch.finfo(histories.dtype).tiny), 0.0)
-    eye = torch.eye(n, dtype=torch.bool, device=histories.device)
-    cs = (unit @ unit.T).clamp(-1.0, 1.0).masked_fill(eye, 0.0)  # the reference code's cs - I
+    first = histories if isinstance(histories, torch.Tensor) else histories[0]
+    return _alpha(histories, kappa=kappa, dtype=first.dtype, device=first.device)
+
+
+def _alpha(
+    histories: torch.Tensor | Sequence[torch.Tensor], *, kappa: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """:func:`foolsgold_weights` with the products in ``dtype``, on ``device``.
+
+    The cosine similarities come from the Gram matrix of the histories, G_ij / sqrt(G_ii G_jj), one chunk of
+    columns at a time (:func:`fedsec.strategies._linalg.gram_matrix`, float64 sums): no normalised (n, d) copy of
+    the histories, nor a stacked one when they are given as rows.
+    """
+    gram = gram_matrix(histories, compute_dtype=dtype).to(device)
+    n = gram.shape[0]
+    norms = gram.diagonal().sqrt()
+    scale = torch.outer(norms, norms)
+    cosine = torch.where(scale > 0, gram / scale.clamp_min(torch.finfo(torch.float64).tiny), 0.0).to(dtype)
+    eye = torch.eye(n, dtype=torch.bool, device=device)
+    cs = cosine.clamp(-1.0, 1.0).masked_fill(eye, 0.0)  # the reference code's cs - I
     v = cs.max(dim=1).values  # >= 0: the zeroed diagonal counts
     pardon = (v[:, None] < v[None, :]) & ~eye
     cs = torch.where(pardon, cs * v[:, None] / v[None, :].clamp_min(torch.finfo(cs.dtype).tiny), cs)
@@ -41,15 +58,16 @@ def foolsgold_weights(histories: torch.Tensor, *, kappa: float = 1.0) -> torch.T
 
 
 def foolsgold_aggregate(
-    updates: torch.Tensor, histories: torch.Tensor, *, kappa: float = 1.0
+    updates: torch.Tensor, histories: torch.Tensor | Sequence[torch.Tensor], *, kappa: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of this round's updates (n, d) weighted by :func:`foolsgold_weights` of the histories (n, d).
+    """Mean of this round's updates (n, d) weighted by :func:`foolsgold_weights` of the histories (n, d), a tensor or
+    a sequence of n tensors of d values (computed in the updates' dtype, on their device).
 
     Row i of ``histories`` is client i's sum of updates over the rounds it took part in, this round's included.
     Returns the aggregate (d,) and the weights (n,): alpha_i / sum_j alpha_j (summing to 1), or the zero update
     and zero weights when every alpha is 0.
     """
-    alpha = foolsgold_weights(histories.to(device=updates.device, dtype=updates.dtype), kappa=kappa)
+    alpha = _alpha(histories, kappa=kappa, dtype=updates.dtype, device=updates.device)
     total = alpha.sum()
     if total <= 0:
         return torch.zeros(updates.shape[1], dtype=updates.dtype, device=updates.device), alpha
@@ -115,7 +133,12 @@ class FoolsGold(RobustStrategy):
         rows = []
         for key, update in zip(keys, updates, strict=True):
             previous = self.histories.get(key)
-            history = update.detach().clone() if previous is None else previous.to(update) + update.detach()
+            if previous is None:
+                history = update.detach().clone()  # a copy: ``updates`` is a buffer reused next round
+            elif previous.device == update.device and previous.dtype == update.dtype:
+                history = previous.add_(update.detach())  # in place: no new d-vector per client and round
+            else:
+                history = previous.to(update) + update.detach()
             self.histories[key] = history
             rows.append(history)
-        return foolsgold_aggregate(updates, torch.stack(rows), kappa=self.kappa)
+        return foolsgold_aggregate(updates, rows, kappa=self.kappa)  # the rows are not stacked

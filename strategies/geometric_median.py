@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ._checks import check_float, check_int
+from ._linalg import distances_to
 from .base import RobustStrategy
 
 
@@ -24,12 +25,15 @@ def geometric_median(
 
     updates: (n, d); num_examples: (n,). Returns v (d,) and the normalised beta (n,) of the last step, so that
     v = weights @ updates exactly (weights sum to 1; with iterations = 0 they are alpha).
+
+    Each step reads the updates twice: once for the distances, chunk by chunk without an (n, d) temporary
+    (:func:`fedsec.strategies._linalg.distances_to`), once for the weighted mean.
     """
     alpha = num_examples.to(updates.dtype)
     weights = alpha / alpha.sum()
     aggregate = weights @ updates
     for _ in range(iterations):
-        distances = torch.linalg.vector_norm(updates - aggregate, dim=1).clamp_min(smoothing)
+        distances = distances_to(updates, aggregate).clamp_min(smoothing)
         beta = alpha / distances
         weights = beta / beta.sum()
         aggregate = weights @ updates

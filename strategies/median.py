@@ -11,35 +11,31 @@ from typing import Any
 
 import torch
 
+from ._order import map_sorted_chunks, rank_weights, window_counts
 from .base import RobustStrategy
-
-
-def rank_weights(order: torch.Tensor, rank_coefficients: torch.Tensor) -> torch.Tensor:
-    """Per-client weights of an order-statistic rule: the mean over coordinates of the coefficient each client's
-    value got in the aggregate.
-
-    order: (n, d), ``order[r, j]`` = the client holding rank r in coordinate j (``torch.sort(..., dim=0).indices``);
-    rank_coefficients: (n,), the coefficient of rank r in every coordinate. Returns (n,), summing to
-    ``rank_coefficients.sum()``.
-    """
-    coefficients = torch.zeros(order.shape, dtype=rank_coefficients.dtype, device=order.device)
-    coefficients.scatter_(0, order, rank_coefficients[:, None].expand_as(coefficients))
-    return coefficients.mean(dim=1)
 
 
 def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate-wise median; for even n the mean of the two middle values (as ``numpy.median``).
 
-    updates: (n, d). Returns the aggregate (d,) and the weights (n,): the fraction of coordinates in which the
-    client's value is the median (each of the two middle values counts 1/2 for even n); they sum to 1.
+    updates: (n, d), n >= 1, without NaN. Returns the aggregate (d,) and the weights (n,): the fraction of
+    coordinates in which the client's value is the median (each of the two middle values counts 1/2 for even n);
+    they sum to 1. Ranks are those of a stable sort: among equal values the lower row counts first.
+
+    The columns are sorted chunk by chunk by a sorting network (:mod:`fedsec.strategies._order`, which says why):
+    ``torch.sort(updates, dim=0)`` gives the same values and ranks; with it this kernel took 5.8 s instead of 0.6 s
+    at n = 100, d = 1.6M on a 2-core CPU.
     """
-    n = updates.shape[0]
-    values, order = torch.sort(updates, dim=0, stable=True)
+    n, d = updates.shape
     low, high = (n - 1) // 2, n // 2
-    rank_coefficients = torch.zeros(n, dtype=updates.dtype, device=updates.device)
-    rank_coefficients[low] += 0.5
-    rank_coefficients[high] += 0.5
-    return (values[low] + values[high]) / 2, rank_weights(order, rank_coefficients)
+    aggregate = torch.empty(d, dtype=updates.dtype, device=updates.device)
+
+    def visit(columns: slice, values: torch.Tensor, ordered: torch.Tensor) -> torch.Tensor:
+        torch.add(ordered[low], ordered[high], out=aggregate[columns]).div_(2)
+        return window_counts(values, ordered, low, high + 1)
+
+    counts = map_sorted_chunks(updates, visit)
+    return aggregate, rank_weights(counts, 1.0 / (high - low + 1), d, updates.dtype)
 
 
 class Median(RobustStrategy):
@@ -55,7 +51,10 @@ class Median(RobustStrategy):
     Tolerates f < n/2 Byzantine updates per coordinate (breakdown point 1/2); no f is configured and any
     n >= 1 is aggregated. Works on updates; the median commutes with adding the global model, so this equals
     the median of the client weights. The reported weight of a client is the fraction of coordinates where its
-    value is the median (1/2 for each middle value when n is even), so weight 0 means never used.
+    value is the median (1/2 for each middle value when n is even), so weight 0 means never used; where several
+    clients hold the median value, the ranks are those of a stable sort (lower partition id first). The columns
+    are sorted by a sorting network over chunks of coordinates (:mod:`fedsec.strategies._order`), not by
+    ``torch.sort``, which is several times slower on the (n, d) layout.
 
     Differences
     -----------

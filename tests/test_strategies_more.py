@@ -3,6 +3,7 @@ errors, and each class on real Flower messages."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -333,3 +334,48 @@ def test_dnc_on_flower_messages():
     strategy.aggregate_train(1, replies)
     assert statuses(strategy) == ["accepted"] * 6 + ["rejected"]
     assert strategy.last_report.decisions[0].weight == pytest.approx(1 / 6)
+
+
+# ------------------------------------------------------------------ chunked row geometry (strategies._linalg)
+@pytest.mark.parametrize("chunk_bytes", [256, 4 << 20])  # many chunks (1 KiB each, the last one narrower), or one
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_row_geometry_equals_the_direct_expressions(dtype, chunk_bytes, monkeypatch):
+    from fedsec.strategies._linalg import distances_to, gram_matrix, weighted_differences
+
+    monkeypatch.setattr("fedsec.strategies._linalg.CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr("fedsec.strategies._linalg.MIN_THREAD_WORK", 1)  # split even this small input
+    g = torch.Generator().manual_seed(0)
+    updates = torch.randn(6, 1001, generator=g, dtype=dtype) + 5.0
+    point, weights = torch.randn(1001, generator=g, dtype=dtype), torch.rand(6, generator=g, dtype=dtype)
+    exact = updates.double()
+    close = functools.partial(torch.testing.assert_close, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+    close(gram_matrix(updates), exact @ exact.T)  # products in float32 for float32 rows, summed in float64
+    close(gram_matrix(list(updates)), exact @ exact.T)  # rows given one by one
+    shifted = exact - exact[2]
+    close(gram_matrix(updates, shift_row=2), shifted @ shifted.T)
+    close(gram_matrix(list(updates), shift_row=2), shifted @ shifted.T)
+    assert gram_matrix(updates.float(), compute_dtype=torch.float64).dtype == torch.float64
+    torch.testing.assert_close(distances_to(updates, point), torch.linalg.vector_norm(updates - point, dim=1))
+    torch.testing.assert_close(weighted_differences(updates, point, weights), weights @ (updates - point))
+    assert gram_matrix(torch.empty(0, 5)).shape == (0, 0)
+
+
+def test_cosine_distances_equal_the_normalised_product():
+    g = torch.Generator().manual_seed(2)
+    updates = torch.randn(9, 5000, generator=g) + torch.randn(5000, generator=g)
+    updates[3] = 0.0
+    unit = updates.double() / torch.linalg.vector_norm(updates.double(), dim=1, keepdim=True).clamp_min(1e-300)
+    expected = (1.0 - unit @ unit.T).clamp(0.0, 2.0).fill_diagonal_(0.0)
+    expected[3, :] = expected[:, 3] = 1.0
+    expected[3, 3] = 0.0
+    torch.testing.assert_close(cosine_distances(updates.double()), expected)
+    torch.testing.assert_close(cosine_distances(updates), expected.float())
+
+
+def test_foolsgold_takes_histories_as_rows_or_as_a_matrix():
+    histories = t(HISTORIES, torch.float64)
+    updates = torch.randn(5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(foolsgold_weights(list(histories)), foolsgold_weights(histories))
+    for a, b in zip(foolsgold_aggregate(updates, list(histories)), foolsgold_aggregate(updates, histories),
+                    strict=True):
+        torch.testing.assert_close(a, b)

@@ -357,3 +357,190 @@ def test_describe_names_the_parameters():
     )
     assert CenteredClipping(clip_norm=5, iterations=2).describe() == "CenteredClipping(clip_norm=5, iterations=2)"
     assert GeometricMedian(iterations=4).describe() == "GeometricMedian(iterations=4, smoothing=1e-06)"
+
+
+# ------------------------------------------------------------------ hand-written kernels vs torch.sort references
+def reference_median(updates):
+    """The sort-based median (the implementation before the sorting network): stable sort along dim 0."""
+    n = updates.shape[0]
+    values, order = torch.sort(updates, dim=0, stable=True)
+    low, high = (n - 1) // 2, n // 2
+    coefficients = torch.zeros(n, dtype=updates.dtype)
+    coefficients[low] += 0.5
+    coefficients[high] += 0.5
+    return (values[low] + values[high]) / 2, reference_rank_weights(order, coefficients)
+
+
+def reference_trimmed_mean(updates, k):
+    n = updates.shape[0]
+    values, order = torch.sort(updates, dim=0, stable=True)
+    coefficients = torch.zeros(n, dtype=updates.dtype)
+    coefficients[k : n - k] = 1.0 / (n - 2 * k)
+    return values[k : n - k].mean(dim=0), reference_rank_weights(order, coefficients)
+
+
+def reference_rank_weights(order, coefficients):
+    """Mean over coordinates of the coefficient each client's rank got (the scatter over the full (n, d) order)."""
+    scattered = torch.zeros(order.shape, dtype=coefficients.dtype)
+    scattered.scatter_(0, order, coefficients[:, None].expand_as(scattered))
+    return scattered.mean(dim=1)
+
+
+def reference_bulyan(updates, f):
+    """Bulyan by a loop over coordinates: stable ranks of the kept updates (in client order), then the run of beta
+    ranks closest to the median, shrunk from both ends one value at a time (ties: the larger value goes)."""
+    n, d = updates.shape
+    theta, beta = n - 2 * f, n - 4 * f
+    kept = sorted(multikrum_select(updates, num_malicious=f, num_selected=theta).tolist())
+    aggregate = torch.empty(d, dtype=torch.float64)
+    counts = torch.zeros(n, dtype=torch.float64)
+    for j in range(d):
+        values, order = torch.sort(updates[kept, j], stable=True)
+        median = (values[(theta - 1) // 2] + values[theta // 2]) / 2
+        low, high = 0, theta
+        while high - low > beta:
+            if median - values[low] > values[high - 1] - median:
+                low += 1
+            else:
+                high -= 1
+        aggregate[j] = values[low:high].double().mean()
+        for i in order[low:high].tolist():
+            counts[kept[i]] += 1
+    return aggregate, counts / (beta * d)
+
+
+def random_updates(kind, n, d, dtype, g):
+    if kind == "normal":
+        return torch.randn(n, d, generator=g, dtype=dtype)
+    if kind == "few values":  # ties everywhere, also at the edges of the kept ranks
+        return torch.randint(-2, 3, (n, d), generator=g).to(dtype)
+    if kind == "frozen":  # all-equal columns (frozen parameters) next to binary ones
+        updates = torch.zeros(n, d, dtype=dtype)
+        updates[:, ::2] = torch.randint(0, 2, (n, (d + 1) // 2), generator=g).to(dtype)
+        return updates
+    if kind == "sparse":  # mostly zeros: ties at the median in (nearly) every column, no column constant
+        return torch.randn(n, d, generator=g, dtype=dtype) * (torch.rand(n, d, generator=g) < 0.2)
+    return torch.randn(n, d, generator=g, dtype=dtype).round(decimals=1)  # "rounded": occasional ties
+
+
+KINDS = ["normal", "few values", "frozen", "sparse", "rounded"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 7, 16, 33, 100])
+def test_sorting_network_sorts_like_torch_sort(n, kind, dtype):
+    from fedsec.strategies._order import sort_columns_
+
+    updates = random_updates(kind, n, 97, dtype, torch.Generator().manual_seed(n))
+    ordered = updates.clone()
+    sort_columns_(ordered, torch.empty(updates.numel(), dtype=dtype))
+    assert torch.equal(ordered, torch.sort(updates, dim=0).values)
+
+
+@pytest.mark.parametrize("chunk_bytes", [512, 4 << 20])  # many chunks (last one narrower), or one
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [1, 2, 5, 6, 11, 40])
+def test_median_and_trimmed_mean_equal_the_sort_based_kernels(n, kind, dtype, chunk_bytes, monkeypatch):
+    monkeypatch.setattr("fedsec.strategies._order.CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr("fedsec.strategies._linalg.MIN_THREAD_WORK", 1)  # split even these small inputs
+    updates = random_updates(kind, n, 301, dtype, torch.Generator().manual_seed(7 * n))
+    aggregate, weights = coordinate_median(updates)
+    expected, expected_weights = reference_median(updates)
+    assert torch.equal(aggregate, expected)  # same values, same arithmetic
+    torch.testing.assert_close(weights, expected_weights)
+    for k in sorted({0, min(1, (n - 1) // 2), (n - 1) // 2}):
+        aggregate, weights = trimmed_mean(updates, num_trimmed=k)
+        expected, expected_weights = reference_trimmed_mean(updates, k)
+        torch.testing.assert_close(aggregate, expected)
+        torch.testing.assert_close(weights, expected_weights)
+
+
+@pytest.mark.parametrize("chunk_bytes", [512, 4 << 20])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("n", "f"), [(3, 0), (7, 1), (10, 1), (11, 2), (16, 3), (19, 3), (23, 4)])
+def test_bulyan_equals_a_loop_over_coordinates(n, f, kind, chunk_bytes, monkeypatch):
+    # n < 6f (11/2, 16/3) averages fewer ranks than it trims: the other branch of the window sum
+    monkeypatch.setattr("fedsec.strategies._order.CPU_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr("fedsec.strategies._linalg.MIN_THREAD_WORK", 1)
+    updates = random_updates(kind, n, 53, torch.float64, torch.Generator().manual_seed(n + f))
+    aggregate, weights = bulyan_aggregate(updates, num_malicious=f)
+    expected, expected_weights = reference_bulyan(updates, f)
+    torch.testing.assert_close(aggregate, expected)
+    torch.testing.assert_close(weights, expected_weights)
+
+
+@pytest.mark.parametrize("kind", ["few values", "sparse"])
+def test_order_statistics_on_wide_chunks_of_tied_columns(kind):
+    """Over a thousand tied columns in one chunk take the row-by-row running count (fewer take ``cumsum``)."""
+    updates = random_updates(kind, 23, 2500, torch.float64, torch.Generator().manual_seed(11))
+    for ours, reference in [
+        (coordinate_median(updates), reference_median(updates)),
+        (trimmed_mean(updates, num_trimmed=4), reference_trimmed_mean(updates, 4)),
+        (bulyan_aggregate(updates, num_malicious=2), reference_bulyan(updates, 2)),
+    ]:
+        for got, expected in zip(ours, reference, strict=True):
+            torch.testing.assert_close(got, expected.to(got.dtype))
+
+
+def test_bulyan_equals_topk_around_the_median_without_ties():
+    """Without ties the beta values closest to the median are unique: the topk formulation gives the same."""
+    updates = torch.randn(23, 500, generator=torch.Generator().manual_seed(3))
+    f = 4
+    theta, beta = 23 - 2 * f, 23 - 4 * f
+    selected = multikrum_select(updates, num_malicious=f, num_selected=theta)
+    kept = updates[selected]
+    median, _ = reference_median(kept)
+    closest = torch.topk((kept - median).abs(), beta, dim=0, largest=False).indices
+    used = torch.zeros_like(kept).scatter_(0, closest, 1.0 / beta)
+    expected_weights = torch.zeros(23)
+    expected_weights[selected] = used.mean(dim=1)
+    aggregate, weights = bulyan_aggregate(updates, num_malicious=f)
+    torch.testing.assert_close(aggregate, torch.gather(kept, 0, closest).mean(dim=0))
+    torch.testing.assert_close(weights, expected_weights)
+
+
+def cdist_krum_scores(updates, f):
+    """Krum scores from exact pairwise differences in float64 (torch.cdist without the matrix-product shortcut)."""
+    distances = torch.cdist(updates.double(), updates.double(), compute_mode="donot_use_mm_for_euclid_dist").square()
+    distances.fill_diagonal_(float("inf"))
+    return torch.topk(distances, updates.shape[0] - f - 2, dim=1, largest=False).values.sum(dim=1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "f", "d"), [(7, 1, 5), (12, 2, 3000), (40, 5, 20_000), (100, 10, 1000)])
+def test_gram_krum_equals_cdist_krum(n, f, d, dtype):
+    g = torch.Generator().manual_seed(n)
+    updates = torch.randn(n, d, generator=g, dtype=dtype) + 3.0 * torch.randn(d, generator=g, dtype=dtype)
+    updates[0] *= 100.0  # a far outlier: the other distances must not lose precision to it
+    expected = cdist_krum_scores(updates, f)
+    torch.testing.assert_close(krum_scores(updates, num_malicious=f).double(), expected, rtol=1e-5, atol=0)
+    m = n // 2
+    assert multikrum_select(updates, num_malicious=f, num_selected=m).tolist() == (
+        torch.sort(expected, stable=True).indices[:m].tolist()
+    )
+
+
+def test_krum_distances_keep_their_precision_under_a_shared_component():
+    """Honest updates that share a large common step: ||a||^2 + ||b||^2 - 2 a.b would cancel in float32 without
+    the shift by the median-norm update (torch.cdist, which the rule used before, loses ~1e-3 here)."""
+    from fedsec.strategies.multikrum import pairwise_squared_distances
+
+    g = torch.Generator().manual_seed(0)
+    updates = 30.0 * torch.randn(200_000, generator=g) + torch.randn(30, 200_000, generator=g)
+    updates[0] += 1e3 * torch.randn(200_000, generator=g)
+    exact = torch.cdist(updates.double(), updates.double(), compute_mode="donot_use_mm_for_euclid_dist").square()
+    distances = pairwise_squared_distances(updates)
+    off_diagonal = ~torch.eye(30, dtype=torch.bool)
+    assert float(((distances - exact).abs() / exact)[off_diagonal].max()) < 1e-5
+    assert torch.equal(distances, distances.T) and not distances.diagonal().any()
+
+
+def test_krum_ties_go_to_the_lower_index():
+    updates = t([[0, 0], [0, 0], [1, 0], [1, 0], [5, 5], [5, 5], [0, 1]])
+    scores = krum_scores(updates, num_malicious=1)
+    assert scores[0] == scores[1] and scores[4] == scores[5]
+    order = multikrum_select(updates, num_malicious=1, num_selected=7).tolist()
+    assert order == torch.sort(scores.double(), stable=True).indices.tolist()
+    assert order.index(0) < order.index(1) and order.index(4) < order.index(5)

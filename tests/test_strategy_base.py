@@ -89,3 +89,58 @@ def test_fedavg_agrees_with_flowers_fedavg(seed):
     theirs, _ = FlowerFedAvg().aggregate_train(1, replies)
     for key in SHAPES:
         np.testing.assert_allclose(ours[key].numpy(), theirs[key].numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ stacking: one pass per reply, buffer reuse
+def test_stack_updates_equals_stack_minus_reference_and_flags_non_finite_records():
+    from flwr.app import Array, ArrayRecord
+
+    from fedsec.records import record_to_vector, stack_records, stack_updates
+
+    rng = np.random.default_rng(0)
+    like = {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    records = [
+        arrays_of({"w": rng.normal(size=(2, 3)), "b": rng.normal(size=3)}),
+        ArrayRecord({"w": Array(rng.normal(size=(2, 3))), "b": Array(np.arange(3))}),  # float64 and int64 arrays
+        arrays_of({"w": np.full((2, 3), np.nan), "b": np.ones(3)}),
+        ArrayRecord({"w": Array(np.full((2, 3), 1e300)), "b": Array(np.ones(3, np.float32))}),  # inf once float32
+        arrays_of({"w": np.full((2, 3), 3e38), "b": np.ones(3)}),  # finite, but w - reference overflows
+        arrays_of({"w": np.ones((2, 3)), "b": np.array([1.0, -np.inf, 0.0])}),
+    ]
+    reference = record_to_vector(arrays_of(like))
+    updates, norms, finite = stack_updates(records, reference)
+    assert finite == [True, True, False, False, True, False]
+    expected = stack_records(records) - reference
+    for i in (0, 1):
+        torch.testing.assert_close(updates[i], expected[i])
+        assert math.isclose(norms[i], float(torch.linalg.vector_norm(expected[i])), rel_tol=1e-6)
+    like["w"] = -np.full((2, 3), 3e38, np.float32)
+    _, norms, finite = stack_updates(records[4:5], record_to_vector(arrays_of(like)))
+    assert finite == [True] and norms == [math.inf]  # valid values, an update too large for float32
+    out = torch.empty(6, 9)
+    assert stack_updates(records, reference, out=out)[0] is out
+    with pytest.raises(ValueError, match="out has shape"):
+        stack_updates(records, reference, out=torch.empty(5, 9))
+
+
+def test_strategy_reuses_its_stacking_buffer_across_rounds_and_compacts_invalid_rows(monkeypatch):
+    monkeypatch.setattr("fedsec.strategies._linalg.MIN_THREAD_WORK", 1)  # rows stacked by two threads, if available
+    seen = []
+
+    class Recording(FedAvg):
+        def aggregate_updates(self, updates, num_examples):
+            seen.append((updates.data_ptr(), updates.clone()))
+            return super().aggregate_updates(updates, num_examples)
+
+    strategy = started(Recording(device="cpu"), global_zero())
+    rows = [{k: np.full(s, float(i)) for k, s in SHAPES.items()} for i in range(4)]
+    strategy.aggregate_train(1, [reply(100 + i, i, v) for i, v in enumerate(rows)])
+    bad = {"w": np.full((2, 3), np.nan), "b": np.ones(3)}
+    arrays, _ = strategy.aggregate_train(2, [reply(100 + i, i, v) for i, v in enumerate([rows[0], bad, rows[2]])])
+    assert seen[0][0] == seen[1][0]  # same storage, no new n x d allocation
+    torch.testing.assert_close(seen[1][1], torch.tensor([[0.0] * 9, [2.0] * 9]))  # the NaN row dropped, 2 moved up
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 3), 1.0))
+    assert [d.status for d in strategy.last_report.decisions][1].startswith("invalid: non-finite")
+    bigger = [{k: np.full(s, 1.0) for k, s in SHAPES.items()}] * 6
+    strategy.aggregate_train(3, [reply(100 + i, i, v) for i, v in enumerate(bigger)])  # grows the buffer
+    assert seen[2][1].shape == (6, 9)
