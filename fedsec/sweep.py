@@ -45,7 +45,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.config import ConfigError, Experiment
-from fedsec.config.loading import apply_overrides, experiment_from_dict
+from fedsec.config.loading import copy_config, experiment_from_dict, read_toml, set_key
 from fedsec.config.sections import _ATTACK_KEYS, _DEFENSE_KEYS
 
 SEED_AXIS = "seed"
@@ -95,17 +94,6 @@ class Sweep:
         return self.cells[0].experiment.backend.address if self.cells else ""
 
 
-def _value_text(value: Any) -> str:
-    """A value as ``--set`` parses it back (TOML literal)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_value_text(v) for v in value) + "]"
-    return repr(value)
-
-
 def _slug(key: str, value: Any) -> str:
     short = key.rsplit(".", 1)[-1]
     text = value if isinstance(value, str) else json.dumps(value)
@@ -120,12 +108,7 @@ def cell_id(values: dict[str, Any]) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file; every cell's config is validated (``ConfigError`` names cell and key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    raw = read_toml(path, what="sweep file")
     unknown = sorted(set(raw) - _SWEEP_KEYS)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown key (a sweep file has base, name, [grid] and [set])")
@@ -151,10 +134,7 @@ def load_sweep(path: str | Path) -> Sweep:
     overlap = sorted(set(fixed) & set(axes))
     if overlap:
         raise ConfigError(f"{path}: set.{overlap[0]}: also a grid axis; keep it in one place")
-    try:
-        base_raw = tomllib.loads(base.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{base}: invalid TOML: {e}") from e
+    base_raw = read_toml(base)
     name = str(raw.get("name") or path.stem)
     sweep = Sweep(path=path, name=name, base=base, axes=axes, fixed=fixed)
     seen: set[str] = set()
@@ -164,8 +144,9 @@ def load_sweep(path: str | Path) -> Sweep:
         if cid in seen:
             raise ConfigError(f"{path}: grid: two cells map to the directory {cid!r}; make the values distinct")
         seen.add(cid)
-        overrides = [f"{k}={_value_text(v)}" for k, v in {**fixed, **values}.items()]
-        cell_raw = apply_overrides(base_raw, overrides)
+        cell_raw = copy_config(base_raw)
+        for key, value in {**fixed, **values}.items():
+            set_key(cell_raw, key.split("."), value, source=f"{path} (cell {cid}): {key}")
         cell_raw["name"] = f"{base_raw.get('name', base.stem)}-{cid}"
         _drop_unused_kind_keys(cell_raw, axes)
         experiment = experiment_from_dict(cell_raw, source=f"{path} (cell {cid})")
@@ -408,7 +389,7 @@ class SweepRunner:
         config = cell_dir / "experiment.toml"
         config.write_text(cell.experiment.to_toml())
         command = [sys.executable, "-m", "fedsec.cli", "run", str(config), "--out", str(cell_dir),
-                   "--set", f"backend.address={_value_text(address)}"]
+                   "--set", f"backend.address={json.dumps(address)}"]
         if self.verbose:
             command.append("--verbose")
         t0 = time.perf_counter()

@@ -45,19 +45,29 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+def set_key(raw: dict[str, Any], path: list[str], value: Any, *, source: str) -> None:
+    """Set ``raw[path[0]][path[1]]... = value`` in place, creating sections; ``source`` names it in errors."""
+    node = raw
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {part!r} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``raw`` with each ``key.path=value`` set."""
     merged: dict[str, Any] = _deep_copy(raw)
     for text in overrides:
         path, value = parse_override(text)
-        node = merged
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+        set_key(merged, path, value, source=f"--set {text!r}")
     return merged
+
+
+def copy_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a raw config whose sections can be changed without touching ``raw``."""
+    return _deep_copy(raw)
 
 
 def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
@@ -83,12 +93,16 @@ def experiment_from_dict(raw: dict[str, Any], *, source: str = "config") -> Expe
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
     """Read, override and validate an experiment TOML file."""
     path = Path(path)
+    return experiment_from_dict(apply_overrides(read_toml(path), overrides or []), source=str(path))
+
+
+def read_toml(path: Path, *, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing, unreadable or invalid file is a :class:`ConfigError` naming it."""
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found")
+        raise ConfigError(f"{what} {str(path)!r} not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not a text file: {e}") from e
-    return experiment_from_dict(apply_overrides(raw, overrides or []), source=str(path))
