@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedsec.config import load_experiment
-from fedsec.runner import run_experiment
+from fedsec.runtime.runner import run_experiment
 
 
 def run(config: str, overrides: list[str], out: Path) -> pd.DataFrame:

@@ -24,10 +24,10 @@ import torch
 
 from fedsec.clients.honest import client_seed
 from fedsec.config import load_experiment
-from fedsec.federated_data import build_federated_data
+from fedsec.data.federated import build_federated_data
 from fedsec.models import build_model
-from fedsec.runner import run_experiment
-from fedsec.server_app import sample_partitions
+from fedsec.runtime.runner import run_experiment
+from fedsec.server.app import sample_partitions
 from fedsec.training import evaluate, train_local
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedsec.arrays import record_to_vector
 from fedsec.crypto import ciphertext_bytes, encrypt_vector
-from fedsec.records import record_to_vector
-from fedsec.strategies.base import NODE_KEY, NUM_EXAMPLES_KEY
-from fedsec.strategies.encrypted_fedavg import CHUNKS_KEY, CKKS_RECORD
+from fedsec.protocol import ARRAYS_RECORD, NUM_EXAMPLES_KEY, encrypted_reply
 
 _CONTEXTS: dict[str, bytes] = {}
 
@@ -46,7 +45,7 @@ def encrypted_train_reply(
 ) -> Message:
     """The train reply under encryption: CKKS chunks of num_examples * update (or, under central DP, of the
     update clipped to ``clip_norm``, weight 1), plus plaintext metrics."""
-    global_arrays = message.content["arrays"]
+    global_arrays = message.content[ARRAYS_RECORD]
     update = record_to_vector(arrays).double() - record_to_vector(global_arrays).double()
     if clip_norm is None:
         weighted = update * float(metrics[NUM_EXAMPLES_KEY])
@@ -56,7 +55,4 @@ def encrypted_train_reply(
     chunks = encrypt_vector(weighted.numpy(), context)
     metrics["encrypt_seconds"] = time.perf_counter() - t0
     metrics["ciphertext_bytes"] = ciphertext_bytes(chunks)
-    content = RecordDict(
-        {CKKS_RECORD: ConfigRecord({CHUNKS_KEY: chunks}), "metrics": metrics, "info": ConfigRecord({NODE_KEY: node})}
-    )
-    return Message(content=content, reply_to=message)
+    return encrypted_reply(message, chunks, metrics, node=node)

@@ -3,9 +3,9 @@
 - Data-poisoning attacks replace the local data before training (:meth:`Attack.poison_data`).
 - Model-poisoning attacks replace the update after it (:meth:`Attack.poison_update`, on the flattened update =
   trained arrays - received global arrays).
-- Crafting attacks (ALIE, IPM, min-max, min-sum) with ``knowledge = "colluding"`` build the update from the honest
-  updates of the round's sampled attackers (:mod:`fedsec.clients.attacks.collusion`); with "omniscient" the
-  client trains honestly and the server swaps in the crafted update before aggregation.
+- Crafting attacks (ALIE, IPM, min-max, min-sum) that collude build the update from the honest updates of the
+  round's sampled attackers (:mod:`fedsec.clients.attacks.collusion`); omniscient ones train honestly and the
+  server swaps in the crafted update before aggregation (:mod:`fedsec.clients.attacks.omniscient`).
 
 The reply carries full arrays (global + malicious update), like an honest one.
 """
@@ -16,25 +16,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
-from fedsec.clients.attacks.base import Attack, AttackContext
-from fedsec.clients.attacks.collusion import find_board
-from fedsec.clients.attacks.crafted import craft_update
-from fedsec.clients.honest import ClientSpec, client_seed, honest_train
-from fedsec.config import COLLUDING_ATTACKS
-from fedsec.federated_data import worker_data
-from fedsec.records import model_to_record, record_to_vector, vector_to_record
-from fedsec.threat import malicious_clients
+from fedsec.arrays import model_to_record, record_to_vector, vector_to_record
 
-
-def sampled_attackers(spec: ClientSpec, server_round: int) -> list[int]:
-    """The attackers sampled in ``server_round`` (colluders know who of them was picked)."""
-    from fedsec.server_app import sample_partitions
-
-    experiment = spec.experiment
-    sampled = sample_partitions(
-        experiment.seed, server_round, experiment.data.num_clients, experiment.train.clients_per_round
-    )
-    return sorted(set(sampled) & set(malicious_clients(experiment)))
+from .attacks.base import AttackContext
+from .attacks.collusion import find_board
+from .honest import client_data, honest_train
+from .spec import ClientSpec
 
 
 def honest_update(spec: ClientSpec, arrays: ArrayRecord, server_round: int, partition_id: int) -> torch.Tensor:
@@ -72,17 +59,16 @@ def colluders_updates(
 
 
 def malicious_train(
-    spec: ClientSpec, arrays: ArrayRecord, *, server_round: int, partition_id: int, attack: Attack, attacker_rank: int
+    spec: ClientSpec, arrays: ArrayRecord, *, server_round: int, partition_id: int
 ) -> tuple[ArrayRecord, MetricRecord]:
     """The attacker's arrays and metrics for this round."""
-    experiment = spec.experiment
-    config = experiment.attack
-    data = worker_data(spec.data_ref, experiment)
-    seed = client_seed(experiment.seed, server_round, partition_id)
+    attack, schedule = spec.attack, spec.schedule
+    data = client_data(spec)
+    seed = schedule.client_seed(server_round, partition_id)
     ctx = AttackContext(
         server_round=server_round,
         partition_id=partition_id,
-        attacker_rank=attacker_rank,
+        attacker_rank=schedule.attacker_rank(partition_id),
         num_classes=data.data.num_classes,
         data_max=data.data_max,
         generator=torch.Generator().manual_seed(seed ^ 0xBAD),
@@ -96,14 +82,12 @@ def malicious_train(
     )
     global_vector = record_to_vector(arrays)
     update = record_to_vector(model_to_record(model)) - global_vector
-    if config.kind in COLLUDING_ATTACKS:
-        if config.knowledge == "omniscient":  # the server crafts it from all honest updates
-            return vector_to_record(global_vector + update, like=arrays), metrics
-        colluders = sampled_attackers(spec, server_round)
+    if attack.omniscient:  # the server crafts it from all honest updates
+        return vector_to_record(global_vector + update, like=arrays), metrics
+    if attack.colluding:
+        colluders = schedule.sampled_attackers(server_round)
         benign = colluders_updates(spec, arrays, server_round, colluders, (partition_id, update))
-        crafted = craft_update(
-            config, benign, num_clients=experiment.train.clients_per_round, num_attackers=len(colluders)
-        )
+        crafted = attack.craft(benign, num_clients=schedule.clients_per_round, num_attackers=len(colluders))
         return vector_to_record(global_vector + crafted, like=arrays), metrics
     poisoned = attack.poison_update(update, ctx)
     return vector_to_record(global_vector + poisoned, like=arrays), metrics

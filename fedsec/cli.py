@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsec.config import ConfigError, Experiment, load_experiment
+from fedsec.errors import ConfigError
+from fedsec.plan import RunPlan, load_plan
 
 app = typer.Typer(
     add_completion=False,
@@ -27,9 +28,9 @@ SetOption = Annotated[
 ]
 
 
-def _load(config: Path, overrides: list[str] | None) -> Experiment:
+def _load(config: Path, overrides: list[str] | None) -> RunPlan:
     try:
-        return load_experiment(config, overrides or [])
+        return load_plan(config, overrides or [])
     except ConfigError as e:
         err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
@@ -51,10 +52,11 @@ def run(
     """Run an experiment and write its run directory."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fedsec.runner import RunError, quiet_frameworks, run_experiment
+    from fedsec.runtime.runner import RunError, quiet_frameworks, run_experiment
 
     quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
-    experiment = _load(config, set_)
+    plan = _load(config, set_)
+    experiment = plan.experiment
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -72,7 +74,7 @@ def run(
 
     try:
         with progress:
-            result = run_experiment(experiment, out, on_round=on_round, verbose=verbose)
+            result = run_experiment(plan, out, on_round=on_round, verbose=verbose)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
@@ -96,7 +98,8 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Check a config without running it (exit 0 if valid, 2 otherwise)."""
-    experiment = _load(config, set_)
+    plan = _load(config, set_)
+    experiment = plan.experiment
     console.print(
         f"[green]valid[/]: {experiment.name}: {experiment.data.dataset} ({experiment.data.partition}, "
         f"{experiment.data.num_clients} clients), model {experiment.model.name}, strategy "
@@ -104,13 +107,13 @@ def validate(
         f"{experiment.train.clients_per_round} clients",
         highlight=False,
     )
-    plan = experiment.privacy_plan()
-    if plan is not None:
-        line = (f"privacy: {experiment.privacy.mode} DP, noise multiplier {plan.noise_multiplier:.4g}, sample rate "
-                f"{plan.sample_rate:.3g}: the {experiment.rounds} planned rounds spend epsilon "
-                f"{plan.planned_epsilon:.3f} of {experiment.privacy.epsilon} at delta {experiment.privacy.delta:g}")
-        if plan.rounds_within_budget < experiment.rounds:
-            line += f"; the budget guard will stop the run after round {plan.rounds_within_budget}"
+    privacy = plan.privacy
+    if privacy is not None:
+        line = (f"privacy: {experiment.privacy.mode} DP, noise multiplier {privacy.noise_multiplier:.4g}, sample "
+                f"rate {privacy.sample_rate:.3g}: the {experiment.rounds} planned rounds spend epsilon "
+                f"{privacy.planned_epsilon:.3f} of {experiment.privacy.epsilon} at delta {experiment.privacy.delta:g}")
+        if privacy.rounds_within_budget < experiment.rounds:
+            line += f"; the budget guard will stop the run after round {privacy.rounds_within_budget}"
         console.print(line, highlight=False)
 
 
@@ -128,11 +131,11 @@ def privacy_study(
     """Run the scenario at each privacy budget; write study.csv and plots/privacy_study.png."""
     from datetime import datetime
 
-    from fedsec.runner import RunError, quiet_frameworks
-    from fedsec.study import parse_epsilons, run_study, study_experiments
+    from fedsec.runtime.runner import RunError, quiet_frameworks
+    from fedsec.studies.privacy_study import parse_epsilons, run_study, study_experiments
 
     quiet_frameworks(verbose)
-    experiment = _load(config, set_)
+    experiment = _load(config, set_).experiment
     try:
         budgets = parse_epsilons(epsilons)
         study_experiments(experiment, budgets)  # validate every cell before running any
@@ -177,7 +180,7 @@ def sweep(
         TimeRemainingColumn,
     )
 
-    from fedsec.sweep import SweepRunner, load_sweep
+    from fedsec.studies.sweep import SweepRunner, load_sweep
 
     try:
         spec = load_sweep(sweep_file)
@@ -246,21 +249,22 @@ def _write_report(directory: Path) -> None:
 
 @app.command("list")
 def list_components() -> None:
-    """List datasets, partitions, models, strategies, attacks and privacy/encryption modes."""
-    from fedsec.config import ATTACKS, ENCRYPTION_SCHEMES, PRIVACY_MODES, AttackConfig, EncryptionConfig, PrivacyConfig
+    """List datasets, partitions, models, strategies, attacks and privacy/encryption modes, with their keys."""
+    from fedsec.clients.attacks import ATTACKS
+    from fedsec.config import ENCRYPTION_SCHEMES, PRIVACY_MODES
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.models import MODELS
     from fedsec.strategies import STRATEGIES
 
     sections: list[tuple[str, dict[str, str]]] = [
-        ("datasets (data.dataset)", dict(DATASETS)),
+        ("datasets (data.dataset)", DATASETS.descriptions()),
         ("partitions (data.partition)", dict(PARTITIONS)),
-        ("models (model.name)", {k: d for k, (_, d) in MODELS.items()}),
-        ("strategies (defense.strategy)", {k: d for k, (_, d) in STRATEGIES.items()}),
+        ("models (model.name)", MODELS.descriptions()),
+        ("strategies (defense.strategy; their keys in brackets)", _with_keys(STRATEGIES)),
         ("attacks (attack.kind; every kind also takes fraction or client_ids, start_round, end_round, knowledge)",
-         _kinds(AttackConfig, "kind", ATTACKS)),
-        ("privacy (privacy.mode)", _kinds(PrivacyConfig, "mode", PRIVACY_MODES)),
-        ("encryption (encryption.scheme)", _kinds(EncryptionConfig, "scheme", ENCRYPTION_SCHEMES)),
+         _with_keys(ATTACKS)),
+        ("privacy (privacy.mode)", dict(PRIVACY_MODES)),
+        ("encryption (encryption.scheme)", dict(ENCRYPTION_SCHEMES)),
     ]
     for title, items in sections:
         table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
@@ -272,10 +276,13 @@ def list_components() -> None:
         console.print()
 
 
-def _kinds(section: type, key: str, descriptions: dict[str, str]) -> dict[str, str]:
-    from typing import get_args
-
-    return {k: descriptions.get(k, "") for k in get_args(section.model_fields[key].annotation)}
+def _with_keys(registry: Any) -> dict[str, str]:
+    """Each kind's description followed by its keys and defaults, from its ``Params``."""
+    out = {}
+    for name, cls in registry.items():
+        keys = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
+        out[name] = f"{cls.description} [{keys}]" if keys else cls.description
+    return out
 
 
 def main() -> None:

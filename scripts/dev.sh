@@ -52,6 +52,10 @@ case "$cmd" in
   test)
     setup_debian
     setup_python
+    echo "== lint-imports (the layer contract in pyproject.toml)"
+    "$VENV/bin/lint-imports" --no-cache
+    echo "== ruff check"
+    "$VENV/bin/ruff" check .
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   setup)

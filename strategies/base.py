@@ -8,7 +8,7 @@ sent that round). This base class does what all rules share, once:
 - rejects, before any rule runs, replies that failed, carry no or several ArrayRecords, arrays whose keys or
   shapes differ from the global model's, non-finite values, or a non-positive ``num-examples``;
 - stacks the updates (client arrays - global arrays) into one CPU matrix, each row written in a single pass over
-  the reply's serialized arrays (:func:`fedsec.records.stack_updates`), into a buffer the strategy keeps between
+  the reply's serialized arrays (:func:`fedsec.arrays.stack_updates`), into a buffer the strategy keeps between
   rounds (a fresh 100 x 1.6M float32 matrix costs more to page in than to fill), drops the non-finite rows, moves
   the rest to ``device`` and calls :meth:`RobustStrategy.aggregate_updates`;
 - records one :class:`ClientDecision` per reply in :attr:`RobustStrategy.last_report` (the weight the rule gave,
@@ -19,31 +19,53 @@ A round with fewer valid updates than the rule needs is skipped (the global mode
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import Any, ClassVar, Self
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
+from pydantic import BaseModel
 
-from fedsec.records import record_signature, record_to_vector, stack_updates, vector_to_record
+from fedsec.arrays import record_signature, record_to_vector, stack_updates, vector_to_record
+from fedsec.errors import FedsecInputError
+from fedsec.protocol import (
+    NODE_KEY,
+    NUM_EXAMPLES_KEY,
+    PARTITION_ID_KEY,
+    ClientStatus,
+    parse_reply,
+    reply_sort_key,
+)
+from fedsec.registry import NoParams
 
 from ._linalg import map_ranges
 
-PARTITION_ID_KEY = "partition-id"
-NUM_EXAMPLES_KEY = "num-examples"
-NODE_KEY = "node"  # in the reply's ConfigRecord: the Ray node that ran the client
+__all__ = ["NODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_ID_KEY", "ClientDecision", "RobustStrategy", "RoundReport",
+           "StrategyConfigError", "StrategyContext", "resolve_device"]
 
 NodeSampler = Callable[[int], list[int]]  # server round -> node ids to train this round
 
 
-class StrategyConfigError(ValueError):
+class StrategyConfigError(FedsecInputError):
     """A strategy parameter is out of range; the message names the parameter and the rule."""
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What a strategy built from a config may need besides its own keys (filled in by the run plan)."""
+
+    expected_malicious: int = 0  # the f a rule assumes when defense.num_malicious is not given
+    clients_per_round: int = 1
+    seed: int = 0
+    server_update_fn: Callable[[ArrayRecord], torch.Tensor] | None = None  # FLTrust's root-data update
 
 
 @dataclass
@@ -67,15 +89,6 @@ class RoundReport:
     server_round: int
     decisions: list[ClientDecision]
     skipped_reason: str | None = None
-
-
-def _reply_key(message: Message) -> tuple[int, int]:
-    """Sort key: partition id when the client reported one, then node id."""
-    if not message.has_error():
-        for metrics in message.content.metric_records.values():
-            if PARTITION_ID_KEY in metrics:
-                return int(metrics[PARTITION_ID_KEY]), message.metadata.src_node_id
-    return 2**62, message.metadata.src_node_id
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -107,6 +120,28 @@ class RobustStrategy(FedAvg):
 
     #: smallest number of valid updates the rule can aggregate
     min_valid_updates: int = 1
+    #: the ``[defense]`` keys this rule reads (validated by the run plan) and its line in ``fedsec list``
+    Params: ClassVar[type[BaseModel]] = NoParams
+    description: ClassVar[str] = ""
+    #: the rule needs the server's own update on a root dataset (``server_update_fn``; its Params has root_size)
+    needs_server_update: ClassVar[bool] = False
+
+    @classmethod
+    def config_kwargs(cls, params: BaseModel, context: StrategyContext) -> dict[str, Any]:
+        """Constructor arguments from the rule's validated ``[defense]`` keys: keys left unset (None) take the
+        rule's default; ``num_malicious`` defaults to the attack's expected attackers per round; rules that take a
+        ``seed`` get the experiment's."""
+        kwargs = params.model_dump(exclude_none=True)
+        if "num_malicious" in cls.Params.model_fields and kwargs.get("num_malicious") is None:
+            kwargs["num_malicious"] = context.expected_malicious
+        if "seed" in inspect.signature(cls.__init__).parameters:
+            kwargs["seed"] = context.seed
+        return kwargs
+
+    @classmethod
+    def from_config(cls, params: BaseModel, context: StrategyContext, **kwargs: Any) -> Self:
+        """The rule built from its ``[defense]`` keys; ``kwargs``: Flower's sampling settings, ``device``, ..."""
+        return cls(**kwargs, **cls.config_kwargs(params, context))
 
     def __init__(
         self,
@@ -186,7 +221,7 @@ class RobustStrategy(FedAvg):
         signature = record_signature(global_arrays)
         decisions: list[ClientDecision] = []
         candidates: list[tuple[ClientDecision, ArrayRecord]] = []
-        for message in sorted(replies, key=_reply_key):
+        for message in sorted(replies, key=reply_sort_key):
             decision, arrays = self._check_reply(message, signature)
             decisions.append(decision)
             if arrays is not None:
@@ -297,19 +332,13 @@ class RobustStrategy(FedAvg):
         return decision, arrays
 
     def _parse_reply(self, message: Message) -> ClientDecision | tuple[RecordDict, dict[str, float], int | None, str]:
-        """A failed client's decision, or the reply's content, numeric metrics, partition id and Ray node."""
-        if message.has_error():
-            reason = message.error.reason.strip().splitlines()
-            return self._bad(message.metadata.src_node_id, None,
-                             "failed: " + (reason[-1] if reason else "unknown error"))
-        content = message.content
-        metrics: dict[str, float] = {}
-        for record in content.metric_records.values():
-            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
-        partition_id = int(metrics[PARTITION_ID_KEY]) if PARTITION_ID_KEY in metrics else None
-        node = next((str(r[NODE_KEY]) for r in content.config_records.values() if isinstance(r.get(NODE_KEY), str)),
-                    "")
-        return content, metrics, partition_id, node
+        """A failed or refusing client's decision, or the reply's content, numeric metrics, partition id and node."""
+        reply = parse_reply(message)
+        if reply.status is ClientStatus.FAILED:
+            return self._bad(reply.node_id, None, "failed: " + reply.reason)
+        if reply.status is ClientStatus.REFUSED:
+            return self._bad(reply.node_id, reply.partition_id, "refused: " + reply.reason, reply.node, reply.metrics)
+        return reply.content, reply.metrics, reply.partition_id, reply.node
 
     @staticmethod
     def _bad(

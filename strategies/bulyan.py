@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_int, require_clients
 from ._order import map_sorted_chunks, rank_weights, window_counts
@@ -74,6 +77,14 @@ def bulyan_aggregate(
     return aggregate, weights
 
 
+
+class BulyanParams(Params):
+    """``[defense]`` keys of ``strategy = "bulyan"``."""
+
+    num_malicious: int | None = Field(
+        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+    )
+
 class Bulyan(RobustStrategy):
     """Bulyan: Multi-Krum keeps n - 2f updates, then each coordinate averages the n - 4f values nearest its median.
 
@@ -108,6 +119,9 @@ class Bulyan(RobustStrategy):
     ``torch.sort``/``topk``, several times slower on the (n, d) layout; the kept updates are gathered chunk by
     chunk, never copied as a whole.
     """
+
+    Params = BulyanParams
+    description = 'Bulyan: Multi-Krum then trimmed mean around the median (El Mhamdi et al. 2018)'
 
     def __init__(self, *, num_malicious: int = 0, select: SelectionRule = multikrum_select, **kwargs: Any) -> None:
         self.num_malicious = check_int("Bulyan", "num_malicious", num_malicious, low=0)

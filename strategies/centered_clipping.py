@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float, check_int
 from ._linalg import distances_to, weighted_differences
@@ -38,6 +41,13 @@ def centered_clip(
     return aggregate, weights
 
 
+
+class CenteredClippingParams(Params):
+    """``[defense]`` keys of ``strategy = "centered_clipping"``."""
+
+    clip_norm: float = Field(1.0, gt=0, description="L2 clipping bound.")
+    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 1).")
+
 class CenteredClipping(RobustStrategy):
     """Centered clipping (CC): clip updates to radius tau around the previous round's aggregate update.
 
@@ -65,6 +75,9 @@ class CenteredClipping(RobustStrategy):
     after local training, so the previous aggregate update plays the momentum's role (no momentum is added on
     the server). The average is uniform (``num-examples`` ignored), as in the paper. Flower has no CC strategy.
     """
+
+    Params = CenteredClippingParams
+    description = 'centered clipping (Karimireddy et al. 2021)'
 
     def __init__(self, *, clip_norm: float = 1.0, iterations: int = 1, **kwargs: Any) -> None:
         self.clip_norm = check_float("CenteredClipping", "clip_norm", clip_norm, low=0.0, low_open=True)

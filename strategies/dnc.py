@@ -12,6 +12,9 @@ import math
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float, check_int, require_clients
 from .base import RobustStrategy
@@ -92,6 +95,17 @@ def dnc_aggregate(
     return weights @ updates, weights
 
 
+
+class DnCParams(Params):
+    """``[defense]`` keys of ``strategy = "dnc"``."""
+
+    num_malicious: int | None = Field(
+        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+    )
+    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 5).")
+    subsample_dim: int = Field(10_000, ge=1, description="coordinates sampled per iteration.")
+    filter_frac: float = Field(1.0, gt=0, description="c: removes c x num_malicious updates per iteration.")
+
 class DnC(RobustStrategy):
     """Divide-and-Conquer: remove the updates with the largest projections on the top singular vector of
     randomly subsampled, centred updates; average the rest.
@@ -126,6 +140,9 @@ class DnC(RobustStrategy):
     down. ``num-examples`` is ignored, as in the paper. If the intersection is empty the global model stays.
     Flower has no DnC strategy.
     """
+
+    Params = DnCParams
+    description = 'Divide-and-Conquer: SVD outlier filtering (Shejwalkar & Houmansadr 2021)'
 
     def __init__(
         self,

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
+from fedsec.arrays import record_to_vector, vector_to_record
 from fedsec.crypto import CryptoError, add_encrypted, ciphertext_bytes, encrypt_vector, load_context
-from fedsec.records import record_to_vector, vector_to_record
+from fedsec.protocol import CHUNKS_KEY, CKKS_RECORD, NUM_EXAMPLES_KEY, reply_sort_key
 
-from .base import NUM_EXAMPLES_KEY, ClientDecision, RobustStrategy, RoundReport, _reply_key
+from .base import ClientDecision, RobustStrategy, RoundReport
 
-CKKS_RECORD = "ckks"
-CHUNKS_KEY = "chunks"
+__all__ = ["CHUNKS_KEY", "CKKS_RECORD", "Decryptor", "EncryptedFedAvg"]
 
 Decryptor = Callable[[list[bytes], int], np.ndarray]
 
@@ -99,7 +99,7 @@ class EncryptedFedAvg(RobustStrategy):
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to update")
         decisions: list[ClientDecision] = []
         valid: list[tuple[ClientDecision, list[bytes]]] = []
-        for message in sorted(replies, key=_reply_key):
+        for message in sorted(replies, key=reply_sort_key):
             decision, chunks = self._check_encrypted(message)
             decisions.append(decision)
             if chunks is not None:

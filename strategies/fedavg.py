@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from fedsec.registry import NoParams
+
 from .base import RobustStrategy
 
 
@@ -37,6 +39,9 @@ class FedAvg(RobustStrategy):
     Unlike Flower's ``FedAvg``, replies that are malformed or non-finite are rejected before averaging and
     recorded in :attr:`last_report` instead of being averaged in or failing the round.
     """
+
+    Params = NoParams
+    description = 'Federated Averaging, no defense (McMahan et al. 2017)'
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return fedavg_aggregate(updates, num_examples)

@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.cluster import HDBSCAN
+
+from fedsec.registry import Params
 
 from ._checks import check_float, check_int, require_clients
 from ._linalg import gram_matrix
@@ -89,6 +92,12 @@ def flame_aggregate(
     return aggregate, weights
 
 
+
+class FLAMEParams(Params):
+    """``[defense]`` keys of ``strategy = "flame"``."""
+
+    noise_lambda: float = Field(0.001, ge=0, description="noise std as a share of the median norm.")
+
 class FLAME(RobustStrategy):
     """FLAME: keep the majority cosine cluster (HDBSCAN), clip to the median norm, average, add Gaussian noise.
 
@@ -124,6 +133,9 @@ class FLAME(RobustStrategy):
     update, which equals adding it to the new global model. A round where HDBSCAN finds no cluster keeps the
     global model. Flower has no FLAME strategy.
     """
+
+    Params = FLAMEParams
+    description = 'FLAME: HDBSCAN majority, median-norm clipping, noise (Nguyen et al. 2022)'
 
     min_valid_updates = 2
 

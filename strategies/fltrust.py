@@ -12,9 +12,12 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord
+from pydantic import BaseModel, Field
+
+from fedsec.registry import Params
 
 from ._checks import check_int
-from .base import RobustStrategy
+from .base import RobustStrategy, StrategyContext
 
 #: computes the server update g0 (trained arrays - global arrays, flattened in key order) from the global arrays
 ServerUpdateFn = Callable[[ArrayRecord], torch.Tensor]
@@ -49,6 +52,12 @@ def fltrust_aggregate(updates: torch.Tensor, server_update: torch.Tensor) -> tup
     return weights @ updates, weights
 
 
+
+class FLTrustParams(Params):
+    """``[defense]`` keys of ``strategy = "fltrust"``."""
+
+    root_size: int = Field(100, ge=1, description="examples in the server's root dataset.")
+
 class FLTrust(RobustStrategy):
     """FLTrust: weight each update by its clipped cosine similarity with the server's own update, rescaled to
     the server update's norm.
@@ -58,7 +67,7 @@ class FLTrust(RobustStrategy):
     server_update_fn : Callable[[ArrayRecord], torch.Tensor]
         Required, positional. Given the global arrays of the round, returns the server update g0 = (arrays after
         training on the root dataset) - (global arrays), flattened in the arrays' key order
-        (:func:`fedsec.records.record_to_vector`), shape (d,). Called once per aggregated round. The root dataset
+        (:func:`fedsec.arrays.record_to_vector`), shape (d,). Called once per aggregated round. The root dataset
         is a small clean set of examples the server holds and trusts; g0 is the only reference the rule has for
         what an honest update looks like, so it should be trained with the clients' local-training settings.
     root_size : int (default: 100)
@@ -85,6 +94,10 @@ class FLTrust(RobustStrategy):
     Flower has no FLTrust strategy.
     """
 
+    Params = FLTrustParams
+    needs_server_update = True
+    description = "FLTrust: ReLU-cosine trust vs the server's root-data update (Cao et al. 2021)"
+
     def __init__(self, server_update_fn: ServerUpdateFn, *, root_size: int = 100, **kwargs: Any) -> None:
         if not callable(server_update_fn):
             raise TypeError(f"FLTrust: server_update_fn must be callable, got {type(server_update_fn).__name__}")
@@ -92,6 +105,15 @@ class FLTrust(RobustStrategy):
         self.root_size = check_int("FLTrust", "root_size", root_size, low=1)
         self.last_trust_scores: torch.Tensor | None = None
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_config(cls, params: BaseModel, context: StrategyContext, **kwargs: Any) -> FLTrust:
+        """As the base class, with the server update the context provides (the plan's root-data update)."""
+        update_fn = context.server_update_fn
+        if update_fn is None:  # validating a config: the root data are not loaded yet
+            def update_fn(arrays: ArrayRecord) -> torch.Tensor:
+                raise RuntimeError("FLTrust built without a server_update_fn (validation only)")
+        return cls(update_fn, **kwargs, **cls.config_kwargs(params, context))
 
     def describe(self) -> str:
         return f"FLTrust(root_size={self.root_size})"

@@ -11,6 +11,9 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float
 from ._linalg import gram_matrix
@@ -75,6 +78,12 @@ def foolsgold_aggregate(
     return weights @ updates, weights
 
 
+
+class FoolsGoldParams(Params):
+    """``[defense]`` keys of ``strategy = "foolsgold"``."""
+
+    kappa: float = Field(1.0, gt=0, description="confidence of the logit rescaling.")
+
 class FoolsGold(RobustStrategy):
     """FoolsGold: weight each update by how unlike the others its client's history of updates is.
 
@@ -103,6 +112,9 @@ class FoolsGold(RobustStrategy):
     step size of FedAvg when no one is down-weighted. ``num-examples`` is ignored, as in the paper. When every
     alpha is 0 the global model stays. Flower has no FoolsGold strategy.
     """
+
+    Params = FoolsGoldParams
+    description = 'FoolsGold: down-weight clients with similar update histories (Fung et al. 2020)'
 
     def __init__(self, *, kappa: float = 1.0, **kwargs: Any) -> None:
         self.kappa = check_float("FoolsGold", "kappa", kappa, low=0.0, low_open=True)

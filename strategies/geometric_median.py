@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float, check_int
 from ._linalg import distances_to
@@ -40,6 +43,12 @@ def geometric_median(
     return aggregate, weights
 
 
+
+class GeometricMedianParams(Params):
+    """``[defense]`` keys of ``strategy = "geometric_median"``."""
+
+    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 3).")
+
 class GeometricMedian(RobustStrategy):
     """RFA: the (example-weighted) geometric median of the updates, by smoothed Weiszfeld iterations.
 
@@ -67,6 +76,9 @@ class GeometricMedian(RobustStrategy):
     Flower has no geometric-median strategy. A fixed number of iterations is run (no tolerance-based early
     stop), so every round costs the same and the result is reproducible.
     """
+
+    Params = GeometricMedianParams
+    description = 'geometric median by smoothed Weiszfeld, RFA (Pillutla et al. 2022)'
 
     def __init__(self, *, iterations: int = 3, smoothing: float = 1e-6, **kwargs: Any) -> None:
         self.iterations = check_int("GeometricMedian", "iterations", iterations, low=1)

@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
+from fedsec.registry import Params
+
 from .multikrum import MultiKrum
 
+
+class KrumParams(Params):
+    """``[defense]`` keys of ``strategy = "krum"``."""
+
+    num_malicious: int | None = Field(
+        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+    )
 
 class Krum(MultiKrum):
     """Krum: the aggregate is the one update with the lowest Krum score.
@@ -34,6 +45,9 @@ class Krum(MultiKrum):
     As :class:`~fedsec.strategies.multikrum.MultiKrum` with m = 1: Flower scores ``max(1, n - f - 2)``
     neighbours and never refuses a round; fedsec skips rounds with n < 2f+3. Otherwise the result is Flower's.
     """
+
+    Params = KrumParams
+    description = 'Krum: the update closest to its n-f-2 nearest neighbours (Blanchard et al. 2017)'
 
     def __init__(self, *, num_malicious: int = 0, **kwargs: Any) -> None:
         super().__init__(num_malicious=num_malicious, num_selected=1, **kwargs)

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from fedsec.registry import NoParams
+
 from ._order import map_sorted_chunks, rank_weights, window_counts
 from .base import RobustStrategy
 
@@ -62,6 +64,9 @@ class Median(RobustStrategy):
     ``torch.median`` would return the lower middle value instead, so it is not used. ``num-examples`` is ignored,
     as in Flower and the paper.
     """
+
+    Params = NoParams
+    description = 'coordinate-wise median (Yin et al. 2018)'
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

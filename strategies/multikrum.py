@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import BaseModel, Field
+
+from fedsec.registry import Params
 
 from ._checks import check_int, require_clients
 from ._linalg import gram_matrix
-from .base import RobustStrategy
+from .base import RobustStrategy, StrategyContext
 
 
 def krum_needed(num_malicious: int, num_selected: int = 1) -> int:
@@ -88,6 +91,15 @@ def multikrum_aggregate(
     return weights @ updates, weights
 
 
+
+class MultiKrumParams(Params):
+    """``[defense]`` keys of ``strategy = "multikrum"``."""
+
+    num_malicious: int | None = Field(
+        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+    )
+    num_selected: int | None = Field(None, ge=1, description="m updates kept (default: n - f).")
+
 class MultiKrum(RobustStrategy):
     """Multi-Krum: keep the m updates closest to their neighbours, average them weighted by examples.
 
@@ -117,12 +129,23 @@ class MultiKrum(RobustStrategy):
     Flower's are one float32 product over the raw weights). Ties in score go to the lower partition id.
     """
 
+    Params = MultiKrumParams
+    description = 'Multi-Krum: mean of the m lowest Krum scores'
+
     def __init__(self, *, num_malicious: int = 0, num_selected: int = 1, **kwargs: Any) -> None:
         rule = type(self).__name__
         self.num_malicious = check_int(rule, "num_malicious", num_malicious, low=0)
         self.num_selected = check_int(rule, "num_selected", num_selected, low=1)
         super().__init__(**kwargs)
         self.min_valid_updates = krum_needed(self.num_malicious, self.num_selected)
+
+    @classmethod
+    def config_kwargs(cls, params: BaseModel, context: StrategyContext) -> dict[str, Any]:
+        """As the base class; ``num_selected`` defaults to max(1, clients_per_round - f)."""
+        kwargs = super().config_kwargs(params, context)
+        if "num_selected" in cls.Params.model_fields and kwargs.get("num_selected") is None:
+            kwargs["num_selected"] = max(1, context.clients_per_round - kwargs["num_malicious"])
+        return kwargs
 
     def describe(self) -> str:
         return (

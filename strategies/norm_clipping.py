@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float, check_int
 from .base import RobustStrategy
@@ -45,6 +48,13 @@ def norm_clip(
     return aggregate, weights
 
 
+
+class NormClippingParams(Params):
+    """``[defense]`` keys of ``strategy = "norm_clipping"``."""
+
+    clip_norm: float = Field(1.0, gt=0, description="L2 clipping bound.")
+    noise_std: float = Field(0.0, ge=0, description="std of Gaussian noise on the aggregate.")
+
 class NormClipping(RobustStrategy):
     """Norm bounding: clip every update to L2 norm ``clip_norm``, average, optionally add Gaussian noise.
 
@@ -74,6 +84,9 @@ class NormClipping(RobustStrategy):
     adds noise calibrated to a noise multiplier). The clipped updates are averaged weighted by ``num-examples``,
     as FedAvg does, so that a large ``clip_norm`` with ``noise_std = 0`` is exactly FedAvg.
     """
+
+    Params = NormClippingParams
+    description = 'norm bounding + optional Gaussian noise (Sun et al. 2019)'
 
     def __init__(self, *, clip_norm: float = 1.0, noise_std: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
         self.clip_norm = check_float("NormClipping", "clip_norm", clip_norm, low=0.0, low_open=True)

@@ -12,6 +12,9 @@ from typing import Any
 
 import torch
 from flwr.supercore import log
+from pydantic import Field
+
+from fedsec.registry import Params
 
 from ._checks import check_float, require_clients
 from ._order import map_sorted_chunks, rank_weights, window_counts
@@ -47,6 +50,12 @@ def trimmed_mean(updates: torch.Tensor, *, num_trimmed: int) -> tuple[torch.Tens
     return aggregate, rank_weights(counts, 1.0 / kept, d, updates.dtype)
 
 
+
+class TrimmedMeanParams(Params):
+    """``[defense]`` keys of ``strategy = "trimmed_mean"``."""
+
+    trim_ratio: float = Field(0.2, ge=0, lt=0.5, description="share cut from each end.")
+
 class TrimmedMean(RobustStrategy):
     """Coordinate-wise trimmed mean: drop the k = int(trim_ratio * n) lowest and highest values, average the rest.
 
@@ -74,6 +83,9 @@ class TrimmedMean(RobustStrategy):
     (n, d) layout; where equal values straddle a trimming edge, which clients count as kept follows a stable
     sort (lower partition id at the lower rank).
     """
+
+    Params = TrimmedMeanParams
+    description = 'coordinate-wise trimmed mean (Yin et al. 2018)'
 
     def __init__(self, *, trim_ratio: float = 0.2, **kwargs: Any) -> None:
         self.trim_ratio = check_float("TrimmedMean", "trim_ratio", trim_ratio, low=0.0, high=0.5)

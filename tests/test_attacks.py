@@ -7,11 +7,22 @@ import torch
 
 from fedsec.clients.attacks.backdoor import poison_examples, stamp, trigger_mask
 from fedsec.clients.attacks.base import AttackContext
+from fedsec.clients.attacks.gaussian import gaussian_update
 from fedsec.clients.attacks.label_flip import flip_labels
-from fedsec.clients.attacks.model_poisoning import gaussian_update, scale_update, sign_flip
-from fedsec.clients.attacks.registry import Attack, build_attack
-from fedsec.config import AttackConfig, ConfigError, experiment_from_dict
-from fedsec.threat import attack_active, malicious_clients
+from fedsec.clients.attacks.registry import ATTACKS, Attack
+from fedsec.clients.attacks.scaling import scale_update
+from fedsec.clients.attacks.sign_flip import sign_flip
+from fedsec.config import ConfigError
+from fedsec.plan import plan_from_dict
+
+
+def build_attack(kind: str = "none", **keys) -> Attack:
+    cls = ATTACKS.get(kind)
+    return cls(cls.Params(**keys))
+
+
+def malicious_clients(plan) -> list[int]:
+    return list(plan.schedule.malicious)
 
 U = torch.tensor([0.5, -2.0, 3.0])
 
@@ -64,13 +75,13 @@ def test_poison_examples_relabels_exactly_the_stamped_share():
 
 def test_attack_objects_leave_the_other_side_alone():
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([6, 1, 6, 2])
-    flip = build_attack(AttackConfig(kind="label_flip", source=6, target=0))
+    flip = build_attack("label_flip", source=6, target=0)
     assert torch.equal(flip.poison_update(U, ctx()), U)
     assert flip.poison_data(x, y, ctx())[1].tolist() == [0, 1, 0, 2]
-    assert torch.equal(build_attack(AttackConfig(kind="sign_flip")).poison_data(x, y, ctx())[0], x)
-    boost = build_attack(AttackConfig(kind="backdoor", boost=5.0))
+    assert torch.equal(build_attack("sign_flip").poison_data(x, y, ctx())[0], x)
+    boost = build_attack("backdoor", boost=5.0)
     torch.testing.assert_close(boost.poison_update(U, ctx()), 5 * U)
-    honest = build_attack(AttackConfig())
+    honest = build_attack()
     assert type(honest) is Attack and torch.equal(honest.poison_update(U, ctx()), U)
 
 
@@ -79,20 +90,20 @@ def digits(**attack) -> dict:
 
 
 def test_malicious_clients_are_seeded_and_sized():
-    a = experiment_from_dict(digits(kind="sign_flip", fraction=0.3))
+    a = plan_from_dict(digits(kind="sign_flip", fraction=0.3))
     ids = malicious_clients(a)
     assert len(ids) == 3 and ids == sorted(set(ids)) and malicious_clients(a) == ids
-    other_seed = experiment_from_dict({**digits(kind="sign_flip", fraction=0.3), "seed": 1})
+    other_seed = plan_from_dict({**digits(kind="sign_flip", fraction=0.3), "seed": 1})
     seeds = {tuple(malicious_clients(other_seed)), tuple(ids)}
     assert len(seeds) == 2
-    explicit = experiment_from_dict(digits(kind="sign_flip", client_ids=[7, 2]))
+    explicit = plan_from_dict(digits(kind="sign_flip", client_ids=[7, 2]))
     assert malicious_clients(explicit) == [2, 7]
-    assert malicious_clients(experiment_from_dict(digits())) == []
+    assert malicious_clients(plan_from_dict(digits())) == []
 
 
 def test_attack_schedule():
-    e = experiment_from_dict({**digits(kind="scaling", fraction=0.2, start_round=2, end_round=3), "rounds": 5})
-    assert [attack_active(e, r) for r in range(1, 6)] == [False, True, True, False, False]
+    e = plan_from_dict({**digits(kind="scaling", fraction=0.2, start_round=2, end_round=3), "rounds": 5})
+    assert [e.schedule.attack_active(r) for r in range(1, 6)] == [False, True, True, False, False]
 
 
 @pytest.mark.parametrize(
@@ -110,14 +121,14 @@ def test_attack_schedule():
 )
 def test_bad_attack_configs(attack, fragments):
     with pytest.raises(ConfigError) as info:
-        experiment_from_dict(digits(**attack))
+        plan_from_dict(digits(**attack))
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
 
 
 def test_backdoor_refuses_vector_data():
     with pytest.raises(ConfigError, match="needs image data"):
-        experiment_from_dict({"data": {"dataset": "synthetic", "partition": "natural", "num_clients": 10},
+        plan_from_dict({"data": {"dataset": "synthetic", "partition": "natural", "num_clients": 10},
                               "model": {"name": "logreg"}, "train": {"clients_per_round": 5},
                               "attack": {"kind": "backdoor", "fraction": 0.2}})
 
@@ -158,11 +169,11 @@ def test_omniscient_swaps_only_the_attackers_arrays():
     import numpy as np
     from flower_messages import arrays_of, reply
 
-    from fedsec.omniscient import apply_omniscient
+    from fedsec.clients.attacks.omniscient import apply_omniscient
 
     global_arrays = arrays_of({"w": np.array([1.0, 1.0])})
     replies = [reply(100 + pid, pid, {"w": np.array(v)}) for pid, v in enumerate([[2.0, 1.0], [1.0, 3.0], [3.0, 5.0]])]
-    replaced = apply_omniscient(AttackConfig(kind="ipm", epsilon=1.0), replies, global_arrays, malicious={2})
+    replaced = apply_omniscient(build_attack("ipm", epsilon=1.0), replies, global_arrays, malicious={2})
     assert replaced == 1
     # updates (1,0), (0,2), (2,4): mean (1, 2); IPM eps=1 -> (-1, -2); arrays = global + that = (0, -1)
     np.testing.assert_allclose(replies[2].content["arrays"]["w"].numpy(), [0.0, -1.0])

@@ -5,13 +5,14 @@ from __future__ import annotations
 import cloudpickle
 
 from fedsec.clients.app import make_client_app
-from fedsec.clients.honest import ClientSpec, client_seed
-from fedsec.config import experiment_from_dict
+from fedsec.clients.spec import ClientSpec
+from fedsec.plan import plan_from_dict
+from fedsec.schedule import client_seed
 
 
 def test_pickled_client_app_carries_no_data():
-    experiment = experiment_from_dict({"data": {"dataset": "fashion-mnist", "num_clients": 20}})
-    size = len(cloudpickle.dumps(make_client_app(ClientSpec(experiment=experiment))))
+    plan = plan_from_dict({"data": {"dataset": "fashion-mnist", "num_clients": 20}})
+    size = len(cloudpickle.dumps(make_client_app(ClientSpec.from_plan(plan))))
     # Fashion-MNIST's training images alone are 188 MB as float32; the app must hold only the config
     assert size < 200_000, size
 

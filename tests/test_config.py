@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fedsec.cli import app
 from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, load_experiment
+from fedsec.plan import load_plan, plan_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -23,7 +24,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def error_of(raw: dict) -> str:
     with pytest.raises(ConfigError) as info:
-        experiment_from_dict(raw)
+        plan_from_dict(raw)
     return str(info.value)
 
 
@@ -47,8 +48,8 @@ def test_defaults_fill_in_and_round_trip():
         ({"data": {"dataset": "digits"}, "model": {"name": "cnn_mcmahan"}}, ["model.name='cnn_mcmahan'", "28x28"]),
         ({"data": {"dataset": "synthetic"}, "model": {"name": "cnn"}}, ["model.name='cnn'", "image inputs"]),
         ({"data": {"dataset": "digits", "partition": "natural"}}, ["data.partition='natural'", "synthetic"]),
-        ({"model": {"name": "resnet"}}, ["model.name", "unknown model 'resnet'", "logreg"]),
-        ({"defense": {"strategy": "krumm"}}, ["defense.strategy", "unknown strategy 'krumm'", "fedavg"]),
+        ({"model": {"name": "resnet"}}, ["model.name='resnet'", "unknown", "logreg"]),
+        ({"defense": {"strategy": "krumm"}}, ["defense.strategy='krumm'", "unknown", "fedavg"]),
         ({"privacy": {"delta": 1.5}}, ["privacy.delta", "less than 1"]),
         ({"data": {"dataset": "fashion-mnist", "root": "/nonexistent/fm"}},
          ["data.root", "/nonexistent/fm", "dataset-fashion-mnist"]),
@@ -93,7 +94,7 @@ def test_cli_validate_exit_codes_without_traceback(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_experiments_are_valid(path):
-    load_experiment(path)
+    load_plan(path)
 
 
 @pytest.mark.parametrize(
@@ -115,12 +116,13 @@ def test_bad_defense_configs(defense, fragments):
 
 
 def test_num_malicious_defaults_to_the_expected_attackers_per_round():
-    exp = experiment_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
-                                "attack": {"kind": "alie", "fraction": 0.3}, "defense": {"strategy": "multikrum"}})
-    assert exp.strategy_kwargs() == {"num_malicious": 3, "num_selected": 7}
-    exp = experiment_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
-                                "defense": {"strategy": "krum"}})
-    assert exp.strategy_kwargs() == {"num_malicious": 0}
+    plan = plan_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
+                           "attack": {"kind": "alie", "fraction": 0.3}, "defense": {"strategy": "multikrum"}})
+    assert plan.strategy_cls.config_kwargs(plan.strategy_params, plan.strategy_context()) == {
+        "num_malicious": 3, "num_selected": 7}
+    plan = plan_from_dict({"data": {"dataset": "digits", "num_clients": 20}, "train": {"clients_per_round": 10},
+                           "defense": {"strategy": "krum"}})
+    assert plan.strategy_cls.config_kwargs(plan.strategy_params, plan.strategy_context()) == {"num_malicious": 0}
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,8 @@ def test_bad_encryption_configs(raw, fragments):
 def test_list_shows_every_component():
     result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    from fedsec.config import ATTACKS, ENCRYPTION_SCHEMES, PRIVACY_MODES
+    from fedsec.clients.attacks import ATTACKS
+    from fedsec.config import ENCRYPTION_SCHEMES, PRIVACY_MODES
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.models import MODELS
     from fedsec.strategies import STRATEGIES
@@ -155,7 +158,7 @@ def test_list_shows_every_component():
 
 
 def test_client_slots_count_per_node_as_flowers_actor_pool():
-    from fedsec.runner import client_slots
+    from fedsec.runtime.runner import client_slots
 
     nodes = [{"NodeID": "a", "Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
              {"NodeID": "b", "Alive": True, "Resources": {"CPU": 3.0}},

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from fedsec.cli import app
-from fedsec.config import load_experiment
-from fedsec.runner import run_experiment
+from fedsec.plan import load_plan as load_experiment
+from fedsec.runtime.runner import run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "digits_smoke.toml"
@@ -194,7 +194,7 @@ def test_a_cluster_without_the_requested_resources_fails_fast(tmp_path):
 
 
 def test_flwr_run_runs_the_same_server_and_client_apps(tmp_path, two_runs):
-    """`flwr run .` (Flower's own CLI, a SuperLink in simulation mode, fedsec.flower_app from pyproject's
+    """`flwr run .` (Flower's own CLI, a SuperLink in simulation mode, fedsec.runtime.flower_app from pyproject's
     [tool.flwr.app]) gives the rounds of `fedsec run` for the same config and seed."""
     import os
     import shutil

@@ -8,8 +8,8 @@ import tenseal as ts
 from flower_messages import _instruction, arrays_of, started
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
+from fedsec.arrays import record_to_vector
 from fedsec.crypto import CryptoError, KeyAuthority, encrypt_vector
-from fedsec.records import record_to_vector
 from fedsec.strategies.encrypted_fedavg import CHUNKS_KEY, CKKS_RECORD, EncryptedFedAvg
 
 pytestmark = pytest.mark.usefixtures("server_identity")
@@ -90,8 +90,8 @@ def test_central_dp_on_the_encrypted_sum_equals_plaintext_dp_fedavg(authority):
     noise as the plaintext DP-FedAvg kernel."""
     import torch
 
+    from fedsec.arrays import vector_to_record
     from fedsec.clients.encrypted import encrypted_train_reply
-    from fedsec.records import vector_to_record
     from fedsec.strategies.dp_fedavg import dp_fedavg_aggregate
 
     rng = np.random.default_rng(1)

@@ -47,7 +47,7 @@ def test_refusals_name_the_problem():
 
 def test_registry_lists_every_model_with_a_description():
     assert set(MODELS) == {"logreg", "mlp", "cnn", "cnn_mcmahan"}
-    assert all(desc for _, desc in MODELS.values())
+    assert all(desc for desc in MODELS.descriptions().values())
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

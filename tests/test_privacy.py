@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsec.config import ConfigError, experiment_from_dict
+from fedsec.config import ConfigError
+from fedsec.plan import plan_from_dict
 from fedsec.privacy import PrivacyLedger, calibrate_noise, epsilon_after
 from fedsec.strategies.dp_fedavg import dp_fedavg_aggregate
 
@@ -65,13 +66,13 @@ def central(**privacy) -> dict:
 )
 def test_bad_privacy_configs(raw, fragments):
     with pytest.raises(ConfigError) as info:
-        experiment_from_dict(raw)
+        plan_from_dict(raw)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
 
 
 def test_privacy_plan_calibrates_to_the_budget():
-    plan = experiment_from_dict({**central(epsilon=2.0), "rounds": 20}).privacy_plan()
+    plan = plan_from_dict({**central(epsilon=2.0), "rounds": 20}).privacy
     assert plan.sample_rate == 0.5 and plan.rounds_within_budget == 20
     assert 1.95 <= plan.planned_epsilon <= 2.0
 
@@ -91,7 +92,7 @@ def local(**privacy) -> dict:
 )
 def test_bad_local_privacy_configs(raw, fragments):
     with pytest.raises(ConfigError) as info:
-        experiment_from_dict(raw)
+        plan_from_dict(raw)
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
 
@@ -99,7 +100,7 @@ def test_bad_local_privacy_configs(raw, fragments):
 def test_local_dp_history_round_trips_through_flower_state():
     from flwr.app import RecordDict
 
-    from fedsec.clients.private import load_history, save_history
+    from fedsec.clients.dp import load_history, save_history
 
     state = RecordDict()
     assert load_history(state) == []

@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedsec.records import array_view, record_to_vector, stack_records, vector_to_record
+from fedsec.arrays import array_view, record_to_vector, stack_records, vector_to_record
 
 
 @pytest.mark.parametrize(

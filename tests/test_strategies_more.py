@@ -13,7 +13,7 @@ import torch
 from flower_messages import arrays_of, reply, started
 from flwr.app import ConfigRecord
 
-from fedsec.records import record_to_vector
+from fedsec.arrays import record_to_vector
 from fedsec.strategies import StrategyConfigError
 from fedsec.strategies.dnc import DnC, dnc_aggregate, dnc_outlier_scores, dnc_select
 from fedsec.strategies.flame import FLAME, cosine_distances, flame_aggregate, flame_majority

@@ -95,7 +95,7 @@ def test_fedavg_agrees_with_flowers_fedavg(seed):
 def test_stack_updates_equals_stack_minus_reference_and_flags_non_finite_records():
     from flwr.app import Array, ArrayRecord
 
-    from fedsec.records import record_to_vector, stack_records, stack_updates
+    from fedsec.arrays import record_to_vector, stack_records, stack_updates
 
     rng = np.random.default_rng(0)
     like = {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
 from fedsec.config import ConfigError, experiment_from_dict
-from fedsec.mia import advantage_bound, balanced_sample, loss_threshold_attack
-from fedsec.study import parse_epsilons, study_experiments
+from fedsec.studies.privacy_study import parse_epsilons, study_experiments
 
 
 def test_advantage_bound():
@@ -52,9 +52,9 @@ def test_study_makes_one_experiment_per_budget():
                                  "train": {"clients_per_round": 4},
                                  "privacy": {"mode": "local", "delta": 1e-4}})
     cells = study_experiments(base, [1.0, 4.0, math.inf])
-    assert [e.privacy.mode for _, e in cells] == ["local", "local", "none"]
-    assert [e.privacy.epsilon for _, e in cells][:2] == [1.0, 4.0]
-    assert [e.name for _, e in cells] == ["s-eps-1", "s-eps-4", "s-eps-inf"]
+    assert [p.experiment.privacy.mode for _, p in cells] == ["local", "local", "none"]
+    assert [p.experiment.privacy.epsilon for _, p in cells][:2] == [1.0, 4.0]
+    assert [p.experiment.name for _, p in cells] == ["s-eps-1", "s-eps-4", "s-eps-inf"]
     with pytest.raises(ConfigError, match="needs privacy.mode"):
         study_experiments(experiment_from_dict({"data": {"dataset": "digits"}, "train": {"clients_per_round": 4}}),
                           [1.0])

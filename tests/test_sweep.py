@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from fedsec.cli import app
 from fedsec.config import ConfigError
-from fedsec.sweep import cell_id, load_sweep
+from fedsec.studies.sweep import cell_id, load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "digits_smoke.toml"

@@ -13,6 +13,11 @@ import math
 from statistics import NormalDist
 
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
+
+from .base import Attack
 
 
 def alie_z(n: int, f: int) -> float:
@@ -30,3 +35,22 @@ def alie_update(benign: torch.Tensor, z: float) -> torch.Tensor:
     if benign.shape[0] < 2:
         return mean
     return mean - z * benign.std(dim=0, unbiased=True)
+
+
+class ALIEParams(Params):
+    """``[attack]`` keys of ``kind = "alie"``."""
+
+    z: float | None = Field(None, description="z (default: the paper's z_max from n and f).")
+
+
+class ALIE(Attack):
+    """Every attacker of a round sends the update crafted from the benign updates it knows (``knowledge``)."""
+
+    kind = "alie"
+    description = 'A Little Is Enough (Baruch et al. 2019): mean - z*std of benign updates (z: default from n, f)'
+    Params = ALIEParams
+    crafts_from_benign = True
+
+    def craft(self, benign: torch.Tensor, *, num_clients: int, num_attackers: int) -> torch.Tensor:
+        z = self.params.z if self.params.z is not None else alie_z(num_clients, num_attackers)
+        return alie_update(benign, z)

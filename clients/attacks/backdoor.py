@@ -18,7 +18,16 @@ Kernels are pure and device-agnostic; masks are boolean tensors of the input sha
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
+from pydantic import Field
+
+from fedsec.errors import ConfigError
+from fedsec.registry import Params
+
+from .base import Attack, AttackContext, Predict
+from .scaling import scale_update
 
 TRIGGERS = ("square", "dba")
 DBA_PARTS = 4
@@ -71,3 +80,50 @@ def poison_examples(
     x_out[chosen] = stamp(x[chosen], mask, value)
     y_out[chosen] = target
     return x_out, y_out
+
+
+class BackdoorParams(Params):
+    """``[attack]`` keys of ``kind = "backdoor"``."""
+
+    target: int = Field(0, ge=0, description="the label triggered inputs are relabelled to.")
+    poison_ratio: float = Field(0.5, gt=0, le=1, description="share of local examples poisoned.")
+    boost: float = Field(1.0, gt=0, description="model-replacement scale of the update (1 = none).")
+    trigger: Literal["square", "dba"] = Field("square", description="trigger pattern.")
+
+
+class Backdoor(Attack):
+    """BadNets trigger + relabel, optional model replacement (``boost``), DBA's distributed trigger."""
+
+    kind = "backdoor"
+    description = "BadNets trigger + relabel (target, poison_ratio, trigger=square|dba), model replacement (boost)"
+    Params = BackdoorParams
+
+    @classmethod
+    def check_data(cls, params: BackdoorParams, *, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().check_data(params, input_shape=input_shape, num_classes=num_classes)
+        if len(input_shape) != 3:
+            raise ConfigError(f"attack.kind='backdoor': needs image data, the dataset gives vectors {input_shape}")
+
+    @property
+    def target(self) -> int:
+        return self.params.target
+
+    def poison_data(self, x, y, ctx: AttackContext):
+        part = ctx.attacker_rank if self.params.trigger == "dba" else None
+        mask = trigger_mask(tuple(x.shape[1:]), trigger=self.params.trigger, part=part)
+        return poison_examples(x, y, mask=mask, value=ctx.data_max, target=self.target,
+                               ratio=self.params.poison_ratio, generator=ctx.generator)
+
+    def poison_update(self, update, ctx: AttackContext):
+        return scale_update(update, self.params.boost) if self.params.boost != 1.0 else update
+
+    def prepare_test(self, x: torch.Tensor, y: torch.Tensor, *, data_max: float) -> Any:
+        """The test inputs whose label is not the target, with the full trigger stamped (DBA: the union)."""
+        keep = y != self.target
+        mask = trigger_mask(tuple(x.shape[1:]), trigger=self.params.trigger)
+        return stamp(x[keep], mask, data_max)
+
+    def test_metrics(self, state: Any, predict: Predict, x: torch.Tensor, y: torch.Tensor,
+                     recall: list[float]) -> dict[str, float]:
+        """``attack_success_rate``: share of triggered non-target test inputs classified as the target."""
+        return {"attack_success_rate": float((predict(state) == self.target).double().mean())}

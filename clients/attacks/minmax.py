@@ -15,7 +15,14 @@ gamma is found by the paper's halving search (start ``gamma_init = 10``, toleran
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
+
+from fedsec.registry import Params
+
+from .base import Attack
 
 PERTURBATIONS = ("unit_vec", "std", "sign")
 
@@ -69,3 +76,21 @@ def optimised_update(
     else:
         raise ValueError(f"unknown objective {objective!r}; use minmax or minsum")
     return mean - _search_gamma(ok, gamma_init, tol) * p
+
+
+class MinMaxParams(Params):
+    """``[attack]`` keys of ``kind = "minmax"`` and ``"minsum"``."""
+
+    perturbation: Literal["unit_vec", "std", "sign"] = Field("unit_vec", description="perturbation direction.")
+
+
+class MinMax(Attack):
+    """Min-max: the largest deviation whose distance to every benign update stays within the benign spread."""
+
+    kind = "minmax"
+    description = "min-max (Shejwalkar & Houmansadr 2021): max distance to benign <= max benign distance"
+    Params = MinMaxParams
+    crafts_from_benign = True
+
+    def craft(self, benign: torch.Tensor, *, num_clients: int, num_attackers: int) -> torch.Tensor:
+        return optimised_update(benign, objective=self.kind, perturbation=self.params.perturbation)

@@ -1,4 +1,6 @@
-"""Reading experiment TOML files: overrides, validation, and one-line error messages."""
+"""Reading experiment TOML files: overrides, validation of the shared keys, and one-line error messages.
+
+Kind-specific keys and cross-cutting plans are checked by :func:`fedsec.plan.load_plan`, which calls this."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedsec.errors import ConfigError
+
 from .experiment import Experiment
-from .sections import ConfigError
 
 
 def _format_validation_error(error: ValidationError) -> str:
@@ -80,13 +83,6 @@ def experiment_from_dict(raw: dict[str, Any], *, source: str = "config") -> Expe
         experiment = Experiment.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{source}: {_format_validation_error(e)}") from e
-    if experiment.data.dataset == "fashion-mnist":
-        root = Path(experiment.data_root)
-        if not root.is_dir():
-            raise ConfigError(
-                f"{source}: data.root: directory {str(root)!r} not found; install Debian's package "
-                "dataset-fashion-mnist (apt-get install dataset-fashion-mnist) or set data.root"
-            )
     return experiment
 
 

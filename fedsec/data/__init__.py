@@ -1,9 +1,9 @@
-"""Datasets and partitioners."""
+"""Datasets, their registry, partitioners and the federated view of a dataset."""
 
 from .datasets import (
-    DATASETS,
     ArrayDataset,
     DatasetError,
+    DatasetSpec,
     load_dataset,
     load_digits,
     load_fashion_mnist,
@@ -11,12 +11,14 @@ from .datasets import (
     read_idx,
 )
 from .partition import PARTITIONS, PartitionError, partition_indices
+from .registry import DATASETS
 
 __all__ = [
     "DATASETS",
     "PARTITIONS",
     "ArrayDataset",
     "DatasetError",
+    "DatasetSpec",
     "PartitionError",
     "load_dataset",
     "load_digits",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +32,6 @@ FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 SYNTHETIC_MIN_SAMPLES, SYNTHETIC_MAX_SAMPLES = 50, 1000  # per device: lognormal(4, 2) + 50, capped
 
-DATASETS: dict[str, str] = {
-    "fashion-mnist": "Fashion-MNIST, 60k/10k 28x28 grey images, 10 classes (Debian's dataset-fashion-mnist)",
-    "digits": "scikit-learn digits, 1,797 8x8 images, 10 classes (fast tests)",
-    "synthetic": "FedProx Synthetic(alpha, beta): 60-dim vectors, 10 classes, naturally federated",
-}
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -195,6 +191,55 @@ def make_synthetic(
     )
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, known without loading it: shape, classes, size, where it lives, how to load it.
+
+    ``load(root, seed, num_clients, alpha, beta)`` returns the :class:`ArrayDataset`; ``normalisation`` is the
+    (mean, std) applied to pixels in [0, 1] (None: inputs are already in [0, 1] or not images).
+    """
+
+    description: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    load: Callable[..., ArrayDataset]
+    train_size: int | None = None
+    default_root: str = ""
+    normalisation: tuple[float, float] | None = None
+
+    def check_root(self, root: str) -> str | None:
+        """Why the dataset cannot be read from ``root`` ('' = default), or None."""
+        where = root or self.default_root
+        if where and not Path(where).is_dir():
+            return (f"directory {where!r} not found; install Debian's package dataset-fashion-mnist "
+                    "(apt-get install dataset-fashion-mnist) or set data.root")
+        return None
+
+
+def _load_fashion_mnist(*, root: str | None = None, **_: object) -> ArrayDataset:
+    return load_fashion_mnist(root or DEFAULT_FASHION_MNIST_ROOT)
+
+
+def _load_digits(*, seed: int = 0, **_: object) -> ArrayDataset:
+    return load_digits(seed=seed)
+
+
+def _load_synthetic(*, seed: int = 0, num_clients: int = 10, alpha: float = 1.0, beta: float = 1.0,
+                    **_: object) -> ArrayDataset:
+    return make_synthetic(alpha=alpha, beta=beta, num_clients=num_clients, seed=seed)
+
+
+FASHION_MNIST = DatasetSpec(
+    "Fashion-MNIST, 60k/10k 28x28 grey images, 10 classes (Debian's dataset-fashion-mnist)",
+    (1, 28, 28), 10, _load_fashion_mnist, train_size=60_000, default_root=DEFAULT_FASHION_MNIST_ROOT,
+    normalisation=(FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+)
+DIGITS = DatasetSpec("scikit-learn digits, 1,797 8x8 images, 10 classes (fast tests)", (1, 8, 8), 10, _load_digits,
+                     train_size=1_347)
+SYNTHETIC = DatasetSpec("FedProx Synthetic(alpha, beta): 60-dim vectors, 10 classes, naturally federated", (60,), 10,
+                        _load_synthetic)
+
+
 def load_dataset(
     name: str,
     *,
@@ -204,17 +249,15 @@ def load_dataset(
     alpha: float = 1.0,
     beta: float = 1.0,
 ) -> ArrayDataset:
-    """Load dataset ``name`` (see :data:`DATASETS`).
+    """Load dataset ``name`` (a name in :data:`fedsec.data.DATASETS`).
 
     ``root`` is Fashion-MNIST's directory (default ``/usr/share/datasets/fashion-mnist``); ``seed`` seeds digits'
     train/test split and the synthetic generator; ``num_clients``, ``alpha`` and ``beta`` are Synthetic(alpha, beta)'s
     number of devices and heterogeneity. Raises :class:`DatasetError` for an unknown name or a dataset that cannot be
     loaded.
     """
-    if name == "fashion-mnist":
-        return load_fashion_mnist(root or DEFAULT_FASHION_MNIST_ROOT)
-    if name == "digits":
-        return load_digits(seed=seed)
-    if name == "synthetic":
-        return make_synthetic(alpha=alpha, beta=beta, num_clients=num_clients, seed=seed)
-    raise DatasetError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
+    from .registry import DATASETS
+
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; use one of {DATASETS.names()}")
+    return DATASETS.get(name).load(root=root, seed=seed, num_clients=num_clients, alpha=alpha, beta=beta)

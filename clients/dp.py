@@ -1,0 +1,126 @@
+"""Local (sample-level) differential privacy: each client trains with Opacus DP-SGD and keeps its own accountant.
+
+DP-SGD: Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (https://arxiv.org/abs/1607.00133), with
+Opacus (Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021): Poisson
+sampling with rate batch_size / n_i, per-sample gradients clipped to ``privacy.max_grad_norm``, Gaussian noise
+``noise_multiplier * max_grad_norm``, RDP (or PRV) accounting.
+
+Each client's accountant history lives in Flower's ``context.state`` (per node, kept across rounds), so a client
+picked in k rounds has spent k rounds. Its noise multiplier is ``privacy.noise_multiplier`` or calibrated (Opacus'
+``get_noise_multiplier``) to spend ``privacy.epsilon`` over exactly the rounds it will be picked in (the seeded
+sampling is known in advance) and its local steps. Before training, a client whose next round would push its
+epsilon above the budget refuses to train (a ``refused`` reply, :mod:`fedsec.protocol`), so no client ever
+overspends.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from torch.nn import functional as F
+
+from fedsec.privacy import calibrate_noise, epsilon_after_history
+from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
+from fedsec.training import LossMeter, local_sgd
+
+from .honest import client_data, local_model
+from .spec import ClientSpec
+
+STATE_KEY = "fedsec.dp"
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """This client's next round would spend more than its privacy budget (the client replies with a refusal)."""
+
+
+_NOISE: dict[tuple[str, int], float] = {}
+
+
+def client_noise(spec: ClientSpec, partition_id: int, *, sample_rate: float, steps_per_round: int) -> float:
+    """The client's noise multiplier: given, or calibrated to its planned participation (cached per worker)."""
+    privacy = spec.privacy
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier
+    key = (f"{spec.schedule}:{privacy.model_dump_json()}:{spec.train.model_dump_json()}", partition_id)
+    if key not in _NOISE:
+        steps = max(1, spec.schedule.participation(partition_id)) * steps_per_round
+        _NOISE[key] = calibrate_noise(epsilon=privacy.epsilon, delta=privacy.delta, sample_rate=sample_rate,
+                                      steps=steps, accountant=privacy.accountant)
+    return _NOISE[key]
+
+
+def load_history(state: RecordDict) -> list[tuple[float, float, int]]:
+    record = state.get(STATE_KEY)
+    if record is None:
+        return []
+    return list(zip(record["noise"], record["rate"], record["steps"], strict=True))
+
+
+def save_history(state: RecordDict, history: list[tuple[float, float, int]]) -> None:
+    state[STATE_KEY] = ConfigRecord({
+        "noise": [float(h[0]) for h in history],
+        "rate": [float(h[1]) for h in history],
+        "steps": [int(h[2]) for h in history],
+    })
+
+
+def _dp_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    # an empty Poisson batch still takes its (noise-only) step, as the accounting assumes
+    return F.cross_entropy(output, target, reduction="sum") / max(len(target), 1)
+
+
+def dp_train(
+    spec: ClientSpec, arrays: ArrayRecord, *, server_round: int, partition_id: int, state: RecordDict
+) -> tuple[torch.nn.Module, MetricRecord]:
+    """DP-SGD on the client's partition; updates the accountant history in ``state``; returns model, metrics.
+
+    Raises :class:`PrivacyBudgetExhausted` before training when the round would overspend."""
+    from opacus import PrivacyEngine
+
+    train, privacy = spec.train, spec.privacy
+    data = client_data(spec)
+    x, y = data.client_tensors(partition_id)
+    n = x.shape[0]
+    sample_rate = min(1.0, train.batch_size / n)
+    steps_per_round = train.local_epochs * math.ceil(n / train.batch_size)
+    noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
+    history = load_history(state)
+    after = epsilon_after_history(
+        [*history, (noise, sample_rate, steps_per_round)], delta=privacy.delta, accountant=privacy.accountant
+    )
+    if after > privacy.epsilon:
+        raise PrivacyBudgetExhausted(
+            f"privacy budget exhausted: round {server_round} would raise client {partition_id}'s epsilon to "
+            f"{after:.3f} > {privacy.epsilon}"
+        )
+    seed = spec.schedule.client_seed(server_round, partition_id)
+    torch.manual_seed(seed)
+    model = local_model(spec, data, arrays)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                                weight_decay=train.weight_decay)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=train.batch_size,
+                                         generator=torch.Generator().manual_seed(seed))
+    engine = PrivacyEngine(accountant=privacy.accountant)
+    engine.accountant.history = list(history)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' notes on secure RNG and on the optimal RDP order
+        private_model, private_optimizer, private_loader = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise,
+            max_grad_norm=privacy.max_grad_norm, poisson_sampling=True, grad_sample_mode=privacy.grad_sample_mode,
+        )
+        result = local_sgd(private_model, private_optimizer, lambda _epoch: private_loader,
+                           epochs=train.local_epochs, meter=LossMeter(over="all"), device=x.device, loss_fn=_dp_loss,
+                           num_examples=n)
+        epsilon = float(engine.accountant.get_epsilon(delta=privacy.delta))
+    save_history(state, engine.accountant.history)
+    metrics = MetricRecord({
+        NUM_EXAMPLES_KEY: n,
+        "train_loss": result.loss,
+        PARTITION_ID_KEY: partition_id,
+        "epsilon": epsilon,
+        "noise_multiplier": noise,
+    })
+    return model, metrics

@@ -1,0 +1,62 @@
+"""What a fedsec client needs, and nothing more: the pieces of the run plan that travel with every message.
+
+Flower cloudpickles the ClientApp, and with it this spec, on every message: it holds only small, typed pieces (the
+training and privacy settings, the seeded schedule, the built attack) and handles to large things (the data in
+Ray's object store, the collusion board's name, the CKKS client context).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Context
+
+from fedsec.clients.attacks import Attack
+from fedsec.config import DataConfig, PrivacyConfig, TrainConfig
+from fedsec.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything a client needs to answer the server, from the run plan."""
+
+    model_name: str
+    data: DataConfig
+    train: TrainConfig
+    privacy: PrivacyConfig
+    schedule: Schedule
+    attack: Attack
+    data_ref: Any = None  # ray.ObjectRef to FederatedData, or None to build it in the worker from data + seed
+    board_name: str | None = None  # the colluding attackers' named Ray actor, if any
+    crypto_ref: Any = None  # CKKS client context (Ray ObjectRef or bytes) under encryption.scheme = "ckks"
+    central_clip_norm: float | None = None  # under CKKS with central DP: clients clip their update to this
+
+    @property
+    def seed(self) -> int:
+        return self.schedule.seed
+
+    @classmethod
+    def from_plan(cls, plan: Any, **handles: Any) -> ClientSpec:
+        """The spec of a :class:`fedsec.plan.RunPlan` (``handles``: data_ref, board_name, crypto_ref)."""
+        e = plan.experiment
+        clip = e.privacy.clip_norm if (plan.crypto is not None and plan.privacy is not None) else None
+        return cls(model_name=e.model.name, data=e.data, train=e.train, privacy=e.privacy, schedule=plan.schedule,
+                   attack=plan.attack, central_clip_norm=clip, **handles)
+
+
+def current_node() -> str:
+    """The Ray node id this process runs on (the hostname outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside a Ray worker the hostname is the best we have
+        pass
+    return socket.gethostname()
+
+
+def partition_of(context: Context) -> int:
+    return int(context.node_config["partition-id"])

@@ -1,0 +1,126 @@
+"""The federated view of a dataset: training arrays, one index array per client, and the held-out test set.
+
+The driver builds it once (:func:`build_federated_data`) and ships it to the Ray workers through Ray's object
+store; each worker process fetches it once and keeps it (:func:`worker_data`), so nothing large is captured in the
+ClientApp that Flower pickles for every message, and nodes of a cluster need no shared filesystem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsec.config import DataConfig
+
+from .datasets import load_dataset
+from .partition import partition_indices
+
+MIN_CLIENT_EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """Training data split into client partitions, plus the server's test set."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    partitions: list[np.ndarray]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def without_test(self) -> FederatedData:
+        """A copy without the test set (what clients need)."""
+        empty_x = np.zeros((0, *self.input_shape), dtype=self.x_train.dtype)
+        return FederatedData(
+            self.x_train, self.y_train, empty_x, np.zeros(0, np.int64), self.partitions, self.num_classes
+        )
+
+
+def build_federated_data(data: DataConfig, seed: int) -> FederatedData:
+    """Load the configured dataset and partition it across its clients (seeded)."""
+    dataset = load_dataset(
+        data.dataset,
+        root=data.root or None,
+        seed=seed,
+        num_clients=data.num_clients,
+        alpha=data.synthetic_alpha,
+        beta=data.synthetic_beta,
+    )
+    partitions = partition_indices(
+        dataset.y_train,
+        kind=data.partition,
+        num_clients=data.num_clients,
+        seed=seed,
+        alpha=data.alpha,
+        shards_per_client=data.shards_per_client,
+        # Dirichlet draws are redrawn until every client has 10 examples (fewer only when the data are too small)
+        min_size=max(1, min(MIN_CLIENT_EXAMPLES, dataset.y_train.size // data.num_clients)),
+        natural=dataset.natural_partition,
+    )
+    return FederatedData(
+        x_train=dataset.x_train,
+        y_train=dataset.y_train,
+        x_test=dataset.x_test,
+        y_test=dataset.y_test,
+        partitions=partitions,
+        num_classes=dataset.num_classes,
+    )
+
+
+@dataclass
+class WorkerData:
+    """A worker's copy of the federated data, as tensors on the worker's device."""
+
+    data: FederatedData
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    device: torch.device
+    data_max: float  # largest input value (a "white" pixel after normalisation), for trigger stamping
+
+    def client_tensors(self, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.from_numpy(self.data.partitions[partition_id]).to(self.device)
+        return self.x_train.index_select(0, idx), self.y_train.index_select(0, idx)
+
+
+_WORKER_CACHE: dict[str, WorkerData] = {}
+
+
+def worker_device() -> torch.device:
+    """CUDA when this process was given a GPU (Ray sets CUDA_VISIBLE_DEVICES for its actors), else CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def worker_data(source: Any, data_config: DataConfig, seed: int) -> WorkerData:
+    """This process's copy of the federated data, fetched once per process.
+
+    ``source`` is a Ray ``ObjectRef`` to a :class:`FederatedData` (the fedsec runner's way), or None to build it
+    here from the data config and seed (e.g. under ``flwr run`` without the runner).
+    """
+    key = source.hex() if source is not None else f"{seed}:{data_config.model_dump_json()}"
+    cached = _WORKER_CACHE.get(key)
+    if cached is None:
+        if source is not None:
+            import ray
+
+            data = ray.get(source)
+        else:
+            data = build_federated_data(data_config, seed).without_test()
+        device = worker_device()
+        cached = WorkerData(
+            data=data,
+            x_train=torch.from_numpy(np.array(data.x_train, copy=True)).to(device),
+            y_train=torch.from_numpy(np.array(data.y_train, dtype=np.int64, copy=True)).to(device),
+            device=device,
+            data_max=float(data.x_train.max()),
+        )
+        _WORKER_CACHE.clear()  # one experiment's data per worker at a time
+        _WORKER_CACHE[key] = cached
+    return cached

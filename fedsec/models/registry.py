@@ -1,0 +1,14 @@
+"""``model.name`` -> :class:`~fedsec.models.zoo.ModelSpec`. Adding a model: its factory in a file of this package
+and one line here."""
+
+from __future__ import annotations
+
+from fedsec.registry import Registry
+
+from .zoo import CNN, CNN_MCMAHAN, LOGREG, MLP, ModelSpec
+
+MODELS: Registry[ModelSpec] = Registry("model.name", "model")
+MODELS.register("logreg", LOGREG)
+MODELS.register("mlp", MLP)
+MODELS.register("cnn", CNN)
+MODELS.register("cnn_mcmahan", CNN_MCMAHAN)

@@ -1,0 +1,215 @@
+"""The run plan: an experiment's config turned, once, into the typed pieces a run needs.
+
+``Experiment`` (the validated config) -> :func:`build_plan` -> :class:`RunPlan`: the seeded schedule (who trains
+in which round, malicious ids, attack window), the dataset and model specs, the built attack, the strategy's class
+and validated keys, the central-DP plan and the CKKS parameters. Every rule that needs a kind's own declaration is
+checked here, from the registries, with no per-kind branch: a kind's keys against its ``Params``, an attack's keys
+against the dataset, a rule's n-vs-f against ``train.clients_per_round``, a model against the dataset's inputs,
+what combines with what. The server and the clients receive the pieces they need, never the whole experiment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from fedsec.clients.attacks import ATTACKS, Attack
+from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml
+from fedsec.crypto import CkksParams, CryptoError
+from fedsec.data import DATASETS, DatasetSpec
+from fedsec.models import MODELS, ModelSpec
+from fedsec.registry import parse_params
+from fedsec.schedule import Schedule, draw_malicious
+from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext
+
+from .privacy import PrivacyPlan, central_privacy_plan
+
+__all__ = ["PrivacyPlan", "RunPlan", "build_plan", "drop_unused_kind_keys", "load_plan", "plan_from_dict"]
+
+_COMMON_ATTACK_KEYS = {"kind", "fraction", "client_ids", "start_round", "end_round", "knowledge"}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs, built and checked once from an :class:`Experiment`."""
+
+    experiment: Experiment
+    schedule: Schedule
+    dataset: DatasetSpec
+    model: ModelSpec
+    attack: Attack
+    strategy_cls: type[RobustStrategy]
+    strategy_params: BaseModel
+    privacy: PrivacyPlan | None = None  # central DP
+    crypto: CkksParams | None = None  # CKKS
+    resolved: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def strategy_name(self) -> str:
+        return self.experiment.defense.strategy
+
+    def strategy_context(self, *, server_update_fn: Any = None) -> StrategyContext:
+        e = self.experiment
+        return StrategyContext(expected_malicious=e.expected_attackers_per_round(),
+                               clients_per_round=e.train.clients_per_round, seed=e.seed,
+                               server_update_fn=server_update_fn)
+
+    def build_strategy(self, *, server_update_fn: Any = None, **kwargs: Any) -> RobustStrategy:
+        """The configured rule (not the DP or CKKS wrappers: the server picks those from :attr:`privacy` and
+        :attr:`crypto`); ``kwargs``: Flower's sampling settings, ``device``."""
+        return self.strategy_cls.from_config(self.strategy_params,
+                                             self.strategy_context(server_update_fn=server_update_fn), **kwargs)
+
+    def to_toml(self) -> str:
+        """The resolved config (defaults filled in, kind keys included) as TOML: it validates again as it is."""
+        return self.experiment.to_toml(self.resolved)
+
+
+def build_plan(experiment: Experiment) -> RunPlan:
+    """Check every kind-specific rule of ``experiment`` and build its plan (:class:`ConfigError` otherwise)."""
+    e = experiment
+    dataset = DATASETS.get(e.data.dataset)
+    problem = dataset.check_root(e.data.root)
+    if problem:
+        raise ConfigError(f"data.root: {problem}")
+    if e.data.partition == "natural" and e.data.dataset != "synthetic":
+        raise ConfigError(f"data.partition='natural': only 'synthetic' is naturally federated, got dataset "
+                          f"{e.data.dataset!r}; use iid, dirichlet or shards")
+    model = MODELS.get(e.model.name)
+    problem = model.fits(dataset.input_shape)
+    if problem:
+        raise ConfigError(f"model.name={e.model.name!r}: {problem}")
+
+    attack_cls = ATTACKS.get(e.attack.kind)
+    attack_params = parse_params(attack_cls.Params, e.attack.kind_keys, section="attack",
+                                 kind=f"attack.kind={e.attack.kind!r}")
+    attack_cls.check_data(attack_params, input_shape=dataset.input_shape, num_classes=dataset.num_classes)
+    attack = attack_cls(attack_params, knowledge=e.attack.knowledge)
+
+    strategy_cls = STRATEGIES.get(e.defense.strategy)
+    strategy_params = parse_params(strategy_cls.Params, e.defense.kind_keys, section="defense",
+                                   kind=f"defense.strategy={e.defense.strategy!r}")
+    plan_stub = RunPlan(e, _schedule(e), dataset, model, attack, strategy_cls, strategy_params)
+    try:
+        strategy = plan_stub.build_strategy(device="cpu")
+    except ValueError as err:
+        raise ConfigError(f"defense.strategy={e.defense.strategy!r}: {err}") from err
+    k = e.train.clients_per_round
+    if strategy.min_valid_updates > k:
+        f = getattr(strategy, "num_malicious", None)
+        raise ConfigError(
+            f"defense.num_malicious={f}: {strategy.describe()} needs at least {strategy.min_valid_updates} "
+            f"updates per round, train.clients_per_round={k}; lower num_malicious or raise clients_per_round"
+        )
+
+    privacy = _check_privacy(e, dataset)
+    crypto = _check_encryption(e, attack)
+    resolved = _resolved(e, attack_params, strategy_params)
+    return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
+                   resolved)
+
+
+def _schedule(e: Experiment) -> Schedule:
+    malicious: list[int] = []
+    if e.attack.kind != "none":
+        malicious = draw_malicious(e.seed, e.data.num_clients, fraction=e.attack.fraction,
+                                   client_ids=e.attack.client_ids)
+    return Schedule(seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
+                    clients_per_round=e.train.clients_per_round, malicious=tuple(malicious),
+                    attack_start=e.attack.start_round, attack_end=e.attack.end_round)
+
+
+def _check_privacy(e: Experiment, dataset: DatasetSpec) -> PrivacyPlan | None:
+    privacy = e.privacy
+    if privacy.mode == "local":
+        size = dataset.train_size
+        if size is not None and privacy.delta >= e.data.num_clients / size:
+            raise ConfigError(
+                f"privacy.delta={privacy.delta:g}: local DP needs delta below 1 / (examples per client) ~ "
+                f"{e.data.num_clients / size:.3g} for {e.data.dataset} over {e.data.num_clients} clients"
+            )
+        return None
+    if privacy.mode != "central":
+        return None
+    if e.defense.strategy != "fedavg":
+        raise ConfigError(
+            f"privacy.mode='central' with defense.strategy={e.defense.strategy!r}: DP-FedAvg's guarantee "
+            "needs the clipped sum of updates (sensitivity clip_norm); a robust rule changes the sensitivity. "
+            "Use defense.strategy='fedavg'"
+        )
+    plan = central_privacy_plan(e)
+    if plan is not None and plan.rounds_within_budget == 0:
+        raise ConfigError(
+            f"privacy.noise_multiplier={privacy.noise_multiplier}: one round already spends more than "
+            f"privacy.epsilon={privacy.epsilon}; raise the noise or the budget, or omit noise_multiplier"
+        )
+    return plan
+
+
+def _check_encryption(e: Experiment, attack: Attack) -> CkksParams | None:
+    enc = e.encryption
+    if enc.scheme == "none":
+        return None
+    params = CkksParams(poly_modulus_degree=enc.poly_modulus_degree, coeff_mod_bit_sizes=tuple(enc.coeff_mod_bit_sizes),
+                        global_scale_bits=enc.global_scale_bits)
+    try:
+        params.validate()
+    except CryptoError as err:
+        raise ConfigError(str(err)) from err
+    if e.defense.strategy != "fedavg":
+        raise ConfigError(
+            f"encryption.scheme='ckks' with defense.strategy={e.defense.strategy!r}: the server only sees "
+            "ciphertexts, and robust rules need per-client plaintext distances or values; use 'fedavg'"
+        )
+    if attack.omniscient:
+        raise ConfigError(
+            "attack.knowledge='omniscient' with encryption.scheme='ckks': the omniscient attack is realised on "
+            "the server, which cannot read encrypted updates; use knowledge='colluding'"
+        )
+    return params
+
+
+def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseModel) -> dict[str, Any]:
+    """The config with defaults filled in, each kind's keys from its params (so it validates again as it is)."""
+    raw = e.raw()
+    raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS}
+    raw["attack"].update(attack_params.model_dump(exclude_none=True))
+    raw["defense"] = {"strategy": e.defense.strategy, **strategy_params.model_dump(exclude_none=True)}
+    if e.encryption.scheme == "none":
+        raw["encryption"] = {"scheme": "none"}
+    return raw
+
+
+def plan_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunPlan:
+    """Validate a raw mapping and build its plan; every problem a :class:`ConfigError` prefixed by ``source``."""
+    experiment = experiment_from_dict(raw, source=source)
+    try:
+        return build_plan(experiment)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_plan(path: str | Path, overrides: list[str] | None = None) -> RunPlan:
+    """Read, override, validate and plan an experiment TOML file."""
+    path = Path(path)
+    return plan_from_dict(apply_overrides(read_toml(path), overrides or []), source=str(path))
+
+
+def drop_unused_kind_keys(raw: dict[str, Any], *, keep: set[str] = frozenset()) -> None:
+    """Drop (in place) kind-specific keys that another kind declares but the chosen attack kind or strategy does
+    not use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies), except the dotted keys in
+    ``keep``; keys no kind declares stay, so a typo is still an error."""
+    for section, selector, registry, default in (("attack", "kind", ATTACKS, "none"),
+                                                 ("defense", "strategy", STRATEGIES, "fedavg")):
+        table = raw.get(section)
+        if not isinstance(table, dict):
+            continue
+        chosen = table.get(selector, default)
+        used = set(registry.get(chosen).Params.model_fields) if chosen in registry else set()
+        declared = {key for _, cls in registry.items() for key in cls.Params.model_fields}
+        for key in list(table):
+            if key in declared and key not in used and f"{section}.{key}" not in keep:
+                del table[key]

@@ -1,0 +1,132 @@
+"""What travels between fedsec's server and its clients: message keys, typed client statuses, reply parsing.
+
+One module for both sides, so neither imports the other. A train reply carries
+
+- ``"arrays"``: the full model arrays after local training (an ArrayRecord), as Flower's own ClientApps send, or,
+  under CKKS, a ConfigRecord ``"ckks"`` with ``"chunks"`` (list of ciphertext bytes) and no ArrayRecord;
+- ``"metrics"``: a MetricRecord with ``num-examples``, ``partition-id``, ``train_loss`` and what applies
+  (``epsilon``, ``noise_multiplier``, ``encrypt_seconds``, ...);
+- ``"info"``: a ConfigRecord with the Ray ``node`` that ran the client and the client's ``status``.
+
+A client that declines to train (its next round would overspend its privacy budget) replies normally with
+``status = "refused"`` and a ``reason``, and no arrays: a status, not an error string for the server to parse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+PARTITION_ID_KEY = "partition-id"
+NUM_EXAMPLES_KEY = "num-examples"
+NODE_KEY = "node"  # in the reply's "info" ConfigRecord: the Ray node that ran the client
+STATUS_KEY = "status"  # in "info": a ClientStatus value
+REASON_KEY = "reason"  # in "info": why a client refused
+ROUND_KEY = "server-round"  # in the train message's "config" ConfigRecord
+ARRAYS_RECORD = "arrays"
+METRICS_RECORD = "metrics"
+INFO_RECORD = "info"
+CONFIG_RECORD = "config"
+CKKS_RECORD = "ckks"  # under encryption: ConfigRecord with CHUNKS_KEY
+CHUNKS_KEY = "chunks"
+
+
+class ClientStatus(StrEnum):
+    """How a client answered a train message."""
+
+    TRAINED = "trained"  # arrays (or ciphertexts) follow
+    REFUSED = "refused"  # declined on purpose (privacy budget); no arrays, a reason
+    FAILED = "failed"  # the client raised (Flower's error reply)
+
+
+@dataclass
+class ParsedReply:
+    """A train reply read once: who sent it, what it says, and its content."""
+
+    node_id: int
+    status: ClientStatus
+    partition_id: int | None = None
+    node: str = ""
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    content: RecordDict | None = None
+
+    @property
+    def num_examples(self) -> float | None:
+        value = self.metrics.get(NUM_EXAMPLES_KEY)
+        return float(value) if isinstance(value, int | float) else None
+
+
+def partition_of_reply(message: Message) -> int | None:
+    """The finite partition id a reply reports, else None."""
+    if message.has_error():
+        return None
+    for metrics in message.content.metric_records.values():
+        value = metrics.get(PARTITION_ID_KEY)
+        if isinstance(value, int | float) and math.isfinite(value):
+            return int(value)
+    return None
+
+
+def reply_sort_key(message: Message) -> tuple[int, int]:
+    """Sort key of replies: partition id when the client reported one, then node id (reproducible order)."""
+    partition_id = partition_of_reply(message)
+    return (partition_id if partition_id is not None else 2**62), message.metadata.src_node_id
+
+
+def parse_reply(message: Message) -> ParsedReply:
+    """Read a train reply: a failed client's error, a refusal, or the content with its numeric metrics."""
+    node_id = message.metadata.src_node_id
+    if message.has_error():
+        lines = message.error.reason.strip().splitlines()
+        return ParsedReply(node_id, ClientStatus.FAILED, reason=lines[-1] if lines else "unknown error")
+    content = message.content
+    metrics: dict[str, float] = {}
+    for record in content.metric_records.values():
+        metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
+    info = {k: v for r in content.config_records.values() for k, v in r.items()}
+    node = info.get(NODE_KEY)
+    status = info.get(STATUS_KEY, ClientStatus.TRAINED.value)
+    try:
+        status = ClientStatus(status)
+    except ValueError:
+        status = ClientStatus.TRAINED
+    return ParsedReply(
+        node_id=node_id,
+        status=status,
+        partition_id=partition_of_reply(message),
+        node=node if isinstance(node, str) else "",
+        reason=str(info.get(REASON_KEY, "")),
+        metrics=metrics,
+        content=content,
+    )
+
+
+def train_reply(message: Message, arrays: ArrayRecord, metrics: MetricRecord, *, node: str) -> Message:
+    """A client's train reply: full model arrays, metrics (with num-examples), and the Ray node."""
+    content = RecordDict({ARRAYS_RECORD: arrays, METRICS_RECORD: metrics,
+                          INFO_RECORD: ConfigRecord({NODE_KEY: node})})
+    return Message(content=content, reply_to=message)
+
+
+def encrypted_reply(message: Message, chunks: list[bytes], metrics: MetricRecord, *, node: str) -> Message:
+    """A client's train reply under CKKS: ciphertext chunks instead of arrays."""
+    content = RecordDict({CKKS_RECORD: ConfigRecord({CHUNKS_KEY: chunks}), METRICS_RECORD: metrics,
+                          INFO_RECORD: ConfigRecord({NODE_KEY: node})})
+    return Message(content=content, reply_to=message)
+
+
+def refusal_reply(message: Message, *, partition_id: int, reason: str, node: str,
+                  metrics: dict[str, float] | None = None) -> Message:
+    """A client's refusal to train (no arrays): its partition id, a reason, and what it reports."""
+    record = MetricRecord({PARTITION_ID_KEY: partition_id, **(metrics or {})})
+    info = ConfigRecord({NODE_KEY: node, STATUS_KEY: ClientStatus.REFUSED.value, REASON_KEY: reason})
+    return Message(content=RecordDict({METRICS_RECORD: record, INFO_RECORD: info}), reply_to=message)
+
+
+def server_round_of(message: Message) -> int:
+    """The round a train message belongs to."""
+    return int(message.content[CONFIG_RECORD][ROUND_KEY])

@@ -1,0 +1,110 @@
+"""Registries: config names -> implementations, each kind declaring its own config keys.
+
+A registry maps the names a config uses (``defense.strategy = "krum"``, ``attack.kind = "alie"``,
+``data.dataset``, ``model.name``, audits) to the class or spec that implements them. Every registered kind carries
+``description`` (one line for ``fedsec list``) and ``Params``: a pydantic model of the kind-specific keys it reads
+from its config section (extra keys forbidden, every key with a default and a description). Validation of those
+keys is generic (:func:`parse_params`): there is no per-kind branch anywhere. Adding a kind is one new file and one
+``REGISTRY.register(...)`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fedsec.errors import ConfigError
+
+
+class NoParams(BaseModel):
+    """The params of a kind that reads no kind-specific keys."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Params(BaseModel):
+    """Base of a kind's params: unknown keys refused, strict types (no "3" for 3, no true for 1)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Registered(Protocol):
+    description: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Names -> kinds for one config key (e.g. ``"defense.strategy"``)."""
+
+    def __init__(self, key: str, noun: str = "kind") -> None:
+        self.key, self.noun = key, noun
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, entry: T) -> T:
+        """Add ``entry`` under ``name`` (the name a config uses); returns the entry."""
+        if name in self._entries and self._entries[name] is not entry:
+            raise ValueError(f"{self.key}: {name!r} is already registered ({self._entries[name]!r})")
+        self._entries[name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def get(self, name: str) -> T:
+        """The entry for ``name``; a :class:`ConfigError` naming the key and the known names otherwise."""
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            known = ", ".join(sorted(self._entries))
+            raise ConfigError(f"{self.key}={name!r}: unknown {self.noun} {name!r}; use one of {known} "
+                              "(`fedsec list` describes them)") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(sorted(self._entries.items()))
+
+    def descriptions(self) -> dict[str, str]:
+        return {name: str(getattr(entry, "description", "")) for name, entry in self.items()}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def params_keys(params: type[BaseModel]) -> set[str]:
+    """The config keys a params model reads."""
+    return set(params.model_fields)
+
+
+def parse_params(params: type[BaseModel], raw: dict[str, Any], *, section: str, kind: str) -> BaseModel:
+    """Validate a kind's keys from its config section; one line naming each bad key, the rule and the value."""
+    try:
+        return params.model_validate(raw)
+    except ValidationError as e:
+        problems = []
+        for item in e.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                known = ", ".join(sorted(params.model_fields)) or "no kind-specific keys"
+                problems.append(f"{section}.{key}: unknown key for {kind}, not used by it (it takes {known})")
+            elif not key:  # a rule over several keys: its message names them
+                problems.append(item["msg"].removeprefix("Value error, "))
+            else:
+                message = item["msg"].removeprefix("Value error, ")
+                problems.append(f"{section}.{key}={item.get('input')!r}: {message}")
+        raise ConfigError("; ".join(problems)) from None
+
+
+__all__ = ["NoParams", "Params", "Registered", "Registry", "params_keys", "parse_params"]

@@ -1,0 +1,228 @@
+"""Run one experiment: data, Ray, Flower's simulation engine, and the run directory.
+
+The driver loads and partitions the data once, starts (or joins) Ray itself and puts the client data into Ray's
+object store; the ClientApp carries only the client spec (from the run plan) and that object's handle. Flower's
+``run_simulation`` then runs fedsec's ServerApp (in a thread of this process) against ``data.num_clients``
+ClientApps executed by Ray actors with ``backend.num_cpus`` / ``backend.num_gpus`` each.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedsec.config import BackendConfig
+from fedsec.errors import FedsecRuntimeError
+from fedsec.plan import RunPlan
+
+logger = logging.getLogger(__name__)
+
+
+class RunError(FedsecRuntimeError):
+    """The run could not be carried out (cluster unreachable, clients failing at start-up, ...)."""
+
+
+@dataclass
+class RunResult:
+    """Where a run's results are and its summary."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def quiet_frameworks(verbose: bool) -> None:
+    """Silence Flower's and Ray's log noise unless ``verbose``; call before importing flwr."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage pings from a simulator
+    if verbose:
+        return
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def summary_extra(plan: RunPlan, outcome: Any, **measured: Any) -> dict[str, Any]:
+    """What a run adds to ``summary.json`` besides the final round's metrics (``outcome``: a ServerOutcome)."""
+    return {
+        "strategy": plan.strategy_name,
+        "attack": plan.attack.kind,
+        "knowledge": plan.attack.knowledge_note(),
+        "malicious_clients": outcome.malicious_clients,
+        "startup_seconds": outcome.startup_seconds,
+        **measured,
+        "skipped_rounds": outcome.skipped_rounds,
+        "clients_per_node": outcome.clients_per_node,
+        **({"privacy": outcome.privacy} if outcome.privacy else {}),
+        **outcome.membership_inference,
+    }
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
+    """Start a local Ray, or join the cluster at ``backend.address`` (or ``RAY_ADDRESS``)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = backend.address or os.environ.get("RAY_ADDRESS", "")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+        # workers import fedsec from wherever this driver does (an installed or a source checkout)
+        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
+    }
+    if address and address != "auto":
+        check_reachable(address)
+    try:
+        # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
+        # /tmp/ray/ray_current_cluster, even a head that is long gone
+        ray.init(address=address or "local", **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
+
+
+def client_slots(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> dict[str, int]:
+    """How many client actors of ``num_cpus`` / ``num_gpus`` each fit on each alive node (``ray.nodes()`` entries),
+    counted per node as Flower's actor pool does."""
+    slots: dict[str, int] = {}
+    for node in nodes:
+        resources = node.get("Resources") or {}
+        if not node.get("Alive", True) or not resources:
+            continue
+        fit = int(resources.get("CPU", 0) // num_cpus)
+        if num_gpus > 0:
+            fit = min(fit, int(resources.get("GPU", 0) // num_gpus))
+        slots[str(node.get("NodeID", "?"))] = fit
+    return slots
+
+
+def check_resources(backend: BackendConfig) -> dict[str, int]:
+    """Fail with a clear message when no node can host one client with the requested resources (Flower would
+    otherwise start an empty actor pool and wait forever); return the client slots per node."""
+    import ray
+
+    nodes = ray.nodes()
+    slots = client_slots(nodes, backend.num_cpus, backend.num_gpus)
+    if sum(slots.values()) == 0:
+        total = ray.cluster_resources()
+        raise RunError(
+            f"backend.num_cpus={backend.num_cpus:g}, backend.num_gpus={backend.num_gpus:g}: no Ray node can host a "
+            f"client (the cluster has {total.get('CPU', 0):g} CPUs and {total.get('GPU', 0):g} GPUs over "
+            f"{len(slots)} node(s); one node must have both); lower the per-client resources or add nodes"
+        )
+    return slots
+
+
+def check_reachable(address: str, *, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds when nothing listens at a Ray address (Ray itself retries for minutes)."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise RunError(f"backend.address={address!r}: expected host:port (e.g. 10.0.0.5:6379), 'auto' or ''")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise RunError(
+            f"backend.address={address!r}: no Ray cluster reachable there within {timeout:.0f} s ({e}); start one "
+            "with `ray start --head` or fix the address"
+        ) from e
+
+
+def run_experiment(
+    plan: RunPlan,
+    out_dir: str | Path | None = None,
+    *,
+    on_round: Any = None,
+    verbose: bool = False,
+) -> RunResult:
+    """Run ``plan`` end to end and write its run directory; ``on_round(row)`` is called as rounds end."""
+    quiet_frameworks(verbose)
+    import ray
+    from flwr.simulation import run_simulation
+
+    from fedsec.clients.app import make_client_app
+    from fedsec.clients.spec import ClientSpec
+    from fedsec.data import DatasetError, PartitionError
+    from fedsec.data.federated import build_federated_data
+    from fedsec.results import RunDirectory
+    from fedsec.server.app import ServerOutcome, make_server_app
+
+    experiment = plan.experiment
+    t0 = time.perf_counter()
+    init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
+    try:
+        slots = check_resources(experiment.backend)
+    except RunError:
+        ray.shutdown()
+        raise
+    run_dir = RunDirectory(out_dir or default_run_dir(experiment.name), experiment, config_toml=plan.to_toml())
+    t_data = time.perf_counter()
+    try:
+        data = build_federated_data(experiment.data, experiment.seed)
+    except (DatasetError, PartitionError) as e:
+        ray.shutdown()
+        raise RunError(str(e)) from e
+    data_seconds = time.perf_counter() - t_data
+    outcome = ServerOutcome()
+    try:
+        data_ref = ray.put(data.without_test())
+        board_name = None
+        if plan.attack.colluding:
+            from fedsec.clients.attacks.collusion import start_board
+
+            board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
+            start_board(board_name)
+        key_authority = crypto_ref = None
+        if plan.crypto is not None:
+            from fedsec.crypto import KeyAuthority
+
+            key_authority = KeyAuthority(plan.crypto)
+            crypto_ref = ray.put(key_authority.client_context())
+        spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref)
+        client_app = make_client_app(spec)
+        server_app = make_server_app(
+            plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority
+        )
+        backend_config = {
+            "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
+            "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
+        }
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=experiment.data.num_clients,
+            backend_name="ray",
+            backend_config=backend_config,
+            verbose_logging=verbose,
+        )
+    except KeyboardInterrupt as e:
+        outcome.error = e
+        outcome.stopped_reason = "interrupted"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    summary = run_dir.finish(
+        stopped_reason=outcome.stopped_reason,
+        extra=summary_extra(plan, outcome, data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0,
+                            client_slots_per_node=slots),
+    )
+    if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):
+        raise RunError(f"run stopped: {outcome.error}") from outcome.error
+    return RunResult(run_dir=run_dir.path, summary=summary)

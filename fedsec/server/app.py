@@ -1,0 +1,256 @@
+"""fedsec's Flower ServerApp: the round loop.
+
+1. Wait until every client node has registered, then a start-up handshake (a ``query`` message to every node)
+   maps Flower's random node ids to partition ids and warms the workers (data fetched once per worker).
+2. Round 0: evaluate the seeded initial model on the held-out test set.
+3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round); the
+   strategy sends the global arrays, checks and aggregates the replies (sorted by partition id); the server
+   evaluates the new global model (accuracy, loss, per-class recall) and records the round.
+
+The loop drives the strategy's ``configure_train`` / ``aggregate_train`` itself rather than calling
+``Strategy.start``, so that each round can be timed, recorded and reported as it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from fedsec.arrays import model_to_record
+from fedsec.clients.attacks.omniscient import apply_omniscient
+from fedsec.data.federated import FederatedData
+from fedsec.errors import FedsecRuntimeError
+from fedsec.models import build_model
+from fedsec.plan import RunPlan
+from fedsec.protocol import NODE_KEY, PARTITION_ID_KEY
+from fedsec.results import RunDirectory
+from fedsec.strategies import RobustStrategy
+
+from .evaluation import ServerEvaluator, detection_scores
+from .privacy_guard import PrivacyGuard
+
+logger = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class ServerError(FedsecRuntimeError):
+    """The federation could not be set up (nodes missing, handshake failed)."""
+
+
+@dataclass
+class ServerOutcome:
+    """How the round loop ended."""
+
+    stopped_reason: str = "not started"
+    startup_seconds: float = float("nan")
+    partition_nodes: dict[int, str] = field(default_factory=dict)
+    clients_per_node: dict[str, int] = field(default_factory=dict)
+    skipped_rounds: list[int] = field(default_factory=list)
+    malicious_clients: list[int] = field(default_factory=list)
+    privacy: dict[str, float] = field(default_factory=dict)
+    membership_inference: dict[str, float] = field(default_factory=dict)
+    error: BaseException | None = None  # what stopped the loop, if it did not complete
+    final_arrays: Any = None  # the global model's ArrayRecord at the end
+
+
+def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedData | None = None) -> RobustStrategy:
+    """The run's strategy: DP-FedAvg under central DP, EncryptedFedAvg under CKKS, else the configured rule, with
+    Flower's sampling minimums set. Under encryption the strategy gets the key authority's public context and its
+    decrypt function, never the secret key."""
+    e = plan.experiment
+    sampling = {"min_train_nodes": e.train.clients_per_round, "min_available_nodes": e.data.num_clients}
+    if plan.crypto is not None:
+        from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
+
+        if key_authority is None:
+            raise ServerError("encryption.scheme='ckks' needs a key authority")
+        dp = {} if plan.privacy is None else {
+            "dp_noise_std": plan.privacy.noise_multiplier * e.privacy.clip_norm,
+            "expected_clients": e.train.clients_per_round,
+            "seed": e.seed,
+        }
+        return EncryptedFedAvg(public_context=key_authority.server_context(), decryptor=key_authority.decrypt_sum,
+                               **dp, **sampling)
+    if plan.privacy is not None:
+        from fedsec.strategies.dp_fedavg import DPFedAvg
+
+        return DPFedAvg(clip_norm=e.privacy.clip_norm, noise_multiplier=plan.privacy.noise_multiplier,
+                        expected_clients=e.train.clients_per_round, seed=e.seed, **sampling)
+    server_update_fn = None
+    if plan.strategy_cls.needs_server_update:  # the rule trusts an update the server computes on root data
+        from .fltrust_root import make_root_update
+
+        if data is None:
+            raise ServerError(f"defense.strategy={plan.strategy_name!r} needs the data for the server's root dataset")
+        server_update_fn = make_root_update(data, model_name=e.model.name, train=e.train,
+                                            root_size=plan.strategy_params.root_size, seed=e.seed)
+    return plan.build_strategy(server_update_fn=server_update_fn, **sampling)
+
+
+def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int, int], dict[int, str]]:
+    """Wait for ``num_clients`` nodes, ask each for its partition id; return partition -> node id and -> Ray node."""
+    deadline = time.monotonic() + timeout
+    while len(node_ids := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() > deadline:
+            raise ServerError(f"only {len(node_ids)} of {num_clients} client nodes registered within {timeout:.0f} s")
+        time.sleep(0.05)
+    messages = [
+        Message(content=RecordDict({"config": ConfigRecord()}), dst_node_id=n, message_type=MessageType.QUERY)
+        for n in node_ids
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    node_of: dict[int, int] = {}
+    ray_node_of: dict[int, str] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise ServerError(f"client start-up failed on node {reply.metadata.src_node_id}: {reply.error.reason}")
+        partition_id = int(reply.content["metrics"][PARTITION_ID_KEY])
+        node_of[partition_id] = reply.metadata.src_node_id
+        ray_node_of[partition_id] = str(reply.content["info"][NODE_KEY])
+    if sorted(node_of) != list(range(num_clients)):
+        raise ServerError(f"handshake answered for {len(node_of)} of {num_clients} partitions")
+    return node_of, ray_node_of
+
+
+def run_rounds(
+    grid: Grid,
+    plan: RunPlan,
+    data: FederatedData,
+    run_dir: RunDirectory,
+    *,
+    on_round: RoundCallback | None = None,
+    outcome: ServerOutcome | None = None,
+    key_authority: Any = None,
+) -> ServerOutcome:
+    """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end."""
+    outcome = outcome or ServerOutcome()
+    experiment, schedule, attack = plan.experiment, plan.schedule, plan.attack
+    t0 = time.perf_counter()
+    node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
+    outcome.partition_nodes = ray_node_of
+    malicious = set(schedule.malicious)
+    outcome.malicious_clients = sorted(malicious)
+    strategy = build_strategy(plan, key_authority=key_authority, data=data)
+    strategy.node_sampler = lambda server_round: [node_of[p] for p in schedule.sampled(server_round)]
+    evaluator = ServerEvaluator(experiment.model.name, attack, data)
+    initial = build_model(experiment.model.name, data.input_shape, data.num_classes, seed=experiment.seed)
+    arrays = model_to_record(initial)
+    row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
+    outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
+
+    privacy = PrivacyGuard(experiment.privacy, plan.privacy)
+    privacy.start(row)
+    _emit(run_dir, row, on_round)
+    logger.info("fedsec: %s with %s, %d rounds", experiment.name, strategy.describe(), experiment.rounds)
+
+    node_counts: Counter[str] = Counter()
+    train_config = ConfigRecord()
+    for server_round in range(1, experiment.rounds + 1):
+        if not privacy.allows_next_round():
+            outcome.stopped_reason = "privacy_budget"
+            logger.warning("stopping before round %d: it would spend more than epsilon=%s", server_round,
+                           experiment.privacy.epsilon)
+            break
+        t_round = time.perf_counter()
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
+        if attack.omniscient and schedule.attack_active(server_round):
+            apply_omniscient(attack, replies, arrays, malicious)
+        t_replies = time.perf_counter()
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        report = strategy.last_report
+        if new_arrays is not None:
+            arrays = new_arrays
+        else:
+            outcome.skipped_rounds.append(server_round)
+        t_aggregated = time.perf_counter()
+        row = {"round": server_round, **evaluator(arrays)}
+        row["seconds"] = time.perf_counter() - t_round
+        row["train_seconds"] = t_replies - t_round  # clients' training, messaging through Flower and Ray
+        row["aggregate_seconds"] = t_aggregated - t_replies
+        row["eval_seconds"] = row["seconds"] - (t_aggregated - t_round)
+        decisions = report.decisions if report else []
+        row["clients_sampled"] = len(decisions)
+        row["clients_accepted"] = sum(1 for d in decisions if d.weight > 0)
+        row["clients_failed"] = sum(1 for d in decisions if d.status.startswith(("failed", "invalid", "refused")))
+        row["skipped"] = int(new_arrays is None)
+        for key in ("train_loss", "bytes_up", "encrypt_seconds", "he_add_seconds", "decrypt_seconds"):
+            if train_metrics is not None and key in train_metrics:
+                row[key] = float(train_metrics[key])
+        privacy.end_round(row, decisions)
+        if malicious:
+            row["attack_active"] = int(schedule.attack_active(server_round))
+            row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
+            row.update(detection_scores(decisions, malicious))
+        client_rows = [_client_row(server_round, d, malicious, ray_node_of) for d in decisions]
+        node_counts.update(r["node"] for r in client_rows)
+        run_dir.add_clients(client_rows)
+        _emit(run_dir, row, on_round)
+        if privacy.all_refused(decisions):
+            outcome.stopped_reason = "privacy_budget"
+            logger.warning("stopping after round %d: every sampled client has spent its budget", server_round)
+            break
+    outcome.clients_per_node = dict(node_counts)
+    outcome.privacy = privacy.summary
+    if outcome.stopped_reason != "privacy_budget":
+        outcome.stopped_reason = "completed"
+    outcome.membership_inference = evaluator.membership_inference(arrays, data, seed=experiment.seed,
+                                                                  privacy=experiment.privacy)
+    outcome.final_arrays = arrays
+    return outcome
+
+
+def _client_row(server_round: int, d: Any, malicious: set[int], ray_node_of: dict[int, str]) -> dict[str, Any]:
+    """One row of clients.csv."""
+    node = d.node or (ray_node_of.get(d.partition_id, "") if d.partition_id is not None else "")
+    return {
+        "round": server_round,
+        "client": d.partition_id if d.partition_id is not None else -1,
+        "malicious": int(d.partition_id in malicious),
+        "num_examples": d.num_examples,
+        "update_norm": d.update_norm,
+        "accepted": d.weight,
+        "node": node,
+        "status": d.status,
+        "train_loss": d.metrics.get("train_loss", float("nan")),
+        **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
+    }
+
+
+def _emit(run_dir: RunDirectory, row: dict[str, Any], on_round: RoundCallback | None) -> None:
+    run_dir.add_round(row)
+    if on_round is not None:
+        on_round(row)
+
+
+def make_server_app(
+    plan: RunPlan,
+    data: FederatedData,
+    run_dir: RunDirectory,
+    *,
+    on_round: RoundCallback | None = None,
+    outcome: ServerOutcome | None = None,
+    key_authority: Any = None,
+) -> ServerApp:
+    """A ServerApp that runs ``plan``; ``outcome`` is filled in as the run goes."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            run_rounds(grid, plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority)
+        except BaseException as e:  # hand it to the runner, which reports it after Ray has shut down
+            if outcome is None:
+                raise
+            outcome.error = e
+            outcome.stopped_reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"error: {e}"
+
+    return app

@@ -1,0 +1,56 @@
+"""Epsilon per round and the budget guard of a run, for both DP modes (nothing without DP).
+
+Central: the server's ledger (one subsampled-Gaussian step per round, from the run plan's
+:class:`~fedsec.plan.PrivacyPlan`); the run stops before a round that would overspend. Local: each client accounts
+for itself and refuses to overspend (a ``refused`` reply); the run's epsilon is the largest client epsilon so far,
+and the run stops when every sampled client refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedsec.config import PrivacyConfig
+from fedsec.plan import PrivacyPlan
+from fedsec.privacy import PrivacyLedger
+
+
+class PrivacyGuard:
+    """Tracks what a run spends and says when it must stop."""
+
+    def __init__(self, config: PrivacyConfig, plan: PrivacyPlan | None) -> None:
+        self.config = config
+        self.ledger = None
+        if plan is not None:
+            self.ledger = PrivacyLedger(plan.noise_multiplier, plan.sample_rate, config.delta, config.epsilon,
+                                        config.accountant)
+        self.client_epsilon: dict[int | None, float] = {}
+        self.summary: dict[str, Any] = {}
+        if config.mode != "none":
+            self.summary = {"mode": config.mode, "epsilon": 0.0, "epsilon_budget": config.epsilon,
+                            "delta": config.delta}
+        if self.ledger is not None:
+            self.summary.update(noise_multiplier=self.ledger.noise_multiplier, sample_rate=self.ledger.sample_rate)
+
+    def start(self, row: dict[str, Any]) -> None:
+        if self.config.mode != "none":
+            row["epsilon"] = 0.0
+
+    def allows_next_round(self) -> bool:
+        return self.ledger is None or self.ledger.allows(1)
+
+    def end_round(self, row: dict[str, Any], decisions: list[Any]) -> None:
+        if self.ledger is not None:
+            row["epsilon"] = self.ledger.spend(1)
+        elif self.config.mode == "local":
+            self.client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions
+                                        if "epsilon" in d.metrics})
+            row["epsilon"] = max(self.client_epsilon.values(), default=0.0)
+            self.summary["client_epsilon"] = {str(k): v for k, v in sorted(self.client_epsilon.items())}
+        if "epsilon" in row:
+            self.summary["epsilon"] = row["epsilon"]
+
+    @staticmethod
+    def all_refused(decisions: list[Any]) -> bool:
+        """Every sampled client refused to train (its budget is spent)."""
+        return bool(decisions) and all(d.status.startswith("refused") for d in decisions)

@@ -1,0 +1,1 @@
+"""Studies over many runs: sweeps (grids of cells) and privacy-budget studies."""

@@ -1,0 +1,484 @@
+"""Sweeps: one base config, grid axes, every cell run once, one table (``fedsec sweep SWEEP.toml``).
+
+A sweep file names a base experiment and grid axes (dotted config keys, as ``--set`` takes them)::
+
+    base = "../fmnist_labelflip.toml"        # relative to the sweep file
+    name = "labelflip-grid"                  # optional; default: the sweep file's stem
+    [grid]
+    "defense.strategy" = ["fedavg", "median", "krum"]
+    "attack.fraction" = [0.1, 0.3]
+    "seed" = [0, 1]
+    [set]                                    # optional: overrides applied to every cell
+    rounds = 5
+
+Every cell (one point of the grid, seeds included) is validated before any runs, then run as its own
+``fedsec run`` process writing a run directory under ``SWEEP_DIR/cells/<cell>/``. Ray is started once for the
+whole sweep (one head node per parallel slot; each cell's driver joins it), or the sweep joins the cluster at
+``--address`` / the base config's ``backend.address``. Kind-specific keys that a cell's attack or strategy does not
+use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies) are dropped for that cell. A cell is
+done when its process exited 0 and its ``cell.json`` says so; a rerun skips done cells and reruns any other
+(interrupted, failed) from scratch, so no cell is lost or counted twice. ``sweep.csv`` (one row per cell: axes,
+status, final metrics, and their mean / std over
+the seeds of the cell's group) is rewritten after every cell.
+
+Why one process per cell: Flower's Ray backend shuts Ray down at the end of each simulation and sizes its actor
+pool from the whole cluster, so cells cannot share one driver, and two simulations on one cluster at the same time
+would wait on each other's actors. A cell process joins the running head instead (about a second), and parallel
+cells each get their own head with ``cpus / parallel`` CPUs.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import hashlib
+import itertools
+import json
+import math
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedsec.config import ConfigError, Experiment
+from fedsec.config.loading import copy_config, read_toml, set_key
+from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
+
+SEED_AXIS = "seed"
+#: final metrics copied from each cell's summary.json into sweep.csv (those some cell has)
+METRICS = ["accuracy", "loss", "attack_success_rate", "source_recall", "flip_rate", "epsilon",
+           "detection_precision", "detection_recall"]
+_SWEEP_KEYS = {"base", "name", "grid", "set"}
+_LINUX = sys.platform.startswith("linux")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: its id (directory name), axis values and the resolved experiment."""
+
+    id: str
+    values: dict[str, Any]
+    plan: RunPlan
+
+    @property
+    def experiment(self) -> Experiment:
+        return self.plan.experiment
+
+    @property
+    def group(self) -> tuple[Any, ...]:
+        """The axis values except the seed: cells of one group differ only by seed."""
+        return tuple(v for k, v in self.values.items() if k != SEED_AXIS)
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file: the base config, the axes and the cells they expand to."""
+
+    path: Path
+    name: str
+    base: Path
+    axes: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        """The cluster the base config names (``backend.address``), or ''."""
+        return self.cells[0].experiment.backend.address if self.cells else ""
+
+
+def _slug(key: str, value: Any) -> str:
+    short = key.rsplit(".", 1)[-1]
+    text = value if isinstance(value, str) else json.dumps(value)
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "", f"{short}-{text}".replace(" ", ""))
+
+
+def cell_id(values: dict[str, Any]) -> str:
+    """A readable, file-system-safe, unique id of a grid point, e.g. ``strategy-krum__fraction-0.1__seed-0``."""
+    return "__".join(_slug(k, v) for k, v in values.items())
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and validate a sweep file; every cell's config is validated (``ConfigError`` names cell and key)."""
+    path = Path(path)
+    raw = read_toml(path, what="sweep file")
+    unknown = sorted(set(raw) - _SWEEP_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown key (a sweep file has base, name, [grid] and [set])")
+    if not isinstance(raw.get("base"), str):
+        raise ConfigError(f"{path}: base: required key is missing (the experiment config the grid varies)")
+    base = (path.parent / raw["base"]).resolve()
+    if not base.is_file():
+        raise ConfigError(f"{path}: base: config file {str(base)!r} not found (base is relative to the sweep file)")
+    grid = raw.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise ConfigError(f"{path}: grid: required table is missing or empty (e.g. \"defense.strategy\" = [...])")
+    axes: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key}: expected a non-empty list of values (got {values!r})")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise ConfigError(f"{path}: grid.{key}: values repeat ({values!r}); each cell must be distinct")
+        axes[key] = values
+    fixed = raw.get("set", {})
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{path}: set: expected a table of key = value overrides")
+    fixed = dict(_flatten(fixed))
+    overlap = sorted(set(fixed) & set(axes))
+    if overlap:
+        raise ConfigError(f"{path}: set.{overlap[0]}: also a grid axis; keep it in one place")
+    base_raw = read_toml(base)
+    name = str(raw.get("name") or path.stem)
+    sweep = Sweep(path=path, name=name, base=base, axes=axes, fixed=fixed)
+    seen: set[str] = set()
+    for combo in itertools.product(*axes.values()):
+        values = dict(zip(axes, combo, strict=True))
+        cid = cell_id(values)
+        if cid in seen:
+            raise ConfigError(f"{path}: grid: two cells map to the directory {cid!r}; make the values distinct")
+        seen.add(cid)
+        cell_raw = copy_config(base_raw)
+        for key, value in {**fixed, **values}.items():
+            set_key(cell_raw, key.split("."), value, source=f"{path} (cell {cid}): {key}")
+        cell_raw["name"] = f"{base_raw.get('name', base.stem)}-{cid}"
+        drop_unused_kind_keys(cell_raw, keep=set(axes))
+        plan = plan_from_dict(cell_raw, source=f"{path} (cell {cid})")
+        sweep.cells.append(Cell(id=cid, values=values, plan=plan))
+    return sweep
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# ---------------------------------------------------------------------------------------------- cell bookkeeping
+
+
+def _fingerprint(plan: RunPlan) -> str:
+    """What makes a cell's results: its resolved config except where it runs (backend)."""
+    resolved = json.loads(json.dumps(plan.resolved, default=str))
+    resolved.pop("backend", None)
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cell_status(sweep_dir: Path, cell: Cell) -> str:
+    """``done`` (finished, same config), ``failed`` (its run failed), or ``pending`` (not run, interrupted, or run
+    with another config)."""
+    marker = sweep_dir / "cells" / cell.id / "cell.json"
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "pending"
+    if record.get("fingerprint") != _fingerprint(cell.plan):
+        return "pending"
+    return record.get("status", "pending") if record.get("status") in ("done", "failed") else "pending"
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a kill never leaves half a marker
+
+
+# ------------------------------------------------------------------------------------------------- Ray heads
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the sweep process dies, even by SIGKILL (no orphaned Ray heads)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_HEAD_SUPERVISOR = """
+import os, signal, subprocess, sys, time
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while head.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(0, signal.SIGKILL)
+head = subprocess.Popen(sys.argv[1:])
+signal.signal(signal.SIGTERM, stop)
+head.wait()
+stop()
+"""
+
+
+@contextmanager
+def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
+    """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it."""
+    port = _free_port()
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block", f"--port={port}",
+               "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
+               "--disable-usage-stats"]
+    log = log_path.open("ab")
+    # a supervisor in its own process group runs the head; on SIGTERM (from us, or from the kernel when the sweep
+    # dies) it stops the whole group: `ray start --block` alone leaves gcs_server running after SIGTERM
+    process = subprocess.Popen([sys.executable, "-c", _HEAD_SUPERVISOR, *command], stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=_die_with_parent if _LINUX else None)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"`ray start --head` exited with {process.returncode}; see {log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray head did not come up within {timeout:.0f} s; see {log_path}") from None
+                time.sleep(0.3)
+        yield address
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+# ----------------------------------------------------------------------------------------------------- running
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    status: str  # done | failed
+    seconds: float
+    error: str = ""
+
+
+class SweepRunner:
+    """Runs a sweep's pending cells in ``parallel`` slots against Ray heads (or a given cluster)."""
+
+    def __init__(self, sweep: Sweep, out_dir: str | Path, *, parallel: int = 1, address: str = "",
+                 verbose: bool = False) -> None:
+        if parallel < 1:
+            raise ConfigError(f"--parallel: expected at least 1 (got {parallel})")
+        self.sweep = sweep
+        self.out = Path(out_dir)
+        self.parallel = parallel
+        self.address = address or sweep.address or os.environ.get("RAY_ADDRESS", "")
+        if self.address and parallel > 1:
+            raise ConfigError(
+                f"--parallel {parallel} with a Ray cluster ({self.address}): Flower sizes each simulation's actor "
+                "pool from the whole cluster, so simultaneous cells would wait on each other's actors; on a cluster "
+                "every cell already spreads its clients over all nodes: use --parallel 1"
+            )
+        self.verbose = verbose
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Create the sweep directory (copy of the sweep file, cells/) and the first sweep.csv."""
+        (self.out / "cells").mkdir(parents=True, exist_ok=True)
+        text = self.sweep.path.read_text()
+        text = re.sub(r'(?m)^base\s*=.*$', f"base = {json.dumps(str(self.sweep.base))}", text, count=1)
+        (self.out / "sweep.toml").write_text(text)
+        write_sweep_table(self.sweep, self.out)
+
+    def pending(self) -> list[Cell]:
+        return [c for c in self.sweep.cells if cell_status(self.out, c) != "done"]
+
+    def run(self, on_start: Callable[[Cell], None] | None = None,
+            on_done: Callable[[CellResult], None] | None = None) -> list[CellResult]:
+        """Run every cell that is not done; return what ran. Ctrl-C stops the running cells (they rerun later)."""
+        self.prepare()
+        todo: queue.Queue[Cell] = queue.Queue()
+        for cell in self.pending():
+            todo.put(cell)
+        if todo.empty():
+            return []
+        results: list[CellResult] = []
+        slots = min(self.parallel, todo.qsize())
+        cpus = max(1, (os.cpu_count() or 1) // slots)
+        with ExitStack() as stack:
+            if self.address:
+                addresses = [self.address]
+            else:
+                addresses = [stack.enter_context(local_ray_head(cpus, log_path=self.out / f"ray-head-{i}.log"))
+                             for i in range(slots)]
+            errors: list[BaseException] = []
+
+            def worker(address: str) -> None:
+                while not errors:
+                    try:
+                        cell = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    if on_start:
+                        on_start(cell)
+                    try:
+                        result = self._run_cell(cell, address)
+                    except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
+                        errors.append(e)
+                        return
+                    with self._lock:
+                        results.append(result)
+                        write_sweep_table(self.sweep, self.out)
+                    if on_done:
+                        on_done(result)
+
+            threads = [threading.Thread(target=worker, args=(a,), daemon=True) for a in addresses]
+            for t in threads:
+                t.start()
+            try:
+                for t in threads:
+                    while t.is_alive():
+                        t.join(timeout=0.2)
+            except KeyboardInterrupt:
+                errors.append(KeyboardInterrupt())
+                self._stop_all()
+                for t in threads:
+                    t.join(timeout=30)
+                raise
+            if errors:
+                raise errors[0]
+        return results
+
+    def _stop_all(self) -> None:
+        with self._lock:
+            for p in self._procs:
+                if p.poll() is None:
+                    p.terminate()
+
+    def _run_cell(self, cell: Cell, address: str) -> CellResult:
+        cell_dir = self.out / "cells" / cell.id
+        if cell_dir.exists():
+            shutil.rmtree(cell_dir)  # an interrupted or failed attempt: start clean
+        cell_dir.mkdir(parents=True)
+        config = cell_dir / "experiment.toml"
+        config.write_text(cell.plan.to_toml())
+        command = [sys.executable, "-m", "fedsec.cli", "run", str(config), "--out", str(cell_dir),
+                   "--set", f"backend.address={json.dumps(address)}"]
+        if self.verbose:
+            command.append("--verbose")
+        t0 = time.perf_counter()
+        env = {**os.environ, "COLUMNS": "120"}
+        env.pop("RAY_ADDRESS", None)
+        with (cell_dir / "log.txt").open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=env, start_new_session=True,
+                                       preexec_fn=_die_with_parent if _LINUX else None)
+            with self._lock:
+                self._procs.add(process)
+            try:
+                code = process.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(process)
+        seconds = time.perf_counter() - t0
+        if code < 0 or _stopped_reason(cell_dir) == "interrupted":  # stopped by the sweep's Ctrl-C: stays pending
+            raise KeyboardInterrupt
+        status = "done" if code == 0 else "failed"
+        error = "" if code == 0 else _last_error(cell_dir / "log.txt")
+        _write_json(cell_dir / "cell.json", {"status": status, "values": cell.values, "exit_code": code,
+                                             "seconds": seconds, "error": error,
+                                             "fingerprint": _fingerprint(cell.plan)})
+        return CellResult(cell=cell, status=status, seconds=seconds, error=error)
+
+
+def _stopped_reason(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "summary.json").read_text()).get("stopped_reason", ""))
+    except (OSError, ValueError):
+        return ""
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "no log"
+    for line in reversed(lines):
+        if "error" in line.lower() or "failed" in line.lower():
+            return line[:300]
+    return lines[-1][:300] if lines else "exited without output"
+
+
+# ------------------------------------------------------------------------------------------------------ table
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per cell: axes, status, run_dir, final metrics, and mean / std of each metric over the seeds of the
+    cell's group (cells that are done)."""
+    rows: list[dict[str, Any]] = []
+    for cell in sweep.cells:
+        status = cell_status(sweep_dir, cell)
+        row: dict[str, Any] = {"cell": cell.id, **cell.values, "status": status, "run_dir": f"cells/{cell.id}"}
+        summary_path = sweep_dir / "cells" / cell.id / "summary.json"
+        if status == "done" and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            for key in [*METRICS, "rounds_completed", "wall_seconds"]:
+                if _number(summary.get(key)) is not None:
+                    row[key] = summary[key]
+            row["stopped_reason"] = summary.get("stopped_reason", "")
+        rows.append(row)
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for cell, row in zip(sweep.cells, rows, strict=True):
+        groups.setdefault(tuple(json.dumps(v) for v in cell.group), []).append(row)
+    for members in groups.values():
+        done = [r for r in members if r["status"] == "done"]
+        for metric in METRICS:
+            values = [float(r[metric]) for r in done if metric in r]
+            if not values:
+                continue
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            for r in members:
+                r[f"{metric}_mean"], r[f"{metric}_std"] = mean, std
+        for r in members:
+            r["num_seeds"] = len(done)
+    return rows
+
+
+def write_sweep_table(sweep: Sweep, sweep_dir: Path) -> Path:
+    """Write ``sweep.csv`` (atomically) and return its path."""
+    rows = sweep_rows(sweep, sweep_dir)
+    present = [m for m in METRICS if any(m in r for r in rows)]
+    columns = ["cell", *sweep.axes, "status", "run_dir", *present, "rounds_completed", "wall_seconds",
+               "stopped_reason", *[f"{m}_{s}" for m in present for s in ("mean", "std")], "num_seeds"]
+    path = sweep_dir / "sweep.csv"
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,45 @@
+"""Evaluation of a model on a labelled set: accuracy, mean cross-entropy and per-class recall."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracy, loss and per-class recall of a model on a labelled set."""
+
+    accuracy: float
+    loss: float
+    per_class_recall: list[float]  # NaN for a class without examples
+    num_examples: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, batch_size: int = 2048
+) -> EvalResult:
+    """Accuracy, mean cross-entropy and per-class recall of ``model`` on ``(x, y)``."""
+    model.eval()
+    n = x.shape[0]
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+    predictions = []
+    for start in range(0, n, batch_size):
+        logits = model(x[start : start + batch_size])
+        loss_sum += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum").double()
+        predictions.append(logits.argmax(dim=1))
+    pred = torch.cat(predictions)
+    correct = pred == y
+    per_class_total = torch.bincount(y, minlength=num_classes).double()
+    per_class_correct = torch.bincount(y[correct], minlength=num_classes).double()
+    recall = torch.where(per_class_total > 0, per_class_correct / per_class_total, torch.nan)
+    return EvalResult(
+        accuracy=float(correct.double().mean()),
+        loss=float(loss_sum) / n,
+        per_class_recall=[float(r) for r in recall.cpu()],
+        num_examples=n,
+    )
