@@ -19,6 +19,28 @@ from fedsec.errors import ConfigError
 from fedsec.registry import NoParams
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # inputs -> predicted labels
+Rule = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # updates (n, d) -> (aggregate, weights)
+
+
+@dataclass(frozen=True)
+class DefenseView:
+    """What an attacker that knows the deployed defense sees of it: the same strategy class the server runs, built
+    from the same ``[defense]`` keys (:meth:`rule` gives its aggregation kernel as a function of the round's n, f).
+
+    ``build(num_malicious)`` returns a strategy object (built by the run plan, which knows the class and keys)."""
+
+    name: str
+    build: Callable[[], Any]
+
+    def rule(self) -> Rule:
+        """The rule's kernel on stacked updates (n, d), every client weighted alike."""
+        strategy = self.build()
+
+        def aggregate(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            ones = torch.ones(updates.shape[0], dtype=updates.dtype, device=updates.device)
+            return strategy.aggregate_updates(updates, ones)
+
+        return aggregate
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,12 @@ class Attack:
     def __init__(self, params: BaseModel | None = None, *, knowledge: str = "colluding") -> None:
         self.params = params if params is not None else self.Params()
         self.knowledge = knowledge
+        self.defense: DefenseView | None = None  # set by the run plan: the deployed rule, for adaptive attacks
+
+    def bind_defense(self, defense: DefenseView) -> None:
+        """Give the attacker its view of the deployed defense (called once by the run plan). Attacks that adapt
+        to the rule check here that they support it (a :class:`ConfigError` naming ``defense.strategy``)."""
+        self.defense = defense
 
     # ------------------------------------------------------------------ what the attacker knows
     @property

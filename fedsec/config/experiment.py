@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 
 from .sections import (
     AttackConfig,
+    AuditConfig,
     BackendConfig,
     DataConfig,
     DefenseConfig,
@@ -27,9 +28,10 @@ from .sections import (
 class Experiment(_Section):
     """A whole experiment: what `fedsec run` executes and what lands in the run directory's config.toml."""
 
-    name: str = Field("experiment", min_length=1, description="Experiment name (run directory prefix).")
-    seed: int = Field(0, ge=0, description="Seed for data partitioning, client sampling and training.")
-    rounds: int = Field(5, ge=1, description="Federated rounds.")
+    name: str = Field("experiment", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+                      description="Experiment name: a file name (letters, digits, . _ + -), the run directory prefix.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for data partitioning, client sampling and training.")
+    rounds: int = Field(5, ge=1, le=100_000, description="Federated rounds.")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -38,6 +40,7 @@ class Experiment(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _check_sections(self) -> Experiment:

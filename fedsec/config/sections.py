@@ -17,24 +17,49 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fedsec.errors import ConfigError
 
 __all__ = [
-    "AttackConfig", "BackendConfig", "ConfigError", "DataConfig", "DefenseConfig", "EncryptionConfig",
-    "ModelConfig", "PrivacyConfig", "TrainConfig",
+    "AdversarialTrainingConfig", "AttackConfig", "AuditConfig", "BackendConfig", "ConfigError", "DataConfig",
+    "DefenseConfig", "EncryptionConfig", "EvasionAuditConfig", "InversionAuditConfig", "MembershipAuditConfig",
+    "ModelConfig", "ModelInversionAuditConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig", "TrainConfig",
 ]
 
 
+_STRICT = {"strict": True, "allow_inf_nan": False}  # no "3" for 3, no true for 1, every number finite
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, **_STRICT)
 
 
 class _KindSection(BaseModel):
     """A section whose kind declares further keys: they are kept (``kind_keys``) for the plan to validate."""
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    model_config = ConfigDict(extra="allow", validate_assignment=True, **_STRICT)
 
     @property
     def kind_keys(self) -> dict[str, Any]:
         """The keys of this section that belong to the configured kind (validated by the plan)."""
         return dict(self.model_extra or {})
+
+
+class PoisonConfig(_Section):
+    """``[data.poison]``: corrupted training data at honest clients (ground truth recorded;
+    :mod:`fedsec.data.poison`)."""
+
+    kind: Literal["none", "label_noise", "targeted_flip", "outliers", "trigger"] = Field(
+        "none", description="How the poisoned points are corrupted.")
+    clients: float | list[int] = Field(0.0, description="Share of clients (0..1) or their partition ids.")
+    rate: float = Field(0.2, ge=0, le=1, description="Share of each poisoned client's examples.")
+    source: int | None = Field(None, ge=0, description="targeted_flip: the class relabelled.")
+    target: int | None = Field(None, ge=0, description="targeted_flip / trigger: the label given.")
+    magnitude: float = Field(10.0, gt=0, le=1e6, description="outliers: how far the planted points lie.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PoisonConfig:
+        if isinstance(self.clients, float) and not 0 <= self.clients <= 1:
+            raise ValueError(f"data.poison.clients={self.clients}: a share must be in [0, 1], or give a list of ids")
+        if isinstance(self.clients, list) and len(set(self.clients)) != len(self.clients):
+            raise ValueError(f"data.poison.clients={self.clients}: ids must be distinct")
+        return self
 
 
 class DataConfig(_Section):
@@ -43,36 +68,56 @@ class DataConfig(_Section):
         "dirichlet",
         description="How training data is split across clients; 'natural' only for naturally federated data.",
     )
-    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more skewed).")
+    alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed).")
     num_clients: int = Field(20, ge=2, le=100_000, description="Number of logical clients (partitions).")
-    shards_per_client: int = Field(2, ge=1, description="Label shards per client for partition = 'shards'.")
-    root: str = Field("", description="Directory of the dataset files ('' = the dataset's default location).")
-    synthetic_alpha: float = Field(1.0, ge=0, description="FedProx Synthetic(alpha, beta): model heterogeneity.")
-    synthetic_beta: float = Field(1.0, ge=0, description="FedProx Synthetic(alpha, beta): data heterogeneity.")
+    shards_per_client: int = Field(2, ge=1, le=1000, description="Label shards per client for partition = 'shards'.")
+    root: str = Field("", max_length=4096,
+                      description="Directory of the dataset files ('' = the dataset's default location).")
+    synthetic_alpha: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): model spread.")
+    synthetic_beta: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): data spread.")
+    poison: PoisonConfig = Field(default_factory=PoisonConfig,
+                                 description="Poisoned data at honest clients ([data.poison]).")
 
 
 class ModelConfig(_Section):
-    name: str = Field("cnn", description="Model name (see `fedsec list`).")
+    name: str = Field("cnn", max_length=100, description="Model name (see `fedsec list`).")
+
+
+class AdversarialTrainingConfig(_Section):
+    """``[train.adversarial]``: federated adversarial training of the honest clients (:mod:`fedsec.audits.evasion`)."""
+
+    attack: Literal["none", "pgd", "fgsm"] = Field(
+        "none", description="pgd: PGD-AT (Madry et al. 2018); fgsm: FGSM with random start (Wong et al. 2020).")
+    epsilon: float = Field(0.1, gt=0, le=1, description="L-inf budget on inputs scaled to [0, 1].")
+    steps: int = Field(3, ge=1, le=100, description="pgd: attack steps per batch.")
+    ratio: float = Field(1.0, gt=0, le=1, description="Share of each batch replaced by adversarial examples.")
 
 
 class TrainConfig(_Section):
-    clients_per_round: int = Field(10, ge=1, description="Clients sampled (seeded) per round.")
-    local_epochs: int = Field(1, ge=1, description="Local epochs per round.")
-    batch_size: int = Field(32, ge=1, description="Local mini-batch size.")
-    lr: float = Field(0.01, gt=0, description="Local SGD learning rate.")
+    clients_per_round: int = Field(10, ge=1, le=100_000, description="Clients sampled (seeded) per round.")
+    local_epochs: int = Field(1, ge=1, le=1000, description="Local epochs per round.")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description="Local mini-batch size.")
+    lr: float = Field(0.01, gt=0, le=100, description="Local SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
-    weight_decay: float = Field(0.0, ge=0, description="Local SGD weight decay.")
+    weight_decay: float = Field(0.0, ge=0, le=100, description="Local SGD weight decay.")
+    sampling: Literal["auto", "fixed", "poisson"] = Field(
+        "auto", description="How each round's clients are drawn: fixed = exactly clients_per_round (without "
+        "replacement); poisson = each client with probability clients_per_round / num_clients; auto = poisson under "
+        "central DP (what its accountant analyses), fixed otherwise.")
+    adversarial: AdversarialTrainingConfig = Field(default_factory=AdversarialTrainingConfig,
+                                                   description="Federated adversarial training.")
 
 
 class AttackConfig(_KindSection):
     """``[attack]``: the keys every attack kind takes; kind-specific keys (``source``, ``scale``, ...) are declared
     by each attack's ``Params`` (``fedsec list``)."""
 
-    kind: str = Field("none", description="Attack kind (see `fedsec list`).")
+    kind: str = Field("none", max_length=100, description="Attack kind (see `fedsec list`).")
     fraction: float = Field(0.0, ge=0, le=1, description="Fraction of clients that are malicious.")
     client_ids: list[int] | None = Field(None, description="Explicit malicious partition ids (instead of fraction).")
-    start_round: int = Field(1, ge=1, description="First round in which attackers act.")
-    end_round: int | None = Field(None, ge=1, description="Last round in which attackers act (None = last round).")
+    start_round: int = Field(1, ge=1, le=1_000_000, description="First round in which attackers act.")
+    end_round: int | None = Field(None, ge=1, le=1_000_000,
+                                  description="Last round in which attackers act (None = last round).")
     knowledge: Literal["colluding", "omniscient"] = Field(
         "colluding",
         description="attacks that craft from benign updates: 'colluding' = the attackers' own honest updates; "
@@ -86,11 +131,29 @@ class AttackConfig(_KindSection):
         return self
 
 
+class SanitizeConfig(_Section):
+    """``[defense.sanitize]``: client-side data sanitization before local training (:mod:`fedsec.sanitize`)."""
+
+    method: Literal["none", "threshold", "isolation_forest", "label_issues"] = Field(
+        "none", description="The filter honest clients run on their data before training.")
+    k: float = Field(3.5, gt=0, le=1e6, description="threshold: drop points whose statistic exceeds k x the mean.")
+    variant: Literal["mean_ratio", "robust_z"] = Field("mean_ratio", description="threshold: the statistic's test.")
+    contamination: float | Literal["auto"] = Field("auto", description="isolation_forest: expected outlier share.")
+    features: Literal["inputs", "embedding"] = Field(
+        "inputs", description="isolation_forest: raw inputs or the global model's penultimate-layer embeddings.")
+    n_folds: int = Field(5, ge=2, le=50, description="label_issues: cross-validation folds.")
+
+
 class DefenseConfig(_KindSection):
     """``[defense]``: the server strategy; its keys (``num_malicious``, ``trim_ratio``, ...) are declared by each
     strategy's ``Params`` (``fedsec list``)."""
 
-    strategy: str = Field("fedavg", description="Server strategy (see `fedsec list`).")
+    strategy: str = Field("fedavg", max_length=100, description="Server strategy (see `fedsec list`).")
+    weighting: Literal["reported", "capped", "uniform"] = Field(
+        "capped", description="How weighted rules use each client's claimed num-examples: as reported, capped at "
+        "weight_cap x the round's median claim, or ignored (uniform).")
+    weight_cap: float = Field(4.0, ge=1, le=1e6, description="capped: the largest claim counted, x the median.")
+    sanitize: SanitizeConfig = Field(default_factory=SanitizeConfig, description="Client-side data sanitization.")
 
 
 PRIVACY_MODES: dict[str, str] = {
@@ -104,14 +167,15 @@ PRIVACY_MODES: dict[str, str] = {
 
 class PrivacyConfig(_Section):
     mode: Literal["none", "local", "central"] = Field("none", description="Differential privacy mode.")
-    epsilon: float = Field(8.0, gt=0, description="Privacy budget; a run never spends more.")
+    epsilon: float = Field(8.0, gt=0, le=100, description="Privacy budget; a run never spends more.")
     delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta (must be below 1 / data.num_clients).")
-    clip_norm: float = Field(1.0, gt=0, description="central: L2 bound of each client's update.")
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="central: L2 bound of each client's update.")
     noise_multiplier: float | None = Field(
-        None, ge=0, description="central: noise std / clip_norm (default: calibrated to spend epsilon in the rounds)."
+        None, ge=0.01, le=1e4,
+        description="noise std / clip bound (default: calibrated to spend epsilon in the rounds)."
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant.")
-    max_grad_norm: float = Field(1.0, gt=0, description="local: per-sample gradient clipping bound (DP-SGD).")
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="local: per-sample gradient clipping bound (DP-SGD).")
     grad_sample_mode: Literal["hooks", "ew", "functorch"] = Field(
         "hooks", description="local: Opacus' per-sample-gradient engine."
     )
@@ -125,15 +189,74 @@ ENCRYPTION_SCHEMES: dict[str, str] = {
 
 class EncryptionConfig(_Section):
     scheme: Literal["none", "ckks"] = Field("none", description="Encrypted aggregation scheme.")
-    poly_modulus_degree: int = Field(4096, description="ckks: ring dimension N (slots = N/2).")
-    coeff_mod_bit_sizes: list[int] = Field([60, 40], description="ckks: coefficient-modulus prime sizes (bits).")
-    global_scale_bits: int = Field(40, description="ckks: log2 of the encoding scale.")
+    poly_modulus_degree: int = Field(4096, ge=1024, le=32768, description="ckks: ring dimension N (slots = N/2).")
+    coeff_mod_bit_sizes: list[int] = Field([60, 40], min_length=1, max_length=30,
+                                           description="ckks: coefficient-modulus prime sizes (bits).")
+    global_scale_bits: int = Field(40, ge=1, le=60, description="ckks: log2 of the encoding scale.")
 
 
 class BackendConfig(_Section):
-    address: str = Field("", description="'' starts a local Ray; 'auto' or host:port joins an existing cluster.")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per client actor (fractions allowed).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per client actor (fractions allowed).")
+    address: str = Field("", max_length=300,
+                         description="'' starts a local Ray; 'auto' or host:port joins an existing cluster.")
+    num_cpus: float = Field(1.0, ge=0.01, le=1024, description="CPUs per client actor (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per client actor (fractions allowed).")
     round_timeout: float = Field(
-        600.0, gt=0, description="Seconds the server waits for a round's replies (and for nodes at start-up)."
+        600.0, ge=1, le=7 * 86400,
+        description="Seconds the server waits for a round's replies (and for nodes at start-up)."
     )
+
+
+class EvasionAuditConfig(_Section):
+    """``[audit.evasion]``: the global model under evasion attacks (:mod:`fedsec.audits.evasion`)."""
+
+    attacks: list[Literal["fgsm", "pgd", "cw"]] = Field(["fgsm", "pgd"], min_length=1, max_length=3,
+                                                         description="fgsm | pgd | cw.")
+    epsilon: float = Field(0.1, gt=0, le=1, description="L-inf budget on inputs scaled to [0, 1] (FGSM, PGD).")
+    steps: int = Field(10, ge=1, le=1000, description="PGD steps.")
+    examples: int = Field(1000, ge=1, le=100_000, description="Fixed, seeded test subset.")
+    every: int = Field(0, ge=0, le=1_000_000, description="Also every k rounds (0: only the final model).")
+    cw_max_iter: int = Field(10, ge=1, le=1000, description="C&W: iterations per binary-search step.")
+    cw_binary_search_steps: int = Field(5, ge=1, le=50, description="C&W: binary-search steps.")
+    cw_confidence: float = Field(0.0, ge=0, le=1e3, description="C&W: confidence margin.")
+    cw_learning_rate: float = Field(0.01, gt=0, le=10, description="C&W: learning rate.")
+    cw_initial_const: float = Field(1.0, gt=0, le=1e4, description="C&W: initial trade-off constant.")
+
+
+class InversionAuditConfig(_Section):
+    """``[audit.inversion]``: gradient inversion of received updates by a curious server
+    (:mod:`fedsec.audits.inversion`)."""
+
+    method: Literal["dlg", "idlg", "ig"] = Field("ig", description="dlg | idlg | ig (Inverting Gradients).")
+    rounds: list[int] = Field([1], min_length=1, max_length=100, description="Rounds whose updates are attacked.")
+    clients: list[int] = Field([0], min_length=1, max_length=100, description="Partition ids attacked.")
+    iterations: int = Field(300, ge=1, le=100_000, description="Optimisation steps per restart.")
+    restarts: int = Field(1, ge=1, le=100, description="Restarts (the best reconstruction is kept).")
+    tv_weight: float = Field(1e-4, ge=0, le=10, description="ig: total-variation weight.")
+    max_examples: int = Field(8, ge=1, le=1024, description="Refuse to attack clients holding more examples.")
+
+
+class MembershipAuditConfig(_Section):
+    """``[audit.membership]``: membership inference on the final model (:mod:`fedsec.audits.lira`)."""
+
+    method: Literal["yeom", "lira"] = Field("yeom", description="yeom (loss threshold) | lira (offline LiRA).")
+    shadows: int = Field(8, ge=1, le=256, description="lira: shadow models.")
+    examples: int = Field(500, ge=10, le=100_000, description="Members and non-members each.")
+    target: Literal["global", "client"] = Field("global", description="The final global model or one client's.")
+    client: int = Field(0, ge=0, description="target = client: the partition id.")
+    shadow_epochs: int = Field(5, ge=1, le=1000, description="lira: epochs each shadow model trains.")
+
+
+class ModelInversionAuditConfig(_Section):
+    """``[audit.model_inversion]``: class representatives from the outputs alone (MIFace; :mod:`...model_inversion`)."""
+
+    enabled: bool = Field(False, description="Run MIFace on the final model.")
+    max_iter: int = Field(300, ge=1, le=100_000, description="MIFace iterations.")
+
+
+class AuditConfig(_Section):
+    """``[audit]``: model-level attacks run by the server on the global model or on the updates it saw."""
+
+    evasion: EvasionAuditConfig | None = Field(None, description="[audit.evasion]")
+    inversion: InversionAuditConfig | None = Field(None, description="[audit.inversion]")
+    membership: MembershipAuditConfig | None = Field(None, description="[audit.membership]")
+    model_inversion: ModelInversionAuditConfig | None = Field(None, description="[audit.model_inversion]")

@@ -10,6 +10,7 @@ what combines with what. The server and the clients receive the pieces they need
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from fedsec.clients.attacks import ATTACKS, Attack
+from fedsec.clients.attacks.base import DefenseView
 from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml
 from fedsec.crypto import CkksParams, CryptoError
 from fedsec.data import DATASETS, DatasetSpec
@@ -105,6 +107,7 @@ def build_plan(experiment: Experiment) -> RunPlan:
             f"updates per round, train.clients_per_round={k}; lower num_malicious or raise clients_per_round"
         )
 
+    attack.bind_defense(DefenseView(e.defense.strategy, functools.partial(plan_stub.build_strategy, device="cpu")))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
     resolved = _resolved(e, attack_params, strategy_params)

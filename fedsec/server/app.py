@@ -66,7 +66,8 @@ def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedD
     Flower's sampling minimums set. Under encryption the strategy gets the key authority's public context and its
     decrypt function, never the secret key."""
     e = plan.experiment
-    sampling = {"min_train_nodes": e.train.clients_per_round, "min_available_nodes": e.data.num_clients}
+    sampling: dict[str, Any] = {"min_train_nodes": e.train.clients_per_round,
+                                "min_available_nodes": e.data.num_clients}
     if plan.crypto is not None:
         from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 
