@@ -26,7 +26,8 @@ from fedsec.privacy import calibrate_noise, epsilon_after_history
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 from fedsec.training import LossMeter, local_sgd
 
-from .honest import client_data, local_model
+from .honest import adversarial_hook, client_data, local_model
+from .local_data import honest_client_data
 from .spec import ClientSpec
 
 STATE_KEY = "fedsec.dp"
@@ -83,6 +84,11 @@ def dp_train(
     train, privacy = spec.train, spec.privacy
     data = client_data(spec)
     x, y = data.client_tensors(partition_id)
+    extra: dict[str, float] = {}
+    if spec.poisoned or spec.sanitize is not None:
+        local = honest_client_data(spec, partition_id, x, y, num_classes=data.data.num_classes,
+                                   model=local_model(spec, data, arrays), server_round=server_round)
+        x, y, extra = local.x, local.y, local.metrics or {}
     n = x.shape[0]
     sample_rate = min(1.0, train.batch_size / n)
     steps_per_round = train.local_epochs * math.ceil(n / train.batch_size)
@@ -113,7 +119,7 @@ def dp_train(
         )
         result = local_sgd(private_model, private_optimizer, lambda _epoch: private_loader,
                            epochs=train.local_epochs, meter=LossMeter(over="all"), device=x.device, loss_fn=_dp_loss,
-                           num_examples=n)
+                           hook=adversarial_hook(spec, seed), num_examples=n)
         epsilon = float(engine.accountant.get_epsilon(delta=privacy.delta))
     save_history(state, engine.accountant.history)
     metrics = MetricRecord({
@@ -122,5 +128,6 @@ def dp_train(
         PARTITION_ID_KEY: partition_id,
         "epsilon": epsilon,
         "noise_multiplier": noise,
+        **extra,
     })
     return model, metrics

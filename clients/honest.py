@@ -12,11 +12,13 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsec.arrays import load_record
+from fedsec.audits.evasion import InputSpace, adversarial_batch
 from fedsec.data.federated import WorkerData, worker_data
 from fedsec.models import build_model
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
-from fedsec.training import train_local
+from fedsec.training import BatchHook, train_local
 
+from .local_data import honest_client_data
 from .spec import ClientSpec
 
 DataPoison = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
@@ -31,6 +33,30 @@ def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord) -> torc
     model = build_model(spec.model_name, data.data.input_shape, data.data.num_classes)
     load_record(model, arrays)
     return model.to(data.device)
+
+
+def input_space(spec: ClientSpec) -> InputSpace:
+    """The box and scale of the model's inputs (evasion budgets are on [0, 1] pixels)."""
+    if spec.normalisation is None:
+        return InputSpace.unit()
+    return InputSpace.from_normalisation(*spec.normalisation)
+
+
+def adversarial_hook(spec: ClientSpec, seed: int) -> BatchHook | None:
+    """Federated adversarial training (``[train.adversarial]``): part of every batch replaced by adversarial
+    examples made on the fly against the client's current weights (PGD-AT, Madry et al. 2018; FGSM with random
+    start, Wong et al. 2020); None when off."""
+    config = spec.train.adversarial
+    if config.attack == "none":
+        return None
+    space = input_space(spec)
+    generator = torch.Generator().manual_seed(seed ^ 0xADE5)
+
+    def hook(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return adversarial_batch(model, x, y, method=config.attack, epsilon=config.epsilon, steps=config.steps,
+                                 ratio=config.ratio, space=space, generator=generator)
+
+    return hook
 
 
 def honest_train(
@@ -52,8 +78,15 @@ def honest_train(
     x, y = data.client_tensors(partition_id)
     seed = spec.schedule.client_seed(server_round, partition_id)
     torch.manual_seed(seed)
-    if poison is not None:
+    extra: dict[str, float] = {}
+    hook = None
+    if poison is not None:  # a malicious client: its own data poisoning, no sanitization, no adversarial training
         x, y = poison(x, y, torch.Generator().manual_seed(seed ^ 0x5EED))
+    else:
+        local = honest_client_data(spec, partition_id, x, y, num_classes=data.data.num_classes, model=model,
+                                   server_round=server_round)
+        x, y, extra = local.x, local.y, local.metrics or {}
+        hook = adversarial_hook(spec, seed)
     result = train_local(
         model,
         x,
@@ -64,8 +97,9 @@ def honest_train(
         momentum=train.momentum,
         weight_decay=train.weight_decay,
         generator=torch.Generator().manual_seed(seed),
+        hook=hook,
     )
     metrics = MetricRecord(
-        {NUM_EXAMPLES_KEY: result.num_examples, "train_loss": result.loss, PARTITION_ID_KEY: partition_id}
+        {NUM_EXAMPLES_KEY: result.num_examples, "train_loss": result.loss, PARTITION_ID_KEY: partition_id, **extra}
     )
     return model, metrics

@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import Context
 
 from fedsec.clients.attacks import Attack
-from fedsec.config import DataConfig, PrivacyConfig, TrainConfig
+from fedsec.config import DataConfig, PrivacyConfig, SanitizeConfig, TrainConfig
 from fedsec.schedule import Schedule
 
 
@@ -32,6 +32,9 @@ class ClientSpec:
     board_name: str | None = None  # the colluding attackers' named Ray actor, if any
     crypto_ref: Any = None  # CKKS client context (Ray ObjectRef or bytes) under encryption.scheme = "ckks"
     central_clip_norm: float | None = None  # under CKKS with central DP: clients clip their update to this
+    normalisation: tuple[float, float] | None = None  # (mean, std) of pixel inputs; None: inputs are [0, 1] pixels
+    poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
+    sanitize: SanitizeConfig | None = None  # [defense.sanitize], None when off
 
     @property
     def seed(self) -> int:
@@ -42,8 +45,10 @@ class ClientSpec:
         """The spec of a :class:`fedsec.plan.RunPlan` (``handles``: data_ref, board_name, crypto_ref)."""
         e = plan.experiment
         clip = e.privacy.clip_norm if (plan.crypto is not None and plan.privacy is not None) else None
+        sanitize = e.defense.sanitize if e.defense.sanitize.method != "none" else None
         return cls(model_name=e.model.name, data=e.data, train=e.train, privacy=e.privacy, schedule=plan.schedule,
-                   attack=plan.attack, central_clip_norm=clip, **handles)
+                   attack=plan.attack, central_clip_norm=clip, normalisation=plan.dataset.normalisation,
+                   poisoned=plan.poisoned, sanitize=sanitize, **handles)
 
 
 def current_node() -> str:

@@ -285,6 +285,38 @@ def _with_keys(registry: Any) -> dict[str, str]:
     return out
 
 
+audit_app = typer.Typer(no_args_is_help=True, help="Audits of a finished run's model (evasion at several budgets).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("evasion")
+def audit_evasion(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with final_model.pt.")],
+    epsilons: Annotated[str, typer.Option("--epsilons", help="L-inf budgets on [0, 1] pixels.")] = "0.05,0.1,0.2,0.3",
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="PGD steps.")] = 10,
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Seeded test subset.")] = 1000,
+) -> None:
+    """Re-evaluate a run's final model under FGSM and PGD at several budgets (no retraining)."""
+    from fedsec.results.model_file import ModelFileError
+    from fedsec.studies.evasion_curve import evasion_curve, parse_budgets
+
+    try:
+        path = evasion_curve(run_dir, parse_budgets(epsilons), steps=steps, examples=examples)
+    except (ConfigError, ModelFileError) as e:
+        err_console.print(f"[bold red]audit error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    console.print(f"robust accuracy per budget: [bold]{path}[/] and {path.parent / 'robustness_curve.png'}")
+
+
+def _mount_subcommands() -> None:
+    from fedsec.serving.cli import register as register_serving
+
+    register_serving(app)  # serve, serve-keygen, attack extract, attack scenario
+
+
+_mount_subcommands()
+
+
 def main() -> None:
     """Entry point of the ``fedsec`` script."""
     app()

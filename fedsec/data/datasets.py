@@ -204,6 +204,7 @@ class DatasetSpec:
     num_classes: int
     load: Callable[..., ArrayDataset]
     train_size: int | None = None
+    test_size: int | None = None
     default_root: str = ""
     normalisation: tuple[float, float] | None = None
 
@@ -231,11 +232,11 @@ def _load_synthetic(*, seed: int = 0, num_clients: int = 10, alpha: float = 1.0,
 
 FASHION_MNIST = DatasetSpec(
     "Fashion-MNIST, 60k/10k 28x28 grey images, 10 classes (Debian's dataset-fashion-mnist)",
-    (1, 28, 28), 10, _load_fashion_mnist, train_size=60_000, default_root=DEFAULT_FASHION_MNIST_ROOT,
+    (1, 28, 28), 10, _load_fashion_mnist, train_size=60_000, test_size=10_000, default_root=DEFAULT_FASHION_MNIST_ROOT,
     normalisation=(FASHION_MNIST_MEAN, FASHION_MNIST_STD),
 )
 DIGITS = DatasetSpec("scikit-learn digits, 1,797 8x8 images, 10 classes (fast tests)", (1, 8, 8), 10, _load_digits,
-                     train_size=1_347)
+                     train_size=1_347, test_size=450)
 SYNTHETIC = DatasetSpec("FedProx Synthetic(alpha, beta): 60-dim vectors, 10 classes, naturally federated", (60,), 10,
                         _load_synthetic)
 

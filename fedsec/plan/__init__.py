@@ -27,6 +27,7 @@ from fedsec.registry import parse_params
 from fedsec.schedule import Schedule, draw_malicious
 from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext
 
+from .checks import check_audits, check_data_defenses
 from .privacy import PrivacyPlan, central_privacy_plan
 
 __all__ = ["PrivacyPlan", "RunPlan", "build_plan", "drop_unused_kind_keys", "load_plan", "plan_from_dict"]
@@ -48,6 +49,7 @@ class RunPlan:
     privacy: PrivacyPlan | None = None  # central DP
     crypto: CkksParams | None = None  # CKKS
     resolved: dict[str, Any] = field(default_factory=dict)
+    poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
 
     @property
     def strategy_name(self) -> str:
@@ -110,9 +112,11 @@ def build_plan(experiment: Experiment) -> RunPlan:
     attack.bind_defense(DefenseView(e.defense.strategy, functools.partial(plan_stub.build_strategy, device="cpu")))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
+    poisoned = check_data_defenses(e, dataset)
+    check_audits(e, dataset, plan_stub.schedule)
     resolved = _resolved(e, attack_params, strategy_params)
     return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
-                   resolved)
+                   resolved, tuple(poisoned))
 
 
 def _schedule(e: Experiment) -> Schedule:

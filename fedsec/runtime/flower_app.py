@@ -74,7 +74,7 @@ def server_main(grid: Grid, context: Context) -> None:
     """Load the experiment from the run config, run every round on ``grid``, write the run directory."""
     from fedsec.data.federated import build_federated_data
     from fedsec.results import RunDirectory
-    from fedsec.runtime.runner import default_run_dir, summary_extra
+    from fedsec.runtime.runner import add_seed_metrics, default_run_dir, summary_extra
     from fedsec.server.app import ServerOutcome, run_rounds
 
     t0 = time.perf_counter()
@@ -95,7 +95,8 @@ def server_main(grid: Grid, context: Context) -> None:
     try:
         run_rounds(grid, plan, data, run_dir, outcome=outcome)
     finally:
-        run_dir.finish(stopped_reason=outcome.stopped_reason,
-                       extra=summary_extra(plan, outcome, data_seconds=data_seconds,
-                                           wall_seconds=time.perf_counter() - t0, runtime="flwr run"))
+        summary = run_dir.finish(stopped_reason=outcome.stopped_reason,
+                                 extra=summary_extra(plan, outcome, data_seconds=data_seconds,
+                                                     wall_seconds=time.perf_counter() - t0, runtime="flwr run"))
+        add_seed_metrics(plan, summary, run_dir.path)
     print(f"fedsec: run directory {Path(out).resolve()}", flush=True)

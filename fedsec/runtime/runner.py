@@ -9,6 +9,7 @@ ClientApps executed by Ray actors with ``backend.num_cpus`` / ``backend.num_gpus
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import sys
@@ -66,7 +67,54 @@ def summary_extra(plan: RunPlan, outcome: Any, **measured: Any) -> dict[str, Any
         "clients_per_node": outcome.clients_per_node,
         **({"privacy": outcome.privacy} if outcome.privacy else {}),
         **outcome.membership_inference,
+        **outcome.audits,
+        **({"sanitization": outcome.sanitization} if outcome.sanitization else {}),
     }
+
+
+def add_seed_metrics(plan: RunPlan, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The seed documents' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) in ``summary.json``."""
+    import json
+
+    from fedsec.metrics.seed_sheet import seed_metrics
+
+    summary["seed_metrics"] = seed_metrics(summary, plan.resolved)
+    summary = _finite(summary)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    return summary
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe: non-finite floats become None, tuples lists, other objects their string."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
+
+
+def save_model(plan: RunPlan, data: Any, outcome: Any, run_dir: Path) -> None:
+    """Write the final global model (``final_model.pt``, what ``fedsec serve`` deploys), if a round produced one."""
+    if outcome.final_arrays is None:
+        return
+    from fedsec.arrays import load_record
+    from fedsec.models import build_model
+    from fedsec.results.model_file import save_final_model
+
+    e = plan.experiment
+    model = build_model(e.model.name, data.input_shape, data.num_classes)
+    load_record(model, outcome.final_arrays)
+    save_final_model(run_dir, model, model_name=e.model.name, dataset=e.data.dataset, input_shape=data.input_shape,
+                     num_classes=data.num_classes, server_round=outcome.rounds_completed,
+                     normalisation=plan.dataset.normalisation)
 
 
 def default_run_dir(name: str) -> Path:
@@ -218,11 +266,13 @@ def run_experiment(
     finally:
         if ray.is_initialized():
             ray.shutdown()
+    save_model(plan, data, outcome, run_dir.path)
     summary = run_dir.finish(
         stopped_reason=outcome.stopped_reason,
         extra=summary_extra(plan, outcome, data_seconds=data_seconds, wall_seconds=time.perf_counter() - t0,
                             client_slots_per_node=slots),
     )
+    summary = add_seed_metrics(plan, summary, run_dir.path)
     if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):
         raise RunError(f"run stopped: {outcome.error}") from outcome.error
     return RunResult(run_dir=run_dir.path, summary=summary)

@@ -33,10 +33,13 @@ from fedsec.protocol import NODE_KEY, PARTITION_ID_KEY
 from fedsec.results import RunDirectory
 from fedsec.strategies import RobustStrategy
 
+from .audits import ServerAudits
 from .evaluation import ServerEvaluator, detection_scores
 from .privacy_guard import PrivacyGuard
 
 logger = logging.getLogger(__name__)
+
+SANITIZE_KEYS = ("sanitize_kept", "sanitize_dropped", "poisoned_points", "poisoned_dropped")
 
 RoundCallback = Callable[[dict[str, Any]], None]
 
@@ -59,6 +62,9 @@ class ServerOutcome:
     membership_inference: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None  # what stopped the loop, if it did not complete
     final_arrays: Any = None  # the global model's ArrayRecord at the end
+    audits: dict[str, Any] = field(default_factory=dict)  # the audits' summary blocks
+    sanitization: dict[str, Any] = field(default_factory=dict)  # filter totals against the poisoning truth
+    rounds_completed: int = 0
 
 
 def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedData | None = None) -> RobustStrategy:
@@ -147,6 +153,8 @@ def run_rounds(
     row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
     outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
 
+    audits = ServerAudits(plan, data, model=evaluator.model, x_test=evaluator.x, y_test=evaluator.y,
+                          plots=run_dir.path / "plots")
     privacy = PrivacyGuard(experiment.privacy, plan.privacy)
     privacy.start(row)
     _emit(run_dir, row, on_round)
@@ -163,6 +171,7 @@ def run_rounds(
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
+        audits.on_replies(server_round, arrays, replies)  # what a curious server does with what it received
         if attack.omniscient and schedule.attack_active(server_round):
             apply_omniscient(attack, replies, arrays, malicious)
         t_replies = time.perf_counter()
@@ -173,7 +182,7 @@ def run_rounds(
         else:
             outcome.skipped_rounds.append(server_round)
         t_aggregated = time.perf_counter()
-        row = {"round": server_round, **evaluator(arrays)}
+        row = {"round": server_round, **evaluator(arrays), **audits.after_round(server_round, arrays)}
         row["seconds"] = time.perf_counter() - t_round
         row["train_seconds"] = t_replies - t_round  # clients' training, messaging through Flower and Ray
         row["aggregate_seconds"] = t_aggregated - t_replies
@@ -186,6 +195,10 @@ def run_rounds(
         for key in ("train_loss", "bytes_up", "encrypt_seconds", "he_add_seconds", "decrypt_seconds"):
             if train_metrics is not None and key in train_metrics:
                 row[key] = float(train_metrics[key])
+        for key in SANITIZE_KEYS:  # totals over the round's clients
+            values = [d.metrics[key] for d in decisions if key in d.metrics]
+            if values:
+                row[key] = float(sum(values))
         privacy.end_round(row, decisions)
         if malicious:
             row["attack_active"] = int(schedule.attack_active(server_round))
@@ -195,6 +208,8 @@ def run_rounds(
         node_counts.update(r["node"] for r in client_rows)
         run_dir.add_clients(client_rows)
         _emit(run_dir, row, on_round)
+        outcome.rounds_completed = server_round
+        outcome.final_arrays = arrays
         if privacy.all_refused(decisions):
             outcome.stopped_reason = "privacy_budget"
             logger.warning("stopping after round %d: every sampled client has spent its budget", server_round)
@@ -205,6 +220,9 @@ def run_rounds(
         outcome.stopped_reason = "completed"
     outcome.membership_inference = evaluator.membership_inference(arrays, data, seed=experiment.seed,
                                                                   privacy=experiment.privacy)
+    audits.at_end(arrays, privacy_summary=privacy.summary)
+    outcome.audits = audits.summary
+    outcome.sanitization = _sanitization_totals(run_dir)
     outcome.final_arrays = arrays
     return outcome
 
@@ -223,7 +241,20 @@ def _client_row(server_round: int, d: Any, malicious: set[int], ray_node_of: dic
         "status": d.status,
         "train_loss": d.metrics.get("train_loss", float("nan")),
         **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
+        **{k: d.metrics[k] for k in SANITIZE_KEYS if k in d.metrics},
     }
+
+
+def _sanitization_totals(run_dir: RunDirectory) -> dict[str, Any]:
+    """The filters' totals over every (round, client) for the seed metric sheet (DQ_filtered, A)."""
+    rows = [r for r in run_dir.rounds if "sanitize_kept" in r]
+    if not rows:
+        return {}
+    kept, dropped = sum(r["sanitize_kept"] for r in rows), sum(r["sanitize_dropped"] for r in rows)
+    poisoned, poisoned_dropped = sum(r["poisoned_points"] for r in rows), sum(r["poisoned_dropped"] for r in rows)
+    return {"datapoints": int(kept + dropped), "poisoned": int(poisoned), "dropped": int(dropped),
+            "poisoned_dropped": int(poisoned_dropped), "anomalies_detected": int(dropped),
+            "false_drops": int(dropped - poisoned_dropped)}
 
 
 def _emit(run_dir: RunDirectory, row: dict[str, Any], on_round: RoundCallback | None) -> None:
