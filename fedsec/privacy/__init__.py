@@ -1,5 +1,6 @@
-"""Differential privacy: accounting, calibration and the budget guard."""
+"""Differential privacy: two independent accountants, noise calibration, the budget guard, cohort sampling."""
 
+from .accountants import DualAccountant, PrivacyAccount, Step, account
 from .accounting import (
     ACCOUNTANTS,
     PrivacyLedger,
@@ -8,12 +9,23 @@ from .accounting import (
     epsilon_after,
     epsilon_after_history,
 )
+from .errors import AccountantDisagreement, PrivacyError, PrivacyInputError
+from .sampling import fixed_cohort, poisson_cohort
 
 __all__ = [
     "ACCOUNTANTS",
+    "AccountantDisagreement",
+    "DualAccountant",
+    "PrivacyAccount",
+    "PrivacyError",
+    "PrivacyInputError",
     "PrivacyLedger",
     "PrivacyTracker",
+    "Step",
+    "account",
     "calibrate_noise",
     "epsilon_after",
     "epsilon_after_history",
+    "fixed_cohort",
+    "poisson_cohort",
 ]
