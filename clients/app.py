@@ -38,13 +38,14 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         partition_id = partition_of(context)
         server_round = server_round_of(message)
         global_arrays = message.content[ARRAYS_RECORD]
+        dp_history = None
         if spec.schedule.is_malicious(partition_id) and spec.schedule.attack_active(server_round):
             arrays, metrics = malicious_train(spec, global_arrays, server_round=server_round,
                                               partition_id=partition_id)
         elif spec.privacy.mode == "local":
             try:
-                model, metrics = dp_train(spec, global_arrays, server_round=server_round, partition_id=partition_id,
-                                          state=context.state)
+                model, metrics, dp_history = dp_train(spec, global_arrays, server_round=server_round,
+                                                      partition_id=partition_id, state=context.state)
             except PrivacyBudgetExhausted as e:
                 return refusal_reply(message, partition_id=partition_id, reason=str(e), node=current_node())
             arrays = model_to_record(model)
@@ -53,8 +54,9 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             arrays = model_to_record(model)
         if spec.crypto_ref is not None:
             return encrypted_train_reply(message, arrays, metrics, context=worker_context(spec.crypto_ref),
-                                         node=current_node(), clip_norm=spec.central_clip_norm)
-        return train_reply(message, arrays, metrics, node=current_node())
+                                         node=current_node(), clip_norm=spec.central_clip_norm,
+                                         weighted=spec.ckks_weighted)
+        return train_reply(message, arrays, metrics, node=current_node(), dp_history=dp_history)
 
     @app.evaluate()
     def evaluate_local(message: Message, context: Context) -> Message:

@@ -1,10 +1,11 @@
-"""The client side of CKKS-encrypted aggregation: encrypt the weighted update instead of sending arrays.
+"""The client side of CKKS-encrypted aggregation: encrypt the update, sign the ciphertext, send no arrays.
 
-The client flattens its update (trained arrays - received global arrays), multiplies it by its number of
-examples (so that the server's sum divided by the total is FedAvg; under central DP it clips it to
-``privacy.clip_norm`` instead, weight 1), encrypts it in chunks of the slot count with
-the context the key authority gave it (:mod:`fedsec.crypto`), and replies with the ciphertext bytes, its
-plaintext ``num-examples`` and metrics; no ArrayRecord leaves the client.
+The client flattens its update (trained arrays - received global arrays), multiplies it by the weight the run's
+weighting asks for (``weighted``: its ``num-examples``, so that the sum over the claimed total is FedAvg; else 1;
+under central DP it clips it to ``privacy.clip_norm`` instead, weight 1), encrypts it in chunks of the slot count
+with the public context the key authority issued, signs the chunks with its own Ed25519 key for this run, round and
+partition (:mod:`fedsec.crypto.signing`), and replies with the ciphertexts, the signature, its plaintext
+``num-examples``, the weight it used (``ckks-weight``) and metrics; no ArrayRecord leaves the client.
 """
 
 from __future__ import annotations
@@ -15,23 +16,55 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedsec.arrays import record_to_vector
-from fedsec.crypto import ciphertext_bytes, encrypt_vector
-from fedsec.protocol import ARRAYS_RECORD, NUM_EXAMPLES_KEY, encrypted_reply
+from fedsec.crypto import AuthorityRef, ClientMaterial, ciphertext_bytes, encrypt_vector
+from fedsec.protocol import (
+    ARRAYS_RECORD,
+    CKKS_RECORD,
+    NUM_EXAMPLES_KEY,
+    PARTITION_ID_KEY,
+    encrypted_reply,
+    server_round_of,
+)
 
-_CONTEXTS: dict[str, bytes] = {}
+SIGNATURE_KEY = "signature"  # = fedsec.strategies.encrypted_fedavg.SIGNATURE_KEY (to move to fedsec.protocol)
+CKKS_WEIGHT_KEY = "ckks-weight"  # = fedsec.strategies.encrypted_fedavg.CKKS_WEIGHT_KEY
 
 
-def worker_context(crypto_ref: Any) -> bytes:
-    """The client context (bytes) behind ``crypto_ref`` (a Ray ObjectRef or the bytes), fetched once per worker."""
-    if isinstance(crypto_ref, bytes):
+class ClientKeyring:
+    """A worker's view of the key authority: each partition's material (public context, signing key), fetched
+    once from the authority actor (``AuthorityRef``) or given directly (tests, tools)."""
+
+    def __init__(self, source: AuthorityRef | dict[int, ClientMaterial]) -> None:
+        self._source = source
+        self._materials: dict[int, ClientMaterial] = dict(source) if isinstance(source, dict) else {}
+
+    def material(self, partition_id: int) -> ClientMaterial:
+        if partition_id not in self._materials:
+            if not isinstance(self._source, AuthorityRef):
+                raise KeyError(f"no CKKS client material for partition {partition_id}")
+            self._materials[partition_id] = self._source.client_material(partition_id)
+        return self._materials[partition_id]
+
+
+_KEYRINGS: dict[Any, ClientKeyring | bytes] = {}
+
+
+def worker_context(crypto_ref: Any) -> ClientKeyring | bytes:
+    """What ``crypto_ref`` stands for in this worker, fetched once: a :class:`ClientKeyring` for an
+    :class:`AuthorityRef` (or a keyring, passed through); for a Ray ObjectRef or bytes, the legacy context bytes
+    (its replies are unsigned and a signature-checking server rejects them)."""
+    if isinstance(crypto_ref, ClientKeyring | bytes):
         return crypto_ref
-    key = crypto_ref.hex()
-    if key not in _CONTEXTS:
-        import ray
+    key = crypto_ref if isinstance(crypto_ref, AuthorityRef) else crypto_ref.hex()
+    if key not in _KEYRINGS:
+        _KEYRINGS.clear()
+        if isinstance(crypto_ref, AuthorityRef):
+            _KEYRINGS[key] = ClientKeyring(crypto_ref)
+        else:
+            import ray
 
-        _CONTEXTS.clear()
-        _CONTEXTS[key] = ray.get(crypto_ref)
-    return _CONTEXTS[key]
+            _KEYRINGS[key] = ray.get(crypto_ref)
+    return _KEYRINGS[key]
 
 
 def encrypted_train_reply(
@@ -39,20 +72,35 @@ def encrypted_train_reply(
     arrays: ArrayRecord,
     metrics: MetricRecord,
     *,
-    context: bytes,
+    context: ClientKeyring | bytes,
     node: str,
     clip_norm: float | None = None,
+    weighted: bool = False,
 ) -> Message:
-    """The train reply under encryption: CKKS chunks of num_examples * update (or, under central DP, of the
-    update clipped to ``clip_norm``, weight 1), plus plaintext metrics."""
+    """The train reply under encryption: signed CKKS chunks of w x update, w = num-examples when ``weighted``
+    else 1 (under central DP, ``clip_norm``: the update clipped to it, weight 1), plus plaintext metrics."""
     global_arrays = message.content[ARRAYS_RECORD]
     update = record_to_vector(arrays).double() - record_to_vector(global_arrays).double()
-    if clip_norm is None:
-        weighted = update * float(metrics[NUM_EXAMPLES_KEY])
+    if clip_norm is not None:
+        weight = 1.0
+        vector = update * min(1.0, clip_norm / max(float(update.norm()), 1e-12))
     else:
-        weighted = update * min(1.0, clip_norm / max(float(update.norm()), 1e-12))
+        weight = float(metrics[NUM_EXAMPLES_KEY]) if weighted else 1.0
+        vector = update * weight
     t0 = time.perf_counter()
-    chunks = encrypt_vector(weighted.numpy(), context)
-    metrics["encrypt_seconds"] = time.perf_counter() - t0
+    material = None
+    if isinstance(context, ClientKeyring):
+        material = context.material(int(metrics[PARTITION_ID_KEY]))
+        chunks = encrypt_vector(vector.numpy(), material.context)
+    else:
+        chunks = encrypt_vector(vector.numpy(), context)
+    t1 = time.perf_counter()
+    signature = material.sign(server_round_of(message), chunks) if material is not None else None
+    metrics["encrypt_seconds"] = t1 - t0
+    metrics["sign_seconds"] = time.perf_counter() - t1
     metrics["ciphertext_bytes"] = ciphertext_bytes(chunks)
-    return encrypted_reply(message, chunks, metrics, node=node)
+    metrics[CKKS_WEIGHT_KEY] = weight
+    reply = encrypted_reply(message, chunks, metrics, node=node)
+    if signature is not None:
+        reply.content[CKKS_RECORD][SIGNATURE_KEY] = signature
+    return reply

@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsec.arrays import model_to_record, record_to_vector, vector_to_record
+from fedsec.protocol import NUM_EXAMPLES_KEY
 
 from .attacks.base import AttackContext
 from .attacks.collusion import find_board
@@ -82,6 +83,9 @@ def malicious_train(
     )
     global_vector = record_to_vector(arrays)
     update = record_to_vector(model_to_record(model)) - global_vector
+    claimed = attack.report_examples(metrics[NUM_EXAMPLES_KEY])
+    if claimed != metrics[NUM_EXAMPLES_KEY]:  # metadata poisoning (count_lie): the reply claims another count
+        metrics[NUM_EXAMPLES_KEY] = int(claimed) if float(claimed).is_integer() and claimed < 2**63 else float(claimed)
     if attack.omniscient:  # the server crafts it from all honest updates
         return vector_to_record(global_vector + update, like=arrays), metrics
     if attack.colluding:

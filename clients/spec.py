@@ -32,9 +32,11 @@ class ClientSpec:
     board_name: str | None = None  # the colluding attackers' named Ray actor, if any
     crypto_ref: Any = None  # CKKS client context (Ray ObjectRef or bytes) under encryption.scheme = "ckks"
     central_clip_norm: float | None = None  # under CKKS with central DP: clients clip their update to this
+    ckks_weighted: bool = False  # under CKKS with defense.weighting="reported": encrypt num-examples x update
     normalisation: tuple[float, float] | None = None  # (mean, std) of pixel inputs; None: inputs are [0, 1] pixels
     poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
     sanitize: SanitizeConfig | None = None  # [defense.sanitize], None when off
+    dp_histories: dict[int, list[tuple[float, float, int]]] | None = None  # resumed run: each DP client's history
 
     @property
     def seed(self) -> int:
@@ -45,10 +47,11 @@ class ClientSpec:
         """The spec of a :class:`fedsec.plan.RunPlan` (``handles``: data_ref, board_name, crypto_ref)."""
         e = plan.experiment
         clip = e.privacy.clip_norm if (plan.crypto is not None and plan.privacy is not None) else None
+        weighted = plan.crypto is not None and plan.privacy is None and e.defense.weighting == "reported"
         sanitize = e.defense.sanitize if e.defense.sanitize.method != "none" else None
         return cls(model_name=e.model.name, data=e.data, train=e.train, privacy=e.privacy, schedule=plan.schedule,
-                   attack=plan.attack, central_clip_norm=clip, normalisation=plan.dataset.normalisation,
-                   poisoned=plan.poisoned, sanitize=sanitize, **handles)
+                   attack=plan.attack, central_clip_norm=clip, ckks_weighted=weighted,
+                   normalisation=plan.dataset.normalisation, poisoned=plan.poisoned, sanitize=sanitize, **handles)
 
 
 def current_node() -> str:

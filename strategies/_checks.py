@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import math
 
-from .base import StrategyConfigError
+from fedsec.errors import FedsecInputError
+
+
+class StrategyConfigError(FedsecInputError):
+    """A strategy parameter is out of range; the message names the parameter and the rule."""
 
 
 def require_clients(rule: str, n: int, needed: int, inequality: str, *, fix: str = "") -> None:

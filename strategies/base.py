@@ -5,8 +5,12 @@ is a pure kernel over a stacked ``(n_clients, n_params)`` tensor of *updates* (c
 sent that round). This base class does what all rules share, once:
 
 - sorts replies by the client's partition id (so aggregation order, and floating-point sums, are reproducible);
-- rejects, before any rule runs, replies that failed, carry no or several ArrayRecords, arrays whose keys or
-  shapes differ from the global model's, non-finite values, or a non-positive ``num-examples``;
+- rejects, before any rule runs, replies that failed, carry no or several ArrayRecords, arrays whose keys, shapes
+  or dtypes (declared or serialized) differ from the global model's, non-finite values, a ``num-examples`` that is
+  not a whole number in [1, ``max_examples``], or a ``partition-id`` that is not an integer in range and unique in
+  the round (:mod:`fedsec.strategies._trust`);
+- applies the run's count policy (``weighting``: reported, capped at ``weight_cap`` x the median claim, or
+  uniform) to the claims before a weighted rule sees them;
 - stacks the updates (client arrays - global arrays) into one CPU matrix, each row written in a single pass over
   the reply's serialized arrays (:func:`fedsec.arrays.stack_updates`), into a buffer the strategy keeps between
   rounds (a fresh 100 x 1.6M float32 matrix costs more to page in than to fill), drops the non-finite rows, moves
@@ -14,7 +18,8 @@ sent that round). This base class does what all rules share, once:
 - records one :class:`ClientDecision` per reply in :attr:`RobustStrategy.last_report` (the weight the rule gave,
   0 = rejected), which the fedsec runner writes to ``clients.csv``.
 
-A round with fewer valid updates than the rule needs is skipped (the global model stays) and the reason recorded.
+A round with fewer valid updates than the rule needs is skipped (the global model stays) and the reason recorded;
+so is a round whose aggregate is not finite (a last guard: no input turns the global model into NaN/Inf).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 from abc import abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -35,7 +41,6 @@ from flwr.supercore import log
 from pydantic import BaseModel
 
 from fedsec.arrays import record_signature, record_to_vector, stack_updates, vector_to_record
-from fedsec.errors import FedsecInputError
 from fedsec.protocol import (
     NODE_KEY,
     NUM_EXAMPLES_KEY,
@@ -46,16 +51,14 @@ from fedsec.protocol import (
 )
 from fedsec.registry import NoParams
 
+from ._checks import StrategyConfigError, check_float
 from ._linalg import map_ranges
+from ._trust import MAX_EXAMPLES, WEIGHTINGS, Weighting, check_arrays, check_count, check_partition_id, counted_examples
 
 __all__ = ["NODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_ID_KEY", "ClientDecision", "RobustStrategy", "RoundReport",
            "StrategyConfigError", "StrategyContext", "resolve_device"]
 
 NodeSampler = Callable[[int], list[int]]  # server round -> node ids to train this round
-
-
-class StrategyConfigError(FedsecInputError):
-    """A strategy parameter is out of range; the message names the parameter and the rule."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class ClientDecision:
     status: str  # "accepted" | "rejected" | "invalid: <why>" | "failed: <why>"
     node: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    counted_examples: float = math.nan  # the count the rule used after the run's weighting policy (NaN: unused)
 
 
 @dataclass
@@ -96,6 +100,18 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def no_participant_reason(decisions: list[ClientDecision]) -> str:
+    """Why no client took part in a round: the count of each status, with the first reason of each."""
+    if not decisions:
+        return "no client took part: no replies"
+    by_kind: dict[str, list[str]] = {}
+    for d in decisions:
+        kind, _, why = d.status.partition(": ")
+        by_kind.setdefault(kind, []).append(why or kind)
+    parts = [f"{len(whys)} {kind} (e.g. {whys[0]})" for kind, whys in sorted(by_kind.items())]
+    return "no client took part: " + "; ".join(parts)
 
 
 class RobustStrategy(FedAvg):
@@ -116,6 +132,27 @@ class RobustStrategy(FedAvg):
     node_sampler : Callable[[int], list[int]] | None (default: None)
         Chooses the node ids to train in a round; fedsec's ServerApp sets a seeded one so runs are
         reproducible. None falls back to Flower's random sampling.
+    weighting : "reported" | "capped" | "uniform" (default: "capped")
+        How a rule that weights by ``num-examples`` (``uses_counts``) uses the clients' *claims* (config key
+        ``defense.weighting``): as reported; capped at ``weight_cap`` x the round's (lower) median claim; or
+        ignored (every client 1). Counts are unverifiable metadata: under "reported", one client claiming 1e9
+        examples among clients claiming 50 moves FedAvg, Multi-Krum, GeoMed and NormClipping all the way to its
+        own update (issue 15). Capping keeps FedAvg's weighting for honest non-IID partitions, whose sizes
+        rarely differ by more than a few times the median, and bounds a liar's share.
+    weight_cap : float (default: 4.0)
+        The largest claim counted, as a multiple of the round's median claim, in [1, 1e6] (config key
+        ``defense.weight_cap``). With n clients claiming alike and one liar, the liar's weight is at most
+        cap / (cap + n - 1): 4 / 13 = 0.31 at n = 10, against 1e9 / (1e9 + 450) = 1.0 uncapped. 4 is chosen
+        because honest partitions stay below it: fedsec's Dirichlet(0.5) split of a balanced 60,000-example,
+        10-class set (its default non-IID setting) gives a largest partition of 2.1x / 2.3x / 2.5x the median
+        at 20 / 50 / 100 clients (mean of 10 seeds), so every honest client keeps its FedAvg weight; only at
+        alpha = 0.1 (50 clients: 93% of partitions below 4x, the largest 7.5x) does capping trim honest ones.
+        The median, not the mean, keeps the cap itself out of the liars' reach while they are fewer than half.
+    max_examples : float (default: 1e9)
+        The largest ``num-examples`` a reply may claim; larger (or non-integral, below 1, NaN, Inf) claims are
+        rejected and recorded as ``invalid``: 1e39 or 1e300 would overflow float32 sums into NaN.
+    num_partitions : int | None (default: None)
+        When known (the run's ``data.num_clients``), a ``partition-id`` must be below it.
     """
 
     #: smallest number of valid updates the rule can aggregate
@@ -125,6 +162,8 @@ class RobustStrategy(FedAvg):
     description: ClassVar[str] = ""
     #: the rule needs the server's own update on a root dataset (``server_update_fn``; its Params has root_size)
     needs_server_update: ClassVar[bool] = False
+    #: the rule weights clients by their claimed ``num-examples`` (so the ``weighting`` policy matters to it)
+    uses_counts: ClassVar[bool] = False
 
     @classmethod
     def config_kwargs(cls, params: BaseModel, context: StrategyContext) -> dict[str, Any]:
@@ -152,7 +191,23 @@ class RobustStrategy(FedAvg):
         fraction_evaluate: float = 0.0,
         device: str = "auto",
         node_sampler: NodeSampler | None = None,
+        weighting: Weighting = "capped",
+        weight_cap: float = 4.0,
+        max_examples: float = MAX_EXAMPLES,
+        num_partitions: int | None = None,
     ) -> None:
+        if weighting not in WEIGHTINGS:
+            raise StrategyConfigError(f"defense.weighting={weighting!r}: must be one of {list(WEIGHTINGS)}; "
+                                      "use 'capped' (the default) unless every client's count is trusted")
+        self.weighting: Weighting = weighting
+        self.weight_cap = check_float(type(self).__name__, "defense.weight_cap", weight_cap, low=1.0, high=1e6,
+                                      high_open=False)
+        self.max_examples = check_float(type(self).__name__, "max_examples", max_examples, low=1.0, high=3e38,
+                                        high_open=False)
+        if num_partitions is not None and (isinstance(num_partitions, bool) or not isinstance(num_partitions, int)
+                                           or num_partitions < 1):
+            raise StrategyConfigError(f"num_partitions={num_partitions!r}: must be an integer >= 1 or None")
+        self.num_partitions = num_partitions
         super().__init__(
             fraction_train=fraction_train,
             fraction_evaluate=1.0,  # set below: Flower's FedAvg logs a warning for 0.0, our default
@@ -226,6 +281,7 @@ class RobustStrategy(FedAvg):
             decisions.append(decision)
             if arrays is not None:
                 candidates.append((decision, arrays))
+        candidates = self._reject_duplicate_ids(candidates)
 
         # one (n, d) matrix of updates, each row written in one pass over its reply (records.stack_updates) into a
         # CPU buffer kept between rounds; rows with NaN/Inf are dropped before any rule runs
@@ -242,11 +298,15 @@ class RobustStrategy(FedAvg):
             finite += part_finite
         valid: list[ClientDecision] = []
         valid_norms: list[float] = []
-        for (decision, _), norm, ok in zip(candidates, norms, finite, strict=True):
+        for i, ((decision, _), norm, ok) in enumerate(zip(candidates, norms, finite, strict=True)):
+            if ok and not math.isfinite(norm):  # finite values whose sum of squares overflows the rows' dtype
+                finite[i] = ok = False
+                decision.status = (f"invalid: update norm overflows {global_vector.dtype} (sum of squares above "
+                                   f"{torch.finfo(global_vector.dtype).max:.3g}); no model update is that large")
             if ok:
                 valid.append(decision)
                 valid_norms.append(norm)
-            else:
+            elif decision.status == "pending":
                 decision.status = "invalid: non-finite values (NaN/Inf) in the update"
         if not all(finite):  # move the valid rows up, in place
             for row, i in enumerate([i for i, ok in enumerate(finite) if ok]):
@@ -263,6 +323,8 @@ class RobustStrategy(FedAvg):
             report.skipped_reason = (
                 f"{len(valid)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
             )
+            if not valid:
+                report.skipped_reason += "; " + no_participant_reason(decisions)
             log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
             for d in valid:
                 d.status = "skipped: too few valid updates"
@@ -272,9 +334,19 @@ class RobustStrategy(FedAvg):
             d.update_norm = norm
         updates = stacked.to(self.device)
         global_vector = global_vector.to(self.device)
-        num_examples = torch.tensor([float(d.num_examples) for d in valid], device=self.device)
+        claims = torch.tensor([float(d.num_examples) for d in valid], dtype=torch.float64)
+        counted = counted_examples(claims, weighting=self.weighting, weight_cap=self.weight_cap)
+        for d, c in zip(valid, counted.tolist(), strict=True):
+            d.counted_examples = c if self.uses_counts else math.nan
+        num_examples = counted.to(device=self.device, dtype=torch.float32)
         self.current_clients = valid
         aggregate, weights = self.aggregate_updates(updates, num_examples)
+        if not (bool(torch.isfinite(aggregate).all()) and bool(torch.isfinite(weights).all())):
+            report.skipped_reason = f"{self.describe()} produced a non-finite aggregate; the global model stays"
+            log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
+            for d in valid:
+                d.status = "skipped: non-finite aggregate"
+            return None, None
         for d, w in zip(valid, weights.tolist(), strict=True):
             d.weight = float(w)
             d.status = "accepted" if w > 0 else "rejected"
@@ -284,6 +356,20 @@ class RobustStrategy(FedAvg):
         return new_arrays, metrics
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _reject_duplicate_ids(candidates: list[tuple[ClientDecision, Any]]) -> list[tuple[ClientDecision, Any]]:
+        """Replies that claim the same partition id as another reply of the round are all rejected (the server
+        cannot tell which one is the client); the others are kept."""
+        seen = Counter(d.partition_id for d, _ in candidates if d.partition_id is not None)
+        kept = []
+        for decision, arrays in candidates:
+            if decision.partition_id is not None and seen[decision.partition_id] > 1:
+                decision.status = (f"invalid: '{PARTITION_ID_KEY}'={decision.partition_id} is claimed by "
+                                   f"{seen[decision.partition_id]} replies this round")
+            else:
+                kept.append((decision, arrays))
+        return kept
+
     def _stack_buffer(self, n: int, like: torch.Tensor) -> torch.Tensor:
         """An (n, d) CPU tensor of ``like``'s dtype (d = ``like.numel()``) to stack this round's updates into.
 
@@ -310,14 +396,23 @@ class RobustStrategy(FedAvg):
         node_id = message.metadata.src_node_id
         num_examples = metrics.get(NUM_EXAMPLES_KEY)
         bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
+        if PARTITION_ID_KEY in metrics:
+            why = check_partition_id(metrics[PARTITION_ID_KEY], num_partitions=self.num_partitions,
+                                     key=PARTITION_ID_KEY)
+            if why is not None:
+                partition_id = None  # never record an id the client could not have
+                return bad(why)
         if len(content.array_records) != 1:
             return bad(f"expected one ArrayRecord, got {len(content.array_records)}")
-        if num_examples is None or not math.isfinite(num_examples) or num_examples <= 0:
-            return bad(f"'{NUM_EXAMPLES_KEY}' must be a positive number, got {num_examples!r}")
+        why = check_count(num_examples, max_examples=self.max_examples, key=NUM_EXAMPLES_KEY)
+        if why is not None:
+            return bad(why)
         arrays = next(iter(content.array_records.values()))
         got = record_signature(arrays)
         if got != signature:
             return bad("arrays do not match the global model's keys/shapes")
+        if self._global_arrays is not None and (why := check_arrays(arrays, self._global_arrays)) is not None:
+            return bad(why)
         metrics = {**metrics, "bytes_up": float(sum(len(a.data) for a in arrays.values()))}
         decision = ClientDecision(
             node_id=node_id,
@@ -356,12 +451,15 @@ class RobustStrategy(FedAvg):
     def _weighted_metrics(valid: list[ClientDecision]) -> MetricRecord:
         """Example-weighted mean of the accepted clients' numeric training metrics."""
         accepted = [d for d in valid if d.weight > 0]
-        total = sum(d.num_examples for d in accepted)
+        counts = [d.counted_examples if math.isfinite(d.counted_examples) else float(d.num_examples) for d in accepted]
+        total = sum(counts)
         out = MetricRecord()
         if not accepted or total <= 0:
             return out
         keys = set.intersection(*(set(d.metrics) for d in accepted)) - {NUM_EXAMPLES_KEY, PARTITION_ID_KEY, "bytes_up"}
         for key in sorted(keys):
-            out[key] = sum(d.metrics[key] * d.num_examples for d in accepted) / total
-        out[NUM_EXAMPLES_KEY] = total
+            values = [d.metrics[key] for d in accepted]
+            if all(math.isfinite(v) for v in values):
+                out[key] = math.fsum(v * c for v, c in zip(values, counts, strict=True)) / total
+        out[NUM_EXAMPLES_KEY] = sum(d.num_examples for d in accepted)
         return out

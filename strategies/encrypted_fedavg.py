@@ -1,92 +1,124 @@
-"""FedAvg over CKKS ciphertexts: the server adds encrypted updates it cannot read.
+"""FedAvg over CKKS ciphertexts: the server checks signed encrypted updates it cannot read; a separate key
+authority adds and decrypts only their sum.
 
 Homomorphic encryption: Cheon, Kim, Kim and Song, "Homomorphic Encryption for Arithmetic of Approximate Numbers"
-(CKKS), ASIACRYPT 2017 (https://eprint.iacr.org/2016/421), with TenSEAL; the parameters and their measured error
-are in :mod:`fedsec.crypto`. Each client sends its flattened update multiplied by its ``num-examples`` as CKKS
-chunks (a ConfigRecord ``"ckks"`` with ``"chunks"``: list of bytes) plus its plaintext ``num-examples``; the server
-sums the chunk lists with the *public* context only and hands the encrypted sum to a decryptor (the key
-authority's, in a simulation the trusted setup); the new global model is global + sum / total examples, exactly
-FedAvg up to the CKKS error.
+(CKKS), ASIACRYPT 2017 (https://eprint.iacr.org/2016/421), with TenSEAL; parameters and measured error in
+:mod:`fedsec.crypto.ckks`. Signatures: Ed25519 (:mod:`fedsec.crypto.signing`). The key authority runs in a process
+of its own (:mod:`fedsec.crypto.authority`); this strategy holds only its :class:`DecryptionService` (public
+context, clients' verification keys, ``decrypt_round``), never a key that decrypts or signs.
 
-With central DP (``dp_noise_std``), clients clip their update to ``privacy.clip_norm`` and send it with weight 1;
-the server encrypts N(0, dp_noise_std^2) noise with the public key, adds it to the encrypted sum, and the new
-model is global + sum / k (DP-FedAvg's fixed denominator, McMahan et al., ICLR 2018): the key authority only ever
-decrypts a noised sum.
+Each client sends its flattened update times a weight it declares (``ckks-weight``: 1, or its ``num-examples``
+when the run's weighting is "reported"), as CKKS chunks (ConfigRecord ``"ckks"``: ``"chunks"``, ``"signature"``)
+plus plaintext metrics. The server verifies each signature (bound to run, round, partition id and the chunks'
+digest) and rejects and records a reply that fails; the authority verifies again, adds, decrypts, checks the sum's
+plausibility and releases it; the new global model is global + sum / denominator.
+
+With central DP (``dp_noise_std``), clients clip to ``privacy.clip_norm`` with weight 1; the authority adds
+N(0, dp_noise_std^2) to the released sum and the denominator is k (DP-FedAvg, McMahan et al., ICLR 2018).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedsec.arrays import record_to_vector, vector_to_record
-from fedsec.crypto import CryptoError, add_encrypted, ciphertext_bytes, encrypt_vector, load_context
-from fedsec.protocol import CHUNKS_KEY, CKKS_RECORD, NUM_EXAMPLES_KEY, reply_sort_key
+from fedsec.crypto import CryptoError, DecryptionResult, SignedCiphertext, ciphertext_bytes, load_context
+from fedsec.crypto.signing import verify_chunks
+from fedsec.protocol import CHUNKS_KEY, CKKS_RECORD, NUM_EXAMPLES_KEY, PARTITION_ID_KEY, reply_sort_key
 
-from .base import ClientDecision, RobustStrategy, RoundReport
+from ._trust import check_count, check_partition_id
+from .base import ClientDecision, RobustStrategy, RoundReport, no_participant_reason
 
-__all__ = ["CHUNKS_KEY", "CKKS_RECORD", "Decryptor", "EncryptedFedAvg"]
+__all__ = ["CHUNKS_KEY", "CKKS_RECORD", "CKKS_WEIGHT_KEY", "SIGNATURE_KEY", "EncryptedFedAvg"]
 
-Decryptor = Callable[[list[bytes], int], np.ndarray]
+SIGNATURE_KEY = "signature"  # in the "ckks" ConfigRecord: the client's Ed25519 signature (64 bytes)
+CKKS_WEIGHT_KEY = "ckks-weight"  # in the metrics: the factor the client multiplied its update by before encrypting
+
+
+class Authority(Protocol):
+    """What the strategy needs of the key authority (:class:`fedsec.crypto.DecryptionService`)."""
+
+    public_context: bytes
+    verify_keys: dict[int, bytes]
+    run_id: str
+    min_clients: int
+
+    def decrypt_round(self, server_round: int, members: list[SignedCiphertext], length: int, *,
+                      noise_std: float = 0.0) -> DecryptionResult: ...
 
 
 class EncryptedFedAvg(RobustStrategy):
-    """FedAvg on CKKS-encrypted updates; the server holds only the public context.
+    """FedAvg on signed CKKS-encrypted updates; the server holds only a decryption *service*, no secret key.
 
     Parameters
     ----------
-    public_context : bytes
-        The key authority's serialized public context (no secret key: refused otherwise).
-    decryptor : Callable[[list[bytes], int], np.ndarray]
-        Decrypts the summed chunks to a vector of the given length (``KeyAuthority.decrypt_sum``); the
-        strategy never gets the secret key.
+    authority : DecryptionService
+        The key authority's server view (:meth:`fedsec.crypto.KeyAuthorityHandle.server_view`): its public
+        context must not hold the secret key (refused otherwise).
+    dp_noise_std : float | None (default: None)
+        Central DP: the noise std the authority adds to the released sum; needs ``expected_clients``.
+    expected_clients : int | None (default: None)
+        DP-FedAvg's fixed denominator k.
+    weighting : "reported" | "capped" | "uniform" (default: "capped")
+        "reported": clients encrypt num-examples x update and the sum is divided by the claimed total (FedAvg,
+        and its count lie). "capped" and "uniform": clients encrypt the update with weight 1 and the sum is
+        divided by the number of clients: the server cannot cap a count inside a ciphertext (a ciphertext times
+        a plaintext needs a rescale this addition-only parameter set does not have), so capping falls back to
+        uniform weights, which a count lie cannot move.
     **kwargs
-        All parameters of :class:`fedsec.strategies.base.RobustStrategy` (sampling, ``node_sampler``).
+        All parameters of :class:`fedsec.strategies.base.RobustStrategy` (sampling, ``node_sampler``, ...).
 
     Assumptions
     -----------
-    Honest-but-curious server; the sum of weighted updates stays within the CKKS headroom
-    (:attr:`fedsec.crypto.CkksParams.max_abs`), otherwise the decrypted sum is garbage (CKKS cannot detect it).
-    Robust rules need per-client plaintext distances and cannot run here.
+    Honest-but-curious server; at least ``min_clients`` honest-or-not clients per round (the authority releases
+    nothing smaller). Robust rules need per-client plaintext distances and cannot run here.
 
     Differences
     -----------
-    A reply whose ciphertexts do not deserialize or add up (malformed bytes, other parameters, other length) is
-    rejected and recorded, the rest are summed. ``update_norm`` is NaN: the server cannot see it.
+    Replies without a valid signature (tampered chunks, a key not issued to that partition, another round or
+    run), with a duplicate or invalid partition id, a bad count, or a ``ckks-weight`` that is not the run's, are
+    rejected and recorded; the authority's own rejections (ciphertexts that decrypt to implausible vectors) and
+    refusals (too few clients, overflow) are recorded too. ``update_norm`` is NaN: the server cannot see it.
     """
+
+    uses_counts = True  # under weighting="reported" only
 
     def __init__(
         self,
         *,
-        public_context: bytes,
-        decryptor: Decryptor,
+        authority: Authority,
         dp_noise_std: float | None = None,
         expected_clients: int | None = None,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if load_context(public_context).has_secret_key():
+        if load_context(authority.public_context).has_secret_key():
             raise CryptoError("EncryptedFedAvg: the server's context holds the secret key; pass the public one")
         if dp_noise_std is not None and (expected_clients is None or expected_clients < 1):
             raise CryptoError("EncryptedFedAvg: central DP needs expected_clients >= 1 (the fixed denominator)")
-        self.public_context = public_context
-        self.decryptor = decryptor
+        self.authority = authority
+        self.public_context = authority.public_context
         self.dp_noise_std = dp_noise_std
         self.expected_clients = expected_clients
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
         super().__init__(**kwargs)
 
     def describe(self) -> str:
         if self.dp_noise_std is None:
-            return "EncryptedFedAvg(CKKS)"
+            return f"EncryptedFedAvg(CKKS, weighting={self.weighting})"
         return (f"EncryptedFedAvg(CKKS, DP noise std {self.dp_noise_std:.4g} on the encrypted sum, "
                 f"k={self.expected_clients})")
+
+    @property
+    def client_weighted(self) -> bool:
+        """Whether clients multiply their update by their num-examples before encrypting."""
+        return self.dp_noise_std is None and self.weighting == "reported"
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError("EncryptedFedAvg never sees plaintext updates")
@@ -94,80 +126,105 @@ class EncryptedFedAvg(RobustStrategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Sum the valid replies' ciphertexts, have the sum decrypted, apply it to the global model."""
+        """Verify the replies' signatures, have the authority add and decrypt the verified set, apply the sum."""
         if self._global_arrays is None:
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to update")
         decisions: list[ClientDecision] = []
-        valid: list[tuple[ClientDecision, list[bytes]]] = []
+        valid: list[tuple[ClientDecision, SignedCiphertext]] = []
         for message in sorted(replies, key=reply_sort_key):
-            decision, chunks = self._check_encrypted(message)
+            decision, member = self._check_encrypted(message, server_round)
             decisions.append(decision)
-            if chunks is not None:
-                valid.append((decision, chunks))
+            if member is not None:
+                valid.append((decision, member))
+        valid = self._consistent(valid)
         report = RoundReport(server_round=server_round, decisions=decisions)
         self.last_report = report
-        t0 = time.perf_counter()
-        summed, valid = self._sum(valid)
-        t1 = time.perf_counter()
-        if summed is None:
-            report.skipped_reason = "no valid encrypted update"
+        if not valid:
+            report.skipped_reason = "no valid encrypted update; " + no_participant_reason(decisions)
             return None, None
         global_vector = record_to_vector(self._global_arrays).double()
-        if self.dp_noise_std is not None:  # DP-FedAvg: clipped updates with weight 1, noise, fixed denominator k
-            d = global_vector.numel()
-            noise = self.dp_noise_std * torch.randn(d, generator=self.generator, dtype=torch.float64)
-            summed = add_encrypted([summed, encrypt_vector(noise.numpy(), self.public_context)], self.public_context)
-            weights = {id(d): 1.0 / self.expected_clients for d, _ in valid}
+        d = global_vector.numel()
+        result = self.authority.decrypt_round(server_round, [m for _, m in valid], d,
+                                              noise_std=self.dp_noise_std or 0.0)
+        by_pid = {m.partition_id: dec for dec, m in valid}
+        for pid, why in result.rejected.items():
+            if pid in by_pid:
+                by_pid[pid].status = f"invalid: key authority: {why}"
+        if result.vector is None:
+            report.skipped_reason = f"key authority refused to decrypt: {result.refused}"
+            for dec, _ in valid:
+                if dec.status == "pending":
+                    dec.status = "skipped: key authority refused"
+            return None, None
+        accepted = [by_pid[pid] for pid in result.accepted]
+        if self.dp_noise_std is not None:
             total = float(self.expected_clients)
+        elif self.client_weighted:
+            total = float(sum(dec.num_examples for dec in accepted))
         else:
-            total = float(sum(d.num_examples for d, _ in valid))
-            weights = {id(d): d.num_examples / total for d, _ in valid}
-        weighted_sum = torch.from_numpy(self.decryptor(summed, global_vector.numel()))
-        t2 = time.perf_counter()
-        for d, _ in valid:
-            d.weight, d.status = weights[id(d)], "accepted"
+            total = float(len(accepted))
+        for dec in accepted:
+            share = dec.num_examples if self.client_weighted else 1.0
+            dec.counted_examples = float(share)  # 1 under uniform weights: the liar's claim weighs nothing
+            dec.weight, dec.status = share / total, "accepted"
+        weighted_sum = torch.from_numpy(result.vector)
         new_arrays = vector_to_record((global_vector + weighted_sum / total).float(), like=self._global_arrays)
-        metrics = self._weighted_metrics([d for d, _ in valid])
-        metrics["bytes_up"] = sum(ciphertext_bytes(c) for _, c in valid)
-        metrics["he_add_seconds"] = t1 - t0
-        metrics["decrypt_seconds"] = t2 - t1
+        metrics = self._weighted_metrics(accepted)
+        metrics["bytes_up"] = sum(ciphertext_bytes(m.chunks) for _, m in valid)
+        metrics["he_add_seconds"] = result.add_seconds
+        metrics["decrypt_seconds"] = result.decrypt_seconds
         return new_arrays, metrics
 
-    def _sum(
-        self, valid: list[tuple[ClientDecision, list[bytes]]]
-    ) -> tuple[list[bytes] | None, list[tuple[ClientDecision, list[bytes]]]]:
-        """Encrypted sum of the valid chunk lists; a client whose chunks do not add is rejected, the rest summed."""
-        if not valid:
-            return None, valid
-        try:
-            return add_encrypted([c for _, c in valid], self.public_context), valid
-        except CryptoError:
-            pass
-        total: list[bytes] | None = None
+    def _consistent(
+        self, valid: list[tuple[ClientDecision, SignedCiphertext]]
+    ) -> list[tuple[ClientDecision, SignedCiphertext]]:
+        """Drop replies that repeat a partition id, or whose chunk count is not the round's most common one."""
+        ids = Counter(m.partition_id for _, m in valid)
+        counts = Counter(len(m.chunks) for _, m in valid if ids[m.partition_id] == 1)
+        usual = counts.most_common(1)[0][0] if counts else 0
         kept = []
-        for decision, chunks in valid:  # find the culprits one by one
-            try:
-                total = add_encrypted([chunks] if total is None else [total, chunks], self.public_context)
-                kept.append((decision, chunks))
-            except CryptoError as e:
-                decision.status = f"invalid: {str(e).split(';')[0]}"
-        return total, kept
+        for dec, m in valid:
+            if ids[m.partition_id] > 1:
+                dec.status = (f"invalid: '{PARTITION_ID_KEY}'={m.partition_id} is claimed by {ids[m.partition_id]} "
+                              "replies this round")
+            elif len(m.chunks) != usual:
+                dec.status = f"invalid: {len(m.chunks)} ciphertext chunks, the round's others sent {usual}"
+            else:
+                kept.append((dec, m))
+        return kept
 
-    def _check_encrypted(self, message: Message) -> tuple[ClientDecision, list[bytes] | None]:
+    def _check_encrypted(self, message: Message, server_round: int) -> tuple[ClientDecision, SignedCiphertext | None]:
         parsed = self._parse_reply(message)
         if isinstance(parsed, ClientDecision):
             return parsed, None
         content, metrics, partition_id, node = parsed
         node_id = message.metadata.src_node_id
-        num_examples = metrics.get(NUM_EXAMPLES_KEY)
+        bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
+        why = check_partition_id(metrics.get(PARTITION_ID_KEY), num_partitions=self.num_partitions,
+                                 key=PARTITION_ID_KEY)
+        if why is not None:  # under encryption the id is required: the signature binds it
+            partition_id = None
+            return bad(why)
         if content.array_records:
-            return self._bad(node_id, partition_id, "invalid: plaintext arrays sent under encryption", node,
-                             metrics), None
-        chunks = content.config_records.get(CKKS_RECORD, {}).get(CHUNKS_KEY)
+            return bad("plaintext arrays sent under encryption")
+        record = content.config_records.get(CKKS_RECORD, {})
+        chunks = record.get(CHUNKS_KEY)
         if not isinstance(chunks, list) or not chunks or not all(isinstance(c, bytes) for c in chunks):
-            return self._bad(node_id, partition_id, "invalid: no CKKS chunks in the reply", node, metrics), None
-        if num_examples is None or not math.isfinite(num_examples) or num_examples <= 0:
-            return self._bad(node_id, partition_id, f"invalid: '{NUM_EXAMPLES_KEY}' must be a positive number",
-                             node, metrics), None
-        decision = ClientDecision(node_id, partition_id, int(num_examples), math.nan, 0.0, "pending", node, metrics)
-        return decision, chunks
+            return bad("no CKKS chunks in the reply")
+        num_examples = metrics.get(NUM_EXAMPLES_KEY)
+        why = check_count(num_examples, max_examples=self.max_examples, key=NUM_EXAMPLES_KEY)
+        if why is not None:
+            return bad(why)
+        weight = metrics.get(CKKS_WEIGHT_KEY, 1.0)
+        wanted = float(num_examples) if self.client_weighted else 1.0
+        if weight != wanted:
+            return bad(f"'{CKKS_WEIGHT_KEY}'={weight!r}: this run's clients encrypt update x {wanted:g} "
+                       f"(weighting={self.weighting!r})")
+        pid = int(metrics[PARTITION_ID_KEY])
+        signature = record.get(SIGNATURE_KEY)
+        why = verify_chunks(self.authority.verify_keys.get(pid), signature, run_id=self.authority.run_id,
+                            server_round=server_round, partition_id=pid, chunks=chunks)
+        if why is not None:
+            return bad(why)
+        decision = ClientDecision(node_id, pid, int(num_examples), math.nan, 0.0, "pending", node, metrics)
+        return decision, SignedCiphertext(pid, chunks, bytes(signature))

@@ -42,6 +42,7 @@ class FedAvg(RobustStrategy):
 
     Params = NoParams
     description = 'Federated Averaging, no defense (McMahan et al. 2017)'
+    uses_counts = True
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return fedavg_aggregate(updates, num_examples)

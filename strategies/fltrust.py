@@ -24,14 +24,21 @@ ServerUpdateFn = Callable[[ArrayRecord], torch.Tensor]
 
 
 def fltrust_trust_scores(updates: torch.Tensor, server_update: torch.Tensor) -> torch.Tensor:
-    """TS_i = ReLU(cos(u_i, g0)), shape (n,); an update of norm 0 (or g0 = 0) gets 0.
+    """TS_i = ReLU(cos(u_i, g0)), shape (n,); an update of norm 0 (or g0 = 0) gets 0; norms and the cosine are
+    computed in float64, so a huge but finite update gets its true cosine, never NaN or a value above 1.
 
     updates: (n, d); server_update: g0, shape (d,), on the updates' device and dtype.
     """
-    tiny = torch.finfo(updates.dtype).tiny
-    denominator = torch.linalg.vector_norm(updates, dim=1) * torch.linalg.vector_norm(server_update)
-    cosine = torch.where(denominator > 0, (updates @ server_update) / denominator.clamp_min(tiny), 0.0)
-    return torch.relu(cosine)
+    norms = torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64)
+    g0_norm = torch.linalg.vector_norm(server_update, dtype=torch.float64)
+    if g0_norm <= 0 or not torch.isfinite(g0_norm):
+        return torch.zeros(updates.shape[0], dtype=updates.dtype, device=updates.device)
+    # <u_i, g0 / ||g0||> in the updates' dtype is at most ||u_i||, so it overflows only where ||u_i|| does; the
+    # division and the clamp run in float64, so a huge but finite update gets a finite cosine, never NaN
+    dots = (updates @ (server_update / g0_norm.to(server_update.dtype))).to(torch.float64)
+    cosine = torch.where((norms > 0) & torch.isfinite(norms) & torch.isfinite(dots), dots / norms.clamp_min(1e-300),
+                         0.0).clamp(-1.0, 1.0)
+    return torch.relu(cosine).to(updates.dtype)
 
 
 def fltrust_aggregate(updates: torch.Tensor, server_update: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +54,9 @@ def fltrust_aggregate(updates: torch.Tensor, server_update: torch.Tensor) -> tup
     total = trust.sum()
     if total <= 0:
         return torch.zeros_like(g0), torch.zeros_like(trust)
-    norms = torch.linalg.vector_norm(updates, dim=1).clamp_min(torch.finfo(updates.dtype).tiny)
-    weights = trust * torch.linalg.vector_norm(g0) / (norms * total)
+    norms = torch.linalg.vector_norm(updates, dim=1, dtype=torch.float64).clamp_min(1e-300)
+    weights = (trust.to(torch.float64) * torch.linalg.vector_norm(g0, dtype=torch.float64)
+               / (norms * total.to(torch.float64))).to(updates.dtype)
     return weights @ updates, weights
 
 

@@ -39,13 +39,18 @@ def _alpha(
 
     The cosine similarities come from the Gram matrix of the histories, G_ij / sqrt(G_ii G_jj), one chunk of
     columns at a time (:func:`fedsec.strategies._linalg.gram_matrix`, float64 sums): no normalised (n, d) copy of
-    the histories, nor a stacked one when they are given as rows.
+    the histories, nor a stacked one when they are given as rows. When a product overflows ``dtype`` the Gram
+    matrix is recomputed in float64, and a pair whose similarity is still not finite counts as dissimilar (0):
+    never a NaN weight.
     """
     gram = gram_matrix(histories, compute_dtype=dtype).to(device)
+    if not bool(torch.isfinite(gram).all()):  # products overflowed ``dtype`` (histories above ~1e19): redo in float64
+        gram = gram_matrix(histories, compute_dtype=torch.float64).to(device)
     n = gram.shape[0]
     norms = gram.diagonal().sqrt()
     scale = torch.outer(norms, norms)
-    cosine = torch.where(scale > 0, gram / scale.clamp_min(torch.finfo(torch.float64).tiny), 0.0).to(dtype)
+    ok = (scale > 0) & torch.isfinite(scale) & torch.isfinite(gram)
+    cosine = torch.where(ok, gram / scale.clamp_min(torch.finfo(torch.float64).tiny), 0.0).to(dtype)
     eye = torch.eye(n, dtype=torch.bool, device=device)
     cs = cosine.clamp(-1.0, 1.0).masked_fill(eye, 0.0)  # the reference code's cs - I
     v = cs.max(dim=1).values  # >= 0: the zeroed diagonal counts

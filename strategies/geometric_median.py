@@ -29,16 +29,21 @@ def geometric_median(
     updates: (n, d); num_examples: (n,). Returns v (d,) and the normalised beta (n,) of the last step, so that
     v = weights @ updates exactly (weights sum to 1; with iterations = 0 they are alpha).
 
-    Each step reads the updates twice: once for the distances, chunk by chunk without an (n, d) temporary
+    Guarded: the weights are computed in float64 from distances in which an overflow counts as the dtype's
+    largest finite value, so no finite input gives a NaN. Each step reads the updates twice: once for the
+    distances, chunk by chunk without an (n, d) temporary
     (:func:`fedsec.strategies._linalg.distances_to`), once for the weighted mean.
     """
-    alpha = num_examples.to(updates.dtype)
-    weights = alpha / alpha.sum()
+    alpha = num_examples.to(torch.float64)
+    weights = (alpha / alpha.sum()).to(updates.dtype)
     aggregate = weights @ updates
+    big = torch.finfo(updates.dtype).max
     for _ in range(iterations):
-        distances = distances_to(updates, aggregate).clamp_min(smoothing)
-        beta = alpha / distances
-        weights = beta / beta.sum()
+        # a distance that overflows the updates' dtype counts as its largest finite value (beta stays > 0 and the
+        # ratios in float64 stay finite), so a huge but finite update gets a tiny weight instead of a 0/0 NaN
+        distances = distances_to(updates, aggregate).nan_to_num(nan=big, posinf=big).clamp_min(smoothing)
+        beta = alpha / distances.to(torch.float64)
+        weights = (beta / beta.sum()).to(updates.dtype)
         aggregate = weights @ updates
     return aggregate, weights
 
@@ -79,6 +84,7 @@ class GeometricMedian(RobustStrategy):
 
     Params = GeometricMedianParams
     description = 'geometric median by smoothed Weiszfeld, RFA (Pillutla et al. 2022)'
+    uses_counts = True  # the alpha_i of the weighted geometric median
 
     def __init__(self, *, iterations: int = 3, smoothing: float = 1e-6, **kwargs: Any) -> None:
         self.iterations = check_int("GeometricMedian", "iterations", iterations, low=1)

@@ -48,6 +48,7 @@ class Krum(MultiKrum):
 
     Params = KrumParams
     description = 'Krum: the update closest to its n-f-2 nearest neighbours (Blanchard et al. 2017)'
+    uses_counts = False  # one update is selected: its count does not matter
 
     def __init__(self, *, num_malicious: int = 0, **kwargs: Any) -> None:
         super().__init__(num_malicious=num_malicious, num_selected=1, **kwargs)

@@ -131,6 +131,7 @@ class MultiKrum(RobustStrategy):
 
     Params = MultiKrumParams
     description = 'Multi-Krum: mean of the m lowest Krum scores'
+    uses_counts = True  # the selected updates are averaged with their (policy-adjusted) counts
 
     def __init__(self, *, num_malicious: int = 0, num_selected: int = 1, **kwargs: Any) -> None:
         rule = type(self).__name__

@@ -87,6 +87,7 @@ class NormClipping(RobustStrategy):
 
     Params = NormClippingParams
     description = 'norm bounding + optional Gaussian noise (Sun et al. 2019)'
+    uses_counts = True
 
     def __init__(self, *, clip_norm: float = 1.0, noise_std: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
         self.clip_norm = check_float("NormClipping", "clip_norm", clip_norm, low=0.0, low_open=True)

@@ -118,6 +118,10 @@ class Attack:
         """The local training data the attacker trains on."""
         return x, y
 
+    def report_examples(self, num_examples: float) -> float:
+        """The ``num-examples`` the attacker reports for a round in which it trained on ``num_examples``."""
+        return num_examples
+
     def poison_update(self, update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         """The update (trained - global arrays, flattened) the attacker sends."""
         return update

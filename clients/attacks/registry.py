@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from fedsec.registry import Registry
 
+from .agr_tailored import AGRTailored
 from .alie import ALIE
 from .backdoor import Backdoor
 from .base import Attack
+from .constrained_backdoor import ConstrainedBackdoor
+from .count_lie import CountLie
+from .fang import Fang
 from .gaussian import Gaussian
 from .ipm import IPM
 from .label_flip import LabelFlip
 from .minmax import MinMax
 from .minsum import MinSum
+from .neurotoxin import Neurotoxin
+from .scale_search import ALIESearch, IPMSearch
 from .scaling import Scaling
 from .sign_flip import SignFlip
 
@@ -29,3 +35,10 @@ ATTACKS.register("alie", ALIE)
 ATTACKS.register("ipm", IPM)
 ATTACKS.register("minmax", MinMax)
 ATTACKS.register("minsum", MinSum)
+ATTACKS.register("fang", Fang)
+ATTACKS.register("agr_tailored", AGRTailored)
+ATTACKS.register("alie_search", ALIESearch)
+ATTACKS.register("ipm_search", IPMSearch)
+ATTACKS.register("constrained_backdoor", ConstrainedBackdoor)
+ATTACKS.register("neurotoxin", Neurotoxin)
+ATTACKS.register("count_lie", CountLie)

@@ -1,5 +1,15 @@
-"""Encrypted aggregation: CKKS parameters, contexts, encryption and the key authority (:mod:`.ckks`)."""
+"""Encrypted aggregation: CKKS parameters, contexts and encryption (:mod:`.ckks`), Ed25519 signatures on
+ciphertexts (:mod:`.signing`) and the key authority in a process of its own (:mod:`.authority`)."""
 
+from .authority import (
+    AuthorityConfig,
+    AuthorityRef,
+    ClientMaterial,
+    DecryptionResult,
+    DecryptionService,
+    KeyAuthorityHandle,
+    SignedCiphertext,
+)
 from .ckks import (
     MAX_PRIME_BITS,
     MIN_SCALE_BITS,
@@ -14,6 +24,13 @@ from .ckks import (
 )
 
 __all__ = [
+    "AuthorityConfig",
+    "AuthorityRef",
+    "ClientMaterial",
+    "DecryptionResult",
+    "DecryptionService",
+    "KeyAuthorityHandle",
+    "SignedCiphertext",
     "MAX_PRIME_BITS",
     "MIN_SCALE_BITS",
     "SECURITY_BOUND_BITS",

@@ -25,9 +25,10 @@ from fedsec.training import train_local
 
 
 def make_root_update(
-    data: FederatedData, *, model_name: str, train: TrainConfig, root_size: int, seed: int
+    data: FederatedData, *, model_name: str, train: TrainConfig, root_size: int, seed: int, calls: int = 0
 ) -> Callable[[ArrayRecord], torch.Tensor]:
-    """A function: global arrays -> the server's flattened update on its root dataset."""
+    """A function: global arrays -> the server's flattened update on its root dataset (``calls``: how many rounds
+    it already served, for a resumed run: each call's training is seeded by its number)."""
     rng = np.random.default_rng([seed, 0x7005])
     idx = np.sort(rng.choice(data.y_train.size, size=min(root_size, data.y_train.size), replace=False))
     x = torch.from_numpy(np.array(data.x_train[idx]))
@@ -35,7 +36,7 @@ def make_root_update(
     model = build_model(model_name, data.input_shape, data.num_classes)
     client_steps = train.local_epochs * math.ceil(data.y_train.size / len(data.partitions) / train.batch_size)
     epochs = max(1, round(client_steps / math.ceil(idx.size / train.batch_size)))
-    calls = [0]
+    calls = [calls]
 
     def server_update(arrays: ArrayRecord) -> torch.Tensor:
         calls[0] += 1
