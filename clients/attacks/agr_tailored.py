@@ -93,11 +93,14 @@ def tailored_gamma(
     criterion: str = "deviation",
     gamma_init: float = 10.0,
     tol: float = 1e-5,
+    simulated: torch.Tensor | None = None,
 ) -> float:
     """gamma for the update ``mean - gamma * p`` of the benign rows (m, d), optimised against ``rule``.
 
-    rule is called on (f + m, d) rows: f copies of the malicious update, then ``benign``.
+    rule is called on f copies of the malicious update, then ``simulated`` (default: ``benign``), the benign rows
+    of the round the attacker simulates; the deviation is measured from their mean.
     """
+    sim = benign if simulated is None else simulated
     check_criterion(criterion)
     if f < 1:
         raise AdaptiveAttackError(f"f={f}: the tailored attack needs at least one attacker in the round")
@@ -105,12 +108,12 @@ def tailored_gamma(
     p = perturbation_direction(benign, perturbation)
     if criterion == "accepted":
         return halving_search(
-            lambda g: crafted_weight(rule, mean - g * p, benign, f=f) > 0, gamma_init=gamma_init, tol=tol
+            lambda g: crafted_weight(rule, mean - g * p, sim, f=f) > 0, gamma_init=gamma_init, tol=tol
         )
     trials: list[tuple[float, float]] = []  # (deviation, gamma)
 
     def grows(gamma: float) -> bool:
-        dev = deviation(rule, mean - gamma * p, benign, f=f)
+        dev = deviation(rule, mean - gamma * p, sim, f=f)
         grew = not trials or dev > trials[-1][0]
         trials.append((dev, gamma))
         return grew
@@ -128,10 +131,12 @@ def tailored_update(
     criterion: str = "deviation",
     gamma_init: float = 10.0,
     tol: float = 1e-5,
+    simulated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The AGR-tailored malicious update (d,): ``mean - gamma * p`` with gamma from :func:`tailored_gamma`."""
     gamma = tailored_gamma(
-        benign, rule, f=f, perturbation=perturbation, criterion=criterion, gamma_init=gamma_init, tol=tol
+        benign, rule, f=f, perturbation=perturbation, criterion=criterion, gamma_init=gamma_init, tol=tol,
+        simulated=simulated,
     )
     return benign.mean(dim=0) - gamma * perturbation_direction(benign, perturbation)
 
@@ -154,8 +159,9 @@ class AGRTailored(Attack):
     on the rule's kernel (any rule fedsec ships but FLTrust, whose root-data update the attacker lacks).
 
     Parameters (``[attack]`` keys): ``perturbation`` ("unit_vec"), ``criterion`` ("auto"), ``gamma_init`` (10),
-    ``tol`` (1e-5). Colluding attackers simulate the round on their own updates padded with Gaussian estimates
-    (:func:`~.scale_search.estimated_round`); the paper's attackers know all benign updates (omniscient).
+    ``tol`` (1e-5). The update comes from the benign updates the attackers know; the rule is simulated on a round of
+    the real size (f copies + n - f benign rows, :func:`~.scale_search.estimated_round`: colluders pad their own
+    updates with Gaussian estimates; the paper's attackers know all benign updates, i.e. omniscient).
     """
 
     kind = "agr_tailored"
@@ -172,5 +178,5 @@ class AGRTailored(Attack):
         rows = estimated_round(benign, num_clients=num_clients, num_attackers=f)
         rule = simulable_rule(self.defense, kind=self.kind)
         criterion = resolve_criterion(self.params.criterion, self.defense.name if self.defense else "")
-        return tailored_update(rows, rule, f=f, perturbation=self.params.perturbation, criterion=criterion,
-                               gamma_init=self.params.gamma_init, tol=self.params.tol)
+        return tailored_update(benign, rule, f=f, perturbation=self.params.perturbation, criterion=criterion,
+                               gamma_init=self.params.gamma_init, tol=self.params.tol, simulated=rows)

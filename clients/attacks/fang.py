@@ -131,14 +131,15 @@ def _offsets(s: torch.Tensor, f: int, radius: float, generator: torch.Generator 
 
 
 def _halve(
-    benign: torch.Tensor, rule: Rule, offsets: torch.Tensor, *, n: int, f: int, threshold: float
+    benign: torch.Tensor, rule: Rule, offsets: torch.Tensor, *, n: int, f: int, threshold: float,
+    simulated: torch.Tensor | None = None,
 ) -> tuple[float, bool]:
     if not threshold > 0:
         raise AdaptiveAttackError(f"attack.threshold={threshold!r}: the lambda threshold must be > 0 (paper: 1e-5)")
     s = fang_direction(benign)
     lam = fang_lambda_bound(benign, n=n, f=f)
     while True:
-        if crafted_weight(rule, offsets - lam * s, benign, f=f) > 0:
+        if crafted_weight(rule, offsets - lam * s, benign if simulated is None else simulated, f=f) > 0:
             return lam, True
         if lam / 2 < threshold:
             return lam / 2, False
@@ -154,10 +155,14 @@ def fang_krum_lambda(
     threshold: float = 1e-5,
     support_radius: float = 0.0,
     generator: torch.Generator | None = None,
+    simulated: torch.Tensor | None = None,
 ) -> tuple[float, bool]:
-    """(lambda, selected): the first lambda of the halving search the rule selects, or the last one tried, False."""
+    """(lambda, selected): the first lambda of the halving search the rule selects, or the last one tried, False.
+
+    ``simulated``: the benign rows of the simulated round (default ``benign``); s and the bound come from ``benign``.
+    """
     offsets = _offsets(fang_direction(benign), f, support_radius, generator)
-    return _halve(benign, rule, offsets, n=n, f=f, threshold=threshold)
+    return _halve(benign, rule, offsets, n=n, f=f, threshold=threshold, simulated=simulated)
 
 
 def fang_krum_update(
@@ -240,6 +245,9 @@ class Fang(Attack):
     Parameters (``[attack]`` keys): ``threshold`` (default 1e-5), ``b`` (default 2). ``attack.knowledge``:
     "omniscient" is the paper's full knowledge, "colluding" its partial knowledge.
 
+    s and the lambda bound come from the benign updates the attackers know; the search simulates a round of the
+    real size (f crafted + n - f benign rows, :func:`~.scale_search.estimated_round`).
+
     Differences: every attacker of a round sends the same update (``craft`` returns one update; the paper's
     supporters are identical copies too, while its trimmed-mean attackers draw independently): for the trimmed-mean
     variant, the first of the f draws, from a generator seeded by the known updates. Krum variant with partial
@@ -278,9 +286,12 @@ class Fang(Attack):
         if num_clients < 2 * f + 3:  # more attackers sampled than Krum's n >= 2f+3 allows: bound with the most it does
             f = max(1, (num_clients - 3) // 2)
         rows = estimated_round(benign, num_clients=num_clients, num_attackers=f, generator=generator)
+        known = benign if benign.shape[0] > 1 else rows  # the bound needs the spread of two rows at least
         rule = simulable_rule(self.defense, kind=self.kind)
-        lam, selected = fang_krum_lambda(rows, rule, n=num_clients, f=f, threshold=self.params.threshold)
+        lam, selected = fang_krum_lambda(known, rule, n=num_clients, f=f, threshold=self.params.threshold,
+                                         simulated=rows)
+        self.last_lambda, self.last_selected = lam, selected
         if not selected:
             logger.info("fang: no lambda >= %g selected by %s; sending lambda %.3g", self.params.threshold,
                         self.defense.name if self.defense else "?", lam)
-        return -lam * fang_direction(rows)
+        return -lam * fang_direction(known)

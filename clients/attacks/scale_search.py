@@ -26,11 +26,10 @@ row, so an update tied with an honest one counts as selected.
 Attack kinds (bottom of the module): ``alie_search`` (:class:`ALIESearch`, key ``z_range``) and ``ipm_search``
 (:class:`IPMSearch`, key ``epsilon_range``), both with ``tol`` and ``criterion`` ("auto": from
 ``defense.strategy``, :func:`criterion_for`). The rule is the deployed strategy's kernel (the run plan's
-``DefenseView``). Every attacker of a round sends the same update (the kind's ``craft``). Colluding attackers
-(``attack.knowledge = "colluding"``) know only their own honest updates: the simulated round pads them to the
-round's size with Gaussian estimates (:func:`estimated_round`), seeded from the known updates; omniscient ones
-simulate the f crafted rows plus every honest update of the round (the attackers' own honest ones included, as
-:mod:`.omniscient` passes them).
+``DefenseView``). Every attacker of a round sends the same update (the kind's ``craft``), computed from the
+benign updates it knows; the rule is simulated on a round of the real size n: f copies of it and n - f benign
+rows (:func:`estimated_round`: omniscient attackers use n - f of the updates they know, colluding ones pad their
+own honest updates with Gaussian estimates seeded from them).
 """
 
 from __future__ import annotations
@@ -230,21 +229,25 @@ def benign_generator(benign: torch.Tensor) -> torch.Generator:
 
 def estimated_round(benign: torch.Tensor, *, num_clients: int, num_attackers: int,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The benign rows the attacker puts into its simulated round: ``benign`` (m, d), padded to n - f rows with
-    draws from N(mean, std) of the known rows (coordinate-wise; std 0 for one row) when m < n - f.
+    """The benign rows of the attacker's simulated round: exactly n - f rows (at least 1), so that the rule sees a
+    round of the real size n with the f crafted rows.
 
-    Colluding attackers know only their own m = f honest updates, too few for a rule that needs n >= 2f+3 rows;
-    the padding is their estimate of the other honest clients (as Fang et al.'s partial-knowledge attack estimates
-    the benign spread from the attackers' own updates). Omniscient attackers know m >= n - f rows: unchanged.
+    - Omniscient attackers know m >= n - f rows (every valid update of the round, their own honest ones included,
+      as :mod:`.omniscient` passes them): the first n - f are kept (which f are left out does not matter
+      statistically: the attackers' honest updates are drawn like the others').
+    - Colluding attackers know only their own m = f honest updates, too few for a rule that needs n >= 2f+3 rows:
+      the rows are padded with draws from N(mean, std) of the known rows (coordinate-wise; std 0 for one row),
+      their estimate of the other honest clients (as Fang et al.'s partial-knowledge attack estimates the benign
+      spread from the attackers' own updates); seeded from the known rows unless ``generator`` is given.
     """
     m, d = benign.shape
-    missing = num_clients - num_attackers - m
-    if missing <= 0:
-        return benign
+    keep = max(num_clients - num_attackers, 1)
+    if m >= keep:
+        return benign if m == keep else benign[:keep]
     mean = benign.mean(dim=0)
     std = benign.std(dim=0, unbiased=True) if m > 1 else torch.zeros_like(mean)
     gen = generator if generator is not None else benign_generator(benign)
-    noise = torch.randn(missing, d, generator=gen, dtype=benign.dtype).to(benign.device)
+    noise = torch.randn(keep - m, d, generator=gen, dtype=benign.dtype).to(benign.device)
     return torch.cat([benign, mean + std * noise], dim=0)
 
 
@@ -320,16 +323,16 @@ class _SearchedAttack(Attack):
         simulable_rule(defense, kind=self.kind)  # refuse a rule the attacker cannot simulate, at plan time
         super().bind_defense(defense)
 
-    def _search(self, benign: torch.Tensor, *, num_clients: int, num_attackers: int) -> tuple[torch.Tensor, float]:
-        """(the known benign rows, padded to the round's size, and the scale found)."""
-        rows = estimated_round(benign, num_clients=num_clients, num_attackers=num_attackers)
+    def _search(self, benign: torch.Tensor, *, num_clients: int, num_attackers: int) -> float:
+        """The scale found: the update is computed from the known rows, the rule simulated on the estimated round
+        (:func:`estimated_round`) with f copies of it."""
+        f = max(1, num_attackers)
+        rows = estimated_round(benign, num_clients=num_clients, num_attackers=f)
         low, high = self.scale_range
-        scale = search_scale(
-            lambda s: self.update_at(rows, s), simulable_rule(self.defense, kind=self.kind), rows,
-            f=max(1, num_attackers), low=low, high=high, tol=self.params.tol,
-            criterion=self.criterion, key=self.range_key,
+        return search_scale(
+            lambda s: self.update_at(benign, s), simulable_rule(self.defense, kind=self.kind), rows,
+            f=f, low=low, high=high, tol=self.params.tol, criterion=self.criterion, key=self.range_key,
         )
-        return rows, scale
 
     @property
     def criterion(self) -> str:
@@ -337,11 +340,11 @@ class _SearchedAttack(Attack):
         return resolve_criterion(self.params.criterion, name)
 
     def craft(self, benign: torch.Tensor, *, num_clients: int, num_attackers: int) -> torch.Tensor:
-        rows, scale = self._search(benign, num_clients=num_clients, num_attackers=num_attackers)
+        scale = self._search(benign, num_clients=num_clients, num_attackers=num_attackers)
         self.last_scale = scale
         logger.debug("%s: scale %.4g searched against %s (%s)", self.kind, scale,
                      self.defense.name if self.defense else "?", self.criterion)
-        return self.update_at(rows, scale)
+        return self.update_at(benign, scale)
 
 
 class ALIESearch(_SearchedAttack):

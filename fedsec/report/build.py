@@ -16,6 +16,7 @@ import csv
 import itertools
 import json
 import math
+import re
 import statistics
 import tomllib
 from collections.abc import Sequence
@@ -24,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.errors import FedsecInputError
+from fedsec.metrics.seed_sheet import seed_sheet_markdown
 from fedsec.report import plots as rp
+from fedsec.report.collateral import add_collateral
 from fedsec.report.document import Document as _Document
+from fedsec.report.worst_case import add_worst_case
 
 __all__ = ["FINAL_METRICS", "ReportError", "write_report"]
 
@@ -247,10 +251,26 @@ def _run_report(root: Path) -> _Document:
         doc.table(["class"] + [c.removeprefix("recall_") for c in recalls],
                   [["recall"] + [_fmt(last[c]) for c in recalls]])
 
+    _seed_sheet(doc, summary)
     clients = _read_csv(root / "clients.csv")[1] if (root / "clients.csv").is_file() else []
     _run_clients_section(doc, clients)
+    add_collateral(doc, root, config, last)
     _run_figures(doc, root, name, rows, clients, config)
     return doc
+
+
+def _seed_sheet(doc: _Document, summary: dict[str, Any]) -> None:
+    """The seed metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) when ``summary.json`` has ``seed_metrics``,
+    rendered by :func:`fedsec.metrics.seed_sheet.seed_sheet_markdown` and read back into a table."""
+    sheet = summary.get("seed_metrics")
+    if not isinstance(sheet, dict) or not sheet:
+        return
+    lines = [line for line in seed_sheet_markdown(sheet).splitlines() if line.startswith("|")]
+    cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    doc.heading("Seed metric sheet")
+    doc.paragraph("The seed document's metrics (Al-Karaki et al. 2024, sec. 3.2 and Table 1) from this run's "
+                  "`summary.json` (`seed_metrics`); \"not measured\" names the config section that would measure it.")
+    doc.table(cells[0], cells[2:])
 
 
 def _run_clients_section(doc: _Document, clients: list[dict[str, str]]) -> None:
@@ -284,6 +304,12 @@ def _run_figures(doc: _Document, root: Path, name: str, rows: list[dict[str, flo
         doc.figure("plots/report_rounds.png", "Test accuracy" + (f" and {', '.join(attack)}" if attack else "")
                    + " per round" + (" (shaded: rounds the attack acts in)" if window else "")
                    + "; test and training loss per round.")
+    robust = [c.removeprefix("robust_accuracy_") for c in (rows[0] if rows else {})
+              if c.startswith("robust_accuracy_") and _present(rows, c)]
+    if robust:
+        rp.plot_robust_accuracy(rows, plots / "report_robust_accuracy.png", title=name, attacks=robust)
+        doc.figure("plots/report_robust_accuracy.png", "Clean test accuracy and robust accuracy (accuracy on the "
+                   "evasion audit's adversarial test examples: " + ", ".join(robust) + ") per round.")
     if _present(rows, "epsilon"):
         budget = _number(_get(config, "privacy.epsilon"))
         rp.plot_run_epsilon(rows, plots / "report_epsilon.png", title=name, budget=budget)
@@ -384,6 +410,7 @@ def _sweep_report(root: Path) -> _Document:
                   [[c.name, c.status] + [c.axes[a] for a in axes] + [c.error or _reason(c.run_dir)] for c in bad])
     if done:
         _sweep_figures(doc, root, groups, group_axes, values, label_of, legend)
+    add_worst_case(doc, root)
     doc.heading("All cells")
     extra = [c for c in ("rounds_completed", "stopped_reason", "wall_seconds") if c in columns]
     doc.table(["cell", "status"] + axes + metrics + extra,

@@ -92,6 +92,23 @@ def plot_run_rounds(
     return _save(fig, path)
 
 
+def plot_robust_accuracy(rows: Sequence[Row], path: Path, *, title: str, attacks: Sequence[str]) -> Path:
+    """Clean test accuracy and the robust accuracy (``robust_accuracy_<attack>`` columns: accuracy on the audit's
+    adversarial test examples, the seed's R) per round, one line per evasion attack."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    xs, ys = _series(rows, "accuracy")
+    ax.plot(xs, ys, marker="o", color="tab:blue", label="test accuracy (clean)")
+    colors = plt.get_cmap("tab10")
+    for k, attack in enumerate(attacks):
+        xs, ys = _series(rows, f"robust_accuracy_{attack}")
+        ax.plot(xs, ys, marker="s", linestyle="--", color=colors((k + 1) % colors.N),
+                label=f"robust accuracy ({attack})")
+    ax.set(xlabel="round", ylabel="accuracy", ylim=(-0.02, 1.02), title=f"{title}: clean and robust accuracy")
+    _round_axis(ax, rows)
+    ax.legend(loc="best", fontsize=8)
+    return _save(fig, path)
+
+
 def plot_run_epsilon(rows: Sequence[Row], path: Path, *, title: str, budget: float | None = None) -> Path:
     """Privacy spent (epsilon) per round, with the budget as a dashed line."""
     fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
@@ -160,6 +177,7 @@ class Heatmap:
     col_labels: list[str]
     values: list[list[float]]
     subtitle: str = ""
+    marked: list[tuple[int, int]] = field(default_factory=list)  # (row, column) cells outlined, e.g. the worst case
 
 
 def plot_heatmaps(
@@ -190,6 +208,8 @@ def plot_heatmaps(
                 dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=10,
                         color="white" if dark else "black")
+        for i, j in panel.marked:
+            ax.add_patch(plt.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor="black", linewidth=2.5))
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, label=cbar_label, shrink=0.9)
