@@ -75,8 +75,9 @@ def _dp_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def dp_train(
     spec: ClientSpec, arrays: ArrayRecord, *, server_round: int, partition_id: int, state: RecordDict
-) -> tuple[torch.nn.Module, MetricRecord]:
-    """DP-SGD on the client's partition; updates the accountant history in ``state``; returns model, metrics.
+) -> tuple[torch.nn.Module, MetricRecord, list[tuple[float, float, int]]]:
+    """DP-SGD on the client's partition; updates the accountant history in ``state``; returns model, metrics and the
+    history (which the client reports, so the server can checkpoint it).
 
     Raises :class:`PrivacyBudgetExhausted` before training when the round would overspend."""
     from opacus import PrivacyEngine
@@ -94,6 +95,8 @@ def dp_train(
     steps_per_round = train.local_epochs * math.ceil(n / train.batch_size)
     noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
     history = load_history(state)
+    if not history and spec.dp_histories and partition_id in spec.dp_histories:  # a resumed run: the checkpoint's
+        history = list(spec.dp_histories[partition_id])
     after = epsilon_after_history(
         [*history, (noise, sample_rate, steps_per_round)], delta=privacy.delta, accountant=privacy.accountant
     )
@@ -122,6 +125,7 @@ def dp_train(
                            hook=adversarial_hook(spec, seed), num_examples=n)
         epsilon = float(engine.accountant.get_epsilon(delta=privacy.delta))
     save_history(state, engine.accountant.history)
+    state_history = load_history(state)
     metrics = MetricRecord({
         NUM_EXAMPLES_KEY: n,
         "train_loss": result.loss,
@@ -130,4 +134,4 @@ def dp_train(
         "noise_multiplier": noise,
         **extra,
     })
-    return model, metrics
+    return model, metrics, state_history

@@ -44,17 +44,33 @@ def _fmt(value: object) -> str:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file (with --resume: the run's own).")] = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Go on with the run in this directory from its last checkpoint.")] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Delete the run that --out already holds and start again.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
-    """Run an experiment and write its run directory."""
+    """Run an experiment and write its run directory (Ctrl-C stops it cleanly: exit 130; SIGTERM: 143)."""
+    import signal
+    import threading
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedsec.errors import FedsecInputError
     from fedsec.runtime.runner import RunError, quiet_frameworks, run_experiment
 
     quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
+    if resume is not None:
+        if overwrite:
+            _fail_input("--resume and --overwrite exclude each other; choose one")
+        if out is not None and out.resolve() != resume.resolve():
+            _fail_input(f"--resume {resume} and --out {out}: a resumed run writes into its own directory")
+        config, out = config or resume / "config.toml", resume
+    if config is None:
+        _fail_input("give an experiment config (fedsec run CONFIG) or --resume RUN_DIR")
     plan = _load(config, set_)
     experiment = plan.experiment
     progress = Progress(
@@ -72,12 +88,25 @@ def run(
         status = f"round {row['round']}: accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}"
         progress.update(task, completed=int(row["round"]), status=status)
 
+    stop = threading.Event()
+    signals = {"received": 0}
+
+    def on_sigterm(signum: int, frame: object) -> None:  # SIGTERM stops the run as Ctrl-C does, exit 143
+        signals["received"] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with progress:
-            result = run_experiment(plan, out, on_round=on_round, verbose=verbose)
+            result = run_experiment(plan, out, on_round=on_round, verbose=verbose, resume=resume is not None,
+                                    overwrite=overwrite, stop=stop)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+    except FedsecInputError as e:  # the run directory is locked, holds another run, cannot be resumed, ...
+        _fail_input(str(e))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     summary = result.summary
     table = Table(title=f"{experiment.name}: final metrics", show_header=True)
     table.add_column("metric")
@@ -88,8 +117,28 @@ def run(
             table.add_row(key, _fmt(summary[key]))
     console.print(table)
     console.print(f"run directory: [bold]{result.run_dir}[/]")
+    if summary.get("stopped_reason") == "interrupted":
+        err_console.print(f"interrupted after round {summary.get('rounds_completed')}; go on with "
+                          f"`fedsec run --resume {result.run_dir}`", highlight=False, soft_wrap=True)
+        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
     if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
+
+
+def _fail_input(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _hard_exit(code: int) -> None:
+    """Exit now: Flower's server thread may still be blocked waiting for replies that will never come (it records
+    nothing more); the run directory, summary and Ray are already done."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()

@@ -32,6 +32,7 @@ INFO_RECORD = "info"
 CONFIG_RECORD = "config"
 CKKS_RECORD = "ckks"  # under encryption: ConfigRecord with CHUNKS_KEY
 CHUNKS_KEY = "chunks"
+DP_HISTORY_KEYS = ("dp-noise", "dp-rate", "dp-steps")  # in "info": a DP client's accountant history after the round
 
 
 class ClientStatus(StrEnum):
@@ -105,17 +106,37 @@ def parse_reply(message: Message) -> ParsedReply:
     )
 
 
-def train_reply(message: Message, arrays: ArrayRecord, metrics: MetricRecord, *, node: str) -> Message:
-    """A client's train reply: full model arrays, metrics (with num-examples), and the Ray node."""
-    content = RecordDict({ARRAYS_RECORD: arrays, METRICS_RECORD: metrics,
-                          INFO_RECORD: ConfigRecord({NODE_KEY: node})})
+def _info(node: str, dp_history: list[tuple[float, float, int]] | None) -> ConfigRecord:
+    info: dict = {NODE_KEY: node}
+    if dp_history:
+        info.update(zip(DP_HISTORY_KEYS, ([float(h[0]) for h in dp_history], [float(h[1]) for h in dp_history],
+                                          [int(h[2]) for h in dp_history]), strict=True))
+    return ConfigRecord(info)
+
+
+def dp_history_of(message: Message) -> list[tuple[float, float, int]] | None:
+    """The accountant history a DP client reported in its reply (None if it reported none)."""
+    if message.has_error():
+        return None
+    for record in message.content.config_records.values():
+        if DP_HISTORY_KEYS[0] in record:
+            return list(zip(*(record[k] for k in DP_HISTORY_KEYS), strict=True))
+    return None
+
+
+def train_reply(message: Message, arrays: ArrayRecord, metrics: MetricRecord, *, node: str,
+                dp_history: list[tuple[float, float, int]] | None = None) -> Message:
+    """A client's train reply: full model arrays, metrics (with num-examples), the Ray node and, for a DP client,
+    its accountant history (so the server can checkpoint it)."""
+    content = RecordDict({ARRAYS_RECORD: arrays, METRICS_RECORD: metrics, INFO_RECORD: _info(node, dp_history)})
     return Message(content=content, reply_to=message)
 
 
-def encrypted_reply(message: Message, chunks: list[bytes], metrics: MetricRecord, *, node: str) -> Message:
+def encrypted_reply(message: Message, chunks: list[bytes], metrics: MetricRecord, *, node: str,
+                    dp_history: list[tuple[float, float, int]] | None = None) -> Message:
     """A client's train reply under CKKS: ciphertext chunks instead of arrays."""
     content = RecordDict({CKKS_RECORD: ConfigRecord({CHUNKS_KEY: chunks}), METRICS_RECORD: metrics,
-                          INFO_RECORD: ConfigRecord({NODE_KEY: node})})
+                          INFO_RECORD: _info(node, dp_history)})
     return Message(content=content, reply_to=message)
 
 

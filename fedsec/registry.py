@@ -21,13 +21,13 @@ from fedsec.errors import ConfigError
 class NoParams(BaseModel):
     """The params of a kind that reads no kind-specific keys."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Params(BaseModel):
-    """Base of a kind's params: unknown keys refused, strict types (no "3" for 3, no true for 1)."""
+    """Base of a kind's params: unknown keys refused, strict types (no "3" for 3, no true for 1), finite numbers."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Registered(Protocol):

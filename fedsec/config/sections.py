@@ -49,8 +49,8 @@ class PoisonConfig(_Section):
         "none", description="How the poisoned points are corrupted.")
     clients: float | list[int] = Field(0.0, description="Share of clients (0..1) or their partition ids.")
     rate: float = Field(0.2, ge=0, le=1, description="Share of each poisoned client's examples.")
-    source: int | None = Field(None, ge=0, description="targeted_flip: the class relabelled.")
-    target: int | None = Field(None, ge=0, description="targeted_flip / trigger: the label given.")
+    source: int | None = Field(None, ge=0, le=100_000, description="targeted_flip: the class relabelled.")
+    target: int | None = Field(None, ge=0, le=100_000, description="targeted_flip / trigger: the label given.")
     magnitude: float = Field(10.0, gt=0, le=1e6, description="outliers: how far the planted points lie.")
 
     @model_validator(mode="after")
@@ -196,7 +196,7 @@ class EncryptionConfig(_Section):
 
 
 class BackendConfig(_Section):
-    address: str = Field("", max_length=300,
+    address: str = Field("", max_length=300, pattern=r"^(|auto|(ray://)?[A-Za-z0-9._\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5})$",
                          description="'' starts a local Ray; 'auto' or host:port joins an existing cluster.")
     num_cpus: float = Field(1.0, ge=0.01, le=1024, description="CPUs per client actor (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per client actor (fractions allowed).")
@@ -242,7 +242,7 @@ class MembershipAuditConfig(_Section):
     shadows: int = Field(8, ge=1, le=256, description="lira: shadow models.")
     examples: int = Field(500, ge=10, le=100_000, description="Members and non-members each.")
     target: Literal["global", "client"] = Field("global", description="The final global model or one client's.")
-    client: int = Field(0, ge=0, description="target = client: the partition id.")
+    client: int = Field(0, ge=0, le=10_000_000, description="target = client: the partition id.")
     shadow_epochs: int = Field(5, ge=1, le=1000, description="lira: epochs each shadow model trains.")
 
 

@@ -23,6 +23,7 @@ from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_f
 from fedsec.crypto import CkksParams, CryptoError
 from fedsec.data import DATASETS, DatasetSpec
 from fedsec.models import MODELS, ModelSpec
+from fedsec.privacy import PrivacyError
 from fedsec.registry import parse_params
 from fedsec.schedule import Schedule, draw_malicious
 from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext
@@ -147,7 +148,10 @@ def _check_privacy(e: Experiment, dataset: DatasetSpec) -> PrivacyPlan | None:
             "needs the clipped sum of updates (sensitivity clip_norm); a robust rule changes the sensitivity. "
             "Use defense.strategy='fedavg'"
         )
-    plan = central_privacy_plan(e)
+    try:
+        plan = central_privacy_plan(e)
+    except PrivacyError as err:  # its message names the key (privacy.*, train.sampling, rounds)
+        raise ConfigError(str(err)) from err
     if plan is not None and plan.rounds_within_budget == 0:
         raise ConfigError(
             f"privacy.noise_multiplier={privacy.noise_multiplier}: one round already spends more than "

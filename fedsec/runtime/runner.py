@@ -137,12 +137,31 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     }
     if address and address != "auto":
         check_reachable(address)
+    from .orphans import end_orphans, record_session
+
+    if not address:
+        end_orphans()  # Ray processes a SIGKILLed run left behind (only those of dead fedsec drivers)
     try:
         # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
         # /tmp/ray/ray_current_cluster, even a head that is long gone
-        ray.init(address=address or "local", **kwargs)
+        context = ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
+    if not address:
+        session = getattr(context, "address_info", {}).get("session_dir")
+        if session:
+            record_session(session)
+
+
+def shutdown_ray() -> None:
+    """Stop this process's Ray (and forget its session record, see :mod:`.orphans`)."""
+    import ray
+
+    from .orphans import forget_session
+
+    if ray.is_initialized():
+        ray.shutdown()
+    forget_session()
 
 
 def client_slots(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> dict[str, int]:
@@ -199,8 +218,15 @@ def run_experiment(
     *,
     on_round: Any = None,
     verbose: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop: Any = None,
 ) -> RunResult:
-    """Run ``plan`` end to end and write its run directory; ``on_round(row)`` is called as rounds end."""
+    """Run ``plan`` end to end and write its run directory; ``on_round(row)`` is called as rounds end.
+
+    ``resume``: go on from the directory's last checkpoint (rows after it are dropped and redone; the privacy spent
+    is restored, never reset); ``overwrite``: delete the run the directory holds first. ``stop``: a
+    ``threading.Event`` that, once set (Ctrl-C, SIGTERM), makes the server record nothing more."""
     quiet_frameworks(verbose)
     import ray
     from flwr.simulation import run_simulation
@@ -217,18 +243,35 @@ def run_experiment(
     init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
     try:
         slots = check_resources(experiment.backend)
-    except RunError:
-        ray.shutdown()
+        run_dir = RunDirectory(out_dir or default_run_dir(experiment.name), experiment, config_toml=plan.to_toml(),
+                               resume=resume, overwrite=overwrite)
+    except BaseException:
+        shutdown_ray()
         raise
-    run_dir = RunDirectory(out_dir or default_run_dir(experiment.name), experiment, config_toml=plan.to_toml())
-    t_data = time.perf_counter()
+    resume_state = None
     try:
+        if resume:
+            from fedsec.server.checkpoint import load_checkpoint
+
+            resume_state = load_checkpoint(run_dir.path)
+            dropped = run_dir.truncate_after(resume_state["round"] if resume_state else -1)
+            logger.info("resuming %s after round %s (%d row(s) of later rounds dropped)", run_dir.path,
+                        resume_state["round"] if resume_state else "none", dropped)
+        t_data = time.perf_counter()
         data = build_federated_data(experiment.data, experiment.seed)
     except (DatasetError, PartitionError) as e:
-        ray.shutdown()
+        run_dir.close()
+        shutdown_ray()
         raise RunError(str(e)) from e
+    except BaseException:
+        run_dir.close()
+        shutdown_ray()
+        raise
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
+    if stop is not None:
+        outcome.stop = stop
+    key_authority = None
     try:
         data_ref = ray.put(data.without_test())
         board_name = None
@@ -238,15 +281,21 @@ def run_experiment(
             board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
             start_board(board_name)
         key_authority = crypto_ref = None
-        if plan.crypto is not None:
-            from fedsec.crypto import KeyAuthority
+        if plan.crypto is not None:  # the secret key lives in a Ray actor of its own (fedsec.crypto.authority)
+            from fedsec.crypto import KeyAuthorityHandle
 
-            key_authority = KeyAuthority(plan.crypto)
-            crypto_ref = ray.put(key_authority.client_context())
-        spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref)
+            key_authority = KeyAuthorityHandle.start(
+                plan.crypto, num_clients=experiment.data.num_clients,
+                min_clients=min(2, experiment.train.clients_per_round),
+                client_norm_bound=experiment.privacy.clip_norm if plan.privacy is not None else None,
+                seed=experiment.seed, backend="ray")
+            crypto_ref = key_authority.client_ref()
+        spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref,
+                                    dp_histories=resume_state["dp_histories"] if resume_state else None)
         client_app = make_client_app(spec)
         server_app = make_server_app(
-            plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority
+            plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
+            resume_state=resume_state,
         )
         backend_config = {
             "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
@@ -261,11 +310,15 @@ def run_experiment(
             verbose_logging=verbose,
         )
     except KeyboardInterrupt as e:
+        outcome.stop.set()  # the server thread records nothing more
         outcome.error = e
         outcome.stopped_reason = "interrupted"
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
+        if key_authority is not None:
+            key_authority.stop()
+        shutdown_ray()
+    if outcome.stop.is_set():
+        outcome.stopped_reason = "interrupted"
     save_model(plan, data, outcome, run_dir.path)
     summary = run_dir.finish(
         stopped_reason=outcome.stopped_reason,

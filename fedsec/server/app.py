@@ -14,6 +14,7 @@ The loop drives the strategy's ``configure_train`` / ``aggregate_train`` itself 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,11 +30,12 @@ from fedsec.data.federated import FederatedData
 from fedsec.errors import FedsecRuntimeError
 from fedsec.models import build_model
 from fedsec.plan import RunPlan
-from fedsec.protocol import NODE_KEY, PARTITION_ID_KEY
+from fedsec.protocol import NODE_KEY, PARTITION_ID_KEY, dp_history_of, partition_of_reply
 from fedsec.results import RunDirectory
 from fedsec.strategies import RobustStrategy
 
 from .audits import ServerAudits
+from .checkpoint import arrays_to_state, restore_strategy, save_checkpoint, state_to_arrays, strategy_state
 from .evaluation import ServerEvaluator, detection_scores
 from .privacy_guard import PrivacyGuard
 
@@ -53,6 +55,7 @@ class ServerOutcome:
     """How the round loop ended."""
 
     stopped_reason: str = "not started"
+    stop: threading.Event = field(default_factory=threading.Event)  # set on Ctrl-C / SIGTERM: record nothing more
     startup_seconds: float = float("nan")
     partition_nodes: dict[int, str] = field(default_factory=dict)
     clients_per_node: dict[str, int] = field(default_factory=dict)
@@ -67,13 +70,17 @@ class ServerOutcome:
     rounds_completed: int = 0
 
 
-def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedData | None = None) -> RobustStrategy:
+def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedData | None = None,
+                   completed_rounds: int = 0) -> RobustStrategy:
     """The run's strategy: DP-FedAvg under central DP, EncryptedFedAvg under CKKS, else the configured rule, with
     Flower's sampling minimums set. Under encryption the strategy gets the key authority's public context and its
     decrypt function, never the secret key."""
     e = plan.experiment
     sampling: dict[str, Any] = {"min_train_nodes": e.train.clients_per_round,
-                                "min_available_nodes": e.data.num_clients}
+                                "min_available_nodes": e.data.num_clients,
+                                # what the server believes of a reply (fedsec.strategies._trust)
+                                "weighting": e.defense.weighting, "weight_cap": e.defense.weight_cap,
+                                "num_partitions": e.data.num_clients}
     if plan.crypto is not None:
         from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 
@@ -84,8 +91,7 @@ def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedD
             "expected_clients": e.train.clients_per_round,
             "seed": e.seed,
         }
-        return EncryptedFedAvg(public_context=key_authority.server_context(), decryptor=key_authority.decrypt_sum,
-                               **dp, **sampling)
+        return EncryptedFedAvg(authority=key_authority.server_view(), **dp, **sampling)
     if plan.privacy is not None:
         from fedsec.strategies.dp_fedavg import DPFedAvg
 
@@ -98,7 +104,8 @@ def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedD
         if data is None:
             raise ServerError(f"defense.strategy={plan.strategy_name!r} needs the data for the server's root dataset")
         server_update_fn = make_root_update(data, model_name=e.model.name, train=e.train,
-                                            root_size=plan.strategy_params.root_size, seed=e.seed)
+                                            root_size=plan.strategy_params.root_size, seed=e.seed,
+                                            calls=completed_rounds)
     return plan.build_strategy(server_update_fn=server_update_fn, **sampling)
 
 
@@ -136,33 +143,49 @@ def run_rounds(
     on_round: RoundCallback | None = None,
     outcome: ServerOutcome | None = None,
     key_authority: Any = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> ServerOutcome:
-    """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end."""
+    """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end, with a checkpoint after each
+    (``resume_state``: a checkpoint to go on from, :mod:`.checkpoint`)."""
     outcome = outcome or ServerOutcome()
     experiment, schedule, attack = plan.experiment, plan.schedule, plan.attack
     t0 = time.perf_counter()
     node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
+    partition_of_node = {node: pid for pid, node in node_of.items()}
     outcome.partition_nodes = ray_node_of
     malicious = set(schedule.malicious)
     outcome.malicious_clients = sorted(malicious)
-    strategy = build_strategy(plan, key_authority=key_authority, data=data)
+    start = resume_state["round"] + 1 if resume_state else 1
+    strategy = build_strategy(plan, key_authority=key_authority, data=data, completed_rounds=start - 1)
     strategy.node_sampler = lambda server_round: [node_of[p] for p in schedule.sampled(server_round)]
     evaluator = ServerEvaluator(experiment.model.name, attack, data)
-    initial = build_model(experiment.model.name, data.input_shape, data.num_classes, seed=experiment.seed)
-    arrays = model_to_record(initial)
-    row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
-    outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
-
     audits = ServerAudits(plan, data, model=evaluator.model, x_test=evaluator.x, y_test=evaluator.y,
                           plots=run_dir.path / "plots")
     privacy = PrivacyGuard(experiment.privacy, plan.privacy)
-    privacy.start(row)
-    _emit(run_dir, row, on_round)
+    node_counts: Counter[str] = Counter()
+    dp_histories: dict[int, list[tuple[float, float, int]]] = {}
+    if resume_state:
+        arrays = state_to_arrays(resume_state["arrays"])
+        restore_strategy(strategy, resume_state["strategy"])
+        privacy.restore(resume_state["privacy"])
+        audits.restore(resume_state["audits"])
+        node_counts.update(resume_state["node_counts"])
+        outcome.skipped_rounds = list(resume_state["skipped_rounds"])
+        dp_histories = {int(k): [tuple(h) for h in v] for k, v in resume_state["dp_histories"].items()}
+        outcome.startup_seconds = time.perf_counter() - t0
+        outcome.rounds_completed, outcome.final_arrays = start - 1, arrays
+        logger.info("fedsec: %s resumed after round %d", experiment.name, start - 1)
+    else:
+        initial = build_model(experiment.model.name, data.input_shape, data.num_classes, seed=experiment.seed)
+        arrays = model_to_record(initial)
+        row: dict[str, Any] = {"round": 0, **evaluator(arrays)}
+        outcome.startup_seconds = row["seconds"] = time.perf_counter() - t0
+        privacy.start(row)
+        _emit(run_dir, row, on_round)
     logger.info("fedsec: %s with %s, %d rounds", experiment.name, strategy.describe(), experiment.rounds)
 
-    node_counts: Counter[str] = Counter()
     train_config = ConfigRecord()
-    for server_round in range(1, experiment.rounds + 1):
+    for server_round in range(start, experiment.rounds + 1):
         if not privacy.allows_next_round():
             outcome.stopped_reason = "privacy_budget"
             logger.warning("stopping before round %d: it would spend more than epsilon=%s", server_round,
@@ -171,6 +194,13 @@ def run_rounds(
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
+        if outcome.stop.is_set():  # interrupted while the round ran: record nothing of it
+            break
+        for reply in replies:
+            history = dp_history_of(reply)
+            pid = partition_of_reply(reply)
+            if history is not None and pid is not None:
+                dp_histories[pid] = history
         audits.on_replies(server_round, arrays, replies)  # what a curious server does with what it received
         if attack.omniscient and schedule.attack_active(server_round):
             apply_omniscient(attack, replies, arrays, malicious)
@@ -188,11 +218,14 @@ def run_rounds(
         row["aggregate_seconds"] = t_aggregated - t_replies
         row["eval_seconds"] = row["seconds"] - (t_aggregated - t_round)
         decisions = report.decisions if report else []
+        for d in decisions:  # a failed reply carries no partition id: the node it came from says whose it was
+            if d.partition_id is None and d.node_id in partition_of_node:
+                d.partition_id = partition_of_node[d.node_id]
         row["clients_sampled"] = len(decisions)
         row["clients_accepted"] = sum(1 for d in decisions if d.weight > 0)
         row["clients_failed"] = sum(1 for d in decisions if d.status.startswith(("failed", "invalid", "refused")))
         row["skipped"] = int(new_arrays is None)
-        for key in ("train_loss", "bytes_up", "encrypt_seconds", "he_add_seconds", "decrypt_seconds"):
+        for key in ("train_loss", "bytes_up", "encrypt_seconds", "sign_seconds", "he_add_seconds", "decrypt_seconds"):
             if train_metrics is not None and key in train_metrics:
                 row[key] = float(train_metrics[key])
         for key in SANITIZE_KEYS:  # totals over the round's clients
@@ -205,26 +238,49 @@ def run_rounds(
             row["malicious_sampled"] = sum(1 for d in decisions if d.partition_id in malicious)
             row.update(detection_scores(decisions, malicious))
         client_rows = [_client_row(server_round, d, malicious, ray_node_of) for d in decisions]
+        if outcome.stop.is_set():
+            break
         node_counts.update(r["node"] for r in client_rows)
         run_dir.add_clients(client_rows)
         _emit(run_dir, row, on_round)
         outcome.rounds_completed = server_round
         outcome.final_arrays = arrays
+        save_checkpoint(run_dir.path, {
+            "round": server_round, "arrays": arrays_to_state(arrays), "strategy": strategy_state(strategy),
+            "privacy": privacy.state(), "audits": audits.state(), "node_counts": dict(node_counts),
+            "skipped_rounds": list(outcome.skipped_rounds), "dp_histories": dp_histories,
+        })
         if privacy.all_refused(decisions):
             outcome.stopped_reason = "privacy_budget"
             logger.warning("stopping after round %d: every sampled client has spent its budget", server_round)
             break
+        failed = _all_failed(decisions)
+        if failed:
+            outcome.stopped_reason = f"all_clients_failed (round {server_round}: {failed})"
+            logger.error("stopping after round %d: no client could take part: %s", server_round, failed)
+            break
     outcome.clients_per_node = dict(node_counts)
     outcome.privacy = privacy.summary
-    if outcome.stopped_reason != "privacy_budget":
+    if outcome.stop.is_set():
+        outcome.stopped_reason = "interrupted"
+        return outcome
+    if outcome.stopped_reason in ("not started", "running"):
         outcome.stopped_reason = "completed"
     outcome.membership_inference = evaluator.membership_inference(arrays, data, seed=experiment.seed,
                                                                   privacy=experiment.privacy)
     audits.at_end(arrays, privacy_summary=privacy.summary)
     outcome.audits = audits.summary
     outcome.sanitization = _sanitization_totals(run_dir)
-    outcome.final_arrays = arrays
     return outcome
+
+
+def _all_failed(decisions: list[Any]) -> str:
+    """'' when some client took part; else each failure kind with its count, e.g. "failed: ... x3"."""
+    if not decisions or any(d.status in ("accepted", "rejected") or d.status.startswith(("refused", "skipped"))
+                            for d in decisions):
+        return ""
+    kinds = Counter(d.status.split(":")[0] + ": " + d.status.split(":", 1)[-1].strip()[:80] for d in decisions)
+    return "; ".join(f"{kind} x{count}" for kind, count in kinds.items())
 
 
 def _client_row(server_round: int, d: Any, malicious: set[int], ray_node_of: dict[int, str]) -> dict[str, Any]:
@@ -271,6 +327,7 @@ def make_server_app(
     on_round: RoundCallback | None = None,
     outcome: ServerOutcome | None = None,
     key_authority: Any = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp that runs ``plan``; ``outcome`` is filled in as the run goes."""
     app = ServerApp()
@@ -278,7 +335,8 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            run_rounds(grid, plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority)
+            run_rounds(grid, plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
+                       resume_state=resume_state)
         except BaseException as e:  # hand it to the runner, which reports it after Ray has shut down
             if outcome is None:
                 raise

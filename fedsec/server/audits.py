@@ -54,6 +54,19 @@ class ServerAudits:
         self.pixel_space = PixelSpace(*norm) if norm else PixelSpace()
         self.client_models: dict[int, ArrayRecord] = {}  # membership target = client: its last local model
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the audits' results so far and the membership target's local model."""
+        return {"summary": self.summary, "client_models": {
+            pid: {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+            for pid, record in self.client_models.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        from flwr.app import Array
+
+        self.summary = dict(state["summary"])
+        self.client_models = {int(pid): ArrayRecord({k: Array(np.ascontiguousarray(v.numpy())) for k, v in rec.items()})
+                              for pid, rec in state["client_models"].items()}
+
     # ------------------------------------------------------------------ evasion
     def _evasion(self, arrays: ArrayRecord, *, final: bool) -> dict[str, float]:
         config = self.e.audit.evasion

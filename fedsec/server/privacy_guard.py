@@ -32,6 +32,20 @@ class PrivacyGuard:
         if self.ledger is not None:
             self.summary.update(noise_multiplier=self.ledger.noise_multiplier, sample_rate=self.ledger.sample_rate)
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the central ledger's steps, every client's epsilon, the summary."""
+        return {"steps": self.ledger.steps if self.ledger is not None else 0,
+                "client_epsilon": [(k, v) for k, v in self.client_epsilon.items()], "summary": dict(self.summary)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from a checkpoint: a resumed run never spends its budget twice."""
+        if self.ledger is not None:
+            steps = int(state["steps"])
+            self.ledger.steps = steps
+            self.ledger.history = [self.ledger.round_step(steps)] if steps else []
+        self.client_epsilon = {k: float(v) for k, v in state["client_epsilon"]}
+        self.summary = dict(state["summary"])
+
     def start(self, row: dict[str, Any]) -> None:
         if self.config.mode != "none":
             row["epsilon"] = 0.0

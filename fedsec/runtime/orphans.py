@@ -1,0 +1,96 @@
+"""Ray processes a killed run left behind, found and ended by the next fedsec command.
+
+A run that starts its own local Ray records the Ray session directory and its own PID in
+``$XDG_CACHE_HOME/fedsec/ray-sessions/<pid>.json`` (default ``~/.cache``) and removes the record when it shuts Ray
+down. A run killed with SIGKILL cannot: its raylet, GCS server and agents (``DashboardAgent``,
+``RuntimeEnvAgent``) keep running. The next fedsec run reads the records whose driver is gone and ends exactly the
+processes whose command line names that session directory, and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def _records_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fedsec" / "ray-sessions"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_session(session_dir: str) -> Path | None:
+    """Note that this process owns the local Ray session at ``session_dir``."""
+    try:
+        folder = _records_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{os.getpid()}.json"
+        path.write_text(json.dumps({"driver_pid": os.getpid(), "session_dir": session_dir}))
+        return path
+    except OSError as e:  # a read-only home must not stop a run
+        logger.debug("could not record the Ray session: %s", e)
+        return None
+
+
+def forget_session() -> None:
+    """Ray was shut down cleanly: drop this process's record."""
+    (_records_dir() / f"{os.getpid()}.json").unlink(missing_ok=True)
+
+
+def _processes_of(session_dir: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if session_dir in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def end_orphans() -> list[int]:
+    """End the processes of Ray sessions whose fedsec driver died; returns the PIDs signalled."""
+    folder = _records_dir()
+    if not folder.is_dir() or not Path("/proc").is_dir():
+        return []
+    ended: list[int] = []
+    for path in folder.glob("*.json"):
+        try:
+            record = json.loads(path.read_text())
+            driver, session = int(record["driver_pid"]), str(record["session_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if _alive(driver):
+            continue
+        if len(session) < 12 or "session_" not in session:  # never match broadly
+            path.unlink(missing_ok=True)
+            continue
+        for pid in _processes_of(session):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                ended.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        path.unlink(missing_ok=True)
+        if ended:
+            logger.warning("ended %d Ray process(es) left by a killed fedsec run (driver PID %d, %s)", len(ended),
+                           driver, session)
+    return ended
