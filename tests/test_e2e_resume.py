@@ -1,0 +1,131 @@
+"""Issue 14 end to end: a run SIGKILLed mid-round or between rounds resumes to exactly the rows of an uninterrupted
+run (digits, local DP-SGD, FoolsGold, whose histories are strategy state), per-client epsilons included; Ctrl-C
+(SIGINT) exits 130 with a consistent run directory that --resume completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+FEDSEC = [sys.executable, "-m", "fedsec.cli"]
+CONFIG = """name = "resume"
+seed = 3
+rounds = 5
+
+[data]
+dataset = "digits"
+partition = "iid"
+num_clients = 4
+
+[model]
+name = "logreg"
+
+[train]
+clients_per_round = 3
+local_epochs = 2
+batch_size = 16
+lr = 0.1
+
+[privacy]
+mode = "local"
+epsilon = 50.0
+delta = 1e-4
+max_grad_norm = 1.0
+noise_multiplier = 0.8
+
+[defense]
+strategy = "foolsgold"
+"""
+
+
+def rows(run_dir: Path, name: str) -> pd.DataFrame:
+    frame = pd.read_csv(run_dir / name).filter(regex=r"^(?!.*seconds$)")
+    return frame.drop(columns=[c for c in ("node",) if c in frame.columns])
+
+
+def client_epsilons(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "summary.json").read_text())["privacy"]["client_epsilon"]
+
+
+def completed_rounds(run_dir: Path) -> int:
+    path = run_dir / "rounds.csv"
+    if not path.exists():
+        return -1
+    return len(path.read_text().strip().splitlines()) - 2  # header and round 0
+
+
+def start(cfg: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([*FEDSEC, "run", str(cfg), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the run ended early: {proc.stderr.read() if proc.stderr else ''}"
+        assert time.monotonic() < deadline, "the run did not get there in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("resume")
+    cfg = base / "resume.toml"
+    cfg.write_text(CONFIG)
+    done = subprocess.run([*FEDSEC, "run", str(cfg), "--out", str(base / "full")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return base / "full"
+
+
+@pytest.mark.parametrize("where", ["mid_round", "between_rounds"])
+def test_sigkilled_run_resumes_to_the_uninterrupted_rows(reference, tmp_path, where):
+    cfg = reference.parent / "resume.toml"
+    out = tmp_path / "run"
+    proc = start(cfg, out)
+    checkpoint = out / "checkpoints" / "latest.pt"
+    if where == "mid_round":  # round 2's checkpoint is written, round 3 is running
+        wait_for(lambda: completed_rounds(out) >= 2 and checkpoint.exists(), proc)
+        time.sleep(0.3)
+    else:  # round 2's row has just appeared: its checkpoint may or may not be on disk yet
+        wait_for(lambda: completed_rounds(out) >= 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (out / "summary.json").exists()
+    refused = subprocess.run([*FEDSEC, "run", str(cfg), "--out", str(out)], capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # the directory holds a run: never overwritten
+    resumed = subprocess.run([*FEDSEC, "run", "--resume", str(out)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("rounds.csv", "clients.csv"):
+        pd.testing.assert_frame_equal(rows(out, name), rows(reference, name), check_exact=True)
+    assert client_epsilons(out) == client_epsilons(reference)  # the privacy spent was restored, never reset
+    assert json.loads((out / "summary.json").read_text())["stopped_reason"] == "completed"
+
+
+def test_ctrl_c_exits_130_with_a_consistent_directory_that_resumes(reference, tmp_path):
+    cfg = reference.parent / "resume.toml"
+    out = tmp_path / "run"
+    proc = start(cfg, out)
+    wait_for(lambda: completed_rounds(out) >= 1, proc)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=60)
+    assert code == 130, proc.stderr.read()[-3000:] if proc.stderr else code
+    assert time.monotonic() - t0 < 30
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_reason"] == "interrupted"
+    assert completed_rounds(out) == summary["rounds_completed"]  # no row appended after the summary
+    resumed = subprocess.run([*FEDSEC, "run", "--resume", str(out)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    pd.testing.assert_frame_equal(rows(out, "rounds.csv"), rows(reference, "rounds.csv"), check_exact=True)
