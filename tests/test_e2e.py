@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from fedsec.cli import app
+from fedsec.clients.attacks import ATTACKS, Attack, AttackContext
 from fedsec.plan import load_plan as load_experiment
 from fedsec.runtime.runner import run_experiment
 
@@ -72,13 +74,25 @@ def test_same_config_and_seed_give_identical_rounds(two_runs):
     pd.testing.assert_frame_equal(ca, cb, check_exact=True)
 
 
+class NaNUpdate(Attack):
+    """Sends an all-NaN update (a test attack: the config refuses ``attack.scale = nan`` since issue 14)."""
+
+    kind = "nan_update"
+    description = "test attack: NaN update"
+
+    def poison_update(self, update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        return torch.full_like(update, float("nan"))
+
+
 def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, two_runs):
-    """Two clients send NaN updates (scaling by NaN): rejected, recorded, never aggregated; training goes on;
-    the honest clients' updates are exactly those of the clean run."""
-    experiment = load_experiment(
-        SMOKE, ["attack.kind=scaling", "attack.scale=nan", "attack.client_ids=[1, 2]", "rounds=2"]
-    )
-    result = run_experiment(experiment, tmp_path / "run")
+    """Two clients send NaN updates: rejected, recorded, never aggregated; training goes on; the honest clients'
+    updates are exactly those of the clean run."""
+    ATTACKS.register("nan_update", NaNUpdate)
+    try:
+        experiment = load_experiment(SMOKE, ["attack.kind=nan_update", "attack.client_ids=[1, 2]", "rounds=2"])
+        result = run_experiment(experiment, tmp_path / "run")
+    finally:
+        ATTACKS.unregister("nan_update")
     clients = pd.read_csv(result.run_dir / "clients.csv")
     bad = clients[clients["malicious"] == 1]
     assert set(bad["client"]) == {1, 2} and len(bad) == 4
