@@ -20,7 +20,6 @@ import re
 import reprlib
 import resource
 import signal
-import time
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -359,13 +358,11 @@ def test_deep_copy_and_depth_of_a_100000_deep_mapping_do_not_recurse():
     for _ in range(100_000):
         node["a"] = {}
         node = node["a"]
-    t0 = time.perf_counter()
     assert value_depth(raw) > MAX_DEPTH
     copied = apply_overrides(raw, [])
     assert copied is not raw and copied["a"] is not raw["a"]
     with pytest.raises(ConfigError, match=f"nested deeper than {MAX_DEPTH}"):
         plan_from_dict(raw)
-    assert time.perf_counter() - t0 < 5
 
 
 def _short(raw: Any) -> str:

