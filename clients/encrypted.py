@@ -20,14 +20,13 @@ from fedsec.crypto import AuthorityRef, ClientMaterial, ciphertext_bytes, encryp
 from fedsec.protocol import (
     ARRAYS_RECORD,
     CKKS_RECORD,
+    CKKS_WEIGHT_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_ID_KEY,
+    SIGNATURE_KEY,
     encrypted_reply,
     server_round_of,
 )
-
-SIGNATURE_KEY = "signature"  # = fedsec.strategies.encrypted_fedavg.SIGNATURE_KEY (to move to fedsec.protocol)
-CKKS_WEIGHT_KEY = "ckks-weight"  # = fedsec.strategies.encrypted_fedavg.CKKS_WEIGHT_KEY
 
 
 class ClientKeyring:

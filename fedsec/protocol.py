@@ -32,6 +32,8 @@ INFO_RECORD = "info"
 CONFIG_RECORD = "config"
 CKKS_RECORD = "ckks"  # under encryption: ConfigRecord with CHUNKS_KEY
 CHUNKS_KEY = "chunks"
+SIGNATURE_KEY = "signature"  # in the "ckks" ConfigRecord: the client's Ed25519 signature (64 bytes)
+CKKS_WEIGHT_KEY = "ckks-weight"  # in the metrics: the factor the client multiplied its update by before encrypting
 DP_HISTORY_KEYS = ("dp-noise", "dp-rate", "dp-steps")  # in "info": a DP client's accountant history after the round
 
 

@@ -30,15 +30,21 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from fedsec.arrays import record_to_vector, vector_to_record
 from fedsec.crypto import CryptoError, DecryptionResult, SignedCiphertext, ciphertext_bytes, load_context
 from fedsec.crypto.signing import verify_chunks
-from fedsec.protocol import CHUNKS_KEY, CKKS_RECORD, NUM_EXAMPLES_KEY, PARTITION_ID_KEY, reply_sort_key
+from fedsec.protocol import (
+    CHUNKS_KEY,
+    CKKS_RECORD,
+    CKKS_WEIGHT_KEY,
+    NUM_EXAMPLES_KEY,
+    PARTITION_ID_KEY,
+    SIGNATURE_KEY,
+    reply_sort_key,
+)
 
 from ._trust import check_count, check_partition_id
 from .base import ClientDecision, RobustStrategy, RoundReport, no_participant_reason
 
 __all__ = ["CHUNKS_KEY", "CKKS_RECORD", "CKKS_WEIGHT_KEY", "SIGNATURE_KEY", "EncryptedFedAvg"]
 
-SIGNATURE_KEY = "signature"  # in the "ckks" ConfigRecord: the client's Ed25519 signature (64 bytes)
-CKKS_WEIGHT_KEY = "ckks-weight"  # in the metrics: the factor the client multiplied its update by before encrypting
 
 
 class Authority(Protocol):
