@@ -33,13 +33,7 @@ Z, C, LR = 1.0, 1.0, 0.01
 
 
 def _model(name: str, x: torch.Tensor) -> torch.nn.Module:
-    try:
-        return build_model(name, tuple(x.shape[1:]), 10, seed=0)
-    except ValueError:
-        from fedsec.models.dp_models import DP_MODELS
-
-        torch.manual_seed(0)
-        return DP_MODELS[name][0](tuple(x.shape[1:]), 10)
+    return build_model(name, tuple(x.shape[1:]), 10, seed=0)
 
 
 def opacus_epoch(name: str, x, y, batch_size: int, mode: str) -> float:

@@ -26,13 +26,7 @@ from fedsec.training import evaluate, train_local
 
 
 def make(name: str, shape: tuple[int, ...], seed: int) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    try:
-        return build_model(name, shape, 10, seed=seed)
-    except ValueError:
-        from fedsec.models.dp_models import DP_MODELS
-
-        return DP_MODELS[name][0](shape, 10)
+    return build_model(name, shape, 10, seed=seed)
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ Built once by the run plan (:mod:`fedsec.plan`) and handed to the server and the
 again. Malicious partition ids are ``attack.client_ids`` or ``round(attack.fraction * data.num_clients)`` ids drawn
 with a generator seeded by the experiment seed (independent of the sampling and training streams), so the same
 config always attacks with the same clients; they are recorded in clients.csv and summary.json. The clients of
-round r are drawn with a generator seeded by (seed, r), so every process that holds the schedule agrees on them.
+round r are drawn with a generator seeded by (seed, r), so every process that holds the schedule agrees on them:
+exactly ``clients_per_round`` of them (``sampling="fixed"``), or each client independently with probability
+q = clients_per_round / num_clients (``sampling="poisson"``, what the central-DP accountants analyse; a round's
+cohort varies and may be empty). :mod:`fedsec.privacy.sampling` checks its inputs and calls these same draws.
 """
 
 from __future__ import annotations
@@ -24,6 +27,18 @@ def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) ->
 def _sample(seed: int, server_round: int, num_clients: int, k: int) -> tuple[int, ...]:
     rng = np.random.default_rng([seed, server_round])
     return tuple(sorted(int(p) for p in rng.choice(num_clients, size=k, replace=False)))
+
+
+def poisson_partitions(seed: int, server_round: int, num_clients: int, q: float) -> list[int]:
+    """The partitions that train in ``server_round`` under Poisson sampling: each of num_clients independently
+    with probability q, seeded by (seed, round); sorted, possibly empty."""
+    return list(_poisson(seed, server_round, num_clients, q))
+
+
+@functools.lru_cache(maxsize=4096)
+def _poisson(seed: int, server_round: int, num_clients: int, q: float) -> tuple[int, ...]:
+    rng = np.random.default_rng([seed, server_round])
+    return tuple(int(p) for p in np.flatnonzero(rng.random(num_clients) < q))
 
 
 def client_seed(seed: int, server_round: int, partition_id: int) -> int:
@@ -51,9 +66,17 @@ class Schedule:
     malicious: tuple[int, ...] = ()
     attack_start: int = 1
     attack_end: int | None = None  # None: the last round
+    sampling: str = "fixed"  # "fixed" (exactly clients_per_round) or "poisson" (rate clients_per_round / num_clients)
+
+    @property
+    def sample_rate(self) -> float:
+        """q = clients_per_round / num_clients: each client's chance to train in a round."""
+        return self.clients_per_round / self.num_clients
 
     def sampled(self, server_round: int) -> list[int]:
-        """The partitions that train in ``server_round`` (sorted)."""
+        """The partitions that train in ``server_round`` (sorted; under Poisson sampling possibly empty)."""
+        if self.sampling == "poisson":
+            return poisson_partitions(self.seed, server_round, self.num_clients, self.sample_rate)
         return sample_partitions(self.seed, server_round, self.num_clients, self.clients_per_round)
 
     def client_seed(self, server_round: int, partition_id: int) -> int:

@@ -60,7 +60,10 @@ class DPFedAvg(RobustStrategy):
     -----------
     Works on updates. Every client has weight 1 (user-level DP): ``num-examples`` does not weight the mean, since
     weighting would raise one client's sensitivity above C. Failed or invalid replies are dropped; the
-    denominator stays k (the paper's fixed-denominator estimator), so the sensitivity bound holds.
+    denominator stays k (the paper's fixed-denominator estimator), so the sensitivity bound holds. A round with
+    no valid update (under Poisson sampling the cohort may be empty) still releases the noise alone
+    (:attr:`min_valid_updates` = 0): skipping it would tell whether anyone took part, which the accountant does
+    not cover.
 
     Differences
     -----------
@@ -68,6 +71,8 @@ class DPFedAvg(RobustStrategy):
     divides the noise by the number of sampled clients; here the weights are uniform, as the paper's analysis
     needs.
     """
+
+    min_valid_updates = 0  # an empty round releases N(0, (zC)^2) / k: the mechanism runs every round
 
     def __init__(
         self, *, clip_norm: float, noise_multiplier: float, expected_clients: int, seed: int = 0, **kwargs: Any

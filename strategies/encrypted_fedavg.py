@@ -14,7 +14,8 @@ digest) and rejects and records a reply that fails; the authority verifies again
 plausibility and releases it; the new global model is global + sum / denominator.
 
 With central DP (``dp_noise_std``), clients clip to ``privacy.clip_norm`` with weight 1; the authority adds
-N(0, dp_noise_std^2) to the released sum and the denominator is k (DP-FedAvg, McMahan et al., ICLR 2018).
+N(0, dp_noise_std^2) to the released sum and the denominator is k (DP-FedAvg, McMahan et al., ICLR 2018). A round
+with no valid reply (an empty Poisson cohort) still asks the authority for a release: the noise alone.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class EncryptedFedAvg(RobustStrategy):
         valid = self._consistent(valid)
         report = RoundReport(server_round=server_round, decisions=decisions)
         self.last_report = report
-        if not valid:
+        if not valid and self.dp_noise_std is None:
             report.skipped_reason = "no valid encrypted update; " + no_participant_reason(decisions)
             return None, None
         global_vector = record_to_vector(self._global_arrays).double()

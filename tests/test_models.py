@@ -46,7 +46,7 @@ def test_refusals_name_the_problem():
 
 
 def test_registry_lists_every_model_with_a_description():
-    assert set(MODELS) == {"logreg", "mlp", "cnn", "cnn_mcmahan"}
+    assert set(MODELS) == {"logreg", "mlp", "cnn", "cnn_mcmahan", "cnn_tanh", "cnn_tanh_gn"}
     assert all(desc for desc in MODELS.descriptions().values())
 
 

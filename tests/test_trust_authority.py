@@ -215,3 +215,25 @@ def test_declared_norm_bound_and_central_dp_denominator():
         assert status[3].startswith("invalid: key authority: its ciphertext decrypts to an implausible vector")
         assert "declared norm bound 1" in status[3]
         np.testing.assert_allclose(record_to_vector(arrays).double().numpy(), np.sum(ups[:3], axis=0) / 4, atol=1e-6)
+
+
+def test_central_dp_authority_releases_every_round_with_at_least_its_noise():
+    """Under central DP (dp_noise_std set at start) the authority releases an empty round (an empty Poisson cohort)
+    as the noise alone, a round of one client as its noised update, and never less noise than configured, even if
+    the server asks for none: refusing would reveal how many clients took part."""
+    with KeyAuthorityHandle.start(CkksParams(), num_clients=4, min_clients=2, client_norm_bound=1.0, seed=3,
+                                  dp_noise_std=0.5, backend="process") as h:
+        ring = ClientKeyring({p: h.client_material(p) for p in range(4)})
+        strategy = started(EncryptedFedAvg(authority=h.server_view(), dp_noise_std=0.5, expected_clients=2),
+                           global_zero())
+        arrays, _ = strategy.aggregate_train(1, [])  # nobody sampled
+        empty = record_to_vector(arrays).double().numpy()
+        assert strategy.last_report.decisions == [] and strategy.last_report.skipped_reason is None
+        assert 0.05 < empty.std() * 2 < 1.5  # N(0, 0.5^2) / k with k = 2
+        one = np.eye(D, dtype=np.float32)[0] * 0.5
+        low_noise = started(EncryptedFedAvg(authority=h.server_view(), dp_noise_std=1e-9, expected_clients=2),
+                            global_zero())
+        arrays, _ = low_noise.aggregate_train(2, [client_reply(ring, 0, one, server_round=2)])
+        released = record_to_vector(arrays).double().numpy() * 2  # the noised sum
+        assert [d.status for d in low_noise.last_report.decisions] == ["accepted"]
+        assert 0.2 < (released - one).std() < 1.0  # the configured 0.5, not the 1e-9 the server asked for

@@ -83,6 +83,13 @@ class Experiment(_Section):
         share = len(attack.client_ids) / data.num_clients if attack.client_ids is not None else attack.fraction
         return int(round(share * self.train.clients_per_round))
 
+    def client_sampling(self) -> str:
+        """How each round's clients are drawn: ``train.sampling``, with "auto" resolved to "poisson" under central
+        DP (what its accountants analyse) and to "fixed" otherwise."""
+        if self.train.sampling != "auto":
+            return self.train.sampling
+        return "poisson" if self.privacy.mode == "central" else "fixed"
+
     def raw(self) -> dict[str, Any]:
         """The config as given (kind keys included, defaults of the shared keys filled in)."""
         return self.model_dump(exclude_none=True)

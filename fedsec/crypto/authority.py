@@ -20,6 +20,10 @@ authority then
    overflowing client beyond the headroom), and releases the sum of the rest if it is plausible and has at least
    ``min_clients`` members; otherwise it refuses the round and says why (e.g. the honest sum overflowed).
 5. adds the central-DP noise N(0, noise_std^2) to the released vector (seeded), so only a noised sum leaves.
+   Under central DP (``dp_noise_std`` set at start) the authority adds at least that noise whatever the server
+   asks, and releases every round, whatever its number of members, down to the noise alone for an empty cohort:
+   the noise is the guarantee (user-level DP covers a sum of one), and a refusal that depends on how many clients
+   took part would itself reveal something the accountant does not cover (Poisson cohorts vary).
 
 Limits of the simulation: under Ray every process of the cluster can reach the named actor, and clients fetch
 their material (public context + their signing key) from it by name; a deployment would deliver it over an
@@ -71,6 +75,9 @@ class AuthorityConfig:
         released sum must satisfy ||sum|| <= members x bound. None: only the headroom check.
     seed : int (default: 0)
         Seeds the central-DP noise the authority adds to a released sum.
+    dp_noise_std : float | None (default: None)
+        Central DP: the least noise std on every released sum (the server cannot ask for less); releases then need
+        no minimum number of members (step 5 of the module docstring).
     """
 
     params: CkksParams
@@ -79,6 +86,7 @@ class AuthorityConfig:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     client_norm_bound: float | None = None
     seed: int = 0
+    dp_noise_std: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 1:
@@ -88,6 +96,8 @@ class AuthorityConfig:
                               "clients' updates hidden)")
         if self.client_norm_bound is not None and not (0 < self.client_norm_bound < float("inf")):
             raise CryptoError(f"KeyAuthority: client_norm_bound={self.client_norm_bound} must be finite and > 0")
+        if self.dp_noise_std is not None and not (0 < self.dp_noise_std < float("inf")):
+            raise CryptoError(f"KeyAuthority: dp_noise_std={self.dp_noise_std} must be finite and > 0")
 
 
 @dataclass(frozen=True)
@@ -192,9 +202,15 @@ class _Authority:
                 kept[pid] = m.chunks
             else:
                 result.rejected[pid] = why
-        if len(kept) < self.config.min_clients:
+        noise_std = max(noise_std, self.config.dp_noise_std or 0.0)
+        min_clients = 0 if self.config.dp_noise_std is not None else self.config.min_clients
+        if len(kept) < min_clients:
             result.refused = (f"{len(kept)} verified distinct clients, the authority decrypts only sums of at least "
-                              f"min_clients={self.config.min_clients}")
+                              f"min_clients={min_clients}")
+            return result
+        if not kept:  # central DP, empty cohort: the mechanism still runs, and releases the noise alone
+            self._released.add(server_round)
+            result.vector, result.accepted = self._rng.normal(0.0, noise_std, size=length), []
             return result
         t0 = time.perf_counter()
         try:
@@ -207,9 +223,9 @@ class _Authority:
                 except CryptoError as e:
                     result.rejected[pid] = f"its ciphertext cannot be added: {str(e).split(';')[0]}"
                     del kept[pid]
-            if total is None or len(kept) < self.config.min_clients:
+            if total is None or len(kept) < max(min_clients, 1):
                 result.refused = (f"{len(kept)} clients' ciphertexts add up, the authority decrypts only sums of at "
-                                  f"least min_clients={self.config.min_clients}")
+                                  f"least min_clients={max(min_clients, 1)}")
                 return result
         t1 = time.perf_counter()
         vector = self._decrypt(total, length)
@@ -220,7 +236,7 @@ class _Authority:
                 if own is not None:
                     result.rejected[pid] = f"its ciphertext decrypts to an implausible vector: {own}"
                     del kept[pid]
-            if len(kept) < self.config.min_clients:
+            if len(kept) < max(min_clients, 1):
                 result.refused = f"decrypted sum implausible ({why}); {len(kept)} plausible clients remain"
                 result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1
                 return result
@@ -345,11 +361,13 @@ class KeyAuthorityHandle:
 
     @classmethod
     def start(cls, params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
-              client_norm_bound: float | None = None, seed: int = 0, backend: str = "auto") -> KeyAuthorityHandle:
+              client_norm_bound: float | None = None, seed: int = 0, backend: str = "auto",
+              dp_noise_std: float | None = None) -> KeyAuthorityHandle:
         """Start the authority: ``backend`` "ray" (a named actor, needs ``ray.init`` first), "process" (a spawned
         process) or "auto" (Ray when it is initialized). Keys are made inside the authority."""
         config = AuthorityConfig(params=params, num_clients=num_clients, min_clients=min_clients,
-                                 run_id=run_id or uuid.uuid4().hex, client_norm_bound=client_norm_bound, seed=seed)
+                                 run_id=run_id or uuid.uuid4().hex, client_norm_bound=client_norm_bound, seed=seed,
+                                 dp_noise_std=dp_noise_std)
         params.validate()
         if backend == "auto":
             try:

@@ -15,22 +15,15 @@ Both pass Opacus' ``ModuleValidator`` (no BatchNorm, no unsupported layers). Def
 input size is generic (``cnn_tanh`` needs at least 14x14 images; ``cnn_tanh_gn`` at least 4x4).
 Departures: De et al. use WideResNets with weight standardisation and augmentation multiplicity; here only the
 GroupNorm is kept, in a small CNN for CPU experiments.
-
-Registry lines for :mod:`fedsec.models.zoo` (to add by the lead; this file does not edit the zoo)::
-
-    from .dp_models import cnn_tanh, cnn_tanh_gn
-    "cnn_tanh": (cnn_tanh, "tanh CNN of Papernot et al. AAAI 2021, 26k params (image inputs >= 14x14)"),
-    "cnn_tanh_gn": (cnn_tanh_gn, "small CNN with GroupNorm + tanh (De et al. 2022), ~47k params"),
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from torch import nn
 
-ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+from .zoo import ModelSpec
 
 
 def _out(size: int, kernel: int, stride: int, padding: int = 0) -> int:
@@ -63,7 +56,7 @@ def cnn_tanh_gn(input_shape: tuple[int, ...], num_classes: int, *, groups: int =
     )
 
 
-DP_MODELS: dict[str, tuple[ModelFactory, str]] = {
-    "cnn_tanh": (cnn_tanh, "tanh CNN of Papernot et al. AAAI 2021, 26k params (image inputs >= 14x14)"),
-    "cnn_tanh_gn": (cnn_tanh_gn, "small CNN with GroupNorm + tanh (De et al. 2022), ~47k params"),
-}
+CNN_TANH = ModelSpec(cnn_tanh, "tanh CNN of Papernot et al. AAAI 2021, 26k params on 28x28 (images >= 14x14)",
+                     needs_images=True, min_side=14)
+CNN_TANH_GN = ModelSpec(cnn_tanh_gn, "small CNN with GroupNorm + tanh (De et al. 2022), ~47k params (images >= 4x4)",
+                        needs_images=True, min_side=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fedsec.registry import Registry
 
+from .dp_models import CNN_TANH, CNN_TANH_GN
 from .zoo import CNN, CNN_MCMAHAN, LOGREG, MLP, ModelSpec
 
 MODELS: Registry[ModelSpec] = Registry("model.name", "model")
@@ -12,3 +13,5 @@ MODELS.register("logreg", LOGREG)
 MODELS.register("mlp", MLP)
 MODELS.register("cnn", CNN)
 MODELS.register("cnn_mcmahan", CNN_MCMAHAN)
+MODELS.register("cnn_tanh", CNN_TANH)
+MODELS.register("cnn_tanh_gn", CNN_TANH_GN)

@@ -127,7 +127,7 @@ def _schedule(e: Experiment) -> Schedule:
                                    client_ids=e.attack.client_ids)
     return Schedule(seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
                     clients_per_round=e.train.clients_per_round, malicious=tuple(malicious),
-                    attack_start=e.attack.start_round, attack_end=e.attack.end_round)
+                    attack_start=e.attack.start_round, attack_end=e.attack.end_round, sampling=e.client_sampling())
 
 
 def _check_privacy(e: Experiment, dataset: DatasetSpec) -> PrivacyPlan | None:
@@ -189,6 +189,7 @@ def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseMode
     raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS}
     raw["attack"].update(attack_params.model_dump(exclude_none=True))
     raw["defense"] = {"strategy": e.defense.strategy, **strategy_params.model_dump(exclude_none=True)}
+    raw["train"]["sampling"] = e.client_sampling()
     if e.encryption.scheme == "none":
         raw["encryption"] = {"scheme": "none"}
     return raw

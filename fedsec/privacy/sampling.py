@@ -4,8 +4,8 @@
   Binomial(N, q) and may be 0. This is the sampling of the DP-FedAvg analysis (McMahan, Ramage, Talwar and Zhang,
   "Learning Differentially Private Recurrent Language Models", ICLR 2018, https://arxiv.org/abs/1710.06963) and of
   the Poisson-subsampled Gaussian accountants; DP-FedAvg keeps its fixed denominator q N.
-- :func:`fixed_cohort`: exactly k of N without replacement, identical to ``fedsec.server_app.sample_partitions``
-  (same generator, same draws), accounted under the replace-one relation (:mod:`fedsec.privacy.accountants`).
+- :func:`fixed_cohort`: exactly k of N without replacement (the draw of ``fedsec.schedule.sample_partitions``),
+  accounted under the replace-one relation (:mod:`fedsec.privacy.accountants`).
 
 Both are seeded by (seed, round) with numpy's ``default_rng([seed, round])`` and return sorted partition ids, so
 runs are reproducible and any process can recompute any round's cohort.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from fedsec.schedule import poisson_partitions, sample_partitions
 
 from .errors import PrivacyInputError
 
@@ -27,13 +27,11 @@ def poisson_cohort(seed: int, server_round: int, num_clients: int, q: float) -> 
     if not (math.isfinite(q) and 0 <= q <= 1):
         raise PrivacyInputError(f"sample rate q={q!r}: Poisson sampling needs 0 <= q <= 1 "
                                 "(q = train.clients_per_round / data.num_clients)")
-    rng = np.random.default_rng([seed, server_round])
-    return [int(p) for p in np.flatnonzero(rng.random(num_clients) < q)]
+    return poisson_partitions(seed, server_round, num_clients, q)
 
 
 def fixed_cohort(seed: int, server_round: int, num_clients: int, k: int) -> list[int]:
     """The partitions of ``server_round`` under fixed-size sampling: k of ``num_clients``, sorted."""
     if not 0 <= k <= num_clients:
         raise PrivacyInputError(f"train.clients_per_round={k}: must be between 0 and data.num_clients={num_clients}")
-    rng = np.random.default_rng([seed, server_round])
-    return sorted(int(p) for p in rng.choice(num_clients, size=k, replace=False))
+    return sample_partitions(seed, server_round, num_clients, k)

@@ -288,7 +288,9 @@ def run_experiment(
                 plan.crypto, num_clients=experiment.data.num_clients,
                 min_clients=min(2, experiment.train.clients_per_round),
                 client_norm_bound=experiment.privacy.clip_norm if plan.privacy is not None else None,
-                seed=experiment.seed, backend="ray")
+                seed=experiment.seed, backend="ray",
+                dp_noise_std=(plan.privacy.noise_multiplier * experiment.privacy.clip_norm
+                              if plan.privacy is not None and plan.privacy.noise_multiplier > 0 else None))
             crypto_ref = key_authority.client_ref()
         spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref,
                                     dp_histories=resume_state["dp_histories"] if resume_state else None)

@@ -1,7 +1,9 @@
 """Epsilon per round and the budget guard of a run, for both DP modes (nothing without DP).
 
-Central: the server's ledger (one subsampled-Gaussian step per round, from the run plan's
-:class:`~fedsec.plan.PrivacyPlan`); the run stops before a round that would overspend. Local: each client accounts
+Central: the server's ledger (one subsampled-Gaussian step per round under the plan's sampling scheme, from the run
+plan's :class:`~fedsec.plan.PrivacyPlan`); the run stops before a round that would overspend. Each round's row gets
+the guard's ``epsilon`` and both accountants' (``epsilon_opacus_rdp``, ``epsilon_dp_accounting_rdp``, ...); the
+summary states the scheme, the neighbouring relation and the accountants. Local: each client accounts
 for itself and refuses to overspend (a ``refused`` reply); the run's epsilon is the largest client epsilon so far,
 and the run stops when every sampled client refused.
 """
@@ -12,7 +14,6 @@ from typing import Any
 
 from fedsec.config import PrivacyConfig
 from fedsec.plan import PrivacyPlan
-from fedsec.privacy import PrivacyLedger
 
 
 class PrivacyGuard:
@@ -22,15 +23,14 @@ class PrivacyGuard:
         self.config = config
         self.ledger = None
         if plan is not None:
-            self.ledger = PrivacyLedger(plan.noise_multiplier, plan.sample_rate, config.delta, config.epsilon,
-                                        config.accountant)
+            self.ledger = plan.ledger(delta=config.delta, budget=config.epsilon, accountant=config.accountant)
         self.client_epsilon: dict[int | None, float] = {}
         self.summary: dict[str, Any] = {}
         if config.mode != "none":
             self.summary = {"mode": config.mode, "epsilon": 0.0, "epsilon_budget": config.epsilon,
                             "delta": config.delta}
         if self.ledger is not None:
-            self.summary.update(noise_multiplier=self.ledger.noise_multiplier, sample_rate=self.ledger.sample_rate)
+            self.summary.update(self.ledger.summary())
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the central ledger's steps, every client's epsilon, the summary."""
@@ -55,7 +55,12 @@ class PrivacyGuard:
 
     def end_round(self, row: dict[str, Any], decisions: list[Any]) -> None:
         if self.ledger is not None:
-            row["epsilon"] = self.ledger.spend(1)
+            self.ledger.spend(1)
+            account = self.ledger.account
+            row["epsilon"] = account.epsilon
+            for name, value in account.epsilons.items():  # both accountants, round by round
+                row[f"epsilon_{name.replace('.', '_')}"] = value
+            self.summary.update(self.ledger.summary())
         elif self.config.mode == "local":
             self.client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions
                                         if "epsilon" in d.metrics})
