@@ -8,13 +8,15 @@ clipping (C = 1), noise (z = 1) and Poisson sampling (q = 1 / ceil(n / batch)), 
 the plain epoch (best of --repeats each). Engines:
 
 - ``opacus-hooks`` / ``opacus-ew`` / ``opacus-functorch``: ``PrivacyEngine.make_private`` with that
-  grad_sample_mode and Opacus' Poisson DataLoader (what fedsec's clients use today).
+  grad_sample_mode and Opacus' Poisson DataLoader (fedsec's clients with ``privacy.grad_sample_mode`` hooks / ew /
+  functorch).
 - ``opacus-ghost``: Opacus 1.6 ghost clipping (``grad_sample_mode="ghost"``, criterion wrapped, two backward passes).
 - ``opacus-hooks-sliced``: Opacus' GradSampleModule (hooks) and DPOptimizer, batches sliced from in-memory tensors
   with a Bernoulli mask instead of the DataLoader.
 - ``fedsec-vmap`` / ``fedsec-unfold``: :func:`fedsec.privacy.dp_sgd.dp_sgd_epoch` (sliced batches) with torch.func
   per-sample gradients, or with fedsec's unfold kernel (one forward, one backward w.r.t. layer outputs only, per-sample
-  weight gradients by einsum / unfold + bmm).
+  weight gradients by einsum / unfold + bmm); ``fedsec-auto``: the kernel fedsec's clients use by default
+  (``privacy.grad_sample_mode = "fedsec"``: unfold for Linear-only models, vmap for CNNs).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ ENGINES = {
     "opacus-hooks-sliced": opacus_sliced_epoch,
     "fedsec-vmap": lambda n, x, y, b: fedsec_epoch(n, x, y, b, "vmap"),
     "fedsec-unfold": lambda n, x, y, b: fedsec_epoch(n, x, y, b, "unfold"),
+    "fedsec-auto": lambda n, x, y, b: fedsec_epoch(n, x, y, b, "auto"),
 }
 
 

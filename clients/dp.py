@@ -1,9 +1,13 @@
-"""Local (sample-level) differential privacy: each client trains with Opacus DP-SGD and keeps its own accountant.
+"""Local (sample-level) differential privacy: each client trains with DP-SGD and keeps its own accountant.
 
 DP-SGD: Abadi et al., "Deep Learning with Differential Privacy", CCS 2016 (https://arxiv.org/abs/1607.00133), with
-Opacus (Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021): Poisson
-sampling with rate batch_size / n_i, per-sample gradients clipped to ``privacy.max_grad_norm``, Gaussian noise
-``noise_multiplier * max_grad_norm``, RDP (or PRV) accounting.
+Opacus' semantics (Yousefpour et al., "Opacus: User-Friendly Differential Privacy Library in PyTorch", 2021):
+ceil(n_i / batch_size) steps per epoch, each on a Poisson batch with rate q = 1 / steps, per-sample gradients
+clipped to ``privacy.max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``. The per-sample gradients
+come from fedsec's kernels (:mod:`fedsec.privacy.dp_sgd`, ``privacy.grad_sample_mode = "fedsec"``, the default:
+faster, same step as Opacus' for the same generator) or from Opacus' engine ("hooks", "ew", "functorch"). Every
+epsilon is the guard's: the larger of two independent accountants' (:func:`fedsec.privacy.account`; Opacus RDP
+and dp_accounting RDP, or PRV and PLD), both reported (``epsilon_opacus_rdp``, ...).
 
 Each client's accountant history lives in Flower's ``context.state`` (per node, kept across rounds), so a client
 picked in k rounds has spent k rounds. Its noise multiplier is ``privacy.noise_multiplier`` or calibrated (Opacus'
@@ -15,14 +19,14 @@ overspends.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch.nn import functional as F
 
-from fedsec.privacy import calibrate_noise, epsilon_after_history
+from fedsec.privacy import account, calibrate_noise, epsilon_after_history
+from fedsec.privacy.dp_sgd import dp_sgd_epoch, epoch_sampling
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 from fedsec.training import LossMeter, local_sgd
 
@@ -80,8 +84,6 @@ def dp_train(
     history (which the client reports, so the server can checkpoint it).
 
     Raises :class:`PrivacyBudgetExhausted` before training when the round would overspend."""
-    from opacus import PrivacyEngine
-
     train, privacy = spec.train, spec.privacy
     data = client_data(spec)
     x, y = data.client_tensors(partition_id)
@@ -91,8 +93,8 @@ def dp_train(
                                    model=local_model(spec, data, arrays), server_round=server_round)
         x, y, extra = local.x, local.y, local.metrics or {}
     n = x.shape[0]
-    sample_rate = min(1.0, train.batch_size / n)
-    steps_per_round = train.local_epochs * math.ceil(n / train.batch_size)
+    sample_rate, steps_per_epoch = epoch_sampling(n, train.batch_size)  # what the accountant is given
+    steps_per_round = train.local_epochs * steps_per_epoch
     noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
     history = load_history(state)
     if not history and spec.dp_histories and partition_id in spec.dp_histories:  # a resumed run: the checkpoint's
@@ -110,6 +112,46 @@ def dp_train(
     model = local_model(spec, data, arrays)
     optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
                                 weight_decay=train.weight_decay)
+    if privacy.grad_sample_mode == "fedsec":
+        generator = torch.Generator().manual_seed(seed)
+        hook = adversarial_hook(spec, seed)
+        losses: list[tuple[float, int]] = []
+        for _ in range(train.local_epochs):
+            z, q, steps = dp_sgd_epoch(model, optimizer, x, y, batch_size=train.batch_size,
+                                       max_grad_norm=privacy.max_grad_norm, noise_multiplier=noise,
+                                       generator=generator, hook=hook, losses=losses)
+            if history and history[-1][:2] == (z, q):  # one entry per (noise, rate), as Opacus' accountant keeps
+                history[-1] = (z, q, history[-1][2] + steps)
+            else:
+                history.append((z, q, steps))
+        seen = sum(b for _, b in losses)
+        loss = sum(s for s, _ in losses) / seen if seen else float("nan")
+    else:
+        history, loss = _opacus_train(spec, model, optimizer, x, y, history=history, noise=noise, seed=seed)
+    spent = account(history, delta=privacy.delta, primary=privacy.accountant)
+    save_history(state, history)
+    state_history = load_history(state)
+    metrics = MetricRecord({
+        NUM_EXAMPLES_KEY: n,
+        "train_loss": loss,
+        PARTITION_ID_KEY: partition_id,
+        "epsilon": spent.epsilon,
+        **{f"epsilon_{name.replace('.', '_')}": value for name, value in spent.epsilons.items()},
+        "noise_multiplier": noise,
+        **extra,
+    })
+    return model, metrics, state_history
+
+
+def _opacus_train(spec: ClientSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                  y: torch.Tensor, *, history: list[tuple[float, float, int]], noise: float, seed: int
+                  ) -> tuple[list[tuple[float, float, int]], float]:
+    """DP-SGD through Opacus' engine (``privacy.grad_sample_mode`` hooks / ew / functorch): the new accountant
+    history and the training loss."""
+    from opacus import PrivacyEngine
+
+    train, privacy = spec.train, spec.privacy
+    n = x.shape[0]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=train.batch_size,
                                          generator=torch.Generator().manual_seed(seed))
     engine = PrivacyEngine(accountant=privacy.accountant)
@@ -123,15 +165,4 @@ def dp_train(
         result = local_sgd(private_model, private_optimizer, lambda _epoch: private_loader,
                            epochs=train.local_epochs, meter=LossMeter(over="all"), device=x.device, loss_fn=_dp_loss,
                            hook=adversarial_hook(spec, seed), num_examples=n)
-        epsilon = float(engine.accountant.get_epsilon(delta=privacy.delta))
-    save_history(state, engine.accountant.history)
-    state_history = load_history(state)
-    metrics = MetricRecord({
-        NUM_EXAMPLES_KEY: n,
-        "train_loss": result.loss,
-        PARTITION_ID_KEY: partition_id,
-        "epsilon": epsilon,
-        "noise_multiplier": noise,
-        **extra,
-    })
-    return model, metrics, state_history
+    return list(engine.accountant.history), result.loss

@@ -158,8 +158,10 @@ def validate(
     )
     privacy = plan.privacy
     if privacy is not None:
+        scheme = ("Poisson sampling, add-or-remove-one" if privacy.scheme == "poisson"
+                  else "fixed-size sampling, replace-one")
         line = (f"privacy: {experiment.privacy.mode} DP, noise multiplier {privacy.noise_multiplier:.4g}, sample "
-                f"rate {privacy.sample_rate:.3g}: the {experiment.rounds} planned rounds spend epsilon "
+                f"rate {privacy.sample_rate:.3g} ({scheme}): the {experiment.rounds} planned rounds spend epsilon "
                 f"{privacy.planned_epsilon:.3f} of {experiment.privacy.epsilon} at delta {experiment.privacy.delta:g}")
         if privacy.rounds_within_budget < experiment.rounds:
             line += f"; the budget guard will stop the run after round {privacy.rounds_within_budget}"
@@ -172,22 +174,26 @@ def privacy_study(
     epsilons: Annotated[str, typer.Option("--epsilons", help="Budgets, e.g. 0.5,1,2,4,8,inf (inf = no DP).")] = (
         "1,4,8,inf"
     ),
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds to repeat each budget with, e.g. 0,1,2 "
+                                              "(default: the config's seed).")] = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Study directory (default: runs/<name>-study-<time>).")
                    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
-    """Run the scenario at each privacy budget; write study.csv and plots/privacy_study.png."""
+    """Run the scenario at each privacy budget (and seed); write study.csv, study_summary.csv and
+    plots/privacy_study.png."""
     from datetime import datetime
 
     from fedsec.runtime.runner import RunError, quiet_frameworks
-    from fedsec.studies.privacy_study import parse_epsilons, run_study, study_experiments
+    from fedsec.studies.privacy_study import parse_epsilons, parse_seeds, run_study, study_experiments
 
     quiet_frameworks(verbose)
     experiment = _load(config, set_).experiment
     try:
         budgets = parse_epsilons(epsilons)
-        study_experiments(experiment, budgets)  # validate every cell before running any
+        seed_list = parse_seeds(seeds)
+        study_experiments(experiment, budgets, seed_list)  # validate every cell before running any
     except ConfigError as e:
         err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
@@ -196,18 +202,20 @@ def privacy_study(
     for column in ("epsilon budget", "epsilon spent", "accuracy", "membership advantage", "bound"):
         table.add_column(column, justify="right")
 
+    table.add_column("seed", justify="right")
+
     def on_cell(eps: float, row: dict) -> None:
-        console.print(f"epsilon {eps:g}: accuracy {row['accuracy']:.4f}", highlight=False)
+        console.print(f"epsilon {eps:g}, seed {row['seed']}: accuracy {row['accuracy']:.4f}", highlight=False)
         table.add_row(f"{eps:g}", _fmt(row["epsilon"]), _fmt(row["accuracy"]), _fmt(row["mia_advantage"]),
-                      _fmt(row["mia_bound"]))
+                      _fmt(row["mia_bound"]), str(row["seed"]))
 
     try:
-        run_study(experiment, budgets, out, on_cell=on_cell)
+        run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     console.print(table)
-    console.print(f"study directory: [bold]{out}[/] (study.csv, plots/privacy_study.png)")
+    console.print(f"study directory: [bold]{out}[/] (study.csv, study_summary.csv, plots/privacy_study.png)")
 
 
 @app.command()

@@ -110,6 +110,36 @@ def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, two_runs):
     pd.testing.assert_series_equal(ours, first, check_exact=True)
 
 
+class CrashingClient(Attack):
+    """Raises inside the client (a test attack): the client's reply is a Flower error message."""
+
+    kind = "crash"
+    description = "test attack: the client raises"
+
+    def poison_update(self, update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        raise RuntimeError("injected client failure")
+
+
+def test_failed_client_under_ckks_keeps_its_identity(tmp_path):
+    """Under CKKS a failed client's row keeps its partition id, malicious flag and node (it was client = -1,
+    malicious = 0, no node, and detection metrics NaN); the round goes on with the others."""
+    ATTACKS.register("crash", CrashingClient)
+    try:
+        experiment = load_experiment(SMOKE, ["attack.kind=crash", "attack.client_ids=[1]", "rounds=2",
+                                             "encryption.scheme=ckks"])
+        result = run_experiment(experiment, tmp_path / "run")
+    finally:
+        ATTACKS.unregister("crash")
+    clients = pd.read_csv(result.run_dir / "clients.csv")
+    failed = clients[clients["status"].str.startswith("failed")]
+    assert len(failed) == 2 and set(failed["client"]) == {1} and (failed["malicious"] == 1).all()
+    assert failed["node"].str.len().gt(10).all() and (failed["accepted"] == 0).all()
+    assert (clients.loc[clients["client"] != 1, "status"] == "accepted").all()
+    rounds = pd.read_csv(result.run_dir / "rounds.csv")
+    assert list(rounds["malicious_sampled"].iloc[1:]) == [1, 1] and list(rounds["clients_failed"].iloc[1:]) == [1, 1]
+    assert result.summary["stopped_reason"] == "completed"
+
+
 def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
     """Noise 2, all 4 clients each round, delta 1e-3: rounds 1..4 would spend 1.546, 2.330, 2.971, 3.537;
     with a budget of 3.0 the run stops before round 4."""
@@ -158,6 +188,10 @@ def test_local_dp_accountants_accumulate_and_the_guard_refuses_overspending(tmp_
     assert (rounds["epsilon"] <= 3.3).all() and rounds["epsilon"].iloc[-1] == pytest.approx(trained.loc[2].max())
     assert result.summary["stopped_reason"] == "privacy_budget"
     assert set(result.summary["privacy"]["client_epsilon"]) == {"0", "1", "2", "3"}
+    # every client epsilon is the larger of two independent accountants', both recorded, and they agree
+    done = clients[clients["status"] == "accepted"]
+    both = done[["epsilon_opacus_rdp", "epsilon_dp_accounting_rdp"]]
+    assert (done["epsilon"] == both.max(axis=1)).all() and ((both.max(axis=1) - both.min(axis=1)) < 0.01).all()
 
 
 def test_a_two_node_ray_cluster_gives_the_single_node_results(tmp_path, two_runs):

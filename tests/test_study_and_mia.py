@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,10 @@ from torch import nn
 
 from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
 from fedsec.config import ConfigError, experiment_from_dict
-from fedsec.studies.privacy_study import parse_epsilons, study_experiments
+from fedsec.plan import load_plan
+from fedsec.studies.privacy_study import parse_epsilons, parse_seeds, study_experiments, summarize
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_advantage_bound():
@@ -58,3 +62,29 @@ def test_study_makes_one_experiment_per_budget():
     with pytest.raises(ConfigError, match="needs privacy.mode"):
         study_experiments(experiment_from_dict({"data": {"dataset": "digits"}, "train": {"clients_per_round": 4}}),
                           [1.0])
+
+
+@pytest.mark.parametrize("name", ["dpsgd_fmnist.toml", "dpfedavg_fmnist.toml"])
+def test_shipped_privacy_studies_plan_every_budget_and_seed(name):
+    """The README's privacy studies: every (budget, seed) cell validates; the central one samples Poisson cohorts
+    in every cell, the no-DP cell included, so the cells differ only by DP."""
+    experiment = load_plan(REPO / "experiments" / "papers" / name).experiment
+    cells = study_experiments(experiment, [0.5, 1, 2, 4, 8, math.inf], [0, 1, 2])
+    assert len(cells) == 18 and {p.experiment.seed for _, p in cells} == {0, 1, 2}
+    assert [p.experiment.privacy.mode for _, p in cells].count("none") == 3
+    if experiment.privacy.mode == "central":
+        assert {p.schedule.sampling for _, p in cells} == {"poisson"}
+        noise = [p.privacy.noise_multiplier for eps, p in cells if p.privacy is not None and p.experiment.seed == 0]
+        assert noise == sorted(noise, reverse=True)  # more budget, less noise
+
+
+def test_study_summary_gives_mean_and_std_over_seeds():
+    rows = [{"epsilon_budget": eps, "seed": seed, "epsilon": eps, "accuracy": acc, "mia_advantage": 0.0}
+            for eps, seed, acc in [(1.0, 0, 0.5), (1.0, 1, 0.7), (math.inf, 0, 0.9), (math.inf, 1, 0.9)]]
+    summary = {r["epsilon_budget"]: r for r in summarize(rows)}
+    assert summary[1.0]["accuracy_mean"] == pytest.approx(0.6) and summary[1.0]["accuracy_std"] == pytest.approx(
+        0.1414, abs=1e-4)
+    assert summary[math.inf]["epsilon_mean"] == math.inf and summary[1.0]["seeds"] == 2
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds(None) is None
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds("0,0")

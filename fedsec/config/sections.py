@@ -176,8 +176,10 @@ class PrivacyConfig(_Section):
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant.")
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="local: per-sample gradient clipping bound (DP-SGD).")
-    grad_sample_mode: Literal["hooks", "ew", "functorch"] = Field(
-        "hooks", description="local: Opacus' per-sample-gradient engine."
+    grad_sample_mode: Literal["fedsec", "hooks", "ew", "functorch"] = Field(
+        "fedsec", description="local: the per-sample-gradient engine of DP-SGD: fedsec's own kernels (ghost norms "
+        "for Linear layers, torch.func vmap for CNNs; fedsec.privacy.dp_sgd) or Opacus' (hooks, ew, functorch); "
+        "the same accounting either way."
     )
 
 

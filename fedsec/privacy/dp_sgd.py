@@ -27,11 +27,11 @@ shared generator both produce identical steps; see tests/test_accountants.py); n
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad_and_value, vmap
 from torch.nn import functional as F
 
 from .errors import PrivacyInputError
@@ -71,6 +71,12 @@ def add_noise(summed: list[torch.Tensor], *, max_grad_norm: float, noise_multipl
 def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
     """Gradients of each example's cross-entropy w.r.t. each trainable parameter: (B, *shape) per parameter,
     in ``model.parameters()`` order (torch.func.vmap over torch.func.grad of a functional call)."""
+    return per_sample_gradients_and_losses(model, x, y)[0]
+
+
+def per_sample_gradients_and_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor
+                                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """:func:`per_sample_gradients` and each example's loss (B,), from one vmap of ``grad_and_value``."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
@@ -79,8 +85,8 @@ def per_sample_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
         return F.cross_entropy(out, yi.unsqueeze(0))
 
-    grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    return [grads[n] for n in names]
+    grads, losses = vmap(grad_and_value(loss), in_dims=(None, 0, 0))(params, x, y)
+    return [grads[n] for n in names], losses
 
 
 def _layer_grads(module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -117,6 +123,12 @@ def _unfold_supported(model: nn.Module) -> bool:
 
 def unfold_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float
                        ) -> list[torch.Tensor]:
+    """See :func:`unfold_clipped_sum_and_loss` (this drops the loss)."""
+    return unfold_clipped_sum_and_loss(model, x, y, max_grad_norm=max_grad_norm)[0]
+
+
+def unfold_clipped_sum_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float
+                                ) -> tuple[list[torch.Tensor], float]:
     """sum_i min(1, C / (||g_i|| + 1e-6)) g_i per parameter (param_shape each), for Linear / Conv2d models,
     without materialising Linear layers' per-sample gradients: a Linear layer's per-sample squared norm is
     ||g_i||^2 ||a_i||^2 (+ ||g_i||^2 for its bias; the "ghost norm" of Goodfellow 2015 and Li et al., ICLR 2022,
@@ -157,28 +169,31 @@ def unfold_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, ma
         for name, value in sums.items():
             key = id(getattr(module, name))
             by_param[key] = by_param[key] + value if key in by_param else value
-    return [by_param[id(p)] for p in model.parameters() if p.requires_grad]
+    return [by_param[id(p)] for p in model.parameters() if p.requires_grad], float(loss.detach())
 
 
 def dp_sgd_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float,
     noise_multiplier: float, expected_batch_size: float, generator: torch.Generator | None = None,
     kernel: str = "auto",
-) -> None:
+) -> float:
     """One DP-SGD step on the batch (x, y) (may be empty): set each parameter's ``.grad`` to the noisy clipped
-    mean gradient and call ``optimizer.step()``. ``kernel``: "unfold" (Linear/Conv2d models only), "vmap", or
-    "auto": unfold for Linear-only models, vmap otherwise (measured faster for each; module docstring)."""
+    mean gradient and call ``optimizer.step()``; return the batch's summed cross-entropy (before the step).
+    ``kernel``: "unfold" (Linear/Conv2d models only), "vmap", or "auto": unfold for Linear-only models, vmap
+    otherwise (measured faster for each; module docstring)."""
     if kernel not in ("auto", "unfold", "vmap"):
         raise PrivacyInputError(f"kernel={kernel!r}: use 'auto', 'unfold' or 'vmap'")
     params = [p for p in model.parameters() if p.requires_grad]
     linear_only = not any(isinstance(m, nn.Conv2d) for m in model.modules())
     if x.shape[0] > 0 and (kernel == "unfold" or (kernel == "auto" and linear_only and _unfold_supported(model))):
-        summed = unfold_clipped_sum(model, x, y, max_grad_norm=max_grad_norm)
+        summed, loss_sum = unfold_clipped_sum_and_loss(model, x, y, max_grad_norm=max_grad_norm)
         noisy = add_noise(summed, max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
                           expected_batch_size=expected_batch_size, generator=generator)
     else:
+        loss_sum = 0.0
         if x.shape[0] > 0:
-            per_sample = per_sample_gradients(model, x, y)
+            per_sample, losses = per_sample_gradients_and_losses(model, x, y)
+            loss_sum = float(losses.sum())
         else:
             per_sample = [torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device) for p in params]
         noisy = clip_and_noise(per_sample, max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
@@ -187,6 +202,7 @@ def dp_sgd_step(
         p.grad = g
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return loss_sum
 
 
 def poisson_batches(n: int, *, sample_rate: float, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -197,19 +213,33 @@ def poisson_batches(n: int, *, sample_rate: float, steps: int, generator: torch.
         yield torch.nonzero(torch.rand(n, generator=generator) < sample_rate).flatten()
 
 
+def epoch_sampling(n: int, batch_size: int) -> tuple[float, int]:
+    """(q, steps) of one DP-SGD epoch over n examples as Opacus' ``make_private`` runs it: steps = ceil(n / batch_size),
+    q = 1 / steps (what the accountant is given)."""
+    steps = -(-n // batch_size)
+    return 1 / steps, steps
+
+
 def dp_sgd_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *, batch_size: int,
     max_grad_norm: float, noise_multiplier: float, generator: torch.Generator, kernel: str = "auto",
+    hook: Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    losses: list[tuple[float, int]] | None = None,
 ) -> tuple[float, float, int]:
-    """One epoch of DP-SGD as Opacus' ``make_private`` runs it: steps = ceil(n / batch_size), q = 1 / steps,
-    expected batch size int(n q). Returns the accountant entry (noise multiplier, q, steps)."""
+    """One epoch of DP-SGD as Opacus' ``make_private`` runs it (:func:`epoch_sampling`), expected batch size
+    int(n q). ``hook`` may replace each batch (adversarial training) before its step; each step's (summed loss,
+    batch size) is appended to ``losses``. Returns the accountant entry (noise multiplier, q, steps)."""
     n = x.shape[0]
-    steps = -(-n // batch_size)
-    q = 1 / steps
+    q, steps = epoch_sampling(n, batch_size)
     model.train()
     for idx in poisson_batches(n, sample_rate=q, steps=steps, generator=generator):
         idx = idx.to(x.device)
-        dp_sgd_step(model, optimizer, x[idx], y[idx], max_grad_norm=max_grad_norm,
-                    noise_multiplier=noise_multiplier, expected_batch_size=int(n * q), generator=generator,
-                    kernel=kernel)
+        xb, yb = x[idx], y[idx]
+        if hook is not None and len(yb):
+            xb, yb = hook(model, xb, yb)
+        loss_sum = dp_sgd_step(model, optimizer, xb, yb, max_grad_norm=max_grad_norm,
+                               noise_multiplier=noise_multiplier, expected_batch_size=int(n * q),
+                               generator=generator, kernel=kernel)
+        if losses is not None:
+            losses.append((loss_sum, len(yb)))
     return noise_multiplier, q, steps

@@ -296,7 +296,7 @@ def _client_row(server_round: int, d: Any, malicious: set[int], ray_node_of: dic
         "node": node,
         "status": d.status,
         "train_loss": d.metrics.get("train_loss", float("nan")),
-        **({"epsilon": d.metrics["epsilon"]} if "epsilon" in d.metrics else {}),
+        **{k: v for k, v in d.metrics.items() if k == "epsilon" or k.startswith("epsilon_")},  # both accountants
         **{k: d.metrics[k] for k in SANITIZE_KEYS if k in d.metrics},
     }
 

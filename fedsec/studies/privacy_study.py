@@ -1,9 +1,11 @@
-"""Privacy-budget studies: the same scenario at several epsilons, one table and one plot.
+"""Privacy-budget studies: the same scenario at several epsilons (and seeds), one table and one plot.
 
-``fedsec privacy-study CONFIG --epsilons 0.5,1,2,4,8,inf`` runs CONFIG (its ``privacy.mode``: local or central)
-once per budget (``inf`` = the same run without DP), each in ``DIR/eps-<epsilon>/``, then writes ``study.csv``
-(one row per budget: final accuracy, attack metrics where an attack is configured, epsilon spent, noise, the
-membership-inference advantage and the bound epsilon implies) and ``plots/privacy_study.png``.
+``fedsec privacy-study CONFIG --epsilons 0.5,1,2,4,8,inf [--seeds 0,1,2]`` runs CONFIG (its ``privacy.mode``: local
+or central) once per budget and seed (``inf`` = the same run without DP), each in ``DIR/eps-<epsilon>/`` (one seed)
+or ``DIR/eps-<epsilon>-seed-<seed>/``, then writes ``study.csv`` (one row per run: final accuracy, attack metrics
+where an attack is configured, epsilon spent, noise, the membership-inference advantage and the bound epsilon
+implies), ``study_summary.csv`` (per budget: mean and standard deviation over the seeds) and
+``plots/privacy_study.png`` (means with the seeds' standard deviation as error bars).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from fedsec.config import ConfigError, Experiment, apply_overrides
 from fedsec.plan import RunPlan, build_plan, plan_from_dict
 
-STUDY_COLUMNS = ["epsilon_budget", "epsilon", "accuracy", "attack_success_rate", "source_recall", "flip_rate",
+STUDY_COLUMNS = ["epsilon_budget", "seed", "epsilon", "accuracy", "attack_success_rate", "source_recall", "flip_rate",
                  "mia_advantage", "mia_bound", "noise_multiplier", "rounds_completed", "stopped_reason"]
 
 
@@ -36,37 +38,81 @@ def parse_epsilons(text: str) -> list[float]:
     return values
 
 
-def study_experiments(base: Experiment, epsilons: list[float]) -> list[tuple[float, RunPlan]]:
-    """One validated run plan per budget (inf: privacy.mode = none)."""
+def parse_seeds(text: str | None) -> list[int] | None:
+    """"0,1,2" -> [0, 1, 2]; None or "" -> None (the config's seed)."""
+    if not text:
+        return None
+    try:
+        seeds = [int(part.strip()) for part in text.split(",")]
+    except ValueError as e:
+        raise ConfigError(f"--seeds: {text!r} must be comma-separated integers, e.g. 0,1,2") from e
+    if len(set(seeds)) != len(seeds) or any(not 0 <= s <= 2**32 - 1 for s in seeds):
+        raise ConfigError(f"--seeds: {text!r} must be distinct integers in [0, 2^32 - 1]")
+    return seeds
+
+
+def study_experiments(base: Experiment, epsilons: list[float], seeds: list[int] | None = None
+                      ) -> list[tuple[float, RunPlan]]:
+    """One validated run plan per budget (inf: privacy.mode = none) and seed (None: the config's seed only)."""
     if base.privacy.mode == "none":
         raise ConfigError("privacy.mode='none': a privacy study needs privacy.mode = 'local' or 'central'")
     raw = build_plan(base).resolved
     out = []
     for eps in epsilons:
-        sets = ["privacy.mode=none"] if math.isinf(eps) else [f"privacy.epsilon={eps}"]
-        sets.append(f"name={base.name}-eps-{eps:g}")
-        out.append((eps, plan_from_dict(apply_overrides(raw, sets), source=f"epsilon {eps:g}")))
+        for seed in seeds if seeds is not None else [None]:
+            sets = ["privacy.mode=none"] if math.isinf(eps) else [f"privacy.epsilon={eps}"]
+            name = f"{base.name}-eps-{eps:g}"
+            if seed is not None:
+                sets.append(f"seed={seed}")
+                name += f"-seed-{seed}"
+            sets.append(f"name={name}")
+            out.append((eps, plan_from_dict(apply_overrides(raw, sets), source=f"epsilon {eps:g}")))
+    return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per budget: mean and standard deviation (ddof 1; 0 for one seed) of accuracy, attack metrics, epsilon
+    spent and membership advantage over the seeds."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=STUDY_COLUMNS)
+    metrics = [m for m in ("accuracy", "epsilon", "attack_success_rate", "source_recall", "flip_rate",
+                           "mia_advantage", "mia_bound", "noise_multiplier") if frame[m].notna().any()]
+    out = []
+    for eps, group in frame.groupby("epsilon_budget", sort=True):
+        row: dict[str, Any] = {"epsilon_budget": eps, "seeds": len(group)}
+        for m in metrics:
+            values = group[m].astype(float)
+            if values.isin([math.inf]).all():  # epsilon spent without DP
+                row[f"{m}_mean"], row[f"{m}_std"] = math.inf, math.nan
+                continue
+            row[f"{m}_mean"] = float(values.mean())
+            row[f"{m}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append(row)
     return out
 
 
 def run_study(
-    base: Experiment, epsilons: list[float], out_dir: Path, *, on_cell: Callable[[float, dict], None] | None = None
+    base: Experiment, epsilons: list[float], out_dir: Path, *, on_cell: Callable[[float, dict], None] | None = None,
+    seeds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every budget, write study.csv and the plot; returns the rows."""
+    """Run every budget (and seed), write study.csv, study_summary.csv and the plot; returns the rows."""
     import pandas as pd
 
     from fedsec.runtime.runner import run_experiment
 
     rows = []
     out_dir.mkdir(parents=True, exist_ok=True)
-    for eps, plan in study_experiments(base, epsilons):
-        summary = run_experiment(plan, out_dir / f"eps-{eps:g}").summary
+    for eps, plan in study_experiments(base, epsilons, seeds):
+        cell = f"eps-{eps:g}" if seeds is None else f"eps-{eps:g}-seed-{plan.experiment.seed}"
+        summary = run_experiment(plan, out_dir / cell).summary
         privacy = summary.get("privacy", {})
-        row = {"epsilon_budget": eps, "epsilon": privacy.get("epsilon", math.inf),
+        row = {"epsilon_budget": eps, "seed": plan.experiment.seed, "epsilon": privacy.get("epsilon", math.inf),
                "noise_multiplier": privacy.get("noise_multiplier", math.nan)}
         row.update({k: summary.get(k, math.nan) for k in STUDY_COLUMNS if k not in row})
         rows.append(row)
         pd.DataFrame(rows, columns=STUDY_COLUMNS).to_csv(out_dir / "study.csv", index=False)
+        pd.DataFrame(summarize(rows)).to_csv(out_dir / "study_summary.csv", index=False)
         if on_cell is not None:
             on_cell(eps, row)
     plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
@@ -81,6 +127,9 @@ def plot_study(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    multi_seed = len({r.get("seed") for r in rows}) > 1
+    rows = [{"epsilon_budget": r["epsilon_budget"], **{k[:-5]: v for k, v in r.items() if k.endswith("_mean")},
+             **{k: v for k, v in r.items() if k.endswith("_std")}} for r in summarize(rows)] if multi_seed else rows
     finite = sorted(r["epsilon_budget"] for r in rows if math.isfinite(r["epsilon_budget"]))
     x_inf = (finite[-1] * 4) if finite else 1.0
     xs = [r["epsilon_budget"] if math.isfinite(r["epsilon_budget"]) else x_inf for r in rows]
@@ -93,7 +142,9 @@ def plot_study(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
     ]
     order = sorted(range(len(rows)), key=lambda i: xs[i])
     for key, label, style in series:
-        ax.plot([xs[i] for i in order], [rows[i].get(key, math.nan) for i in order], style, label=label)
+        errors = [rows[i].get(f"{key}_std", 0.0) for i in order] if multi_seed else None
+        ax.errorbar([xs[i] for i in order], [rows[i].get(key, math.nan) for i in order], yerr=errors, fmt=style,
+                    capsize=3, label=label + (" (mean ± std over seeds)" if multi_seed else ""))
     ax.set_xscale("log")
     ticks = sorted(set(xs))
     ax.set_xticks(ticks, [("no DP" if t == x_inf and any(math.isinf(r["epsilon_budget"]) for r in rows)
