@@ -179,3 +179,25 @@ def test_client_slots_count_per_node_as_flowers_actor_pool():
     assert client_slots(nodes, 1.0, 0.25) == {"a": 4, "b": 0}
     assert client_slots(nodes, 1.0, 0.5) == {"a": 2, "b": 0}
     assert client_slots(nodes, 5.0, 0.0) == {"a": 0, "b": 0}
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ('name="a\\u0000b"', "name"),
+        ("name=" + "x" * 5000, "name"),
+        ('name="../../x"', "name"),
+        ("seed=99999999999999999999", "seed"),
+        ("backend.num_cpus=1e-300", "backend.num_cpus"),
+        ("train.lr=inf", "train.lr"),
+    ],
+)
+def test_fedsec_run_refuses_what_validate_refuses_before_touching_anything(tmp_path, override, key):
+    """`fedsec run` (not only `validate`) of the issue's bad inputs: exit 2, one line naming the key, no traceback,
+    no run directory made."""
+    out = tmp_path / "run"
+    smoke = REPO / "experiments" / "digits_smoke.toml"
+    result = runner.invoke(app, ["run", str(smoke), "--set", override, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert f"{key}:" in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -4,6 +4,7 @@ run (digits, local DP-SGD, FoolsGold, whose histories are strategy state), per-c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,3 +128,77 @@ def test_ctrl_c_exits_130_with_a_consistent_directory_that_resumes(reference, tm
     resumed = subprocess.run([*FEDSEC, "run", "--resume", str(out)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pd.testing.assert_frame_equal(rows(out, "rounds.csv"), rows(reference, "rounds.csv"), check_exact=True)
+
+
+def test_sigterm_exits_143_with_an_interrupted_summary(reference, tmp_path):
+    cfg = reference.parent / "resume.toml"
+    out = tmp_path / "run"
+    proc = start(cfg, out)
+    wait_for(lambda: completed_rounds(out) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=60)  # a hang guard, not a timing
+    assert code == 143, proc.stderr.read()[-3000:] if proc.stderr else code
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_reason"] == "interrupted"
+    assert completed_rounds(out) == summary["rounds_completed"]
+
+
+def processes_naming(text: str) -> list[int]:
+    """Processes whose command line names ``text`` or that hold a file under it open (Ray's agents rename their
+    command line to e.g. ``ray::DashboardAgent`` but keep their session's logs open)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            named = text.encode() in (entry / "cmdline").read_bytes()
+            opened = any(os.readlink(fd).startswith(text) for fd in (entry / "fd").iterdir())
+        except OSError:
+            continue
+        if (named or opened) and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_next_run_ends_the_ray_processes_a_sigkilled_run_left_behind(reference, tmp_path):
+    """SIGKILL of the driver alone (as the OOM killer or `kill -9 PID` does) leaves its Ray session's processes
+    running; the next fedsec run ends exactly those (found by the session directory the killed run recorded)."""
+    cfg = reference.parent / "resume.toml"
+    out = tmp_path / "run"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    records = tmp_path / "cache" / "fedsec" / "ray-sessions"
+    proc = subprocess.Popen([*FEDSEC, "run", str(cfg), "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        wait_for(lambda: completed_rounds(out) >= 1 and any(records.glob("*.json")), proc)
+        session = json.loads(next(records.glob("*.json")).read_text())["session_dir"]
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only, not its process group
+        proc.wait(timeout=30)
+        left = processes_naming(session)
+        assert left, "expected Ray processes of the killed run to outlive it"
+        resumed = subprocess.run([*FEDSEC, "run", "--resume", str(out)], capture_output=True, text=True, timeout=600,
+                                 env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert processes_naming(session) == []  # every process of the old session ended
+        assert not any(records.glob("*.json"))  # and the resumed run, which shut down cleanly, left no record
+    finally:
+        for pid in processes_naming(session) if "session" in locals() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_local_dp_run_in_which_every_client_refuses_stops_with_the_privacy_reason_and_no_traceback(tmp_path):
+    """Every client's budget is spent after 2 rounds (noise 1.0 spends about 2.4, 3.1, 3.6 here): round 3 is refused
+    by all; the run stops with stopped_reason privacy_budget (it said "completed" and printed 32 Ray tracebacks)."""
+    cfg = tmp_path / "dp.toml"
+    cfg.write_text(CONFIG.replace("epsilon = 50.0", "epsilon = 3.3").replace("noise_multiplier = 0.8",
+                                                                              "noise_multiplier = 1.0")
+                   .replace("clients_per_round = 3", "clients_per_round = 4").replace('"foolsgold"', '"fedavg"'))
+    done = subprocess.run([*FEDSEC, "run", str(cfg), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stdout + done.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_reason"] == "privacy_budget" and summary["rounds_completed"] == 3
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    refused = clients[clients["round"] == 3]
+    assert len(refused) == 4 and refused["status"].str.contains("privacy budget exhausted").all()
+    assert set(refused["client"]) == {0, 1, 2, 3}

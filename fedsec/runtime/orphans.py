@@ -4,7 +4,8 @@ A run that starts its own local Ray records the Ray session directory and its ow
 ``$XDG_CACHE_HOME/fedsec/ray-sessions/<pid>.json`` (default ``~/.cache``) and removes the record when it shuts Ray
 down. A run killed with SIGKILL cannot: its raylet, GCS server and agents (``DashboardAgent``,
 ``RuntimeEnvAgent``) keep running. The next fedsec run reads the records whose driver is gone and ends exactly the
-processes whose command line names that session directory, and nothing else.
+processes whose command line names that session directory or that hold a file of it open (Ray's agents and workers
+rename their command line and keep their session's logs open), and nothing else.
 """
 
 from __future__ import annotations
@@ -60,9 +61,26 @@ def _processes_of(session_dir: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if session_dir in cmdline:
+        if session_dir in cmdline or _holds_file_in(entry, session_dir):
             pids.append(int(entry.name))
     return pids
+
+
+def _holds_file_in(proc: Path, session_dir: str) -> bool:
+    """Whether the process has a file of ``session_dir`` open (its logs): Ray's agents and workers rename their
+    command line (``ray::DashboardAgent``) and blank their environment, but keep their session's log files open."""
+    prefix = session_dir.rstrip("/") + "/"
+    try:
+        fds = list((proc / "fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd).startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def end_orphans() -> list[int]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 import warnings
@@ -141,12 +143,15 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
 
     if not address:
         end_orphans()  # Ray processes a SIGKILLed run left behind (only those of dead fedsec drivers)
+    on_sigterm = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
         # /tmp/ray/ray_current_cluster, even a head that is long gone
         context = ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
+    if callable(on_sigterm):  # Ray's core worker installs a C++ SIGTERM handler that aborts the driver (exit -6):
+        signal.signal(signal.SIGTERM, on_sigterm)  # put back the caller's (the CLI's: a clean stop, exit 143)
     if not address:
         session = getattr(context, "address_info", {}).get("session_dir")
         if session:
