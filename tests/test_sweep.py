@@ -120,31 +120,33 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_cells(tmp_path):
 "defense.strategy" = ["fedavg", "median"]
 seed = [0, 1]
 [set]
-rounds = 1
+rounds = 2
 """)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fedsec.cli", "sweep", str(path), "--out", str(out), "--no-report"]
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
     cells = out / "cells"
     deadline = time.monotonic() + 240
-    # kill the sweep (SIGKILL: no chance to clean up) once one cell is done and the next one has started
+    # kill the sweep (SIGKILL: no chance to clean up) once one cell is done and the next one has checkpointed round 1
     while time.monotonic() < deadline:
         if first.poll() is not None:
             pytest.fail(f"sweep ended before it could be killed: {first.stdout.read().decode()}")
         done = list(cells.glob("*/cell.json"))
         started = [d for d in cells.glob("*") if d.is_dir()]
-        if len(done) == 1 and len(started) == 2:
+        checkpointed = [d for d in started if (d / "checkpoints" / "latest.pt").exists() and d.name not in
+                        {c.parent.name for c in done}]
+        if len(done) == 1 and len(started) == 2 and checkpointed:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     else:
         pytest.fail("no cell finished within 240 s")
-    time.sleep(1.0)  # the second cell is well under way
     first.send_signal(signal.SIGKILL)
     first.wait()
     finished_before = done[0].parent.name
     marker_before = done[0].read_text()
     interrupted = next(d for d in started if d.name != finished_before)
     assert not (interrupted / "cell.json").exists()
+    round_one = pd.read_csv(interrupted / "rounds.csv").set_index("round").loc[1]
 
     # the cell process and the Ray head it joined go away with the sweep (no orphans)
     address = tomllib.loads((cells / finished_before / "config.toml").read_text())["backend"]["address"]
@@ -161,10 +163,16 @@ rounds = 1
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 already done" in second.stdout.replace("\n", " ")
     assert (cells / finished_before / "cell.json").read_text() == marker_before  # not rerun
+    # the interrupted cell went on from its checkpoint: round 1 was not trained again (its row, timing included,
+    # is the one written before the kill)
+    assert "resumed from checkpoints/latest.pt" in (interrupted / "log.txt").read_text()
+    again = pd.read_csv(interrupted / "rounds.csv").set_index("round")
+    assert list(again.index) == [0, 1, 2]
+    pd.testing.assert_series_equal(again.loc[1], round_one)
     table = pd.read_csv(out / "sweep.csv")
     assert len(table) == 4 and table["cell"].is_unique and set(table["status"]) == {"done"}
     assert set(table["cell"]) == {d.name for d in cells.iterdir() if d.is_dir()}
-    assert (table["rounds_completed"] == 1).all() and table["accuracy"].between(0.3, 1.0).all()
+    assert (table["rounds_completed"] == 2).all() and table["accuracy"].between(0.3, 1.0).all()
     for _, row in table.iterrows():  # each cell ran the config of its grid point
         summary = json.loads((out / row["run_dir"] / "summary.json").read_text())
         assert (summary["strategy"], summary["seed"]) == (row["defense.strategy"], row["seed"])

@@ -231,8 +231,8 @@ class RunDirectory:
         except (OSError, ValueError) as e:
             raise FedsecInputError(f"run directory {where}: cannot resume, its config.toml is missing or invalid "
                                    f"({e}); use overwrite") from e
-        if stored != tomllib.loads(wanted):
-            changed = sorted(_changed_keys(stored, tomllib.loads(wanted)))
+        changed = sorted(_changed_keys(stored, tomllib.loads(wanted)) - RESUME_MAY_CHANGE)
+        if changed:
             raise FedsecInputError(
                 f"run directory {where}: cannot resume with a different config (changed: {', '.join(changed[:8])}); "
                 "resume with the config.toml it holds, or use overwrite"
@@ -308,6 +308,11 @@ class RunDirectory:
 
             plot_rounds(self.rounds, self.path / "plots", title=self.experiment.name)
         return summary
+
+
+#: Config keys a resumed run may change: where it runs, not what it computes (a sweep resumes a cell on a new Ray
+#: head, at another address).
+RESUME_MAY_CHANGE = frozenset({"backend.address"})
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:

@@ -16,10 +16,11 @@ Every cell (one point of the grid, seeds included) is validated before any runs,
 whole sweep (one head node per parallel slot; each cell's driver joins it), or the sweep joins the cluster at
 ``--address`` / the base config's ``backend.address``. Kind-specific keys that a cell's attack or strategy does not
 use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies) are dropped for that cell. A cell is
-done when its process exited 0 and its ``cell.json`` says so; a rerun skips done cells and reruns any other
-(interrupted, failed) from scratch, so no cell is lost or counted twice. ``sweep.csv`` (one row per cell: axes,
-status, final metrics, and their mean / std over
-the seeds of the cell's group) is rewritten after every cell.
+done when its process exited 0 and its ``cell.json`` says so; a rerun skips done cells, goes on with an interrupted
+cell from its last checkpoint (``fedsec run --resume``, on the new sweep's Ray head) when it has one and its config
+is unchanged, and reruns any other (failed, or killed before its first round ended) from scratch, so no cell is lost
+or counted twice. ``sweep.csv`` (one row per cell: axes, status, final metrics, and their mean / std over the seeds
+of the cell's group) is rewritten after every cell.
 
 Why one process per cell: Flower's Ray backend shuts Ray down at the end of each simulation and sizes its actor
 pool from the whole cluster, so cells cannot share one driver, and two simulations on one cluster at the same time
@@ -34,6 +35,7 @@ import ctypes
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import queue
@@ -54,6 +56,8 @@ from typing import Any
 from fedsec.config import ConfigError, Experiment
 from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
+
+logger = logging.getLogger(__name__)
 
 SEED_AXIS = "seed"
 #: final metrics copied from each cell's summary.json into sweep.csv (those some cell has)
@@ -373,31 +377,49 @@ class SweepRunner:
                     p.terminate()
 
     def _run_cell(self, cell: Cell, address: str) -> CellResult:
+        """Run one cell in its own process; an interrupted cell with a checkpoint goes on from it (``--resume``),
+        and starts again if the resume is refused (exit 2: e.g. an unreadable checkpoint)."""
         cell_dir = self.out / "cells" / cell.id
-        if cell_dir.exists():
-            shutil.rmtree(cell_dir)  # an interrupted or failed attempt: start clean
-        cell_dir.mkdir(parents=True)
+        if _resumable(cell_dir, cell.plan.to_toml()):
+            t0 = time.perf_counter()
+            code = self._cell_process(cell_dir, address, resume=True)
+            if code != 2:
+                return self._finish_cell(cell, cell_dir, code, time.perf_counter() - t0)
+            logger.warning("cell %s: could not resume from its checkpoint; starting it again", cell.id)
+        t0 = time.perf_counter()
+        code = self._cell_process(cell_dir, address, resume=False, config_toml=cell.plan.to_toml())
+        return self._finish_cell(cell, cell_dir, code, time.perf_counter() - t0)
+
+    def _cell_process(self, cell_dir: Path, address: str, *, resume: bool, config_toml: str = "") -> int:
+        if cell_dir.exists() and not resume:
+            shutil.rmtree(cell_dir)  # a failed attempt, or one killed before its first checkpoint: start clean
+        cell_dir.mkdir(parents=True, exist_ok=True)
         config = cell_dir / "experiment.toml"
-        config.write_text(cell.plan.to_toml())
-        command = [sys.executable, "-m", "fedsec.cli", "run", str(config), "--out", str(cell_dir),
+        if not resume:
+            config.write_text(config_toml)
+        command = [sys.executable, "-m", "fedsec.cli", "run",
+                   *(["--resume", str(cell_dir)] if resume else [str(config), "--out", str(cell_dir)]),
                    "--set", f"backend.address={json.dumps(address)}"]
         if self.verbose:
             command.append("--verbose")
-        t0 = time.perf_counter()
         env = {**os.environ, "COLUMNS": "120"}
         env.pop("RAY_ADDRESS", None)
-        with (cell_dir / "log.txt").open("wb") as log:
+        with (cell_dir / "log.txt").open("ab" if resume else "wb") as log:
+            if resume:
+                log.write(b"--- resumed from checkpoints/latest.pt ---\n")
+                log.flush()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env, start_new_session=True,
                                        preexec_fn=_die_with_parent if _LINUX else None)
             with self._lock:
                 self._procs.add(process)
             try:
-                code = process.wait()
+                return process.wait()
             finally:
                 with self._lock:
                     self._procs.discard(process)
-        seconds = time.perf_counter() - t0
+
+    def _finish_cell(self, cell: Cell, cell_dir: Path, code: int, seconds: float) -> CellResult:
         if code < 0 or _stopped_reason(cell_dir) == "interrupted":  # stopped by the sweep's Ctrl-C: stays pending
             raise KeyboardInterrupt
         status = "done" if code == 0 else "failed"
@@ -406,6 +428,17 @@ class SweepRunner:
                                              "seconds": seconds, "error": error,
                                              "fingerprint": _fingerprint(cell.plan)})
         return CellResult(cell=cell, status=status, seconds=seconds, error=error)
+
+
+def _resumable(cell_dir: Path, config_toml: str) -> bool:
+    """Whether an interrupted cell can go on from its checkpoint: it has one, did not finish, and ran this cell's
+    config (a changed grid point starts again)."""
+    if (cell_dir / "cell.json").exists() or not (cell_dir / "checkpoints" / "latest.pt").is_file():
+        return False
+    try:
+        return (cell_dir / "experiment.toml").read_text() == config_toml
+    except OSError:
+        return False
 
 
 def _stopped_reason(run_dir: Path) -> str:
