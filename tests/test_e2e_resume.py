@@ -202,3 +202,27 @@ def test_local_dp_run_in_which_every_client_refuses_stops_with_the_privacy_reaso
     refused = clients[clients["round"] == 3]
     assert len(refused) == 4 and refused["status"].str.contains("privacy budget exhausted").all()
     assert set(refused["client"]) == {0, 1, 2, 3}
+
+
+def test_privacy_study_reads_back_finished_cells_and_resumes_killed_ones(tmp_path):
+    """A study run twice does not rerun a finished cell; a cell left without summary.json (as SIGKILL leaves it)
+    goes on from its checkpoint and ends with the rows it had."""
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(CONFIG.replace("rounds = 5", "rounds = 2").replace('strategy = "foolsgold"', 'strategy = "fedavg"'))
+    out = tmp_path / "study"
+    cmd = [*FEDSEC, "privacy-study", str(cfg), "--epsilons", "50", "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    cell = out / "eps-50"
+    study = pd.read_csv(out / "study.csv")
+    before = rows(cell, "rounds.csv")
+    (cell / "summary.json").unlink()  # what a SIGKILL leaves: rows and checkpoints, no summary
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    pd.testing.assert_frame_equal(rows(cell, "rounds.csv"), before)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "study.csv"), study)
+    mtime = (cell / "rounds.csv").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (cell / "rounds.csv").stat().st_mtime_ns == mtime  # read back, not rerun
+    pd.testing.assert_frame_equal(pd.read_csv(out / "study.csv"), study)

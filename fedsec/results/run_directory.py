@@ -231,7 +231,7 @@ class RunDirectory:
         except (OSError, ValueError) as e:
             raise FedsecInputError(f"run directory {where}: cannot resume, its config.toml is missing or invalid "
                                    f"({e}); use overwrite") from e
-        changed = sorted(_changed_keys(stored, tomllib.loads(wanted)) - RESUME_MAY_CHANGE)
+        changed = sorted(changed_keys(stored, tomllib.loads(wanted)) - RESUME_MAY_CHANGE)
         if changed:
             raise FedsecInputError(
                 f"run directory {where}: cannot resume with a different config (changed: {', '.join(changed[:8])}); "
@@ -315,7 +315,7 @@ class RunDirectory:
 RESUME_MAY_CHANGE = frozenset({"backend.address"})
 
 
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     """Dotted keys whose values differ between two configs (iterative)."""
     changed: set[str] = set()
     stack: list[tuple[dict[str, Any], dict[str, Any], str]] = [(old, new, "")]

@@ -6,17 +6,27 @@ or ``DIR/eps-<epsilon>-seed-<seed>/``, then writes ``study.csv`` (one row per ru
 where an attack is configured, epsilon spent, noise, the membership-inference advantage and the bound epsilon
 implies), ``study_summary.csv`` (per budget: mean and standard deviation over the seeds) and
 ``plots/privacy_study.png`` (means with the seeds' standard deviation as error bars).
+
+A study is resumable: run the same command again and a cell that finished with the same config is read back
+instead of rerun, and a cell that was killed or interrupted goes on from its last checkpoint (``fedsec run
+--resume``), so a long study survives a reboot.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedsec.config import ConfigError, Experiment, apply_overrides
 from fedsec.plan import RunPlan, build_plan, plan_from_dict
+from fedsec.results.run_directory import RESUME_MAY_CHANGE, changed_keys
+
+log = logging.getLogger(__name__)
 
 STUDY_COLUMNS = ["epsilon_budget", "seed", "epsilon", "accuracy", "attack_success_rate", "source_recall", "flip_rate",
                  "mia_advantage", "mia_bound", "noise_multiplier", "rounds_completed", "stopped_reason"]
@@ -105,7 +115,14 @@ def run_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     for eps, plan in study_experiments(base, epsilons, seeds):
         cell = f"eps-{eps:g}" if seeds is None else f"eps-{eps:g}-seed-{plan.experiment.seed}"
-        summary = run_experiment(plan, out_dir / cell).summary
+        summary = finished_summary(out_dir / cell, plan)
+        if summary is None:
+            resume = (out_dir / cell / "checkpoints" / "latest.pt").is_file()
+            if resume:
+                log.info("%s: resuming from its last checkpoint", cell)
+            summary = run_experiment(plan, out_dir / cell, resume=resume).summary
+        else:
+            log.info("%s: finished before with the same config; read back", cell)
         privacy = summary.get("privacy", {})
         row = {"epsilon_budget": eps, "seed": plan.experiment.seed, "epsilon": privacy.get("epsilon", math.inf),
                "noise_multiplier": privacy.get("noise_multiplier", math.nan)}
@@ -117,6 +134,21 @@ def run_study(
             on_cell(eps, row)
     plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
     return rows
+
+
+def finished_summary(cell_dir: Path, plan: RunPlan) -> dict[str, Any] | None:
+    """The summary of a cell that already finished with ``plan``'s config (None: not run, killed, interrupted,
+    or run with another config, which then fails with the run directory's own message)."""
+    try:
+        summary = json.loads((cell_dir / "summary.json").read_text())
+        stored = tomllib.loads((cell_dir / "config.toml").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("stopped_reason") == "interrupted":
+        return None
+    if changed_keys(stored, tomllib.loads(plan.to_toml())) - RESUME_MAY_CHANGE:
+        return None
+    return summary
 
 
 def plot_study(rows: list[dict[str, Any]], path: Path, *, title: str) -> Path:
