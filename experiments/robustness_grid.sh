@@ -12,6 +12,19 @@ cd "$(dirname "$0")/.."
 out=${1:-runs/robustness-grid}
 mkdir -p "$out"
 fedsec=${FEDSEC:-.venv/bin/fedsec}
+# run_cell DIR [--set ...]: skip a finished cell, resume an interrupted or killed one, else run it ($cfg).
+run_cell() {
+  local dir=$1; shift
+  local interrupted=0
+  grep -qs '"stopped_reason": "interrupted"' "$dir/summary.json" && interrupted=1
+  if [ -f "$dir/summary.json" ] && [ $interrupted = 0 ]; then
+    return 0
+  elif [ -f "$dir/checkpoints/latest.pt" ]; then
+    "$fedsec" run --resume "$dir"
+  else
+    "$fedsec" run "$cfg" "$@" --overwrite --out "$dir"
+  fi
+}
 for strategy in fedavg krum multikrum bulyan median trimmed_mean geomed norm_clipping centered_clipping \
                 fltrust flame foolsgold dnc; do
   extra=()
@@ -26,14 +39,11 @@ for strategy in fedavg krum multikrum bulyan median trimmed_mean geomed norm_cli
                       --set attack.fraction=0.1);;
     esac
     cell="$out/$strategy-$attack"
-    if [ ! -f "$cell/summary.json" ]; then
-      "$fedsec" run "$cfg" --set defense.strategy="$strategy" "${extra[@]}" "${aset[@]}" --set rounds=5 --out "$cell"
-    fi
+    run_cell "$cell" --set defense.strategy="$strategy" "${extra[@]}" "${aset[@]}" --set rounds=5
     case "$attack-$strategy" in
       countlie-fedavg|countlie-multikrum|countlie-geomed|countlie-norm_clipping)
-        [ -f "$cell-reported/summary.json" ] && continue
-        "$fedsec" run "$cfg" --set defense.strategy="$strategy" "${extra[@]}" "${aset[@]}" --set rounds=5 \
-          --set defense.weighting=reported --out "$cell-reported";;
+        run_cell "$cell-reported" --set defense.strategy="$strategy" "${extra[@]}" "${aset[@]}" --set rounds=5 \
+          --set defense.weighting=reported;;
     esac
   done
 done
