@@ -183,10 +183,18 @@ def privacy_study(
 ) -> None:
     """Run the scenario at each privacy budget (and seed); write study.csv, study_summary.csv and
     plots/privacy_study.png."""
+    import signal
+    import threading
     from datetime import datetime
 
     from fedsec.runtime.runner import RunError, quiet_frameworks
-    from fedsec.studies.privacy_study import parse_epsilons, parse_seeds, run_study, study_experiments
+    from fedsec.studies.privacy_study import (
+        StudyInterrupted,
+        parse_epsilons,
+        parse_seeds,
+        run_study,
+        study_experiments,
+    )
 
     quiet_frameworks(verbose)
     experiment = _load(config, set_).experiment
@@ -209,11 +217,29 @@ def privacy_study(
         table.add_row(f"{eps:g}", _fmt(row["epsilon"]), _fmt(row["accuracy"]), _fmt(row["mia_advantage"]),
                       _fmt(row["mia_bound"]), str(row["seed"]))
 
+    stop = threading.Event()
+    signals = {"received": 0}
+
+    def on_sigterm(signum: int, frame: object) -> None:  # SIGTERM stops the study as Ctrl-C does, exit 143
+        signals["received"] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list)
+        run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
+    except StudyInterrupted as e:
+        err_console.print(f"{e}; the same command goes on from there (finished cells are read back)",
+                          highlight=False, soft_wrap=True)
+        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
+    except KeyboardInterrupt:  # between cells: nothing was running
+        err_console.print("interrupted; the same command goes on from there (finished cells are read back)",
+                          highlight=False, soft_wrap=True)
+        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     console.print(table)
     console.print(f"study directory: [bold]{out}[/] (study.csv, study_summary.csv, plots/privacy_study.png)")
 

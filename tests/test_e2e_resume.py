@@ -204,23 +204,28 @@ def test_local_dp_run_in_which_every_client_refuses_stops_with_the_privacy_reaso
     assert set(refused["client"]) == {0, 1, 2, 3}
 
 
-def test_privacy_study_reads_back_finished_cells_and_resumes_killed_ones(tmp_path):
-    """A study run twice does not rerun a finished cell; a cell left without summary.json (as SIGKILL leaves it)
-    goes on from its checkpoint and ends with the rows it had."""
+def test_privacy_study_stops_on_ctrl_c_then_resumes_and_reads_back_finished_cells(tmp_path):
+    """Ctrl-C in a study's cell exits 130 with that cell's summary `interrupted`; the same command goes on with the
+    cell from its checkpoint; run again, the finished cell is read back, not rerun."""
     cfg = tmp_path / "study.toml"
-    cfg.write_text(CONFIG.replace("rounds = 5", "rounds = 2").replace('strategy = "foolsgold"', 'strategy = "fedavg"'))
+    cfg.write_text(CONFIG.replace("rounds = 5", "rounds = 3").replace('strategy = "foolsgold"', 'strategy = "fedavg"'))
     out = tmp_path / "study"
-    cmd = [*FEDSEC, "privacy-study", str(cfg), "--epsilons", "50", "--out", str(out)]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
     cell = out / "eps-50"
-    study = pd.read_csv(out / "study.csv")
-    before = rows(cell, "rounds.csv")
-    (cell / "summary.json").unlink()  # what a SIGKILL leaves: rows and checkpoints, no summary
+    cmd = [*FEDSEC, "privacy-study", str(cfg), "--epsilons", "50", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for(lambda: completed_rounds(cell) >= 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    code = proc.wait(timeout=60)  # a hang guard, not a timing
+    assert code == 130, proc.stderr.read()[-3000:] if proc.stderr else code
+    summary = json.loads((cell / "summary.json").read_text())
+    assert summary["stopped_reason"] == "interrupted"
+    assert not (out / "study.csv").exists()  # the interrupted cell is not a result
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    pd.testing.assert_frame_equal(rows(cell, "rounds.csv"), before)
-    pd.testing.assert_frame_equal(pd.read_csv(out / "study.csv"), study)
+    assert completed_rounds(cell) == 3
+    assert json.loads((cell / "summary.json").read_text())["stopped_reason"] == "completed"
+    study = pd.read_csv(out / "study.csv")
+    assert len(study) == 1 and study.loc[0, "rounds_completed"] == 3
     mtime = (cell / "rounds.csv").stat().st_mtime_ns
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-2000:]

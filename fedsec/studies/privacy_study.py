@@ -28,6 +28,14 @@ from fedsec.results.run_directory import RESUME_MAY_CHANGE, changed_keys
 
 log = logging.getLogger(__name__)
 
+
+class StudyInterrupted(Exception):
+    """A cell was interrupted (Ctrl-C, SIGTERM): the study stops there; the same command goes on with it."""
+
+    def __init__(self, cell: str, rounds_completed: int) -> None:
+        super().__init__(f"{cell} interrupted after round {rounds_completed}")
+        self.cell, self.rounds_completed = cell, rounds_completed
+
 STUDY_COLUMNS = ["epsilon_budget", "seed", "epsilon", "accuracy", "attack_success_rate", "source_recall", "flip_rate",
                  "mia_advantage", "mia_bound", "noise_multiplier", "rounds_completed", "stopped_reason"]
 
@@ -104,9 +112,12 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def run_study(
     base: Experiment, epsilons: list[float], out_dir: Path, *, on_cell: Callable[[float, dict], None] | None = None,
-    seeds: list[int] | None = None,
+    seeds: list[int] | None = None, stop: Any = None,
 ) -> list[dict[str, Any]]:
-    """Run every budget (and seed), write study.csv, study_summary.csv and the plot; returns the rows."""
+    """Run every budget (and seed), write study.csv, study_summary.csv and the plot; returns the rows.
+
+    ``stop``: a ``threading.Event`` passed to every run (Ctrl-C, SIGTERM); a cell that ends interrupted raises
+    :class:`StudyInterrupted` after its summary is written, so no later cell starts."""
     import pandas as pd
 
     from fedsec.runtime.runner import run_experiment
@@ -120,9 +131,11 @@ def run_study(
             resume = (out_dir / cell / "checkpoints" / "latest.pt").is_file()
             if resume:
                 log.info("%s: resuming from its last checkpoint", cell)
-            summary = run_experiment(plan, out_dir / cell, resume=resume).summary
+            summary = run_experiment(plan, out_dir / cell, resume=resume, stop=stop).summary
         else:
             log.info("%s: finished before with the same config; read back", cell)
+        if summary.get("stopped_reason") == "interrupted":
+            raise StudyInterrupted(cell, int(summary.get("rounds_completed") or 0))
         privacy = summary.get("privacy", {})
         row = {"epsilon_budget": eps, "seed": plan.experiment.seed, "epsilon": privacy.get("epsilon", math.inf),
                "noise_multiplier": privacy.get("noise_multiplier", math.nan)}
