@@ -54,7 +54,6 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
 ) -> None:
     """Run an experiment and write its run directory (Ctrl-C stops it cleanly: exit 130; SIGTERM: 143)."""
-    import signal
     import threading
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -89,15 +88,9 @@ def run(
         progress.update(task, completed=int(row["round"]), status=status)
 
     stop = threading.Event()
-    signals = {"received": 0}
-
-    def on_sigterm(signum: int, frame: object) -> None:  # SIGTERM stops the run as Ctrl-C does, exit 143
-        signals["received"] = signum
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = _SigtermAsInterrupt()
     try:
-        with progress:
+        with signals, progress:
             result = run_experiment(plan, out, on_round=on_round, verbose=verbose, resume=resume is not None,
                                     overwrite=overwrite, stop=stop)
     except RunError as e:
@@ -105,8 +98,6 @@ def run(
         raise typer.Exit(code=1) from None
     except FedsecInputError as e:  # the run directory is locked, holds another run, cannot be resumed, ...
         _fail_input(str(e))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     summary = result.summary
     table = Table(title=f"{experiment.name}: final metrics", show_header=True)
     table.add_column("metric")
@@ -120,7 +111,7 @@ def run(
     if summary.get("stopped_reason") == "interrupted":
         err_console.print(f"interrupted after round {summary.get('rounds_completed')}; go on with "
                           f"`fedsec run --resume {result.run_dir}`", highlight=False, soft_wrap=True)
-        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
+        _hard_exit(signals.exit_code)
     if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
 
@@ -128,6 +119,36 @@ def run(
 def _fail_input(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
+
+
+class _SigtermAsInterrupt:
+    """While active, SIGTERM stops the command as Ctrl-C does (raises KeyboardInterrupt); `exit_code` is then the
+    shell's convention for the signal that stopped it: 143 for SIGTERM, 130 for Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self._previous: Any = None
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _SigtermAsInterrupt:
+        import signal
+
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGTERM, self._previous)
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 143 if self.received == signal.SIGTERM else 130
 
 
 def _hard_exit(code: int) -> None:
@@ -183,7 +204,6 @@ def privacy_study(
 ) -> None:
     """Run the scenario at each privacy budget (and seed); write study.csv, study_summary.csv and
     plots/privacy_study.png."""
-    import signal
     import threading
     from datetime import datetime
 
@@ -218,28 +238,21 @@ def privacy_study(
                       _fmt(row["mia_bound"]), str(row["seed"]))
 
     stop = threading.Event()
-    signals = {"received": 0}
-
-    def on_sigterm(signum: int, frame: object) -> None:  # SIGTERM stops the study as Ctrl-C does, exit 143
-        signals["received"] = signum
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = _SigtermAsInterrupt()
     try:
-        run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
+        with signals:
+            run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     except StudyInterrupted as e:
         err_console.print(f"{e}; the same command goes on from there (finished cells are read back)",
                           highlight=False, soft_wrap=True)
-        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
+        _hard_exit(signals.exit_code)
     except KeyboardInterrupt:  # between cells: nothing was running
         err_console.print("interrupted; the same command goes on from there (finished cells are read back)",
                           highlight=False, soft_wrap=True)
-        _hard_exit(143 if signals["received"] == signal.SIGTERM else 130)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        _hard_exit(signals.exit_code)
     console.print(table)
     console.print(f"study directory: [bold]{out}[/] (study.csv, study_summary.csv, plots/privacy_study.png)")
 
@@ -378,17 +391,29 @@ def audit_evasion(
     epsilons: Annotated[str, typer.Option("--epsilons", help="L-inf budgets on [0, 1] pixels.")] = "0.05,0.1,0.2,0.3",
     steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="PGD steps.")] = 10,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Seeded test subset.")] = 1000,
+    cw_max_iter: Annotated[int, typer.Option("--cw-max-iter", min=0, max=1000,
+                                             help="Also run C&W L2 with this many iterations per binary-search "
+                                                  "step (0: no C&W).")] = 0,
+    cw_binary_search_steps: Annotated[int, typer.Option("--cw-binary-search-steps", min=1, max=50,
+                                                        help="C&W binary-search steps.")] = 5,
 ) -> None:
-    """Re-evaluate a run's final model under FGSM and PGD at several budgets (no retraining)."""
+    """Re-evaluate a run's final model under FGSM and PGD at several budgets, and optionally C&W (no retraining)."""
+    import json
+
     from fedsec.results.model_file import ModelFileError
     from fedsec.studies.evasion_curve import evasion_curve, parse_budgets
 
     try:
-        path = evasion_curve(run_dir, parse_budgets(epsilons), steps=steps, examples=examples)
+        path = evasion_curve(run_dir, parse_budgets(epsilons), steps=steps, examples=examples,
+                             cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps)
     except (ConfigError, ModelFileError) as e:
         err_console.print(f"[bold red]audit error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     console.print(f"robust accuracy per budget: [bold]{path}[/] and {path.parent / 'robustness_curve.png'}")
+    if cw_max_iter > 0:
+        cw = json.loads((path.parent / "cw.json").read_text())
+        console.print(f"C&W L2: success {cw['success_rate']:.3f}, median L2 {cw['median_l2']:.3f} "
+                      f"(R {cw['counts']}): [bold]{path.parent / 'cw.json'}[/]", highlight=False)
 
 
 def _mount_subcommands() -> None:
