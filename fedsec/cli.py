@@ -396,6 +396,11 @@ def audit_evasion(
                                                   "step (0: no C&W).")] = 0,
     cw_binary_search_steps: Annotated[int, typer.Option("--cw-binary-search-steps", min=1, max=50,
                                                         help="C&W binary-search steps.")] = 5,
+    cw_learning_rate: Annotated[float, typer.Option("--cw-learning-rate", min=1e-6, max=10.0,
+                                                    help="C&W learning rate.")] = 0.01,
+    cw_initial_const: Annotated[float, typer.Option("--cw-initial-const", min=1e-6, max=1e6,
+                                                    help="C&W initial trade-off constant c (a larger c finds "
+                                                         "adversarial examples in fewer iterations).")] = 1.0,
 ) -> None:
     """Re-evaluate a run's final model under FGSM and PGD at several budgets, and optionally C&W (no retraining)."""
     import json
@@ -405,7 +410,8 @@ def audit_evasion(
 
     try:
         path = evasion_curve(run_dir, parse_budgets(epsilons), steps=steps, examples=examples,
-                             cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps)
+                             cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps,
+                             cw_learning_rate=cw_learning_rate, cw_initial_const=cw_initial_const)
     except (ConfigError, ModelFileError) as e:
         err_console.print(f"[bold red]audit error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None

@@ -43,7 +43,8 @@ def parse_budgets(text: str) -> list[float]:
 
 def evasion_curve(run_dir: Path, epsilons: list[float], *, attacks: tuple[str, ...] = ("fgsm", "pgd"),
                   steps: int = 10, examples: int = 1000, cw_max_iter: int = 0,
-                  cw_binary_search_steps: int = 5) -> Path:
+                  cw_binary_search_steps: int = 5, cw_learning_rate: float = 0.01,
+                  cw_initial_const: float = 1.0) -> Path:
     """Evaluate the run's final model at each budget (and under C&W when ``cw_max_iter`` > 0); return the CSV's
     path."""
     served = load_final_model(run_dir)
@@ -75,13 +76,15 @@ def evasion_curve(run_dir: Path, epsilons: list[float], *, attacks: tuple[str, .
     if cw_max_iter > 0:
         audit = ev.EvasionAudit(served.module, space=space, attacks=("cw",), examples=min(examples, y.numel()),
                                 seed=int(config.get("seed", 0)), cw_max_iter=cw_max_iter,
-                                cw_binary_search_steps=cw_binary_search_steps)
+                                cw_binary_search_steps=cw_binary_search_steps, cw_learning_rate=cw_learning_rate,
+                                cw_initial_const=cw_initial_const)
         result = audit.evaluate(x, y)
         record = result.records["cw"]
         block = {"clean": f"{result.clean_correct} / {result.total}", "robust_accuracy": record.robust_accuracy,
                  "counts": f"{record.correct} / {record.total}", "success_rate": record.success_rate,
                  "median_l2": record.median_l2, "max_iter": cw_max_iter,
-                 "binary_search_steps": cw_binary_search_steps}
+                 "binary_search_steps": cw_binary_search_steps, "learning_rate": cw_learning_rate,
+                 "initial_const": cw_initial_const}
         (out / "cw.json").write_text(json.dumps(block, indent=2) + "\n")
         logger.info("C&W L2: success %.3f, median L2 %.3f", record.success_rate or 0.0, record.median_l2 or 0.0)
     return path
