@@ -201,3 +201,27 @@ def test_fedsec_run_refuses_what_validate_refuses_before_touching_anything(tmp_p
     assert result.exit_code == 2, result.output
     assert f"{key}:" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+SHIPPED = sorted(p for p in EXPERIMENTS.rglob("*.toml") if "serving" not in p.relative_to(EXPERIMENTS).parts
+                 and not {"base", "grid"} & set(tomllib.loads(p.read_text())))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_resolved_config_runs_the_same_experiment(path):
+    """config.toml is what sweep cells, resumed runs and study read-backs run from: planning it again must give the
+    same experiment (it once dropped defense.sanitize and defense.weighting, so sweeps over filters ran none)."""
+    plan = load_plan(path)
+    again = plan_from_dict(tomllib.loads(plan.to_toml()))
+    assert again.schedule == plan.schedule  # train.sampling is written resolved ("auto" -> "poisson" or "fixed")
+    assert (again.experiment.model_dump(exclude={"backend": True, "train": {"sampling"}})
+            == plan.experiment.model_dump(exclude={"backend": True, "train": {"sampling"}}))
+
+
+def test_resolved_config_keeps_sanitize_and_weighting():
+    plan = plan_from_dict({"data": {"dataset": "digits", "num_clients": 4}, "train": {"clients_per_round": 4},
+                           "defense": {"strategy": "median", "weighting": "reported",
+                                       "sanitize": {"method": "threshold", "k": 2.5}}})
+    again = plan_from_dict(tomllib.loads(plan.to_toml())).experiment.defense
+    assert (again.weighting, again.sanitize.method, again.sanitize.k) == ("reported", "threshold", 2.5)

@@ -188,7 +188,11 @@ def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseMode
     raw = e.raw()
     raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS}
     raw["attack"].update(attack_params.model_dump(exclude_none=True))
-    raw["defense"] = {"strategy": e.defense.strategy, **strategy_params.model_dump(exclude_none=True)}
+    # the strategy's own keys from its params; the keys every rule shares (weighting, weight_cap, the sanitize
+    # sub-table) as configured: a sweep cell, a resumed run and a study's read-back all run from this TOML
+    raw["defense"] = {"strategy": e.defense.strategy, "weighting": e.defense.weighting,
+                      "weight_cap": e.defense.weight_cap, "sanitize": e.defense.sanitize.model_dump(exclude_none=True),
+                      **strategy_params.model_dump(exclude_none=True)}
     raw["train"]["sampling"] = e.client_sampling()
     if e.encryption.scheme == "none":
         raw["encryption"] = {"scheme": "none"}
