@@ -158,7 +158,7 @@ def run_rounds(
     start = resume_state["round"] + 1 if resume_state else 1
     strategy = build_strategy(plan, key_authority=key_authority, data=data, completed_rounds=start - 1)
     strategy.node_sampler = lambda server_round: [node_of[p] for p in schedule.sampled(server_round)]
-    evaluator = ServerEvaluator(experiment.model.name, attack, data)
+    evaluator = ServerEvaluator(experiment.model.name, attack, data, poison=experiment.data.poison)
     audits = ServerAudits(plan, data, model=evaluator.model, x_test=evaluator.x, y_test=evaluator.y,
                           plots=run_dir.path / "plots")
     privacy = PrivacyGuard(experiment.privacy, plan.privacy)

@@ -11,8 +11,9 @@ import torch
 from fedsec.arrays import load_record
 from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
 from fedsec.clients.attacks import Attack
-from fedsec.config import PrivacyConfig
+from fedsec.config import PoisonConfig, PrivacyConfig
 from fedsec.data.federated import FederatedData
+from fedsec.data.poison import DEFAULT_TRIGGER_SIZE, square_trigger_mask
 from fedsec.models import build_model
 from fedsec.strategies.base import resolve_device
 from fedsec.training import evaluate
@@ -24,9 +25,14 @@ class ServerEvaluator:
     - every run: ``accuracy``, ``loss``, ``recall_<class>``;
     - the attack's own metrics (:meth:`Attack.test_metrics`): ``source_recall`` and ``flip_rate`` for targeted
       label flipping, ``attack_success_rate`` for backdoors, ...
+    - with a trigger planted in honest clients' data (``[data.poison] kind = "trigger"``):
+      ``trigger_success_rate``, the share of non-target test inputs stamped with the same trigger (the square of
+      :func:`fedsec.data.poison.square_trigger_mask` at the training data's largest value) that the model
+      classifies as the poison's target: what the planted data taught the global model.
     """
 
-    def __init__(self, model_name: str, attack: Attack, data: FederatedData) -> None:
+    def __init__(self, model_name: str, attack: Attack, data: FederatedData,
+                 poison: PoisonConfig | None = None) -> None:
         self.device = resolve_device("auto")
         self.num_classes = data.num_classes
         self.attack = attack
@@ -34,6 +40,12 @@ class ServerEvaluator:
         self.x = torch.from_numpy(np.array(data.x_test, copy=True)).to(self.device)
         self.y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(self.device)
         self.attack_state = attack.prepare_test(self.x, self.y, data_max=float(data.x_train.max()))
+        self.trigger_target: int | None = None
+        if poison is not None and poison.kind == "trigger":
+            self.trigger_target = int(poison.target if poison.target is not None else 0)
+            mask = torch.from_numpy(square_trigger_mask(tuple(self.x.shape[1:]), size=DEFAULT_TRIGGER_SIZE))
+            keep = self.y != self.trigger_target
+            self.triggered = torch.where(mask.to(self.device), float(data.x_train.max()), self.x[keep])
 
     def membership_inference(self, arrays: Any, data: FederatedData, *, seed: int,
                              privacy: PrivacyConfig) -> dict[str, float]:
@@ -61,6 +73,9 @@ class ServerEvaluator:
         result = evaluate(self.model, self.x, self.y, num_classes=self.num_classes)
         row: dict[str, float] = {"accuracy": result.accuracy, "loss": result.loss}
         row.update(self.attack.test_metrics(self.attack_state, self.predict, self.x, self.y, result.per_class_recall))
+        if self.trigger_target is not None:
+            hits = self.predict(self.triggered) == self.trigger_target
+            row["trigger_success_rate"] = float(hits.double().mean())
         row.update({f"recall_{c}": r for c, r in enumerate(result.per_class_recall)})
         return row
 
