@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 
+import art.attacks.evasion  # noqa: F401  (see below)
 import pandas as pd
 import pytest
 from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from fedsec.cli import app
+
+# ART configures logging when first imported (logging.config.dictConfig closes every existing handler). Imported
+# inside CliRunner.invoke, that closed a handler another library had bound to pytest's capture stream (absl's,
+# from an earlier test file), and pytest died at teardown; importing ART here, at collection, avoids it.
 
 
 @pytest.fixture(scope="module")
