@@ -77,7 +77,10 @@ def raw(**attack) -> dict:
 def test_new_kinds_validate_their_own_keys():
     plan = plan_from_dict(raw(factor=20.0))
     assert isinstance(plan.attack, BlowUp) and plan.attack.params.factor == 20.0
-    assert plan.resolved["defense"] == {"strategy": "smallest_norms", "keep": 3}
+    defense = plan.resolved["defense"]  # the kind's own keys, next to the keys every rule shares
+    assert {k: v for k, v in defense.items() if k not in ("weighting", "weight_cap", "sanitize")} == {
+        "strategy": "smallest_norms", "keep": 3}
+    assert defense["weighting"] == "capped" and defense["sanitize"]["method"] == "none"
     with pytest.raises(ConfigError, match=r"attack.factor=0.5: Input should be greater than 1"):
         plan_from_dict(raw(factor=0.5))
     with pytest.raises(ConfigError, match=r"defense.kep: unknown key for defense.strategy='smallest_norms'"):
