@@ -39,13 +39,14 @@ class ServerEvaluator:
         self.model = build_model(model_name, data.input_shape, data.num_classes).to(self.device)
         self.x = torch.from_numpy(np.array(data.x_test, copy=True)).to(self.device)
         self.y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(self.device)
-        self.attack_state = attack.prepare_test(self.x, self.y, data_max=float(data.x_train.max()))
+        data_max = float(data.x_train.max())
+        self.attack_state = attack.prepare_test(self.x, self.y, data_max=data_max)
         self.trigger_target: int | None = None
         if poison is not None and poison.kind == "trigger":
             self.trigger_target = int(poison.target if poison.target is not None else 0)
             mask = torch.from_numpy(square_trigger_mask(tuple(self.x.shape[1:]), size=DEFAULT_TRIGGER_SIZE))
             keep = self.y != self.trigger_target
-            self.triggered = torch.where(mask.to(self.device), float(data.x_train.max()), self.x[keep])
+            self.triggered = torch.where(mask.to(self.device), data_max, self.x[keep])
 
     def membership_inference(self, arrays: Any, data: FederatedData, *, seed: int,
                              privacy: PrivacyConfig) -> dict[str, float]:
