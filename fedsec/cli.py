@@ -424,8 +424,10 @@ def audit_evasion(
 
 def _mount_subcommands() -> None:
     from fedsec.serving.cli import register as register_serving
+    from fedsec.studies.worst_case import register as register_worst_case
 
     register_serving(app)  # serve, serve-keygen, attack extract, attack scenario
+    register_worst_case(app, report=_write_report)  # worst-case
 
 
 _mount_subcommands()

@@ -187,3 +187,16 @@ def test_tiny_real_grid(tmp_path):
     with (tmp_path / "out" / "cells" / "strategy-krum__kind-fang" / "clients.csv").open(newline="") as f:
         selected = {int(r["round"]) for r in csv.DictReader(f) if r["malicious"] == "1" and float(r["accepted"]) > 0}
     assert selected == {1, 2}
+
+
+def test_fedsec_cli_has_the_worst_case_command(tmp_path):
+    """``fedsec worst-case`` is mounted on the real CLI: it tabulates a finished sweep directory and writes its
+    report, and a missing sweep file is a config error (exit 2)."""
+    from fedsec.cli import app as fedsec_app
+
+    root = make_sweep_dir(tmp_path / "sweep")
+    result = CliRunner().invoke(fedsec_app, ["worst-case", str(root), "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "krum: worst accuracy 0.3 (fang)" in result.output and (root / "worst_case.csv").is_file()
+    missing = CliRunner().invoke(fedsec_app, ["worst-case", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 2 and "config error" in missing.output
