@@ -1,5 +1,6 @@
-"""Serving benchmark: /predict load test (with and without the PRADA monitor) and Knockoff extraction on
-Fashion-MNIST against an open endpoint and against top-1 + PRADA blocking.
+"""Serving benchmark: /predict load test (no monitor, PRADA, the extraction warning) and Knockoff extraction on
+Fashion-MNIST against an open endpoint, against top-1 + PRADA blocking and against top-1 + extraction-warning
+blocking.
 
 Bounded and local only: the servers run in child processes on 127.0.0.1, the client sends a fixed number of
 requests sequentially over one keep-alive connection, and everything stops by itself. Throughput is requests over
@@ -7,6 +8,7 @@ the summed request latencies of one sequential client; the monitor-off and monit
 alternation (paired), because other processes on a shared machine make back-to-back runs drift.
 
     nice -n 10 .venv/bin/python benchmarks/bench_serving.py [--requests 300] [--budget 4000] [--out bench.json]
+        [--cells open,prada_knockoff,prada_jacobian,warning_knockoff]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Args:
     epochs: int = 3  # target model epochs
     out: str = ""  # write all numbers as JSON here
     run_dir: str = ""  # reuse a target run directory (final_model.pt) instead of training one
+    cells: str = "open,prada_knockoff,prada_jacobian,warning_knockoff"  # extraction cells to run
 
 
 def _serve(run_dir: str, policy: dict, port: int) -> None:
@@ -69,33 +72,37 @@ class Server:
         self.proc.join(10)
 
 
-def policy(output: str, monitor: str) -> tuple[dict, str]:
+def policy(output: str, monitor: str, kind: str = "prada") -> tuple[dict, str]:
     key, hashed = make_key("bench")
+    settings = {"mode": monitor, "kind": kind}
+    settings |= {"delta": 0.9, "min_queries": 100} if kind == "prada" else {"threshold": 0.8, "min_queries": 200}
     return {
         "max_batch_size": 256,
         "roles": {"r": {"permissions": ["predict", "predict_probabilities"], "output": output}},
         "keys": [{"id": "bench", "role": "r", "hash": hashed}],
-        "monitor": {"mode": monitor, "delta": 0.9, "min_queries": 100},
+        "monitor": settings,
     }, key
 
 
 def load_test(run_dir: Path, x: np.ndarray, *, batch: int, requests: int) -> list[dict]:
-    """Paired load test: two servers (monitor off / monitor log) get the same honest i.i.d. stream, request by
-    request in alternation, so drifting load from other processes on the machine hits both alike."""
+    """Paired load test: three servers (no monitor / PRADA logging / extraction warning logging) get the same
+    honest i.i.d. stream, request by request in rotation, so drifting load from other processes hits all alike."""
     order = np.random.default_rng(0).permutation(len(x))  # an honest i.i.d. stream: no input sent twice
     if (requests + 5) * batch > len(x):
         raise ValueError(f"requests={requests} x batch={batch} exceeds the {len(x)} test images")
     bodies = [json.dumps({"inputs": x[order[i * batch : (i + 1) * batch]].tolist()}).encode()
               for i in range(requests + 5)]
-    modes = ("off", "log")
-    policies = [policy("probabilities", m) for m in modes]
+    modes = ("off", "prada", "extraction_warning")
+    policies = [policy("probabilities", "off"), policy("probabilities", "log", "prada"),
+                policy("probabilities", "log", "extraction_warning")]
     latencies: dict[str, list[float]] = {m: [] for m in modes}
-    with Server(run_dir, policies[0][0]) as url_off, Server(run_dir, policies[1][0]) as url_log, \
-            httpx.Client(timeout=60) as client:
+    with Server(run_dir, policies[0][0]) as url_off, Server(run_dir, policies[1][0]) as url_prada, \
+            Server(run_dir, policies[2][0]) as url_warning, httpx.Client(timeout=60) as client:
         targets = [(m, url, {"X-API-Key": key, "content-type": "application/json"})
-                   for m, url, (_, key) in zip(modes, (url_off, url_log), policies, strict=True)]
+                   for m, url, (_, key) in zip(modes, (url_off, url_prada, url_warning), policies, strict=True)]
         for i, body in enumerate(bodies):
-            for mode, url, headers in targets if i % 2 == 0 else targets[::-1]:
+            shift = i % len(targets)
+            for mode, url, headers in targets[shift:] + targets[:shift]:
                 t = time.perf_counter()
                 r = client.post(url + "/predict", content=body, headers=headers)
                 if i >= 5:  # the first 5 requests warm up
@@ -118,11 +125,16 @@ def extraction(run_dir: Path, args: Args) -> list[dict]:
     target = served.probabilities(torch.from_numpy(eval_x)).argmax(1).numpy()
     common = dict(eval_x=eval_x, eval_y=eval_y, target_labels=target, surrogate="cnn", epochs=10, seed=0)
     rows = []
-    cells = [("open (probabilities, no monitor)", "probabilities", "off", "knockoff"),
-             ("top-1 + PRADA block", "label", "block", "knockoff"),
-             ("top-1 + PRADA block", "label", "block", "jacobian")]
-    for name, output, monitor, method in cells:
-        pol, key = policy(output, monitor)
+    cells = {"open": ("open (probabilities, no monitor)", "probabilities", "off", "prada", "knockoff"),
+             "prada_knockoff": ("top-1 + PRADA block", "label", "block", "prada", "knockoff"),
+             "prada_jacobian": ("top-1 + PRADA block", "label", "block", "prada", "jacobian"),
+             "warning_knockoff": ("top-1 + extraction warning block", "label", "block", "extraction_warning",
+                                  "knockoff")}
+    chosen = [c for c in args.cells.split(",") if c]
+    if unknown := [c for c in chosen if c not in cells]:
+        raise SystemExit(f"--cells: unknown {unknown}; choose from {sorted(cells)}")
+    for name, output, monitor, kind, method in (cells[c] for c in chosen):
+        pol, key = policy(output, monitor, kind)
         with Server(run_dir, pol) as url:
             remote = RemoteModel(url, key=key, batch_size=50)
             t = time.perf_counter()
@@ -164,8 +176,10 @@ def main() -> None:
             load.append(row)
             print(json.dumps(row), flush=True)
     for batch in (1, 64) if args.requests else ():
-        off, on = (next(r for r in load if r["batch"] == batch and r["monitor"] == m) for m in ("off", "log"))
-        print(f"batch {batch}: monitor costs {100 * (1 - on['rps'] / off['rps']):.1f}% of throughput", flush=True)
+        off = next(r for r in load if r["batch"] == batch and r["monitor"] == "off")
+        for kind in ("prada", "extraction_warning"):
+            on = next(r for r in load if r["batch"] == batch and r["monitor"] == kind)
+            print(f"batch {batch}: {kind} costs {100 * (1 - on['rps'] / off['rps']):.1f}% of throughput", flush=True)
     rows = extraction(run_dir, args) if args.budget else []
     if args.out:
         Path(args.out).write_text(json.dumps({"target_accuracy": acc, "load": load, "extraction": rows}, indent=2))

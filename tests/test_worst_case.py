@@ -200,3 +200,17 @@ def test_fedsec_cli_has_the_worst_case_command(tmp_path):
     assert "krum: worst accuracy 0.3 (fang)" in result.output and (root / "worst_case.csv").is_file()
     missing = CliRunner().invoke(fedsec_app, ["worst-case", str(tmp_path / "nope.toml")])
     assert missing.exit_code == 2 and "config error" in missing.output
+
+
+@pytest.mark.parametrize("name", ["papers/fang2020_krum.toml", "papers/shejwalkar2021_tailored.toml",
+                                  "worst_case/all_defenses.toml"])
+def test_shipped_worst_case_grids_plan_every_cell_they_keep(name):
+    """The shipped grids load: every kept cell plans, and only Fang / the root-data rule are skipped."""
+    study = load_worst_case(Path(__file__).resolve().parents[1] / "experiments" / name)
+    assert study.sweep.cells
+    assert all("fang" in cid or "fltrust" in cid for cid in study.skipped)
+    if name.startswith("worst_case"):
+        defenses = {c.values["defense.strategy"] for c in study.sweep.cells}
+        from fedsec.strategies import STRATEGIES
+
+        assert defenses == set(STRATEGIES)  # every shipped defense has its worst case

@@ -30,9 +30,13 @@ ACCESS.toml::
     burst = 10                                # bucket size
 
     [monitor]
-    mode = "off"                   # off | log | block (PRADA, see fedsec.serving.monitor)
-    delta = 0.9
-    min_queries = 100
+    mode = "off"                   # off | log | block
+    kind = "prada"                 # prada (.monitor) | extraction_warning (.extraction_warning)
+    delta = 0.9                    # prada: flag when Shapiro-Wilk W < delta
+    min_queries = 100              # inputs before the first test (extraction_warning: default 200)
+    threshold = 0.8                # extraction_warning: flag when the proxy's agreement reaches this
+    check_every = 200              # extraction_warning: refit the proxy every N inputs
+    validation_size = 1000         # extraction_warning: server-held test inputs the proxy is scored on
 """
 
 from __future__ import annotations
@@ -115,8 +119,13 @@ class KeyEntry(BaseModel):
 class MonitorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["off", "log", "block"] = "off"
+    kind: Literal["prada", "extraction_warning"] = "prada"
     delta: float = Field(0.9, gt=0, lt=1, description="Shapiro-Wilk W threshold (PRADA's delta)")
-    min_queries: int = Field(100, ge=3, description="distances needed before testing")
+    min_queries: int | None = Field(None, ge=3, description="inputs before the first test (prada 100, "
+                                                             "extraction_warning 200)")
+    threshold: float = Field(0.8, gt=0, le=1, description="extraction_warning: proxy agreement that flags")
+    check_every: int = Field(200, ge=1, description="extraction_warning: inputs between proxy fits")
+    validation_size: int = Field(1000, ge=10, description="extraction_warning: server-held validation inputs")
 
 
 class AccessPolicy(BaseModel):

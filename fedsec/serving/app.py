@@ -1,4 +1,5 @@
-"""FastAPI app serving a :class:`ServedModel` behind an access policy, a PRADA monitor and a query log.
+"""FastAPI app serving a :class:`ServedModel` behind an access policy, a query monitor (PRADA or the extraction
+warning) and a query log.
 
 Layout as in FastAPI's "bigger applications": a router per concern (``/health``, ``/predict``), dependencies for
 authentication and rate limiting, pydantic bodies, and one exception handler that turns fedsec's
@@ -26,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedsec.results.model_file import ServedModel
 
 from .access import AccessController, AccessPolicy, Caller
-from .errors import BadInput, Forbidden, ServingError
+from .errors import BadInput, Forbidden, PolicyError, ServingError
+from .extraction_warning import ExtractionWarningMonitor
 from .monitor import PradaMonitor
 from .querylog import QueryLog
 
@@ -38,7 +40,7 @@ API_KEY_HEADER = "X-API-Key"
 class ServingState:
     model: ServedModel
     access: AccessController
-    monitor: PradaMonitor | None
+    monitor: PradaMonitor | ExtractionWarningMonitor | None
     monitor_mode: str
     query_log: QueryLog
 
@@ -130,8 +132,8 @@ def predict(
     request.state.batch_size = len(body.inputs)
     AccessController.require(caller, "predict")
     if st.monitor_mode == "block" and st.monitor is not None and st.monitor.is_flagged(caller.client_id):
-        raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by PRADA",
-                        decision="blocked_by_monitor")
+        raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by the "
+                        f"{st.monitor.name} monitor", decision="blocked_by_monitor")
     x = to_batch(body.inputs, st.model, max_batch_size=st.access.policy.max_batch_size)
     st.access.charge(caller, x.shape[0])
     probs = st.model.probabilities(x)
@@ -142,8 +144,8 @@ def predict(
         score, flagged = verdict.score, verdict.flagged
         request.state.monitor = (score, flagged)
         if flagged and st.monitor_mode == "block":
-            raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by PRADA (W={score:.3f})",
-                            decision="blocked_by_monitor")
+            raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by the "
+                            f"{st.monitor.name} monitor (score {score:.3f})", decision="blocked_by_monitor")
     role = caller.role
     out = PredictResponse(output=role.output, labels=labels.tolist())
     if role.output == "probabilities":
@@ -190,17 +192,37 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error", "decision": "server_error"}, status_code=500)
 
 
+def build_monitor(model: ServedModel, policy: AccessPolicy) -> PradaMonitor | ExtractionWarningMonitor:
+    """The monitor of ``policy.monitor``: PRADA, or the extraction warning scored on ``validation_size`` test
+    inputs of the model's dataset (drawn with seed 0) labelled by the served model."""
+    m = policy.monitor
+    if m.kind == "prada":
+        return PradaMonitor(delta=m.delta, min_queries=m.min_queries or 100)
+    from .reference import raw_dataset
+
+    try:
+        x_test = raw_dataset(model.dataset)[2]
+    except ValueError as e:
+        raise PolicyError(f"monitor.kind='extraction_warning': no validation inputs for dataset "
+                          f"{model.dataset!r} ({e})") from None
+    pick = np.random.default_rng(0).permutation(len(x_test))[: m.validation_size]
+    validation = torch.from_numpy(x_test[pick]).reshape(len(pick), *model.input_shape)
+    served = model.probabilities(validation).argmax(dim=1)
+    return ExtractionWarningMonitor(validation, served, threshold=m.threshold, min_queries=m.min_queries or 200,
+                                    check_every=m.check_every, num_classes=model.num_classes)
+
+
 def create_app(
     model: ServedModel,
     policy: AccessPolicy,
     *,
-    monitor: PradaMonitor | None = None,
+    monitor: PradaMonitor | ExtractionWarningMonitor | None = None,
     query_log: QueryLog | None = None,
 ) -> FastAPI:
-    """The FastAPI app; ``monitor`` defaults to a :class:`PradaMonitor` built from ``policy.monitor``."""
+    """The FastAPI app; ``monitor`` defaults to the one ``policy.monitor`` describes (:func:`build_monitor`)."""
     mode = policy.monitor.mode
     if monitor is None and mode != "off":
-        monitor = PradaMonitor(delta=policy.monitor.delta, min_queries=policy.monitor.min_queries)
+        monitor = build_monitor(model, policy)
     app = FastAPI(title="fedsec model server", version="1")
     app.state.fedsec = ServingState(
         model=model, access=AccessController(policy), monitor=monitor, monitor_mode=mode,

@@ -62,7 +62,10 @@ def serve(
     else:
         import uvicorn
 
-        app = create_app(model, policy, query_log=QueryLog(log_file, keep_in_memory=False))
+        try:
+            app = create_app(model, policy, query_log=QueryLog(log_file, keep_in_memory=False))
+        except ServingError as e:
+            raise _fail(str(e)) from None
         uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

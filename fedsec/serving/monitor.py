@@ -110,6 +110,8 @@ class PradaMonitor:
     distances needed before testing; ``window`` (int, default 5000): most recent distances tested.
     """
 
+    name = "PRADA"
+
     def __init__(self, *, delta: float = 0.9, min_queries: int = 100, window: int = 5000) -> None:
         if not 0 < delta < 1:
             raise ValueError(f"monitor.delta={delta}: must be in (0, 1); PRADA uses 0.9")
