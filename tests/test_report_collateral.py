@@ -99,3 +99,35 @@ def test_unreadable_data_section_is_reported_not_raised(tmp_path):
     md = write_report(run).read_text()
     assert "Label histograms not available" in md and "no-such-data" in md
     assert "Minority-class accuracy" not in md
+
+
+def test_collateral_by_defense_reads_a_sweeps_no_attack_cells(tmp_path):
+    """Krum's no-attack cell excludes honest client 7 in 3 rounds and client 8 in 1, of 9 honest clients x 3 rounds
+    (4 / 27); FedAvg's excludes nobody; an attacked cell is not counted; the sweep report gets the table."""
+    from fedsec.report.collateral import collateral_by_defense
+
+    root = tmp_path / "sweep"
+    make_run(root / "cells" / "krum")
+    fedavg = make_run(root / "cells" / "fedavg")
+    rows = list(csv.DictReader((fedavg / "clients.csv").open()))
+    for row in rows:
+        row["accepted"], row["status"] = ("0.0", "rejected") if row["client"] == "0" else (str(1 / 9), "accepted")
+    _csv(fedavg / "clients.csv", rows)
+    attacked = make_run(root / "cells" / "krum_attacked")
+    _csv(root / "sweep.csv", [
+        {"cell": "krum", "defense.strategy": "krum", "attack.kind": "none", "seed": 0, "status": "done",
+         "run_dir": "cells/krum", "accuracy": 0.8},
+        {"cell": "fedavg", "defense.strategy": "fedavg", "attack.kind": "none", "seed": 0, "status": "done",
+         "run_dir": "cells/fedavg", "accuracy": 0.8},
+        {"cell": "krum_attacked", "defense.strategy": "krum", "attack.kind": "sign_flip", "seed": 0,
+         "status": "done", "run_dir": attacked.relative_to(root).as_posix(), "accuracy": 0.8},
+    ])
+    (root / "sweep.toml").write_text('base = "x.toml"\n[grid]\n"defense.strategy" = ["krum", "fedavg"]\n'
+                                     '"attack.kind" = ["none", "sign_flip"]\n')
+    table = collateral_by_defense(root).set_index("defense")
+    assert table.loc["krum", "runs"] == 1 and table.loc["krum", "honest_exclusion_rate"] == 4 / 27
+    assert table.loc["fedavg", "honest_exclusion_rate"] == 0.0
+    assert table.loc["krum", "worst_class_recall"] == 0.2 and table.loc["krum", "worst_class"] == "0"
+    md = write_report(root).read_text()
+    assert "## Collateral damage per defense (no attack)" in md and (root / "collateral_by_defense.csv").is_file()
+    assert f"| `krum` | 1 | {4 / 27:.4f} |" in md

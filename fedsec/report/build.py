@@ -27,7 +27,7 @@ from typing import Any
 from fedsec.errors import FedsecInputError
 from fedsec.metrics.seed_sheet import seed_sheet_markdown
 from fedsec.report import plots as rp
-from fedsec.report.collateral import add_collateral
+from fedsec.report.collateral import add_collateral, add_collateral_by_defense
 from fedsec.report.document import Document as _Document
 from fedsec.report.worst_case import add_worst_case
 
@@ -411,6 +411,7 @@ def _sweep_report(root: Path) -> _Document:
     if done:
         _sweep_figures(doc, root, groups, group_axes, values, label_of, legend)
     add_worst_case(doc, root)
+    add_collateral_by_defense(doc, root)
     doc.heading("All cells")
     extra = [c for c in ("rounds_completed", "stopped_reason", "wall_seconds") if c in columns]
     doc.table(["cell", "status"] + axes + metrics + extra,

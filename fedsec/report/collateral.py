@@ -12,6 +12,7 @@ others. The "honest clients excluded" plot is drawn when some honest client was 
 from __future__ import annotations
 
 import logging
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,84 @@ def _minority(doc: Document, histograms: pd.DataFrame, last: dict[str, float | N
     doc.table(["class", "clients holding it", "training examples", "minority", "final recall"],
               [[str(r["class"]), str(r["holders"]), str(r["examples"]), "yes" if r["minority"] else "no",
                 _f(recall[f"recall_{r['class']}"])] for _, r in classes.iterrows()])
+
+
+BY_DEFENSE_FILE = "collateral_by_defense.csv"
+BY_DEFENSE_COLUMNS = ["defense", "runs", "honest_exclusion_rate", "usual_exclusion_rate", "unusual_exclusion_rate",
+                      "worst_class_recall", "worst_class", "accuracy"]
+
+
+def collateral_by_defense(root: Path, *, defense_axis: str = "defense.strategy", attack_axis: str = "attack.kind",
+                          bins: int = 3) -> pd.DataFrame:
+    """What each defense costs honest clients without an attack, from a sweep directory's finished cells.
+
+    For every finished cell of ``root/sweep.csv`` whose ``attack.kind`` is "none" (every cell when the sweep has no
+    such axis): the honest exclusion rate (rejected or down-weighted, pooled over clients and rounds), the same in
+    the most usual and the most unusual of ``bins`` quantile bins of label distance, and the lowest final per-class
+    recall (the class the global model serves worst) with its class; means over the cells (seeds) of a defense.
+    Under FedAvg nobody is excluded, so the FedAvg row is the baseline the other rows are read against. Cells whose
+    files cannot be read are left out (logged)."""
+    sweep = pd.read_csv(root / "sweep.csv")
+    done = sweep[sweep["status"].astype(str) == "done"]
+    if attack_axis in done.columns:
+        done = done[done[attack_axis].astype(str) == "none"]
+    histograms_of: dict[str, pd.DataFrame] = {}
+    rows = []
+    for _, cell in done.iterrows():
+        run = root / str(cell["run_dir"])
+        try:
+            config = tomllib.loads((run / "config.toml").read_text())
+            exclusion = honest_exclusion(pd.read_csv(run / "clients.csv"))
+            key = repr((config.get("data"), config.get("seed")))
+            if key not in histograms_of:
+                histograms_of[key] = label_histograms(config)
+            bins_table = exclusion_by_unusualness(exclusion, label_distance(histograms_of[key]), bins=bins)
+            last = pd.read_csv(run / "rounds.csv").iloc[-1]
+        except (OSError, ValueError, KeyError, CollateralError, ConfigError, pd.errors.ParserError) as e:
+            logger.info("collateral by defense: cell %s left out: %s", cell.get("cell"), e)
+            continue
+        recalls = {int(c.split("_", 1)[1]): float(last[c]) for c in last.index
+                   if c.startswith("recall_") and c.split("_", 1)[1].isdigit()}
+        worst = min(recalls, key=recalls.get) if recalls else None
+        rows.append({
+            "defense": str(cell[defense_axis]) if defense_axis in cell else "all",
+            "honest_exclusion_rate": exclusion["excluded"].sum() / exclusion["rounds"].sum(),
+            "usual_exclusion_rate": float(bins_table.iloc[0]["exclusion_rate"]),
+            "unusual_exclusion_rate": float(bins_table.iloc[-1]["exclusion_rate"]),
+            "worst_class_recall": recalls[worst] if worst is not None else np.nan,
+            "worst_class": worst, "accuracy": float(last["accuracy"]),
+        })
+    if not rows:
+        return pd.DataFrame(columns=BY_DEFENSE_COLUMNS)
+    table = pd.DataFrame(rows)
+    out = table.groupby("defense", sort=False).agg(
+        runs=("accuracy", "size"), honest_exclusion_rate=("honest_exclusion_rate", "mean"),
+        usual_exclusion_rate=("usual_exclusion_rate", "mean"),
+        unusual_exclusion_rate=("unusual_exclusion_rate", "mean"),
+        worst_class_recall=("worst_class_recall", "mean"),
+        worst_class=("worst_class", lambda s: ",".join(str(int(v)) for v in sorted(set(s.dropna())))),
+        accuracy=("accuracy", "mean"),
+    ).reset_index()
+    return out[BY_DEFENSE_COLUMNS]
+
+
+def add_collateral_by_defense(doc: Document, root: Path) -> bool:
+    """Append the across-defense collateral table of a sweep with no-attack cells; writes its CSV."""
+    if not (root / "sweep.csv").is_file():
+        return False
+    table = collateral_by_defense(root)
+    if table.empty or len(table) < 2:
+        return False
+    table.to_csv(root / BY_DEFENSE_FILE, index=False)
+    doc.heading("Collateral damage per defense (no attack)")
+    doc.paragraph("What each defense costs honest clients when nobody attacks: the share of honest replies it "
+                  "rejected or down-weighted (below half their FedAvg share), the same among the clients with the "
+                  "most usual and the most unusual label distributions (first and last of 3 quantile bins of "
+                  "total-variation distance from the population), and the final recall of the class the model "
+                  f"serves worst. Means over seeds; FedAvg excludes nobody. Table: `{BY_DEFENSE_FILE}`.")
+    doc.table(["defense", "runs", "honest excluded", "usual clients", "unusual clients", "worst class recall",
+               "worst class", "accuracy"],
+              [[f"`{r.defense}`", str(int(r.runs)), _f(r.honest_exclusion_rate), _f(r.usual_exclusion_rate),
+                _f(r.unusual_exclusion_rate), _f(r.worst_class_recall), str(r.worst_class), _f(r.accuracy)]
+               for r in table.itertuples()])
+    return True
