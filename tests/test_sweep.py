@@ -190,3 +190,24 @@ rounds = 2
     images = [line.split("](")[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
     assert images and all((out / image).stat().st_size > 5_000 for image in images)
     assert (out / "report.html").is_file() and os.path.getsize(out / "sweep.toml") > 0
+
+
+def test_audit_columns_flatten_the_privacy_audits_of_a_summary():
+    from fedsec.studies.sweep import audit_columns
+
+    summary = {"inversion": [
+        {"status": "done", "psnr": 30.0, "ssim": 0.8, "label_accuracy": 1.0},
+        {"status": "done", "psnr": 20.0, "ssim": 0.6, "label_accuracy": 0.5},
+        {"status": "skipped", "reason": "too many examples"}],
+        "membership": {"status": "done", "auc": 0.79, "tpr_at_0.1%_fpr": 0.02, "tpr_at_1%_fpr": 0.09,
+                       "empirical_epsilon_lower_bound": 1.24}}
+    cols = audit_columns(summary)
+    assert cols["inversion_status"] == "done" and cols["inversion_psnr"] == 25.0
+    assert cols["inversion_ssim"] == pytest.approx(0.7) and cols["inversion_label_accuracy"] == 0.75
+    assert cols["membership_auc"] == 0.79 and cols["membership_tpr_at_1%_fpr"] == 0.09
+    assert cols["membership_epsilon_lower_bound"] == 1.24
+    ckks = audit_columns({"inversion": [{"status": "unavailable", "reason": "no plaintext update available: the "
+                                         "server holds only CKKS ciphertexts"}]})
+    assert ckks == {"inversion_status": "unavailable: no plaintext update available: the server holds only CKKS "
+                                        "ciphertexts"}
+    assert audit_columns({"accuracy": 0.9}) == {}

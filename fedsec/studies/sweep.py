@@ -468,6 +468,37 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+#: privacy-audit results copied into sweep.csv: (column, summary block, key); inversion is averaged over its records
+AUDIT_COLUMNS = [("inversion_psnr", "inversion", "psnr"), ("inversion_ssim", "inversion", "ssim"),
+                 ("inversion_label_accuracy", "inversion", "label_accuracy"),
+                 ("membership_auc", "membership", "auc"),
+                 ("membership_tpr_at_0.1%_fpr", "membership", "tpr_at_0.1%_fpr"),
+                 ("membership_tpr_at_1%_fpr", "membership", "tpr_at_1%_fpr"),
+                 ("membership_epsilon_lower_bound", "membership", "empirical_epsilon_lower_bound")]
+
+
+def audit_columns(summary: dict[str, Any]) -> dict[str, Any]:
+    """The privacy audits of a cell's summary as flat columns: the mean PSNR / SSIM / label accuracy over the
+    inversion records that ran, ``inversion_status`` ("done", or why none ran, e.g. "unavailable: no plaintext
+    update available ..."), and the membership audit's AUC, TPRs and empirical epsilon lower bound."""
+    out: dict[str, Any] = {}
+    records = summary.get("inversion")
+    if isinstance(records, list) and records:
+        done = [r for r in records if isinstance(r, dict) and r.get("status") == "done"]
+        out["inversion_status"] = "done" if done else f"{records[0].get('status')}: {records[0].get('reason', '')}"
+        for column, block, key in AUDIT_COLUMNS:
+            values = [float(r[key]) for r in done if block == "inversion" and _number(r.get(key)) is not None]
+            if values:
+                out[column] = sum(values) / len(values)
+    membership = summary.get("membership")
+    if isinstance(membership, dict):
+        out["membership_status"] = membership.get("status", "")
+        for column, block, key in AUDIT_COLUMNS:
+            if block == "membership" and _number(membership.get(key)) is not None:
+                out[column] = membership[key]
+    return out
+
+
 def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per cell: axes, status, run_dir, final metrics, and mean / std of each metric over the seeds of the
     cell's group (cells that are done)."""
@@ -482,6 +513,7 @@ def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
                 if _number(summary.get(key)) is not None:
                     row[key] = summary[key]
             row["stopped_reason"] = summary.get("stopped_reason", "")
+            row.update(audit_columns(summary))
         rows.append(row)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for cell, row in zip(sweep.cells, rows, strict=True):
@@ -505,8 +537,11 @@ def write_sweep_table(sweep: Sweep, sweep_dir: Path) -> Path:
     """Write ``sweep.csv`` (atomically) and return its path."""
     rows = sweep_rows(sweep, sweep_dir)
     present = [m for m in METRICS if any(m in r for r in rows)]
+    audits = [c for c in ["inversion_status", *[c for c, b, _ in AUDIT_COLUMNS if b == "inversion"],
+                          "membership_status", *[c for c, b, _ in AUDIT_COLUMNS if b == "membership"]]
+              if any(c in r for r in rows)]
     columns = ["cell", *sweep.axes, "status", "run_dir", *present, "rounds_completed", "wall_seconds",
-               "stopped_reason", *[f"{m}_{s}" for m in present for s in ("mean", "std")], "num_seeds"]
+               "stopped_reason", *audits, *[f"{m}_{s}" for m in present for s in ("mean", "std")], "num_seeds"]
     path = sweep_dir / "sweep.csv"
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", newline="") as f:
