@@ -129,6 +129,8 @@ def collateral_by_defense(root: Path, *, defense_axis: str = "defense.strategy",
     Under FedAvg nobody is excluded, so the FedAvg row is the baseline the other rows are read against. Cells whose
     files cannot be read are left out (logged)."""
     sweep = pd.read_csv(root / "sweep.csv")
+    if not {"status", "run_dir"} <= set(sweep.columns):
+        return pd.DataFrame(columns=BY_DEFENSE_COLUMNS)
     done = sweep[sweep["status"].astype(str) == "done"]
     if attack_axis in done.columns:
         done = done[done[attack_axis].astype(str) == "none"]
@@ -176,7 +178,11 @@ def add_collateral_by_defense(doc: Document, root: Path) -> bool:
     """Append the across-defense collateral table of a sweep with no-attack cells; writes its CSV."""
     if not (root / "sweep.csv").is_file():
         return False
-    table = collateral_by_defense(root)
+    try:
+        table = collateral_by_defense(root)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        logger.info("collateral by defense not computed: %s", e)
+        return False
     if table.empty or len(table) < 2:
         return False
     table.to_csv(root / BY_DEFENSE_FILE, index=False)
