@@ -162,6 +162,8 @@ class RobustStrategy(FedAvg):
     description: ClassVar[str] = ""
     #: the rule needs the server's own update on a root dataset (``server_update_fn``; its Params has root_size)
     needs_server_update: ClassVar[bool] = False
+    #: the rule weights each update by its client's history of updates, kept by the server across rounds
+    needs_client_histories: ClassVar[bool] = False
     #: the rule weights clients by their claimed ``num-examples`` (so the ``weighting`` policy matters to it)
     uses_counts: ClassVar[bool] = False
 

@@ -48,6 +48,10 @@ def test_new_kinds_are_registered_with_their_keys():
     ("fang", "fedavg", {}, r"defense\.strategy='fedavg': Fang's attacks target \['bulyan', 'krum'"),
     ("fang", "geomed", {}, r"defense\.strategy='geomed'.*agr_tailored"),
     ("agr_tailored", "fltrust", {}, r"defense\.strategy='fltrust'.*root data"),
+    # found by experiments/worst_case/all_defenses.toml: these cells crashed in round 1 ("0 known clients")
+    ("agr_tailored", "foolsgold", {}, r"defense\.strategy='foolsgold'.*history of updates"),
+    ("alie_search", "foolsgold", {}, r"defense\.strategy='foolsgold'.*history of updates"),
+    ("ipm_search", "foolsgold", {}, r"defense\.strategy='foolsgold'.*history of updates"),
     ("alie_search", "krum", {"z_range": [4.0, 1.0]}, r"attack\.z_range=\[4\.0, 1\.0\]: empty search range"),
     ("ipm_search", "median", {"epsilon_range": [2, 2]}, r"attack\.epsilon_range=\[2, 2\]: empty search range"),
     ("alie_search", "krum", {"z_range": [1.0]}, r"attack\.z_range"),

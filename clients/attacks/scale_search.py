@@ -254,7 +254,7 @@ def estimated_round(benign: torch.Tensor, *, num_clients: int, num_attackers: in
 def simulable_rule(defense: DefenseView | None, *, kind: str) -> Rule:
     """The deployed rule's kernel from ``defense`` (bound by the run plan), or a :class:`ConfigError` naming
     ``defense.strategy`` when the attacker cannot simulate it (no defense bound, or a rule that needs the server's
-    own update on root data, as FLTrust)."""
+    own update on root data, as FLTrust, or the server's per-client update histories, as FoolsGold)."""
     if defense is None:
         raise ConfigError(f"attack.kind={kind!r}: adapts to the deployed rule, but the run plan bound no defense")
     strategy = defense.build()
@@ -263,6 +263,12 @@ def simulable_rule(defense: DefenseView | None, *, kind: str) -> Rule:
             f"defense.strategy={defense.name!r}: attack.kind={kind!r} simulates the rule on the updates it knows, "
             f"but {defense.name} also needs the server's update on its root data, which the attacker lacks; use a "
             "fixed-parameter attack (alie, ipm, minmax) against it"
+        )
+    if getattr(strategy, "needs_client_histories", False):
+        raise ConfigError(
+            f"defense.strategy={defense.name!r}: attack.kind={kind!r} simulates the rule on the updates it knows, "
+            f"but {defense.name} weights each update by its client's history of updates, which the server keeps "
+            "across rounds and the attacker lacks; use a fixed-parameter attack (alie, ipm, minmax) against it"
         )
     return defense.rule()
 
