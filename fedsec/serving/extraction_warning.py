@@ -55,8 +55,8 @@ class _ClientLog:
     flagged: bool = False
 
 
-def proxy_agreement(inputs: np.ndarray, labels: np.ndarray, validation: np.ndarray, served: np.ndarray,
-                    *, num_classes: int, iterations: int = 50, l2: float = 1e-3) -> float:
+def proxy_agreement(inputs: np.ndarray, labels: np.ndarray, validation: np.ndarray | torch.Tensor,
+                    served: np.ndarray, *, num_classes: int, iterations: int = 50, l2: float = 1e-3) -> float:
     """Agreement on ``validation`` (m, d) between ``served`` labels (m,) and a multinomial logistic-regression proxy
     fitted to ``inputs`` (n, d) with ``labels`` (n,) (full-batch L-BFGS from zero weights: deterministic)."""
     x = torch.as_tensor(inputs, dtype=torch.float32)
@@ -95,8 +95,8 @@ class ExtractionWarningMonitor:
         if min_queries < 1 or check_every < 1 or max_stored < min_queries:
             raise ValueError(f"monitor.min_queries={min_queries}, check_every={check_every}, max_stored={max_stored}:"
                              " need min_queries >= 1, check_every >= 1 and max_stored >= min_queries")
-        val = np.asarray(validation, dtype=np.float32)
-        self.validation = val.reshape(len(val), -1)
+        val = torch.as_tensor(np.asarray(validation, dtype=np.float32))
+        self.validation = val.reshape(len(val), -1)  # a tensor once, not converted again at every proxy fit
         self.served = np.asarray(served_labels).reshape(-1)
         if len(self.validation) == 0 or len(self.served) != len(self.validation):
             raise ValueError(f"validation: {len(self.validation)} inputs and {len(self.served)} labels; need the "

@@ -486,17 +486,22 @@ def audit_columns(summary: dict[str, Any]) -> dict[str, Any]:
     if isinstance(records, list) and records:
         done = [r for r in records if isinstance(r, dict) and r.get("status") == "done"]
         out["inversion_status"] = "done" if done else f"{records[0].get('status')}: {records[0].get('reason', '')}"
-        for column, block, key in AUDIT_COLUMNS:
-            values = [float(r[key]) for r in done if block == "inversion" and _number(r.get(key)) is not None]
+        for column, key in _audit_keys("inversion"):
+            values = [float(r[key]) for r in done if _number(r.get(key)) is not None]
             if values:
                 out[column] = sum(values) / len(values)
     membership = summary.get("membership")
     if isinstance(membership, dict):
         out["membership_status"] = membership.get("status", "")
-        for column, block, key in AUDIT_COLUMNS:
-            if block == "membership" and _number(membership.get(key)) is not None:
+        for column, key in _audit_keys("membership"):
+            if _number(membership.get(key)) is not None:
                 out[column] = membership[key]
     return out
+
+
+def _audit_keys(block: str) -> list[tuple[str, str]]:
+    """(column, summary key) of :data:`AUDIT_COLUMNS` for one summary block."""
+    return [(column, key) for column, b, key in AUDIT_COLUMNS if b == block]
 
 
 def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
@@ -537,8 +542,8 @@ def write_sweep_table(sweep: Sweep, sweep_dir: Path) -> Path:
     """Write ``sweep.csv`` (atomically) and return its path."""
     rows = sweep_rows(sweep, sweep_dir)
     present = [m for m in METRICS if any(m in r for r in rows)]
-    audits = [c for c in ["inversion_status", *[c for c, b, _ in AUDIT_COLUMNS if b == "inversion"],
-                          "membership_status", *[c for c, b, _ in AUDIT_COLUMNS if b == "membership"]]
+    audits = [c for c in ["inversion_status", *[c for c, _ in _audit_keys("inversion")],
+                          "membership_status", *[c for c, _ in _audit_keys("membership")]]
               if any(c in r for r in rows)]
     columns = ["cell", *sweep.axes, "status", "run_dir", *present, "rounds_completed", "wall_seconds",
                "stopped_reason", *audits, *[f"{m}_{s}" for m in present for s in ("mean", "std")], "num_seeds"]
