@@ -3,19 +3,33 @@
 Whether a client is malicious, and when it attacks, comes from the run plan's schedule (drawn from the seed); a
 malicious client behaves honestly outside ``attack.start_round..attack.end_round``. A DP client whose next round
 would overspend its budget answers with a ``refused`` reply (:mod:`fedsec.protocol`) instead of training.
+
+A train message is for one client (the node's ``partition-id``, Flower's usual way) or, in cohort mode
+(:mod:`fedsec.server.cohorts`), for a cohort of logical clients: the handler trains them in turn, each exactly as
+if it had its own message and node (its own ``partition-id`` and its own ``context.state``, kept in the node's
+state under the ``"<partition id>|"`` prefix), and answers with one reply that holds every client's reply. A
+client that raises becomes an error entry for that client alone. Users who put this ClientApp in their own Flower
+app send it ordinary per-client messages and see no difference.
 """
 
 from __future__ import annotations
 
+import logging
+import traceback
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
 from fedsec.arrays import model_to_record
 from fedsec.protocol import (
     ARRAYS_RECORD,
+    COHORT_SEP,
     NODE_KEY,
     NUM_EXAMPLES_KEY,
     PARTITION_ID_KEY,
+    cohort_ids,
+    cohort_reply,
     refusal_reply,
     server_round_of,
     train_reply,
@@ -28,13 +42,14 @@ from .honest import client_data, honest_train, local_model
 from .malicious import malicious_train
 from .spec import ClientSpec, current_node, partition_of
 
+logger = logging.getLogger(__name__)
+
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
     """The ClientApp for ``spec``: honest clients train; malicious ones run the configured attack."""
     app = ClientApp()
 
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
+    def train_one(message: Message, context: Context) -> Message:
         partition_id = partition_of(context)
         server_round = server_round_of(message)
         global_arrays = message.content[ARRAYS_RECORD]
@@ -57,6 +72,13 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                                          node=current_node(), clip_norm=spec.central_clip_norm,
                                          weighted=spec.ckks_weighted)
         return train_reply(message, arrays, metrics, node=current_node(), dp_history=dp_history)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        partition_ids = cohort_ids(message)
+        if partition_ids is None:
+            return train_one(message, context)
+        return train_cohort(train_one, message, context, partition_ids)
 
     @app.evaluate()
     def evaluate_local(message: Message, context: Context) -> Message:
@@ -83,3 +105,25 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         return Message(content=RecordDict({"metrics": metrics, "info": info}), reply_to=message)
 
     return app
+
+
+def train_cohort(train_one, message: Message, context: Context, partition_ids: list[int]) -> Message:
+    """Train each client of a cohort message in turn (``train_one(message, client_context)``); one reply for all."""
+    states: dict[int, dict] = {}
+    for name, record in context.state.items():  # one pass: each client's own state, by its prefix
+        pid, sep, key = name.partition(COHORT_SEP)
+        if sep and pid.isdigit():
+            states.setdefault(int(pid), {})[key] = record
+    replies: list[Message | tuple[int, str]] = []
+    for partition_id in partition_ids:
+        own = Context(run_id=context.run_id, node_id=context.node_id,
+                      node_config={**context.node_config, "partition-id": partition_id},
+                      state=RecordDict(states.get(partition_id, {})), run_config=context.run_config)
+        try:
+            replies.append(train_one(message, own))
+        except Exception as e:  # noqa: BLE001 - one client's failure is its own, as with one message per client
+            logger.error("client %d failed: %s", partition_id, traceback.format_exc())
+            replies.append((int(ErrorCode.CLIENT_APP_RAISED_EXCEPTION), f"{type(e).__name__}: {e}"))
+        for key, record in own.state.items():
+            context.state[f"{partition_id}{COHORT_SEP}{key}"] = record
+    return cohort_reply(message, replies)

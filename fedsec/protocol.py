@@ -153,3 +153,54 @@ def refusal_reply(message: Message, *, partition_id: int, reason: str, node: str
 def server_round_of(message: Message) -> int:
     """The round a train message belongs to."""
     return int(message.content[CONFIG_RECORD][ROUND_KEY])
+
+
+# ---------------------------------------------------------------------------------------------------- cohorts
+# In cohort mode (``backend.messages``, :mod:`fedsec.server.cohorts`) one train message carries several logical
+# clients: the content every client would have received, plus a ConfigRecord COHORT_RECORD with their partition ids.
+# The reply holds each client's reply records under COHORT_SEP-prefixed names ("3|arrays" is the arrays of the
+# cohort's 4th client), or an ERROR_RECORD for a client that raised.
+COHORT_RECORD = "cohort"
+COHORT_IDS_KEY = "partition-ids"
+COHORT_SEP = "|"
+ERROR_RECORD = "error"  # in a cohort reply, per failed client: ConfigRecord {"code": int, "reason": str}
+
+
+def cohort_ids(message: Message) -> list[int] | None:
+    """The partition ids a cohort train message carries, or None for a message to one client."""
+    if not message.has_content() or COHORT_RECORD not in message.content:
+        return None
+    return [int(p) for p in message.content[COHORT_RECORD][COHORT_IDS_KEY]]
+
+
+def cohort_reply(message: Message, replies: list[Message | tuple[int, str]]) -> Message:
+    """The reply to a cohort message: each client's reply content (or ``(code, reason)`` of its failure), in the
+    order of the message's partition ids."""
+    records: dict = {}
+    for i, reply in enumerate(replies):
+        if isinstance(reply, tuple):
+            records[f"{i}{COHORT_SEP}{ERROR_RECORD}"] = ConfigRecord({"code": int(reply[0]), "reason": str(reply[1])})
+            continue
+        for name, record in reply.content.items():
+            records[f"{i}{COHORT_SEP}{name}"] = record
+    return Message(content=RecordDict(records), reply_to=message)
+
+
+def split_cohort_reply(reply: Message, size: int) -> list[RecordDict | tuple[int, str]]:
+    """The ``size`` client replies a cohort reply holds: each client's RecordDict, or ``(code, reason)`` where the
+    client failed or its entry is missing."""
+    parts: list[dict] = [{} for _ in range(size)]
+    for name, record in reply.content.items():
+        index, sep, key = name.partition(COHORT_SEP)
+        if sep and index.isdigit() and int(index) < size:
+            parts[int(index)][key] = record
+    out: list[RecordDict | tuple[int, str]] = []
+    for part in parts:
+        if ERROR_RECORD in part:
+            error = part[ERROR_RECORD]
+            out.append((int(error.get("code", 0)), str(error.get("reason", "unknown error"))))
+        elif not part:
+            out.append((0, "the cohort reply holds nothing for this client"))
+        else:
+            out.append(RecordDict(part))
+    return out

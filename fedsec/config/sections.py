@@ -206,6 +206,18 @@ class BackendConfig(_Section):
         600.0, ge=1, le=7 * 86400,
         description="Seconds the server waits for a round's replies (and for nodes at start-up)."
     )
+    messages: Literal["auto", "cohort", "per_client"] = Field(
+        "auto",
+        description="How clients get their train messages: per_client = one Flower node and one message per logical "
+        "client (Flower's usual way); cohort = a few Flower nodes, each message carrying a cohort of logical "
+        "clients that one actor trains in turn, unpacked into one reply per client before the strategy sees them "
+        "(same results); auto = cohort when there are more clients than cohort nodes.",
+    )
+    cohort_nodes: int = Field(
+        0, ge=0, le=100_000,
+        description="Flower nodes in cohort mode; client p always belongs to node p mod cohort_nodes (its state "
+        "stays there); 0 = 4 per client slot of the cluster.",
+    )
 
 
 class EvasionAuditConfig(_Section):

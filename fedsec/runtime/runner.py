@@ -67,6 +67,7 @@ def summary_extra(plan: RunPlan, outcome: Any, **measured: Any) -> dict[str, Any
         **measured,
         "skipped_rounds": outcome.skipped_rounds,
         "clients_per_node": outcome.clients_per_node,
+        "client_messages": outcome.messages,
         **({"privacy": outcome.privacy} if outcome.privacy else {}),
         **outcome.membership_inference,
         **outcome.audits,
@@ -242,6 +243,7 @@ def run_experiment(
     from fedsec.data.federated import build_federated_data
     from fedsec.results import RunDirectory
     from fedsec.server.app import ServerOutcome, make_server_app
+    from fedsec.server.cohorts import cohort_node_count
 
     experiment = plan.experiment
     t0 = time.perf_counter()
@@ -300,9 +302,11 @@ def run_experiment(
         spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref,
                                     dp_histories=resume_state["dp_histories"] if resume_state else None)
         client_app = make_client_app(spec)
+        cohort_nodes = cohort_node_count(experiment.backend.messages, experiment.backend.cohort_nodes,
+                                         num_clients=experiment.data.num_clients, client_slots=sum(slots.values()))
         server_app = make_server_app(
             plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
-            resume_state=resume_state,
+            resume_state=resume_state, cohort_nodes=cohort_nodes,
         )
         backend_config = {
             "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
@@ -311,7 +315,7 @@ def run_experiment(
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=experiment.data.num_clients,
+            num_supernodes=cohort_nodes or experiment.data.num_clients,
             backend_name="ray",
             backend_config=backend_config,
             verbose_logging=verbose,

@@ -36,6 +36,7 @@ from fedsec.strategies import RobustStrategy
 
 from .audits import ServerAudits
 from .checkpoint import arrays_to_state, restore_strategy, save_checkpoint, state_to_arrays, strategy_state
+from .cohorts import CohortTransport, virtual_node
 from .evaluation import ServerEvaluator, detection_scores
 from .privacy_guard import PrivacyGuard
 
@@ -68,6 +69,7 @@ class ServerOutcome:
     audits: dict[str, Any] = field(default_factory=dict)  # the audits' summary blocks
     sanitization: dict[str, Any] = field(default_factory=dict)  # filter totals against the poisoning truth
     rounds_completed: int = 0
+    messages: str = ""  # "per_client" or "cohort (K nodes)": how clients got their messages
 
 
 def build_strategy(plan: RunPlan, *, key_authority: Any = None, data: FederatedData | None = None,
@@ -144,13 +146,25 @@ def run_rounds(
     outcome: ServerOutcome | None = None,
     key_authority: Any = None,
     resume_state: dict[str, Any] | None = None,
+    cohort_nodes: int = 0,
 ) -> ServerOutcome:
     """The whole federated run on ``grid``; results go to ``run_dir`` as rounds end, with a checkpoint after each
-    (``resume_state``: a checkpoint to go on from, :mod:`.checkpoint`)."""
+    (``resume_state``: a checkpoint to go on from, :mod:`.checkpoint`). ``cohort_nodes`` > 0: the grid has that
+    many nodes, each training a cohort of logical clients per message (:mod:`.cohorts`); 0: one node per client."""
     outcome = outcome or ServerOutcome()
     experiment, schedule, attack = plan.experiment, plan.schedule, plan.attack
     t0 = time.perf_counter()
-    node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=experiment.backend.round_timeout)
+    timeout = experiment.backend.round_timeout
+    transport: Any = grid
+    if cohort_nodes:
+        cohort_node_of, ray_node_of_cohort = handshake(grid, cohort_nodes, timeout=timeout)
+        transport = CohortTransport(grid, [cohort_node_of[c] for c in range(cohort_nodes)])
+        node_of = {pid: virtual_node(pid) for pid in range(experiment.data.num_clients)}
+        ray_node_of = {pid: ray_node_of_cohort[transport.cohort_of(pid)] for pid in node_of}
+        outcome.messages = f"cohort ({cohort_nodes} nodes)"
+    else:
+        node_of, ray_node_of = handshake(grid, experiment.data.num_clients, timeout=timeout)
+        outcome.messages = "per_client"
     partition_of_node = {node: pid for pid, node in node_of.items()}
     outcome.partition_nodes = ray_node_of
     malicious = set(schedule.malicious)
@@ -193,7 +207,7 @@ def run_rounds(
             break
         t_round = time.perf_counter()
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = list(grid.send_and_receive(messages, timeout=experiment.backend.round_timeout))
+        replies = list(transport.send_and_receive(messages, timeout=timeout))
         if outcome.stop.is_set():  # interrupted while the round ran: record nothing of it
             break
         for reply in replies:
@@ -328,6 +342,7 @@ def make_server_app(
     outcome: ServerOutcome | None = None,
     key_authority: Any = None,
     resume_state: dict[str, Any] | None = None,
+    cohort_nodes: int = 0,
 ) -> ServerApp:
     """A ServerApp that runs ``plan``; ``outcome`` is filled in as the run goes."""
     app = ServerApp()
@@ -336,7 +351,7 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         try:
             run_rounds(grid, plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
-                       resume_state=resume_state)
+                       resume_state=resume_state, cohort_nodes=cohort_nodes)
         except BaseException as e:  # hand it to the runner, which reports it after Ray has shut down
             if outcome is None:
                 raise
