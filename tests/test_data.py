@@ -190,7 +190,7 @@ def test_dataset_errors():
     with pytest.raises(DatasetError, match="alpha and beta must be >= 0"):
         make_synthetic(alpha=-1)
     assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic"}
-    assert set(PARTITIONS) == {"iid", "dirichlet", "shards", "natural"}
+    assert set(PARTITIONS) == {"iid", "dirichlet", "shards", "natural", "sampled"}
 
 
 # --- partitions ---------------------------------------------------------------------------------------------------
@@ -264,6 +264,21 @@ def test_natural_partition_is_passed_through_and_checked():
         partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=[np.arange(3), np.array([7])])
     with pytest.raises(PartitionError, match=r"clients \[1\] got no data"):
         partition_indices(np.zeros(5), kind="natural", num_clients=2, seed=0, natural=[np.arange(3), np.array([])])
+
+
+def test_sampled_partition_serves_more_clients_than_samples():
+    parts = partition_indices(LABELS, kind="sampled", num_clients=3000, seed=0, samples_per_client=6)
+    assert len(parts) == 3000 and all(p.size == 6 and p.dtype == np.int64 for p in parts)
+    assert all(np.all(np.diff(p) > 0) for p in parts)  # sorted, distinct within a client
+    used = np.concatenate(parts)
+    assert used.min() >= 0 and used.max() < LABELS.size
+    assert np.unique(used).size > 0.95 * LABELS.size  # 18,000 draws of 1,000 samples cover nearly all of them
+    again = partition_indices(LABELS, kind="sampled", num_clients=3000, seed=0, samples_per_client=6)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
+    other = partition_indices(LABELS, kind="sampled", num_clients=3000, seed=1, samples_per_client=6)
+    assert not all(np.array_equal(p, q) for p, q in zip(parts, other, strict=True))
+    with pytest.raises(PartitionError, match=r"samples_per_client=1001 must be in 1..1000"):
+        partition_indices(LABELS, kind="sampled", num_clients=3, seed=0, samples_per_client=1001)
 
 
 def test_impossible_partitions_are_refused():

@@ -64,12 +64,15 @@ class PoisonConfig(_Section):
 
 class DataConfig(_Section):
     dataset: str = Field("fashion-mnist", description="Dataset name (see `fedsec list`).")
-    partition: Literal["iid", "dirichlet", "shards", "natural"] = Field(
+    partition: Literal["iid", "dirichlet", "shards", "natural", "sampled"] = Field(
         "dirichlet",
-        description="How training data is split across clients; 'natural' only for naturally federated data.",
+        description="How training data is split across clients; 'natural' only for naturally federated data; "
+        "'sampled': samples_per_client random examples per client, drawn independently (more clients than data).",
     )
     alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed).")
     num_clients: int = Field(20, ge=2, le=100_000, description="Number of logical clients (partitions).")
+    samples_per_client: int = Field(10, ge=1, le=1_000_000,
+                                    description="Examples per client for partition = 'sampled'.")
     shards_per_client: int = Field(2, ge=1, le=1000, description="Label shards per client for partition = 'shards'.")
     root: str = Field("", max_length=4096,
                       description="Directory of the dataset files ('' = the dataset's default location).")

@@ -64,6 +64,7 @@ def build_federated_data(data: DataConfig, seed: int) -> FederatedData:
         # Dirichlet draws are redrawn until every client has 10 examples (fewer only when the data are too small)
         min_size=max(1, min(MIN_CLIENT_EXAMPLES, dataset.y_train.size // data.num_clients)),
         natural=dataset.natural_partition,
+        samples_per_client=data.samples_per_client,
     )
     return FederatedData(
         x_train=dataset.x_train,

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from fedsec.clients.attacks import ATTACKS, Attack
 from fedsec.clients.attacks.base import DefenseView
 from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml
+from fedsec.config.loading import one_line
 from fedsec.crypto import CkksParams, CryptoError
 from fedsec.data import DATASETS, DatasetSpec
 from fedsec.models import MODELS, ModelSpec
@@ -205,7 +206,7 @@ def plan_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunPlan:
     try:
         return build_plan(experiment)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(one_line(f"{source}: {err}")) from None
 
 
 def load_plan(path: str | Path, overrides: list[str] | None = None) -> RunPlan:
