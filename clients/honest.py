@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
@@ -29,10 +30,42 @@ def client_data(spec: ClientSpec) -> WorkerData:
     return worker_data(spec.data_ref, spec.data, spec.seed)
 
 
-def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord) -> torch.nn.Module:
-    model = build_model(spec.model_name, data.data.input_shape, data.data.num_classes)
-    load_record(model, arrays)
-    return model.to(data.device)
+_MODELS: dict[tuple[str, tuple[int, ...], int, str], torch.nn.Module] = {}
+_DECODED: list = [None, None]  # [ArrayRecord, its tensors]: the global arrays last decoded in this process
+
+
+def _global_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The tensors of ``arrays``, decoded once per record object (a cohort's clients share one record)."""
+    if _DECODED[0] is not arrays:
+        _DECODED[:] = [arrays, {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}]
+    return _DECODED[1]
+
+
+def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord, *, reuse: bool = False) -> torch.nn.Module:
+    """The global ``arrays`` in a model on the worker's device. ``reuse``: this process's one model of that
+    architecture, reloaded (build and decode once per process and per record, not per client); only for callers
+    that are done with the model before the next call (honest training turns it into arrays at once)."""
+    if not reuse:
+        model = build_model(spec.model_name, data.data.input_shape, data.data.num_classes)
+        load_record(model, arrays)
+        return model.to(data.device)
+    key = (spec.model_name, tuple(data.data.input_shape), data.data.num_classes, str(data.device))
+    model = _MODELS.get(key)
+    if model is None:
+        built = build_model(spec.model_name, data.data.input_shape, data.data.num_classes)
+        model = _MODELS[key] = built.to(data.device)
+    model.load_state_dict(_global_state(arrays), strict=True)
+    return model
+
+
+def seed_torch(seed: int, device: torch.device) -> None:
+    """``torch.manual_seed`` for what the client's training draws from torch's global generators. On a CPU worker
+    only the CPU generator is seeded: ``torch.manual_seed`` also queues a CUDA seeding call with a captured stack
+    trace when CUDA is not initialised (~1 ms per client on this machine), and CPU ops never read it."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
 
 
 def input_space(spec: ClientSpec) -> InputSpace:
@@ -70,14 +103,15 @@ def honest_train(
     """Train the global ``arrays`` on partition ``partition_id``'s data; returns the trained model and metrics.
 
     Deterministic in (seed, round, partition id). ``poison(x, y, generator)`` (a malicious client's data
-    poisoning) replaces the local data before training.
+    poisoning) replaces the local data before training. The returned model is this process's reused model
+    (:func:`local_model`): read it before the next call.
     """
     train = spec.train
     data = client_data(spec)
-    model = local_model(spec, data, arrays)
+    model = local_model(spec, data, arrays, reuse=True)
     x, y = data.client_tensors(partition_id)
     seed = spec.schedule.client_seed(server_round, partition_id)
-    torch.manual_seed(seed)
+    seed_torch(seed, data.device)
     extra: dict[str, float] = {}
     hook = None
     if poison is not None:  # a malicious client: its own data poisoning, no sanitization, no adversarial training

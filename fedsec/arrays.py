@@ -18,7 +18,7 @@ from torch import nn
 
 def model_to_record(model: nn.Module) -> ArrayRecord:
     """The model's state dict as an ArrayRecord (CPU copies)."""
-    return ArrayRecord({k: Array(v.detach().cpu().numpy().copy()) for k, v in model.state_dict().items()})
+    return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in model.state_dict().items()})  # Array copies
 
 
 def load_record(model: nn.Module, record: ArrayRecord) -> None:
