@@ -159,8 +159,12 @@ def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
 
 
 def test_ckks_encrypted_run_matches_the_plaintext_run(tmp_path, two_runs):
-    """The same run under CKKS: the server sums ciphertexts only; accuracy equals the plaintext run's."""
-    result = run_experiment(load_experiment(SMOKE, ["rounds=3", "encryption.scheme=ckks"]), tmp_path / "run")
+    """The same run under CKKS: the server sums ciphertexts only; accuracy equals the plaintext run's. Run in
+    cohort mode (two Flower nodes of two clients each, every client encrypting its own update), against the
+    plaintext run's one message per client."""
+    result = run_experiment(load_experiment(SMOKE, ["rounds=3", "encryption.scheme=ckks", "backend.messages=cohort",
+                                                    "backend.cohort_nodes=2"]), tmp_path / "run")
+    assert result.summary["client_messages"] == "cohort (2 nodes)"
     encrypted = pd.read_csv(result.run_dir / "rounds.csv")
     plain = pd.read_csv(two_runs[0] / "rounds.csv")
     assert (encrypted["accuracy"] - plain["accuracy"]).abs().max() < 0.01

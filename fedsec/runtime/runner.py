@@ -3,7 +3,9 @@
 The driver loads and partitions the data once, starts (or joins) Ray itself and puts the client data into Ray's
 object store; the ClientApp carries only the client spec (from the run plan) and that object's handle. Flower's
 ``run_simulation`` then runs fedsec's ServerApp (in a thread of this process) against ``data.num_clients``
-ClientApps executed by Ray actors with ``backend.num_cpus`` / ``backend.num_gpus`` each.
+Flower nodes (or, in cohort mode, :func:`fedsec.server.cohorts.cohort_node_count` nodes that each train a cohort of
+logical clients per message) whose ClientApps Ray actors execute with ``backend.num_cpus`` / ``backend.num_gpus``
+each.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """fedsec's Flower ServerApp: the round loop.
 
 1. Wait until every client node has registered, then a start-up handshake (a ``query`` message to every node)
-   maps Flower's random node ids to partition ids and warms the workers (data fetched once per worker).
+   maps Flower's random node ids to partition ids and warms the workers (data fetched once per worker). In cohort
+   mode (:mod:`.cohorts`) the nodes are the few cohort nodes, and logical clients get virtual node ids.
 2. Round 0: evaluate the seeded initial model on the held-out test set.
 3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round); the
    strategy sends the global arrays, checks and aggregates the replies (sorted by partition id); the server
