@@ -30,7 +30,7 @@ from fedsec.privacy.dp_sgd import dp_sgd_epoch, epoch_sampling
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 from fedsec.training import LossMeter, local_sgd
 
-from .honest import adversarial_hook, client_data, local_model
+from .honest import adversarial_hook, client_data, local_model, seed_torch
 from .local_data import honest_client_data
 from .spec import ClientSpec
 
@@ -108,7 +108,7 @@ def dp_train(
             f"{after:.3f} > {privacy.epsilon}"
         )
     seed = spec.schedule.client_seed(server_round, partition_id)
-    torch.manual_seed(seed)
+    seed_torch(seed, data.device)
     model = local_model(spec, data, arrays)
     optimizer = torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
                                 weight_decay=train.weight_decay)

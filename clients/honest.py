@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, MetricRecord
 
-from fedsec.arrays import load_record
+from fedsec.arrays import load_record, record_to_tensors
 from fedsec.audits.evasion import InputSpace, adversarial_batch
 from fedsec.data.federated import WorkerData, worker_data
 from fedsec.models import build_model
@@ -37,7 +36,7 @@ _DECODED: list = [None, None]  # [ArrayRecord, its tensors]: the global arrays l
 def _global_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     """The tensors of ``arrays``, decoded once per record object (a cohort's clients share one record)."""
     if _DECODED[0] is not arrays:
-        _DECODED[:] = [arrays, {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}]
+        _DECODED[:] = [arrays, record_to_tensors(arrays)]
     return _DECODED[1]
 
 

@@ -21,10 +21,14 @@ def model_to_record(model: nn.Module) -> ArrayRecord:
     return ArrayRecord({k: Array(v.detach().cpu().numpy()) for k, v in model.state_dict().items()})  # Array copies
 
 
+def record_to_tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    """The record's arrays as writable CPU tensors (copies), by key: a state dict."""
+    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
+
+
 def load_record(model: nn.Module, record: ArrayRecord) -> None:
     """Load ``record`` into ``model`` (on whatever device the model is)."""
-    state = {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(record_to_tensors(record), strict=True)
 
 
 def record_signature(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:

@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsec.arrays import model_to_record
+from fedsec.arrays import model_to_record, record_to_tensors
 from fedsec.clients.attacks.omniscient import apply_omniscient
 from fedsec.data.federated import FederatedData
 from fedsec.errors import FedsecRuntimeError
@@ -36,7 +36,7 @@ from fedsec.results import RunDirectory
 from fedsec.strategies import RobustStrategy
 
 from .audits import ServerAudits
-from .checkpoint import arrays_to_state, restore_strategy, save_checkpoint, state_to_arrays, strategy_state
+from .checkpoint import restore_strategy, save_checkpoint, state_to_arrays, strategy_state
 from .cohorts import CohortTransport, virtual_node
 from .evaluation import ServerEvaluator, detection_scores
 from .privacy_guard import PrivacyGuard
@@ -263,7 +263,7 @@ def run_rounds(
         outcome.rounds_completed = server_round
         outcome.final_arrays = arrays
         save_checkpoint(run_dir.path, {
-            "round": server_round, "arrays": arrays_to_state(arrays), "strategy": strategy_state(strategy),
+            "round": server_round, "arrays": record_to_tensors(arrays), "strategy": strategy_state(strategy),
             "privacy": privacy.state(), "audits": audits.state(), "node_counts": dict(node_counts),
             "skipped_rounds": list(outcome.skipped_rounds), "dp_histories": dp_histories,
         })

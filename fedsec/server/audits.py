@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message
 
-from fedsec.arrays import load_record
+from fedsec.arrays import load_record, record_to_tensors
 from fedsec.audits import evasion as ev
 from fedsec.audits.image_metrics import InputSpace as PixelSpace
 from fedsec.config import Experiment
@@ -57,8 +57,7 @@ class ServerAudits:
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps: the audits' results so far and the membership target's local model."""
         return {"summary": self.summary, "client_models": {
-            pid: {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in record.items()}
-            for pid, record in self.client_models.items()}}
+            pid: record_to_tensors(record) for pid, record in self.client_models.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
         from flwr.app import Array

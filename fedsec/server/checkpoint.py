@@ -63,10 +63,6 @@ def restore_strategy(strategy: Any, state: dict[str, Any]) -> None:
                                      for _, key, value in entry["tensors"]})
 
 
-def arrays_to_state(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(a.numpy(), copy=True)) for k, a in arrays.items()}
-
-
 def state_to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy())) for k, v in state.items()})
 
