@@ -44,14 +44,8 @@ class ClientSpec:
 
     @classmethod
     def from_plan(cls, plan: Any, **handles: Any) -> ClientSpec:
-        """The spec of a :class:`fedsec.plan.RunPlan` (``handles``: data_ref, board_name, crypto_ref)."""
-        e = plan.experiment
-        clip = e.privacy.clip_norm if (plan.crypto is not None and plan.privacy is not None) else None
-        weighted = plan.crypto is not None and plan.privacy is None and e.defense.weighting == "reported"
-        sanitize = e.defense.sanitize if e.defense.sanitize.method != "none" else None
-        return cls(model_name=e.model.name, data=e.data, train=e.train, privacy=e.privacy, schedule=plan.schedule,
-                   attack=plan.attack, central_clip_norm=clip, ckks_weighted=weighted,
-                   normalisation=plan.dataset.normalisation, poisoned=plan.poisoned, sanitize=sanitize, **handles)
+        """The spec of a :class:`fedsec.plan.RunPlan` (``handles``: data_ref, board_name, crypto_ref, ...)."""
+        return cls(**plan.client_spec_args(), **handles)
 
 
 def current_node() -> str:

@@ -41,8 +41,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Names -> kinds for one config key (e.g. ``"defense.strategy"``)."""
 
-    def __init__(self, key: str, noun: str = "kind") -> None:
+    def __init__(self, key: str, noun: str = "kind", *, ordered: bool = False) -> None:
         self.key, self.noun = key, noun
+        self.ordered = ordered  # iterate in registration order (hooks: the order the round loop calls them)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -60,15 +61,15 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            known = ", ".join(sorted(self._entries))
+            known = ", ".join(self.names())
             raise ConfigError(f"{self.key}={name!r}: unknown {self.noun} {name!r}; use one of {known} "
                               "(`fedsec list` describes them)") from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return list(self._entries) if self.ordered else sorted(self._entries)
 
     def items(self) -> Iterator[tuple[str, T]]:
-        return iter(sorted(self._entries.items()))
+        return iter(list(self._entries.items()) if self.ordered else sorted(self._entries.items()))
 
     def descriptions(self) -> dict[str, str]:
         return {name: str(getattr(entry, "description", "")) for name, entry in self.items()}

@@ -27,7 +27,7 @@ import torch
 CPU_CHUNK_BYTES = 4 << 20
 GPU_CHUNK_BYTES = 256 << 20
 
-#: elements a thread must get before a kernel is split between threads (starting one costs ~0.1 ms)
+#: elements a thread must get before a kernel is split between threads (starting one has a fixed cost)
 MIN_THREAD_WORK = 1 << 20
 
 T = TypeVar("T")

@@ -4,7 +4,8 @@ Each check is a small pure function, used once by :class:`fedsec.strategies.base
 ``None`` when the value is acceptable or a reason (the text after ``"invalid: "`` in ``clients.csv``).
 
 Example counts. FedAvg-style rules weight client i by its *claimed* n_i (McMahan et al., AISTATS 2017); a client
-that claims 1e9 examples among clients that claim 50 owns the aggregate (the count lie, measured in issue 15).
+that claims 1e9 examples among clients that claim 50 owns the aggregate (the count lie,
+:mod:`fedsec.clients.attacks.count_lie`, measured by ``benchmarks/bench_count_lie.py``).
 :func:`counted_examples` applies the run's policy (``defense.weighting``): ``"reported"`` (as claimed),
 ``"capped"`` (min(n_i, cap x median_j n_j), the default) or ``"uniform"`` (every client 1).
 """

@@ -166,6 +166,15 @@ class RobustStrategy(FedAvg):
     needs_client_histories: ClassVar[bool] = False
     #: the rule weights clients by their claimed ``num-examples`` (so the ``weighting`` policy matters to it)
     uses_counts: ClassVar[bool] = False
+    #: what kind of rule it is, for attacks that adapt to it: "mean" (weighted mean), "krum" (Krum-score
+    #: selection), "coordinate" (coordinate-wise order statistics), "selection" (keeps or rejects whole updates by
+    #: another test), "robust_mean" (a bounded-influence mean: clipping, geometric median)
+    family: ClassVar[str] = "mean"
+
+    @classmethod
+    def selects_clients(cls) -> bool:
+        """The rule keeps or rejects whole updates (Krum, Bulyan, FLAME, ...)."""
+        return cls.family in ("krum", "selection")
 
     @classmethod
     def config_kwargs(cls, params: BaseModel, context: StrategyContext) -> dict[str, Any]:

@@ -121,6 +121,7 @@ class Bulyan(RobustStrategy):
     """
 
     Params = BulyanParams
+    family = "krum"
     description = 'Bulyan: Multi-Krum then trimmed mean around the median (El Mhamdi et al. 2018)'
 
     def __init__(self, *, num_malicious: int = 0, select: SelectionRule = multikrum_select, **kwargs: Any) -> None:

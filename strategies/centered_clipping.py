@@ -77,6 +77,7 @@ class CenteredClipping(RobustStrategy):
     """
 
     Params = CenteredClippingParams
+    family = "robust_mean"
     description = 'centered clipping (Karimireddy et al. 2021)'
 
     def __init__(self, *, clip_norm: float = 1.0, iterations: int = 1, **kwargs: Any) -> None:

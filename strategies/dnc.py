@@ -142,6 +142,7 @@ class DnC(RobustStrategy):
     """
 
     Params = DnCParams
+    family = "selection"
     description = 'Divide-and-Conquer: SVD outlier filtering (Shejwalkar & Houmansadr 2021)'
 
     def __init__(

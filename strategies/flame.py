@@ -135,6 +135,7 @@ class FLAME(RobustStrategy):
     """
 
     Params = FLAMEParams
+    family = "selection"
     description = 'FLAME: HDBSCAN majority, median-norm clipping, noise (Nguyen et al. 2022)'
 
     min_valid_updates = 2

@@ -104,6 +104,7 @@ class FLTrust(RobustStrategy):
 
     Params = FLTrustParams
     needs_server_update = True
+    family = "selection"
     description = "FLTrust: ReLU-cosine trust vs the server's root-data update (Cao et al. 2021)"
 
     def __init__(self, server_update_fn: ServerUpdateFn, *, root_size: int = 100, **kwargs: Any) -> None:

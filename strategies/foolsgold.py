@@ -120,6 +120,7 @@ class FoolsGold(RobustStrategy):
 
     Params = FoolsGoldParams
     needs_client_histories = True
+    family = "selection"
     description = 'FoolsGold: down-weight clients with similar update histories (Fung et al. 2020)'
 
     def __init__(self, *, kappa: float = 1.0, **kwargs: Any) -> None:

@@ -83,6 +83,7 @@ class GeometricMedian(RobustStrategy):
     """
 
     Params = GeometricMedianParams
+    family = "robust_mean"
     description = 'geometric median by smoothed Weiszfeld, RFA (Pillutla et al. 2022)'
     uses_counts = True  # the alpha_i of the weighted geometric median
 

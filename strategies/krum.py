@@ -47,6 +47,7 @@ class Krum(MultiKrum):
     """
 
     Params = KrumParams
+    family = "krum"
     description = 'Krum: the update closest to its n-f-2 nearest neighbours (Blanchard et al. 2017)'
     uses_counts = False  # one update is selected: its count does not matter
 

@@ -25,8 +25,8 @@ def coordinate_median(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     they sum to 1. Ranks are those of a stable sort: among equal values the lower row counts first.
 
     The columns are sorted chunk by chunk by a sorting network (:mod:`fedsec.strategies._order`, which says why):
-    ``torch.sort(updates, dim=0)`` gives the same values and ranks; with it this kernel took 5.8 s instead of 0.6 s
-    at n = 100, d = 1.6M on a 2-core CPU.
+    ``torch.sort(updates, dim=0)`` gives the same values and ranks; with it this kernel was about 10x slower at
+    n = 100, d = 1.6M on a 2-core CPU (``benchmarks/bench_strategies.py`` times the rules).
     """
     n, d = updates.shape
     low, high = (n - 1) // 2, n // 2
@@ -66,6 +66,7 @@ class Median(RobustStrategy):
     """
 
     Params = NoParams
+    family = "coordinate"
     description = 'coordinate-wise median (Yin et al. 2018)'
 
     def __init__(self, **kwargs: Any) -> None:

@@ -130,6 +130,7 @@ class MultiKrum(RobustStrategy):
     """
 
     Params = MultiKrumParams
+    family = "krum"
     description = 'Multi-Krum: mean of the m lowest Krum scores'
     uses_counts = True  # the selected updates are averaged with their (policy-adjusted) counts
 

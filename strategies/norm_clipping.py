@@ -86,6 +86,7 @@ class NormClipping(RobustStrategy):
     """
 
     Params = NormClippingParams
+    family = "robust_mean"
     description = 'norm bounding + optional Gaussian noise (Sun et al. 2019)'
     uses_counts = True
 

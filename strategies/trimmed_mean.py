@@ -34,8 +34,8 @@ def trimmed_mean(updates: torch.Tensor, *, num_trimmed: int) -> tuple[torch.Tens
     those of a stable sort (equal values ranked by row), as ``torch.sort(updates, dim=0, stable=True)``.
 
     The columns are sorted chunk by chunk by a sorting network (:mod:`fedsec.strategies._order`, which says why);
-    ``torch.sort(updates, dim=0)`` gives the same values and ranks; with it this kernel took 5.8 s instead of 0.6 s
-    at n = 100, d = 1.6M on a 2-core CPU.
+    ``torch.sort(updates, dim=0)`` gives the same values and ranks; with it this kernel was about 10x slower at
+    n = 100, d = 1.6M on a 2-core CPU (``benchmarks/bench_strategies.py`` times the rules).
     """
     n, d = updates.shape
     require_clients("TrimmedMean", n, 2 * num_trimmed + 1, "n >= 2k+1")
@@ -85,6 +85,7 @@ class TrimmedMean(RobustStrategy):
     """
 
     Params = TrimmedMeanParams
+    family = "coordinate"
     description = 'coordinate-wise trimmed mean (Yin et al. 2018)'
 
     def __init__(self, *, trim_ratio: float = 0.2, **kwargs: Any) -> None:

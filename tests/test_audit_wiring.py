@@ -99,15 +99,16 @@ def test_inversion_audit_attacks_plaintext_updates_and_reports_ciphertexts_as_un
 
     from fedsec.arrays import model_to_record
     from fedsec.models import build_model
-    from fedsec.server.audits import ServerAudits
+    from fedsec.hooks import RoundState, ServerContext
+    from fedsec.hooks.inversion import InversionAudit
 
     raw = digits(model={"name": "mlp"}, audit={"inversion": {"rounds": [1], "clients": [45, 59],
                                                              "iterations": 50, "max_examples": 16}})
     plan = plan_from_dict(raw)
     data = build_federated_data(plan.experiment.data, plan.experiment.seed)
     model = build_model("mlp", data.input_shape, 10, seed=0)
-    audits = ServerAudits(plan, data, model=model, x_test=torch.from_numpy(data.x_test),
-                          y_test=torch.from_numpy(data.y_test), plots=tmp_path)
+    (audit,) = [h for h in plan.hooks if h.cls is InversionAudit]  # the plan built the hook from [audit.inversion]
+    audit = audit.build(ServerContext.build(plan.facts, data, tmp_path, torch.device("cpu")))
     global_arrays = model_to_record(model)
     trained = {k: v.numpy() + 0.01 for k, v in model.state_dict().items()}
     plain = Message(content=RecordDict({"arrays": arrays_of(trained),
@@ -116,12 +117,12 @@ def test_inversion_audit_attacks_plaintext_updates_and_reports_ciphertexts_as_un
     encrypted = Message(content=RecordDict({"ckks": ConfigRecord({"chunks": [b"\x01" * 64]}),
                                             "metrics": MetricRecord({"partition-id": 59, "num-examples": 7})}),
                         reply_to=_instruction(2))
-    audits.on_replies(1, global_arrays, [plain, encrypted])
-    done, unavailable = audits.summary["inversion"]
+    audit.on_replies(RoundState(1, global_arrays, [plain, encrypted]))
+    done, unavailable = audit.records
     assert done["client"] == 45 and done["status"] == "done" and np.isfinite(done["psnr"])
     assert len(done["psnr_per_image"]) == data.partitions[45].size
     assert unavailable["client"] == 59 and unavailable["status"] == "unavailable"
     assert unavailable["reason"].startswith("no plaintext update available") and "CKKS" in unavailable["reason"]
     assert (tmp_path / "inversion_round1_client45.png").is_file()
-    audits.on_replies(2, global_arrays, [plain])  # round 2 is not audited
-    assert len(audits.summary["inversion"]) == 2
+    audit.on_replies(RoundState(2, global_arrays, [plain]))  # round 2 is not audited
+    assert len(audit.records) == 2

@@ -215,8 +215,8 @@ def test_resolved_config_runs_the_same_experiment(path):
     plan = load_plan(path)
     again = plan_from_dict(tomllib.loads(plan.to_toml()))
     assert again.schedule == plan.schedule  # train.sampling is written resolved ("auto" -> "poisson" or "fixed")
-    assert (again.experiment.model_dump(exclude={"backend": True, "train": {"sampling"}})
-            == plan.experiment.model_dump(exclude={"backend": True, "train": {"sampling"}}))
+    assert again.resolved == plan.resolved  # every key, kind keys and audit tables with their defaults
+    assert [(h.cls, h.params) for h in again.hooks] == [(h.cls, h.params) for h in plan.hooks]
 
 
 def test_resolved_config_keeps_sanitize_and_weighting():

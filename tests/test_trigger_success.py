@@ -13,7 +13,7 @@ from fedsec.data.federated import build_federated_data
 from fedsec.data.poison import poison_client_data
 from fedsec.models import build_model
 from fedsec.plan import plan_from_dict
-from fedsec.server.evaluation import ServerEvaluator
+from fedsec.hooks import ServerEvaluator
 from fedsec.training import train_local
 
 

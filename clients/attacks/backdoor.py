@@ -25,6 +25,7 @@ from pydantic import Field
 
 from fedsec.errors import ConfigError
 from fedsec.registry import Params
+from fedsec.results.contract import AttackSuccess, Metric
 
 from .base import Attack, AttackContext, Predict
 from .scaling import scale_update
@@ -122,6 +123,10 @@ class Backdoor(Attack):
         keep = y != self.target
         mask = trigger_mask(tuple(x.shape[1:]), trigger=self.params.trigger)
         return stamp(x[keep], mask, data_max)
+
+    metrics = (Metric("attack_success_rate", "backdoor: triggered non-target test inputs classified as the target",
+                      better="lower"),)
+    success = AttackSuccess("attack_success_rate")
 
     def test_metrics(self, state: Any, predict: Predict, x: torch.Tensor, y: torch.Tensor,
                      recall: list[float]) -> dict[str, float]:

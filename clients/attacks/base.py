@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from fedsec.errors import ConfigError
 from fedsec.registry import NoParams
+from fedsec.results.contract import AttackSuccess, Metric
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # inputs -> predicted labels
 Rule = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # updates (n, d) -> (aggregate, weights)
@@ -27,10 +28,16 @@ class DefenseView:
     """What an attacker that knows the deployed defense sees of it: the same strategy class the server runs, built
     from the same ``[defense]`` keys (:meth:`rule` gives its aggregation kernel as a function of the round's n, f).
 
-    ``build(num_malicious)`` returns a strategy object (built by the run plan, which knows the class and keys)."""
+    ``build()`` returns a strategy object (built by the run plan, which knows the class and keys); ``family`` is
+    the rule's declared kind (``RobustStrategy.family``: "krum", "coordinate", "selection", ...)."""
 
     name: str
     build: Callable[[], Any]
+    family: str = "mean"
+
+    @property
+    def selects_clients(self) -> bool:
+        return self.family in ("krum", "selection")
 
     def rule(self) -> Rule:
         """The rule's kernel on stacked updates (n, d), every client weighted alike."""
@@ -73,6 +80,9 @@ class Attack:
     description: ClassVar[str] = "no attack: every client is honest"
     Params: ClassVar[type[BaseModel]] = NoParams
     crafts_from_benign: ClassVar[bool] = False
+    #: the rounds.csv columns :meth:`test_metrics` writes, and how the attack's success is read from them
+    metrics: ClassVar[tuple[Metric, ...]] = ()
+    success: ClassVar[AttackSuccess | None] = None
 
     def __init__(self, params: BaseModel | None = None, *, knowledge: str = "colluding") -> None:
         self.params = params if params is not None else self.Params()

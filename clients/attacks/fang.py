@@ -62,18 +62,23 @@ logger = logging.getLogger(__name__)
 KNOWLEDGE = {"full": "full", "omniscient": "full", "partial": "partial", "colluding": "partial"}
 
 
-#: defense.strategy -> the Fang attack for it ("krum": :func:`fang_krum_update`, "trim": :func:`fang_trim_update`)
-FANG_TARGETS = {"krum": "krum", "multikrum": "krum", "bulyan": "krum", "trimmed_mean": "trim", "median": "trim"}
+#: a rule's declared family (:attr:`fedsec.strategies.RobustStrategy.family`) -> the Fang attack for it ("krum":
+#: :func:`fang_krum_update`, "trim": :func:`fang_trim_update`)
+FANG_TARGETS = {"krum": "krum", "coordinate": "trim"}
 
 
 def fang_variant(strategy: str) -> str:
     """"krum" or "trim": the Fang attack for ``defense.strategy``; :class:`AdaptiveAttackError` for other rules."""
-    if strategy not in FANG_TARGETS:
+    from fedsec.strategies import STRATEGIES
+
+    family = STRATEGIES.get(strategy).family if strategy in STRATEGIES else ""
+    if family not in FANG_TARGETS:
+        targets = sorted(name for name, cls in STRATEGIES.items() if cls.family in FANG_TARGETS)
         raise AdaptiveAttackError(
-            f"defense.strategy={strategy!r}: Fang's attacks target {sorted(FANG_TARGETS)}; use attack.kind "
+            f"defense.strategy={strategy!r}: Fang's attacks target {targets}; use attack.kind "
             "'agr_tailored' (any rule) or a searched ALIE / IPM against this rule"
         )
-    return FANG_TARGETS[strategy]
+    return FANG_TARGETS[family]
 
 
 def knowledge_kind(knowledge: str) -> str:

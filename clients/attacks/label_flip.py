@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, model_validator
 
 from fedsec.registry import Params
+from fedsec.results.contract import AttackSuccess, Metric
 
 from .base import Attack, AttackContext, Predict
 
@@ -67,6 +68,10 @@ class LabelFlip(Attack):
     kind = "label_flip"
     description = "data poisoning: source->target (keys source, target), all-to-one (target) or all-to-random"
     Params = LabelFlipParams
+    metrics = (Metric("source_recall", "label flip: recall of the source class", better="higher"),
+               Metric("flip_rate", "label flip: source-class test inputs classified as the target class",
+                      better="lower"))
+    success = AttackSuccess("source_recall", invert=True)
 
     @property
     def source(self) -> int | None:

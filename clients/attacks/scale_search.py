@@ -19,9 +19,9 @@ first, then the benign rows), the crafted rows' weight and the aggregate's devia
 Defaults: ``tol = 1e-3``, ``grid = 8`` (about 40 rule calls for a range of width 4); the ranges of
 :func:`search_alie_z`, [0, 4], and of :func:`search_ipm_epsilon`, [0, 10].
 
-Differences: neither paper searches the scale; this is the "searched against the rule" variant asked for in
-fedsec's issue 20. In the simulated round the crafted rows come first; Krum breaks score ties towards the lower
-row, so an update tied with an honest one counts as selected.
+Differences: neither paper searches the scale; this is fedsec's variant, searched against the deployed rule
+(the worst-case study, :mod:`fedsec.studies.worst_case`, runs it). In the simulated round the crafted rows come
+first; Krum breaks score ties towards the lower row, so an update tied with an honest one counts as selected.
 
 Attack kinds (bottom of the module): ``alie_search`` (:class:`ALIESearch`, key ``z_range``) and ``ipm_search``
 (:class:`IPMSearch`, key ``epsilon_range``), both with ``tol`` and ``criterion`` ("auto": from
@@ -61,17 +61,17 @@ class AdaptiveAttackError(ValueError):
     """Bad input to an adaptive attack (empty search range, unsupported rule or knowledge, bad ratio)."""
 
 
-#: rules that reject or keep whole updates: search for acceptance; every other rule: for the largest deviation
-SELECTION_RULES = ("krum", "multikrum", "bulyan", "dnc", "flame", "fltrust", "foolsgold")
-
-
 def criterion_for(strategy: str) -> str:
-    """The search criterion for ``defense.strategy``: "accepted" for selection rules, else "deviation".
+    """The search criterion for ``defense.strategy``: "accepted" for rules that keep or reject whole updates (their
+    declared ``family``, :attr:`fedsec.strategies.RobustStrategy.family`), else "deviation".
 
     Rules that add noise (norm clipping with ``noise_std``, FLAME) make the deviation noisy; the search then
     follows the noise of the simulated calls.
     """
-    return "accepted" if strategy in SELECTION_RULES else "deviation"
+    from fedsec.strategies import STRATEGIES
+
+    selects = strategy in STRATEGIES and STRATEGIES.get(strategy).selects_clients()
+    return "accepted" if selects else "deviation"
 
 
 def simulate_round(malicious: torch.Tensor, benign: torch.Tensor, *, f: int) -> torch.Tensor:

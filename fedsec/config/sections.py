@@ -18,8 +18,8 @@ from fedsec.errors import ConfigError
 
 __all__ = [
     "AdversarialTrainingConfig", "AttackConfig", "AuditConfig", "BackendConfig", "ConfigError", "DataConfig",
-    "DefenseConfig", "EncryptionConfig", "EvasionAuditConfig", "InversionAuditConfig", "MembershipAuditConfig",
-    "ModelConfig", "ModelInversionAuditConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig", "TrainConfig",
+    "DefenseConfig", "EncryptionConfig", "ModelConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig",
+    "TrainConfig",
 ]
 
 
@@ -62,7 +62,10 @@ class PoisonConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(_KindSection):
+    """``[data]``: the keys every dataset shares; a dataset's own settings (``synthetic_alpha``, ...) are declared by
+    its ``Params`` (``fedsec list``) and validated by the run plan."""
+
     dataset: str = Field("fashion-mnist", description="Dataset name (see `fedsec list`).")
     partition: Literal["iid", "dirichlet", "shards", "natural", "sampled"] = Field(
         "dirichlet",
@@ -76,8 +79,6 @@ class DataConfig(_Section):
     shards_per_client: int = Field(2, ge=1, le=1000, description="Label shards per client for partition = 'shards'.")
     root: str = Field("", max_length=4096,
                       description="Directory of the dataset files ('' = the dataset's default location).")
-    synthetic_alpha: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): model spread.")
-    synthetic_beta: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): data spread.")
     poison: PoisonConfig = Field(default_factory=PoisonConfig,
                                  description="Poisoned data at honest clients ([data.poison]).")
 
@@ -223,57 +224,20 @@ class BackendConfig(_Section):
     )
 
 
-class EvasionAuditConfig(_Section):
-    """``[audit.evasion]``: the global model under evasion attacks (:mod:`fedsec.audits.evasion`)."""
+class AuditConfig(BaseModel):
+    """``[audit]``: one table per audit hook (``[audit.evasion]``, ``[audit.membership]``, ...). Each hook declares
+    its keys (its ``Params``, ``fedsec list``); the run plan validates every table against them."""
 
-    attacks: list[Literal["fgsm", "pgd", "cw"]] = Field(["fgsm", "pgd"], min_length=1, max_length=3,
-                                                         description="fgsm | pgd | cw.")
-    epsilon: float = Field(0.1, gt=0, le=1, description="L-inf budget on inputs scaled to [0, 1] (FGSM, PGD).")
-    steps: int = Field(10, ge=1, le=1000, description="PGD steps.")
-    examples: int = Field(1000, ge=1, le=100_000, description="Fixed, seeded test subset.")
-    every: int = Field(0, ge=0, le=1_000_000, description="Also every k rounds (0: only the final model).")
-    cw_max_iter: int = Field(10, ge=1, le=1000, description="C&W: iterations per binary-search step.")
-    cw_binary_search_steps: int = Field(5, ge=1, le=50, description="C&W: binary-search steps.")
-    cw_confidence: float = Field(0.0, ge=0, le=1e3, description="C&W: confidence margin.")
-    cw_learning_rate: float = Field(0.01, gt=0, le=10, description="C&W: learning rate.")
-    cw_initial_const: float = Field(1.0, gt=0, le=1e4, description="C&W: initial trade-off constant.")
+    model_config = ConfigDict(extra="allow", strict=True)
 
+    @model_validator(mode="after")
+    def _tables(self) -> AuditConfig:
+        for name, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(f"audit.{name}={value!r}: expected a table ([audit.{name}] with its keys)")
+        return self
 
-class InversionAuditConfig(_Section):
-    """``[audit.inversion]``: gradient inversion of received updates by a curious server
-    (:mod:`fedsec.audits.inversion`)."""
-
-    method: Literal["dlg", "idlg", "ig"] = Field("ig", description="dlg | idlg | ig (Inverting Gradients).")
-    rounds: list[int] = Field([1], min_length=1, max_length=100, description="Rounds whose updates are attacked.")
-    clients: list[int] = Field([0], min_length=1, max_length=100, description="Partition ids attacked.")
-    iterations: int = Field(300, ge=1, le=100_000, description="Optimisation steps per restart.")
-    restarts: int = Field(1, ge=1, le=100, description="Restarts (the best reconstruction is kept).")
-    tv_weight: float = Field(1e-4, ge=0, le=10, description="ig: total-variation weight.")
-    max_examples: int = Field(8, ge=1, le=1024, description="Refuse to attack clients holding more examples.")
-
-
-class MembershipAuditConfig(_Section):
-    """``[audit.membership]``: membership inference on the final model (:mod:`fedsec.audits.lira`)."""
-
-    method: Literal["yeom", "lira"] = Field("yeom", description="yeom (loss threshold) | lira (offline LiRA).")
-    shadows: int = Field(8, ge=1, le=256, description="lira: shadow models.")
-    examples: int = Field(500, ge=10, le=100_000, description="Members and non-members each.")
-    target: Literal["global", "client"] = Field("global", description="The final global model or one client's.")
-    client: int = Field(0, ge=0, le=10_000_000, description="target = client: the partition id.")
-    shadow_epochs: int = Field(5, ge=1, le=1000, description="lira: epochs each shadow model trains.")
-
-
-class ModelInversionAuditConfig(_Section):
-    """``[audit.model_inversion]``: class representatives from the outputs alone (MIFace; :mod:`...model_inversion`)."""
-
-    enabled: bool = Field(False, description="Run MIFace on the final model.")
-    max_iter: int = Field(300, ge=1, le=100_000, description="MIFace iterations.")
-
-
-class AuditConfig(_Section):
-    """``[audit]``: model-level attacks run by the server on the global model or on the updates it saw."""
-
-    evasion: EvasionAuditConfig | None = Field(None, description="[audit.evasion]")
-    inversion: InversionAuditConfig | None = Field(None, description="[audit.inversion]")
-    membership: MembershipAuditConfig | None = Field(None, description="[audit.membership]")
-    model_inversion: ModelInversionAuditConfig | None = Field(None, description="[audit.model_inversion]")
+    @property
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The configured audit tables by hook name."""
+        return dict(self.model_extra or {})

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, Field
+
+from fedsec.registry import NoParams, Params
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -195,8 +198,9 @@ def make_synthetic(
 class DatasetSpec:
     """What a dataset is, known without loading it: shape, classes, size, where it lives, how to load it.
 
-    ``load(root, seed, num_clients, alpha, beta)`` returns the :class:`ArrayDataset`; ``normalisation`` is the
-    (mean, std) applied to pixels in [0, 1] (None: inputs are already in [0, 1] or not images).
+    ``load(root=, seed=, num_clients=, params=)`` returns the :class:`ArrayDataset` (``params``: the validated
+    ``[data]`` keys of this dataset's own, :attr:`Params`); ``normalisation`` is the (mean, std) applied to pixels
+    in [0, 1] (None: inputs are already in [0, 1] or not images).
     """
 
     description: str
@@ -207,6 +211,7 @@ class DatasetSpec:
     test_size: int | None = None
     default_root: str = ""
     normalisation: tuple[float, float] | None = None
+    Params: type[BaseModel] = NoParams  # the dataset's own [data] keys
 
     def check_root(self, root: str) -> str | None:
         """Why the dataset cannot be read from ``root`` ('' = default), or None."""
@@ -225,9 +230,18 @@ def _load_digits(*, seed: int = 0, **_: object) -> ArrayDataset:
     return load_digits(seed=seed)
 
 
-def _load_synthetic(*, seed: int = 0, num_clients: int = 10, alpha: float = 1.0, beta: float = 1.0,
+class SyntheticParams(Params):
+    """``[data]`` keys of ``dataset = "synthetic"``."""
+
+    synthetic_alpha: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): model spread.")
+    synthetic_beta: float = Field(1.0, ge=0, le=100, description="FedProx Synthetic(alpha, beta): data spread.")
+
+
+def _load_synthetic(*, seed: int = 0, num_clients: int = 10, params: SyntheticParams | None = None,
                     **_: object) -> ArrayDataset:
-    return make_synthetic(alpha=alpha, beta=beta, num_clients=num_clients, seed=seed)
+    params = params or SyntheticParams()
+    return make_synthetic(alpha=params.synthetic_alpha, beta=params.synthetic_beta, num_clients=num_clients,
+                          seed=seed)
 
 
 FASHION_MNIST = DatasetSpec(
@@ -238,7 +252,7 @@ FASHION_MNIST = DatasetSpec(
 DIGITS = DatasetSpec("scikit-learn digits, 1,797 8x8 images, 10 classes (fast tests)", (1, 8, 8), 10, _load_digits,
                      train_size=1_347, test_size=450)
 SYNTHETIC = DatasetSpec("FedProx Synthetic(alpha, beta): 60-dim vectors, 10 classes, naturally federated", (60,), 10,
-                        _load_synthetic)
+                        _load_synthetic, Params=SyntheticParams)
 
 
 def load_dataset(
@@ -247,18 +261,18 @@ def load_dataset(
     root: str | None = None,
     seed: int = 0,
     num_clients: int = 10,
-    alpha: float = 1.0,
-    beta: float = 1.0,
+    params: BaseModel | None = None,
 ) -> ArrayDataset:
     """Load dataset ``name`` (a name in :data:`fedsec.data.DATASETS`).
 
     ``root`` is Fashion-MNIST's directory (default ``/usr/share/datasets/fashion-mnist``); ``seed`` seeds digits'
-    train/test split and the synthetic generator; ``num_clients``, ``alpha`` and ``beta`` are Synthetic(alpha, beta)'s
-    number of devices and heterogeneity. Raises :class:`DatasetError` for an unknown name or a dataset that cannot be
-    loaded.
+    train/test split and the synthetic generator; ``num_clients`` is Synthetic(alpha, beta)'s number of devices;
+    ``params``: the dataset's own keys (its ``Params``; default: their defaults). Raises :class:`DatasetError` for
+    an unknown name or a dataset that cannot be loaded.
     """
     from .registry import DATASETS
 
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; use one of {DATASETS.names()}")
-    return DATASETS.get(name).load(root=root, seed=seed, num_clients=num_clients, alpha=alpha, beta=beta)
+    spec = DATASETS.get(name)
+    return spec.load(root=root, seed=seed, num_clients=num_clients, params=params or spec.Params())

@@ -46,14 +46,11 @@ class FederatedData:
 
 def build_federated_data(data: DataConfig, seed: int) -> FederatedData:
     """Load the configured dataset and partition it across its clients (seeded)."""
-    dataset = load_dataset(
-        data.dataset,
-        root=data.root or None,
-        seed=seed,
-        num_clients=data.num_clients,
-        alpha=data.synthetic_alpha,
-        beta=data.synthetic_beta,
-    )
+    from .registry import DATASETS
+
+    params = DATASETS.get(data.dataset).Params.model_validate(data.kind_keys)  # the dataset's own keys
+    dataset = load_dataset(data.dataset, root=data.root or None, seed=seed, num_clients=data.num_clients,
+                           params=params)
     partitions = partition_indices(
         dataset.y_train,
         kind=data.partition,

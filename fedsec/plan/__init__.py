@@ -11,6 +11,7 @@ what combines with what. The server and the clients receive the pieces they need
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +20,47 @@ from pydantic import BaseModel
 
 from fedsec.clients.attacks import ATTACKS, Attack
 from fedsec.clients.attacks.base import DefenseView
-from fedsec.config import ConfigError, Experiment, apply_overrides, experiment_from_dict, read_toml
+from fedsec.config import BackendConfig, ConfigError, DataConfig, Experiment, apply_overrides, experiment_from_dict
+from fedsec.config import read_toml
 from fedsec.config.loading import one_line
 from fedsec.crypto import CkksParams, CryptoError
 from fedsec.data import DATASETS, DatasetSpec
+from fedsec.hooks import HOOKS, RoundHook, RunFacts, ServerContext
 from fedsec.models import MODELS, ModelSpec
-from fedsec.privacy import PrivacyError
+from fedsec.privacy import PrivacyError, PrivacyPlan
 from fedsec.registry import parse_params
 from fedsec.schedule import Schedule, draw_malicious
 from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext
 
-from .checks import check_audits, check_data_defenses
-from .privacy import PrivacyPlan, central_privacy_plan
+from .checks import check_data_defenses
+from .privacy import central_privacy_plan
 
-__all__ = ["PrivacyPlan", "RunPlan", "build_plan", "drop_unused_kind_keys", "load_plan", "plan_from_dict"]
+__all__ = ["HookPlan", "PrivacyPlan", "RunPlan", "ServerPlan", "build_plan", "drop_unused_kind_keys", "load_plan",
+           "plan_from_dict"]
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    """One round hook of a run: its class and its validated keys."""
+
+    cls: type[RoundHook]
+    params: BaseModel
+
+    def build(self, ctx: ServerContext) -> RoundHook:
+        return self.cls(self.params, ctx)
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """What the server needs of a run, and nothing more: the facts its hooks read, the hooks, how to build the
+    strategy, and how long to wait for replies. The server never sees the experiment config."""
+
+    facts: RunFacts
+    hooks: tuple[HookPlan, ...]
+    make_strategy: Callable[..., RobustStrategy]  # (key_authority=, server_update_fn=, completed_rounds=)
+    round_timeout: float
+    needs_server_update: bool = False  # FLTrust: the rule trusts an update the server computes on root data
+    root_size: int = 0
 
 _COMMON_ATTACK_KEYS = {"kind", "fraction", "client_ids", "start_round", "end_round", "knowledge"}
 
@@ -52,10 +80,66 @@ class RunPlan:
     crypto: CkksParams | None = None  # CKKS
     resolved: dict[str, Any] = field(default_factory=dict)
     poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
+    facts: RunFacts | None = None
+    hooks: tuple[HookPlan, ...] = ()
 
     @property
     def strategy_name(self) -> str:
         return self.experiment.defense.strategy
+
+    @property
+    def name(self) -> str:
+        return self.experiment.name
+
+    @property
+    def seed(self) -> int:
+        return self.experiment.seed
+
+    @property
+    def rounds(self) -> int:
+        return self.experiment.rounds
+
+    @property
+    def backend(self) -> BackendConfig:
+        return self.experiment.backend
+
+    @property
+    def data_config(self) -> DataConfig:
+        return self.experiment.data
+
+    def server_plan(self) -> ServerPlan:
+        """The server's share of the plan."""
+        assert self.facts is not None, "a RunPlan from build_plan"
+        root_size = getattr(self.strategy_params, "root_size", 0) or 0
+        return ServerPlan(self.facts, self.hooks, self.server_strategy, self.backend.round_timeout,
+                          needs_server_update=self.strategy_cls.needs_server_update, root_size=int(root_size))
+
+    def server_strategy(self, *, key_authority: Any = None, server_update_fn: Any = None) -> RobustStrategy:
+        """The run's strategy: DP-FedAvg under central DP, EncryptedFedAvg under CKKS, else the configured rule,
+        with Flower's sampling minimums set. Under encryption the strategy gets the key authority's public context
+        and its decrypt function, never the secret key."""
+        e = self.experiment
+        sampling: dict[str, Any] = {"min_train_nodes": e.train.clients_per_round,
+                                    "min_available_nodes": e.data.num_clients,
+                                    # what the server believes of a reply (fedsec.strategies._trust)
+                                    "weighting": e.defense.weighting, "weight_cap": e.defense.weight_cap,
+                                    "num_partitions": e.data.num_clients}
+        dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
+                                                               "seed": e.seed}
+        if self.crypto is not None:
+            from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
+
+            if key_authority is None:
+                raise ConfigError("encryption.scheme='ckks' needs a key authority")
+            if self.privacy is not None:
+                dp["dp_noise_std"] = self.privacy.noise_std
+            return EncryptedFedAvg(authority=key_authority.server_view(), **dp, **sampling)
+        if self.privacy is not None:
+            from fedsec.strategies.dp_fedavg import DPFedAvg
+
+            return DPFedAvg(clip_norm=self.privacy.clip_norm, noise_multiplier=self.privacy.noise_multiplier,
+                            **dp, **sampling)
+        return self.build_strategy(server_update_fn=server_update_fn, **sampling)
 
     def strategy_context(self, *, server_update_fn: Any = None) -> StrategyContext:
         e = self.experiment
@@ -68,6 +152,25 @@ class RunPlan:
         :attr:`crypto`); ``kwargs``: Flower's sampling settings, ``device``."""
         return self.strategy_cls.from_config(self.strategy_params,
                                              self.strategy_context(server_update_fn=server_update_fn), **kwargs)
+
+    def client_spec_args(self) -> dict[str, Any]:
+        """The clients' share of the plan (:class:`fedsec.clients.spec.ClientSpec`'s fields)."""
+        e = self.experiment
+        clip = self.privacy.clip_norm if (self.crypto is not None and self.privacy is not None) else None
+        weighted = self.crypto is not None and self.privacy is None and e.defense.weighting == "reported"
+        sanitize = e.defense.sanitize if e.defense.sanitize.method != "none" else None
+        return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
+                "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
+                "ckks_weighted": weighted, "normalisation": self.dataset.normalisation, "poisoned": self.poisoned,
+                "sanitize": sanitize}
+
+    def key_authority_args(self) -> dict[str, Any]:
+        """How the CKKS key authority is set up for this run (``fedsec.crypto.KeyAuthorityHandle.start``)."""
+        e = self.experiment
+        return {"num_clients": e.data.num_clients, "min_clients": min(2, e.train.clients_per_round),
+                "client_norm_bound": self.privacy.clip_norm if self.privacy is not None else None,
+                "seed": e.seed, "dp_noise_std": (self.privacy.noise_std if self.privacy is not None
+                                                 and self.privacy.noise_multiplier > 0 else None)}
 
     def to_toml(self) -> str:
         """The resolved config (defaults filled in, kind keys included) as TOML: it validates again as it is."""
@@ -84,6 +187,8 @@ def build_plan(experiment: Experiment) -> RunPlan:
     if e.data.partition == "natural" and e.data.dataset != "synthetic":
         raise ConfigError(f"data.partition='natural': only 'synthetic' is naturally federated, got dataset "
                           f"{e.data.dataset!r}; use iid, dirichlet or shards")
+    dataset_params = parse_params(dataset.Params, e.data.kind_keys, section="data",
+                                  kind=f"data.dataset={e.data.dataset!r}")
     model = MODELS.get(e.model.name)
     problem = model.fits(dataset.input_shape)
     if problem:
@@ -111,14 +216,46 @@ def build_plan(experiment: Experiment) -> RunPlan:
             f"updates per round, train.clients_per_round={k}; lower num_malicious or raise clients_per_round"
         )
 
-    attack.bind_defense(DefenseView(e.defense.strategy, functools.partial(plan_stub.build_strategy, device="cpu")))
+    attack.bind_defense(DefenseView(e.defense.strategy, functools.partial(plan_stub.build_strategy, device="cpu"),
+                                    family=strategy_cls.family))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
     poisoned = check_data_defenses(e, dataset)
-    check_audits(e, dataset, plan_stub.schedule)
-    resolved = _resolved(e, attack_params, strategy_params)
+    facts = RunFacts(name=e.name, seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
+                     dataset_name=e.data.dataset, dataset=dataset, model_name=e.model.name,
+                     schedule=plan_stub.schedule, attack=attack, train=e.train, privacy=e.privacy,
+                     privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None)
+    hooks = _plan_hooks(e, facts)
+    resolved = _resolved(e, attack_params, strategy_params, dataset_params, hooks)
     return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
-                   resolved, tuple(poisoned))
+                   resolved, tuple(poisoned), facts, hooks)
+
+
+def _plan_hooks(e: Experiment, facts: RunFacts) -> tuple[HookPlan, ...]:
+    """The run's round hooks in calling order: built-in ones the run needs, and every configured ``[audit.*]``
+    table validated against its hook's ``Params`` and checked against the run."""
+    tables = e.audit.tables
+    audits = [name for name, cls in HOOKS.items() if cls.section == "audit"]
+    for name in tables:
+        if name not in audits:
+            raise ConfigError(f"audit.{name}: unknown audit {name!r}; use one of {', '.join(audits)} "
+                              "(`fedsec list` describes them)")
+    hooks = []
+    for name, cls in HOOKS.items():
+        if cls.section:
+            if name not in tables:
+                continue
+            params = parse_params(cls.Params, tables[name], section=f"{cls.section}.{name}",
+                                  kind=f"[{cls.section}.{name}]")
+            if not cls.enabled(params):
+                continue
+        elif cls.applies(facts):
+            params = cls.Params()
+        else:
+            continue
+        cls.check(params, facts)
+        hooks.append(HookPlan(cls, params))
+    return tuple(hooks)
 
 
 def _schedule(e: Experiment) -> Schedule:
@@ -184,9 +321,16 @@ def _check_encryption(e: Experiment, attack: Attack) -> CkksParams | None:
     return params
 
 
-def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseModel) -> dict[str, Any]:
+def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseModel, dataset_params: BaseModel,
+              hooks: tuple[HookPlan, ...]) -> dict[str, Any]:
     """The config with defaults filled in, each kind's keys from its params (so it validates again as it is)."""
     raw = e.raw()
+    raw["data"] = {k: v for k, v in raw["data"].items() if k in DataConfig.model_fields}
+    raw["data"].update(dataset_params.model_dump(exclude_none=True))
+    configured = {h.cls.name: h.params for h in hooks if h.cls.section == "audit"}
+    raw["audit"] = {name: (configured[name] if name in configured else  # a table that switches its hook off
+                           HOOKS.get(name).Params.model_validate(table)).model_dump(exclude_none=True)
+                    for name, table in e.audit.tables.items()}
     raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS}
     raw["attack"].update(attack_params.model_dump(exclude_none=True))
     # the strategy's own keys from its params; the keys every rule shares (weighting, weight_cap, the sanitize
@@ -220,7 +364,8 @@ def drop_unused_kind_keys(raw: dict[str, Any], *, keep: set[str] = frozenset()) 
     not use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies), except the dotted keys in
     ``keep``; keys no kind declares stay, so a typo is still an error."""
     for section, selector, registry, default in (("attack", "kind", ATTACKS, "none"),
-                                                 ("defense", "strategy", STRATEGIES, "fedavg")):
+                                                 ("defense", "strategy", STRATEGIES, "fedavg"),
+                                                 ("data", "dataset", DATASETS, "fashion-mnist")):
         table = raw.get(section)
         if not isinstance(table, dict):
             continue

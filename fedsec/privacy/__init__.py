@@ -2,25 +2,23 @@
 
 from .accountants import DualAccountant, PrivacyAccount, Step, account
 from .accounting import (
-    ACCOUNTANTS,
     PrivacyLedger,
-    PrivacyTracker,
     calibrate_noise,
     epsilon_after,
     epsilon_after_history,
 )
 from .errors import AccountantDisagreement, PrivacyError, PrivacyInputError
+from .plan import PrivacyPlan
 from .sampling import fixed_cohort, poisson_cohort
 
 __all__ = [
-    "ACCOUNTANTS",
     "AccountantDisagreement",
     "DualAccountant",
     "PrivacyAccount",
     "PrivacyError",
     "PrivacyInputError",
     "PrivacyLedger",
-    "PrivacyTracker",
+    "PrivacyPlan",
     "Step",
     "account",
     "calibrate_noise",

@@ -24,9 +24,8 @@ import tomllib
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from fedsec.config import Experiment
 from fedsec.errors import FedsecInputError
 
 from .lock import LockInfo, RunLock
@@ -40,6 +39,21 @@ RUN_FILES = ("config.toml", "rounds.csv", "clients.csv", "summary.json")
 OWNED_ENTRIES = (*RUN_FILES, "plots", "checkpoints")
 """What ``overwrite=True`` deletes (other files in the directory are left alone)."""
 _VERSIONED = ["fedsec", "flwr", "ray", "torch", "opacus", "tenseal", "numpy"]
+
+
+class RunInfo(Protocol):
+    """What a run directory needs to know of its run (a :class:`fedsec.plan.RunPlan` or an experiment config)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def rounds(self) -> int: ...
+
+    def to_toml(self) -> str: ...
 
 
 def versions() -> dict[str, str]:
@@ -156,7 +170,7 @@ class RunDirectory:
 
     Parameters:
         path: the run directory (created with its parents if missing).
-        experiment: the validated experiment.
+        experiment: the run (its name, seed, planned rounds and config; a RunPlan or an Experiment).
         config_toml: the resolved config written as ``config.toml`` (default: ``experiment.to_toml()``).
         resume: reopen a directory that holds a run (interrupted or finished): its ``rounds.csv`` and
             ``clients.csv`` rows are read back (:attr:`rounds`, :meth:`client_rows`) and new rows are appended
@@ -172,7 +186,7 @@ class RunDirectory:
     when the process dies; a lock file left by a dead process is reported in :attr:`stale_lock`.
     """
 
-    def __init__(self, path: str | Path, experiment: Experiment, *, config_toml: str | None = None,
+    def __init__(self, path: str | Path, experiment: RunInfo, *, config_toml: str | None = None,
                  resume: bool = False, overwrite: bool = False) -> None:
         self.path = Path(path)
         if resume and overwrite:
@@ -202,7 +216,7 @@ class RunDirectory:
         else:
             (self.path / "config.toml").write_text(config_toml if config_toml is not None else experiment.to_toml())
 
-    def _claim(self, experiment: Experiment, config_toml: str | None, *, resume: bool, overwrite: bool) -> str | None:
+    def _claim(self, experiment: RunInfo, config_toml: str | None, *, resume: bool, overwrite: bool) -> str | None:
         state = _previous_state(self.path)
         where = repr(str(self.path))
         if state is None:

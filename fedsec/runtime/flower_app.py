@@ -79,21 +79,20 @@ def server_main(grid: Grid, context: Context) -> None:
 
     t0 = time.perf_counter()
     plan = plan_from_run_config(context.run_config)
-    experiment = plan.experiment
-    wanted, deadline = experiment.data.num_clients, time.monotonic() + 15.0
+    wanted, deadline = plan.facts.num_clients, time.monotonic() + 15.0
     while (nodes := len(list(grid.get_node_ids()))) < wanted and time.monotonic() < deadline:
         time.sleep(0.2)  # SuperNodes register while the ServerApp starts
     if nodes != wanted:
         raise ConfigError(f"the federation has {nodes} SuperNodes but data.num_clients={wanted}; run "
                           f"`flwr run . --federation-config \"num-supernodes={wanted}\"`")
-    out = str(context.run_config.get("out") or "") or default_run_dir(experiment.name)
-    run_dir = RunDirectory(out, experiment, config_toml=plan.to_toml())
+    out = str(context.run_config.get("out") or "") or default_run_dir(plan.name)
+    run_dir = RunDirectory(out, plan, config_toml=plan.to_toml())
     t_data = time.perf_counter()
-    data = build_federated_data(experiment.data, experiment.seed)
+    data = build_federated_data(plan.data_config, plan.seed)
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
     try:
-        run_rounds(grid, plan, data, run_dir, outcome=outcome)
+        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome)
     finally:
         summary = run_dir.finish(stopped_reason=outcome.stopped_reason,
                                  extra=summary_extra(plan, outcome, data_seconds=data_seconds,

@@ -70,10 +70,7 @@ def summary_extra(plan: RunPlan, outcome: Any, **measured: Any) -> dict[str, Any
         "skipped_rounds": outcome.skipped_rounds,
         "clients_per_node": outcome.clients_per_node,
         "client_messages": outcome.messages,
-        **({"privacy": outcome.privacy} if outcome.privacy else {}),
-        **outcome.membership_inference,
-        **outcome.audits,
-        **({"sanitization": outcome.sanitization} if outcome.sanitization else {}),
+        **outcome.summary,
     }
 
 
@@ -114,10 +111,11 @@ def save_model(plan: RunPlan, data: Any, outcome: Any, run_dir: Path) -> None:
     from fedsec.models import build_model
     from fedsec.results.model_file import save_final_model
 
-    e = plan.experiment
-    model = build_model(e.model.name, data.input_shape, data.num_classes)
+    facts = plan.facts
+    model = build_model(facts.model_name, data.input_shape, data.num_classes)
     load_record(model, outcome.final_arrays)
-    save_final_model(run_dir, model, model_name=e.model.name, dataset=e.data.dataset, input_shape=data.input_shape,
+    save_final_model(run_dir, model, model_name=facts.model_name, dataset=facts.dataset_name,
+                     input_shape=data.input_shape,
                      num_classes=data.num_classes, server_round=outcome.rounds_completed,
                      normalisation=plan.dataset.normalisation)
 
@@ -245,14 +243,15 @@ def run_experiment(
     from fedsec.data.federated import build_federated_data
     from fedsec.results import RunDirectory
     from fedsec.server.app import ServerOutcome, make_server_app
+    from fedsec.hooks.privacy import dp_histories_of
     from fedsec.server.cohorts import cohort_node_count
 
-    experiment = plan.experiment
+    backend = plan.backend
     t0 = time.perf_counter()
-    init_ray(experiment.backend, verbose=verbose)  # first: a bad cluster address fails before any work
+    init_ray(backend, verbose=verbose)  # first: a bad cluster address fails before any work
     try:
-        slots = check_resources(experiment.backend)
-        run_dir = RunDirectory(out_dir or default_run_dir(experiment.name), experiment, config_toml=plan.to_toml(),
+        slots = check_resources(backend)
+        run_dir = RunDirectory(out_dir or default_run_dir(plan.name), plan, config_toml=plan.to_toml(),
                                resume=resume, overwrite=overwrite)
     except BaseException:
         shutdown_ray()
@@ -267,7 +266,7 @@ def run_experiment(
             logger.info("resuming %s after round %s (%d row(s) of later rounds dropped)", run_dir.path,
                         resume_state["round"] if resume_state else "none", dropped)
         t_data = time.perf_counter()
-        data = build_federated_data(experiment.data, experiment.seed)
+        data = build_federated_data(plan.data_config, plan.seed)
     except (DatasetError, PartitionError) as e:
         run_dir.close()
         shutdown_ray()
@@ -293,31 +292,26 @@ def run_experiment(
         if plan.crypto is not None:  # the secret key lives in a Ray actor of its own (fedsec.crypto.authority)
             from fedsec.crypto import KeyAuthorityHandle
 
-            key_authority = KeyAuthorityHandle.start(
-                plan.crypto, num_clients=experiment.data.num_clients,
-                min_clients=min(2, experiment.train.clients_per_round),
-                client_norm_bound=experiment.privacy.clip_norm if plan.privacy is not None else None,
-                seed=experiment.seed, backend="ray",
-                dp_noise_std=(plan.privacy.noise_multiplier * experiment.privacy.clip_norm
-                              if plan.privacy is not None and plan.privacy.noise_multiplier > 0 else None))
+            key_authority = KeyAuthorityHandle.start(plan.crypto, backend="ray", **plan.key_authority_args())
             crypto_ref = key_authority.client_ref()
         spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref,
-                                    dp_histories=resume_state["dp_histories"] if resume_state else None)
+                                    dp_histories=dp_histories_of(resume_state) if resume_state else None)
         client_app = make_client_app(spec)
-        cohort_nodes = cohort_node_count(experiment.backend.messages, experiment.backend.cohort_nodes,
-                                         num_clients=experiment.data.num_clients, client_slots=sum(slots.values()))
+        num_clients = plan.facts.num_clients
+        cohort_nodes = cohort_node_count(backend.messages, backend.cohort_nodes, num_clients=num_clients,
+                                         client_slots=sum(slots.values()))
         server_app = make_server_app(
-            plan, data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
+            plan.server_plan(), data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
             resume_state=resume_state, cohort_nodes=cohort_nodes,
         )
         backend_config = {
-            "client_resources": {"num_cpus": experiment.backend.num_cpus, "num_gpus": experiment.backend.num_gpus},
+            "client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
         }
         run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=cohort_nodes or experiment.data.num_clients,
+            num_supernodes=cohort_nodes or num_clients,
             backend_name="ray",
             backend_config=backend_config,
             verbose_logging=verbose,

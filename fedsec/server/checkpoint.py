@@ -3,10 +3,10 @@
 ``RUN_DIR/checkpoints/latest.pt`` (``torch.save`` of plain containers, read back with ``weights_only=True``) holds
 the round counter, the global model, every piece of strategy state (FoolsGold histories, centered-clipping
 momentum, the noise generators of DP-FedAvg, norm clipping, FLAME, DnC, CKKS-DP; found generically: tensors,
-generators and dicts of tensors among the strategy's attributes), the privacy ledger (central: steps; local: every
-client's epsilon) and every client's DP-SGD accountant history as the client last reported it, and what the
-summary needs (skipped rounds, client calls per node). A resumed run restores them, so it produces the rows of an
-uninterrupted run and never resets the privacy spent.
+generators and dicts of tensors among the strategy's attributes), every round hook's state (``RoundHook.state``:
+the privacy ledger and each client's DP-SGD accountant history, the audits' results so far, ...), and what the
+summary needs (skipped rounds, client calls per node; :class:`fedsec.server.books.RoundBooks`). A resumed run
+restores them, so it produces the rows of an uninterrupted run and never resets the privacy spent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from fedsec.errors import FedsecInputError
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hook states under "hooks"
 #: strategy attributes that are buffers or per-round views, not state
 _SKIP = {"_stack_storage", "_global_arrays", "last_report", "current_clients", "node_sampler", "device"}
 

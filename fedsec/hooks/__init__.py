@@ -1,0 +1,40 @@
+"""Round hooks (:mod:`.base`): every concern that cuts across a round, registered in one place.
+
+``HOOKS`` maps a hook's name to its class, in the order the round loop calls them. Built-in hooks (no ``section``)
+run when :meth:`~.base.RoundHook.applies` says the run needs them; hooks with a ``section`` run when their table is
+configured (``[audit.evasion]``). Adding a hook: one file in this package and one ``HOOKS.register`` line here (or,
+from outside fedsec, in a plugin module: :mod:`fedsec.plugins`).
+"""
+
+from __future__ import annotations
+
+from fedsec.registry import Registry
+
+from .base import RoundHook, RoundState, RunFacts, ServerContext
+from .detection import Detection
+from .evaluation import Evaluation, ServerEvaluator
+from .evasion import EvasionAudit
+from .inversion import InversionAudit
+from .membership import MembershipAudit
+from .mia import MembershipCheck
+from .model_inversion import ModelInversionAudit
+from .omniscient import OmniscientAttack
+from .participation import Participation
+from .privacy import PrivacyGuard
+from .sanitization import Sanitization
+
+#: hook name -> hook class, in calling order (the omniscient attacker rewrites replies after the audits read them)
+HOOKS: Registry[type[RoundHook]] = Registry("audit", "hook", ordered=True)
+HOOKS.register("privacy", PrivacyGuard)
+HOOKS.register("evaluation", Evaluation)
+HOOKS.register("participation", Participation)
+HOOKS.register("detection", Detection)
+HOOKS.register("sanitization", Sanitization)
+HOOKS.register("mia", MembershipCheck)
+HOOKS.register("evasion", EvasionAudit)
+HOOKS.register("inversion", InversionAudit)
+HOOKS.register("membership", MembershipAudit)
+HOOKS.register("model_inversion", ModelInversionAudit)
+HOOKS.register("omniscient_attack", OmniscientAttack)
+
+__all__ = ["HOOKS", "RoundHook", "RoundState", "RunFacts", "ServerContext", "ServerEvaluator"]

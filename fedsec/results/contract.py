@@ -1,0 +1,105 @@
+"""The results contract: every name a run writes, declared by the kind that writes it.
+
+A :class:`Metric` is one column of ``rounds.csv`` (and, when ``final``, a key of ``summary.json`` with the last
+round's value, a column of ``sweep.csv`` and a row of the report's final metrics). The kinds declare theirs:
+
+- the round loop: :data:`ROUND_METRICS` (timings, participation);
+- each attack: ``Attack.metrics`` and its success measure ``Attack.success`` (:class:`AttackSuccess`);
+- each round hook: ``RoundHook.metrics`` (rounds.csv) and ``RoundHook.summary_metrics`` (:class:`SummaryMetric`:
+  a number inside a ``summary.json`` block, flattened into ``sweep.csv``).
+
+Sweeps, reports, worst-case tables, privacy studies and the metric sheet read these declarations
+(:func:`fedsec.plan.results.declared_metrics`) instead of keeping lists of their own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["ROUND_METRICS", "AttackSuccess", "Metric", "SummaryMetric", "number"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One ``rounds.csv`` column: its name, what it means, and whether it is a final metric of a run."""
+
+    name: str
+    meaning: str
+    final: bool = True  # also in summary.json (last round), sweep.csv and the report's final metrics
+    better: Literal["higher", "lower", ""] = ""  # for the model's owner; "" = neither (a count, a time)
+    integer: bool = False  # shown without decimals
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """A number inside a ``summary.json`` block, as the flat ``sweep.csv`` column ``name``: ``block[key]``, or the
+    mean of ``key`` over the block's records whose ``status`` is "done" when the block is a list; ``block = ""``:
+    a top-level key of ``summary.json``."""
+
+    name: str
+    block: str
+    key: str
+    meaning: str
+
+    def of(self, summary: Mapping[str, Any]) -> float | None:
+        block = summary.get(self.block) if self.block else summary
+        if isinstance(block, list):
+            values = [number(r.get(self.key)) for r in block if isinstance(r, dict) and r.get("status") == "done"]
+            present = [v for v in values if v is not None]
+            return sum(present) / len(present) if present else None
+        if isinstance(block, dict):
+            return number(block.get(self.key))
+        return None
+
+
+@dataclass(frozen=True)
+class AttackSuccess:
+    """How an attack's success is read from a run's metrics: ``metric``, or ``1 - metric`` when ``invert``
+    (e.g. label flipping succeeds as the source class's recall falls)."""
+
+    metric: str
+    invert: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"1 - {self.metric}" if self.invert else self.metric
+
+    def of(self, metrics: Mapping[str, Any]) -> float | None:
+        value = number(metrics.get(self.metric))
+        if value is None:
+            return None
+        return 1.0 - value if self.invert else value
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float; None for missing, booleans, text, NaN and infinities."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+#: what the round loop itself writes in every round's row
+ROUND_METRICS: tuple[Metric, ...] = (
+    Metric("round", "round number (0 = the initial model)", final=False, integer=True),
+    Metric("seconds", "wall time of the round", final=False),
+    Metric("train_seconds", "clients' training and messaging through Flower and Ray", final=False),
+    Metric("aggregate_seconds", "the strategy's checks and aggregation", final=False),
+    Metric("eval_seconds", "evaluation and audits of the new global model", final=False),
+    Metric("clients_sampled", "replies the round received (one per sampled client)", final=False, integer=True),
+    Metric("clients_accepted", "replies the strategy gave a weight above 0", final=False, integer=True),
+    Metric("clients_failed", "replies that failed, were invalid or refused to train", final=False, integer=True),
+    Metric("skipped", "1 when the round produced no new global model", final=False, integer=True),
+    Metric("train_loss", "mean local training loss of the round's clients", final=False, better="lower"),
+    Metric("bytes_up", "bytes the clients sent in the round", final=False, integer=True),
+    Metric("encrypt_seconds", "CKKS: clients' encryption time", final=False),
+    Metric("sign_seconds", "CKKS: clients' signing time", final=False),
+    Metric("he_add_seconds", "CKKS: the server's ciphertext additions", final=False),
+    Metric("decrypt_seconds", "CKKS: decryption of the aggregate", final=False),
+)
