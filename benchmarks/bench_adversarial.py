@@ -1,6 +1,6 @@
 """Cost of adversarial training per client round, and a central sanity check of the evasion audit's direction.
 
-Part 1 (issue 16's benchmark): one client's local epoch on 3,000 Fashion-MNIST examples with the ``cnn`` model,
+Part 1: one client's local epoch on 3,000 Fashion-MNIST examples with the ``cnn`` model,
 batch 32, one thread: clean vs FGSM-AT (Wong et al. 2020, random start) vs PGD-AT (Madry et al. 2018, steps 3 and 7),
 ratio 1.0, best of ``repeats``; printed as seconds and as ratios to clean. Physics: a PGD step is a forward and an
 input-only backward, so PGD-AT costs about steps + 1 clean steps (a bit less: no weight gradients in the attack) and
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedsec.audits.evasion import EvasionAudit, InputSpace, adversarial_batch
+from fedsec.audits.evasion import EvasionAudit, adversarial_batch
+from fedsec.audits.input_space import InputSpace
 from fedsec.data import load_dataset
 from fedsec.models import build_model
 from fedsec.training import evaluate, train_local

@@ -1,6 +1,6 @@
 """Where a client message's time goes: Flower's engine, Ray's (de)serialisation, fedsec's client and server work.
 
-Issue 21's breakdown of the per-message cost that ``bench_scale.py`` measures end to end. For N registered clients
+A breakdown of the per-message cost that ``bench_scale.py`` measures end to end. For N registered clients
 and K per round (logistic regression on IID Fashion-MNIST, as in ``bench_scale.py``), it measures, per client
 message:
 

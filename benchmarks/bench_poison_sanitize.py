@@ -5,9 +5,10 @@
 
 For each of ``--clients`` "clients" (disjoint random subsets of ``--examples`` training points, one seed each), poisons
 the client's data per scenario (none, label noise 20% / 40%, BadNets trigger 10% / 20%, far outliers 10%) with
-fedsec.data.poison, runs every filter of fedsec.sanitize on it, and prints per (scenario, filter) the mean over
-clients of: precision, recall, false-drop rate on clean points (FDR), the seed's DQ_filtered (Table 1) and A, and
-seconds per client. Precision and recall are pooled over clients (counts added), as rounds.csv totals do.
+fedsec.data.poison, runs every filter of fedsec.sanitize on it, and prints per (scenario, filter) the mean over clients
+of: precision, recall, false-drop rate on clean points (FDR), the source surveys' DQ_filtered (Al-Karaki et al. 2024,
+Table 1) and A, and seconds per client. Precision and recall are pooled over clients (counts added), as rounds.csv
+totals do.
 
 ``--stand-in cnn`` adds the filters that use a global model: a stand-in for it is trained centrally (5 epochs of
 SGD, lr 0.05, momentum 0.9) on 3,000 *other* training points of which 10% carry the same trigger (a global model

@@ -1,6 +1,6 @@
 """Scale and framework overhead of a fedsec run: start-up, seconds per round, cost per client message and memory.
 
-Issue 21. For each (registered clients, clients per round) pair and each ``backend.messages`` mode, runs ``fedsec
+For each (registered clients, clients per round) pair and each ``backend.messages`` mode, runs ``fedsec
 run``'s code path (``load_plan`` + ``run_experiment``) on logistic regression over IID Fashion-MNIST (the
 quickstart config with ``--set`` overrides; above 60,000 clients, more than the training set has images, the
 ``sampled`` partition with 6 images per client) in a fresh subprocess, samples the resident memory of the whole

@@ -12,7 +12,8 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from fedsec.arrays import load_record, record_to_tensors
-from fedsec.audits.evasion import InputSpace, adversarial_batch
+from fedsec.audits.evasion import adversarial_batch
+from fedsec.audits.input_space import InputSpace
 from fedsec.data.federated import WorkerData, worker_data
 from fedsec.models import build_model
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
@@ -60,7 +61,7 @@ def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord, *, reus
 def seed_torch(seed: int, device: torch.device) -> None:
     """``torch.manual_seed`` for what the client's training draws from torch's global generators. On a CPU worker
     only the CPU generator is seeded: ``torch.manual_seed`` also queues a CUDA seeding call with a captured stack
-    trace when CUDA is not initialised (~1 ms per client on this machine), and CPU ops never read it."""
+    trace when CUDA is not initialised (a cost paid by every client), and CPU ops never read it."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)
     else:

@@ -22,6 +22,22 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        import fedsec
+
+        print(f"fedsec {fedsec.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print fedsec's version and exit.")] = False,
+) -> None:
+    pass
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set attack.fraction=0.3 (repeatable)."),
@@ -217,11 +233,12 @@ def privacy_study(
     )
 
     quiet_frameworks(verbose)
-    experiment = _load(config, set_).experiment
+    plan = _load(config, set_)
+    experiment = plan.experiment
     try:
         budgets = parse_epsilons(epsilons)
         seed_list = parse_seeds(seeds)
-        study_experiments(experiment, budgets, seed_list)  # validate every cell before running any
+        study_experiments(plan, budgets, seed_list)  # validate every cell before running any
     except ConfigError as e:
         err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
@@ -241,7 +258,7 @@ def privacy_study(
     signals = _SigtermAsInterrupt()
     try:
         with signals:
-            run_study(experiment, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
+            run_study(plan, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
     except RunError as e:
         err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None

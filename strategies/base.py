@@ -137,7 +137,7 @@ class RobustStrategy(FedAvg):
         ``defense.weighting``): as reported; capped at ``weight_cap`` x the round's (lower) median claim; or
         ignored (every client 1). Counts are unverifiable metadata: under "reported", one client claiming 1e9
         examples among clients claiming 50 moves FedAvg, Multi-Krum, GeoMed and NormClipping all the way to its
-        own update (issue 15). Capping keeps FedAvg's weighting for honest non-IID partitions, whose sizes
+        own update (``benchmarks/bench_count_lie.py``). Capping keeps FedAvg's weighting for honest non-IID partitions, whose sizes
         rarely differ by more than a few times the median, and bounds a liar's share.
     weight_cap : float (default: 4.0)
         The largest claim counted, as a multiple of the round's median claim, in [1, 1e6] (config key
@@ -385,7 +385,7 @@ class RobustStrategy(FedAvg):
         """An (n, d) CPU tensor of ``like``'s dtype (d = ``like.numel()``) to stack this round's updates into.
 
         The storage is kept between rounds and grown when needed: a fresh 100 x 1.6M float32 matrix is
-        page-faulted in on every round (0.14 s, of what was a 0.4 s FedAvg round at that size on a 2-core CPU);
+        page-faulted in on every round (about a third of a FedAvg round at that size on a 2-core CPU; ``benchmarks/bench_strategies.py``);
         a reused one is not. Rules must not keep references to ``updates`` after :meth:`aggregate_updates`
         returns (copy what they keep).
         """

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tensor_params import DTYPES
 
 from fedsec.clients.attacks.agr_tailored import perturbation_direction, tailored_gamma, tailored_update
 from fedsec.clients.attacks.alie import alie_update
@@ -34,8 +35,6 @@ from fedsec.clients.attacks.scale_search import (
     search_scale,
 )
 from fedsec.strategies import coordinate_median, multikrum_aggregate, norm_clip, trimmed_mean
-
-DTYPES = [torch.float32, torch.float64]
 
 # Five honest updates: a plus sign of arm length 1 around (0.5, 0.5); n = 7 with f = 2 attackers.
 PLUS = [[1.5, 0.5], [-0.5, 0.5], [0.5, 1.5], [0.5, -0.5], [0.5, 0.5]]

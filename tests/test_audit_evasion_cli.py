@@ -8,10 +8,12 @@ import json
 import art.attacks.evasion  # noqa: F401  (see below)
 import pandas as pd
 import pytest
-from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
+from test_serving_support import write_digits_run
 from typer.testing import CliRunner
 
 from fedsec.cli import app
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ART configures logging when first imported (logging.config.dictConfig closes every existing handler). Imported
 # inside CliRunner.invoke, that closed a handler another library had bound to pytest's capture stream (absl's,

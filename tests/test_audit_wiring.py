@@ -98,9 +98,9 @@ def test_inversion_audit_attacks_plaintext_updates_and_reports_ciphertexts_as_un
     from flower_messages import _instruction, arrays_of
 
     from fedsec.arrays import model_to_record
-    from fedsec.models import build_model
     from fedsec.hooks import RoundState, ServerContext
     from fedsec.hooks.inversion import InversionAudit
+    from fedsec.models import build_model
 
     raw = digits(model={"name": "mlp"}, audit={"inversion": {"rounds": [1], "clients": [45, 59],
                                                              "iterations": 50, "max_examples": 16}})

@@ -75,7 +75,7 @@ def test_same_config_and_seed_give_identical_rounds(two_runs):
 
 
 class NaNUpdate(Attack):
-    """Sends an all-NaN update (a test attack: the config refuses ``attack.scale = nan`` since issue 14)."""
+    """Sends an all-NaN update (a test attack: the config refuses ``attack.scale = nan``, tests/test_config_fuzz.py)."""
 
     kind = "nan_update"
     description = "test attack: NaN update"

@@ -1,6 +1,6 @@
 """End to end on digits through Ray: federated adversarial training raises the global model's robust accuracy R
 over clean training (same data, seed and rounds), and a run with poisoned honest clients and a client-side filter
-records the filter's counts per client and round, the totals, and the seed metric sheet."""
+records the filter's counts per client and round, the totals, and the source surveys' metric sheet."""
 
 from __future__ import annotations
 

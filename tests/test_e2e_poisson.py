@@ -1,4 +1,4 @@
-"""Central DP end to end with Poisson client sampling (issue 13): the cohorts drawn, both accountants' epsilons
+"""Central DP end to end with Poisson client sampling: the cohorts drawn, both accountants' epsilons
 round by round, the empty round, the guard; and the refusal of fixed-size sampling without its accountant."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 14 end to end: a run SIGKILLed mid-round or between rounds resumes to exactly the rows of an uninterrupted
+"""End to end: a run SIGKILLed mid-round or between rounds resumes to exactly the rows of an uninterrupted
 run (digits, local DP-SGD, FoolsGold, whose histories are strategy state), per-client epsilons included; Ctrl-C
 (SIGINT) exits 130 with a consistent run directory that --resume completes."""
 
@@ -114,33 +114,30 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_rows(reference, tmp_path, wh
     assert json.loads((out / "summary.json").read_text())["stopped_reason"] == "completed"
 
 
-def test_ctrl_c_exits_130_with_a_consistent_directory_that_resumes(reference, tmp_path):
-    cfg = reference.parent / "resume.toml"
-    out = tmp_path / "run"
+def interrupt_after_round_one(cfg: Path, out: Path, sig: signal.Signals, exit_code: int) -> None:
+    """Start a run, send ``sig`` to its process group once round 1 is written; it must exit with ``exit_code`` and
+    leave an "interrupted" summary that agrees with rounds.csv."""
     proc = start(cfg, out)
     wait_for(lambda: completed_rounds(out) >= 1, proc)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     code = proc.wait(timeout=60)  # a guard against a hang (the old behaviour waited round_timeout), not a timing
-    assert code == 130, proc.stderr.read()[-3000:] if proc.stderr else code
+    assert code == exit_code, proc.stderr.read()[-3000:] if proc.stderr else code
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_reason"] == "interrupted"
     assert completed_rounds(out) == summary["rounds_completed"]  # no row appended after the summary
+
+
+def test_ctrl_c_exits_130_with_a_consistent_directory_that_resumes(reference, tmp_path):
+    cfg = reference.parent / "resume.toml"
+    out = tmp_path / "run"
+    interrupt_after_round_one(cfg, out, signal.SIGINT, 130)
     resumed = subprocess.run([*FEDSEC, "run", "--resume", str(out)], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pd.testing.assert_frame_equal(rows(out, "rounds.csv"), rows(reference, "rounds.csv"), check_exact=True)
 
 
 def test_sigterm_exits_143_with_an_interrupted_summary(reference, tmp_path):
-    cfg = reference.parent / "resume.toml"
-    out = tmp_path / "run"
-    proc = start(cfg, out)
-    wait_for(lambda: completed_rounds(out) >= 1, proc)
-    os.killpg(proc.pid, signal.SIGTERM)
-    code = proc.wait(timeout=60)  # a hang guard, not a timing
-    assert code == 143, proc.stderr.read()[-3000:] if proc.stderr else code
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_reason"] == "interrupted"
-    assert completed_rounds(out) == summary["rounds_completed"]
+    interrupt_after_round_one(reference.parent / "resume.toml", tmp_path / "run", signal.SIGTERM, 143)
 
 
 def processes_naming(text: str) -> list[int]:

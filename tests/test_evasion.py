@@ -12,7 +12,6 @@ from torch import nn
 from fedsec.audits.evasion import (
     EvasionAudit,
     EvasionConfigError,
-    InputSpace,
     adversarial_batch,
     art_classifier,
     evaluate_at_epsilons,
@@ -23,25 +22,19 @@ from fedsec.audits.evasion import (
     select_examples,
 )
 from fedsec.audits.evasion_plots import plot_adversarial_grid, plot_robustness_curve
+from fedsec.audits.input_space import InputSpace, InputSpaceError
 from fedsec.data import load_digits
 from fedsec.models import build_model
 from fedsec.training import train_local
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FMNIST = InputSpace.from_normalisation(0.2860, 0.3530)
-SPACES = [InputSpace.unit(), FMNIST, InputSpace(-1.0, 1.0, 2.0)]
+SPACES = [InputSpace.unit(), FMNIST, InputSpace.from_bounds(-1.0, 1.0)]
 
 
 def to_space(x_pixels: torch.Tensor, space: InputSpace) -> torch.Tensor:
     return x_pixels * space.scale + space.low
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: torch's default thread pool oversubscribes them (measured 20x slower here)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +103,7 @@ class _ToPixels(nn.Module):
         self.space = space
 
     def forward(self, x):
-        return self.space.to_pixels(x)
+        return self.space.to_pixels(x, clamp=False)  # a clamp would cut the gradient at the box
 
 
 # ---- budgets: never leave the ball or the box -----------------------------------------------------------------
@@ -329,8 +322,11 @@ def test_input_space_helpers():
     assert FMNIST.low == pytest.approx(-0.2860 / 0.3530) and FMNIST.high == pytest.approx(0.7140 / 0.3530)
     assert FMNIST.scale == pytest.approx(1 / 0.3530)
     torch.testing.assert_close(FMNIST.to_pixels(torch.tensor([FMNIST.low, FMNIST.high])), torch.tensor([0.0, 1.0]))
-    with pytest.raises(EvasionConfigError, match="low < high"):
-        InputSpace(1.0, 0.0, 1.0)
+    assert InputSpace.from_bounds(-1.0, 1.0).scale == 2.0 and InputSpace.unit() == InputSpace(0.0, 1.0)
+    with pytest.raises(InputSpaceError, match="low < high"):
+        InputSpace.from_bounds(1.0, 0.0)
+    with pytest.raises(InputSpaceError, match="std"):
+        InputSpace.from_normalisation(0.5, 0.0)
 
 
 def test_select_examples_is_seeded_and_distinct():

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
+from test_serving_support import write_digits_run
 from torch.nn import functional as F
 
 from fedsec.data import load_digits
@@ -24,6 +24,8 @@ from fedsec.extraction import (
 )
 from fedsec.models import build_model
 from fedsec.serving import AccessPolicy, LocalServer, create_app, load_final_model, make_key
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROLES = {
     "analyst": {"permissions": ["predict", "predict_probabilities"], "output": "probabilities"},

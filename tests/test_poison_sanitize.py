@@ -136,7 +136,7 @@ def test_bad_poisoned_clients_name_the_key(clients, needle):
 
 def _hand_made():
     """1-d points, two classes. Class 0: ten 0s and one 30 -> centroid 30/11; distances 30/11 (x10) and 300/11;
-    mean distance 600/121; ratios 0.55 and 5.5 -> the seed's rule (>= 3.5 x mean) drops the 30 (index 10).
+    mean distance 600/121; ratios 0.55 and 5.5 -> the survey's rule (>= 3.5 x mean) drops the 30 (index 10).
     Class 1: 10 +- 1, 2, 3, 12 -> centroid 10, distances 1,1,2,2,3,3,12,12; mean 4.5, so 12 < 3.5 * 4.5 = 15.75
     is kept by the mean rule; median 2.5, MAD = median(1.5,1.5,.5,.5,.5,.5,9.5,9.5) = 1, modified z of 12 =
     0.6745 * 9.5 = 6.41 > 3.5 -> robust_z also drops -2 and 22 (indices 17, 18). For class 0 MAD = 0, so robust_z
@@ -183,7 +183,7 @@ def test_identical_points_are_never_dropped():
 
 def test_label_issues_finds_most_flipped_labels_on_a_digits_client(digits):
     """30% symmetric label noise on a 500-point digits client. Measured over 10 client draws (seeds 0..9, default
-    C = 0.1): recall 0.84-0.93 (mean 0.875), precision >= 0.89, <= 2.1 s each on the loaded 2-core machine; the
+    C = 0.1): recall 0.84-0.93 (mean 0.875), precision >= 0.89 (benchmarks/bench_poison_sanitize.py times it); the
     bounds (recall 0.75, precision 0.8) leave margin for BLAS/platform differences."""
     idx = np.random.default_rng(100).choice(len(digits.y_train), 500, replace=False)
     p = poison_client_data(

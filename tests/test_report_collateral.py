@@ -1,5 +1,5 @@
 """The run report's collateral-damage section (one honest client holds a class nobody else has and is always
-rejected), the minority-class accuracy table, the seed metric sheet and the robust-accuracy plot, on a run
+rejected), the minority-class accuracy table, the source surveys' metric sheet and the robust-accuracy plot, on a run
 directory written by hand (no Ray)."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def test_collateral_section_seed_sheet_and_robust_plot(tmp_path):
     # minority classes 0 and 8: mean recall (0.2 + 0.4) / 2 = 0.3 against 0.9, gap 0.6
     assert "mean final recall 0.3000 against 0.9000 on the other classes (gap 0.6000)" in md
     assert "| 0 | 1 | 133 | yes | 0.2000 |" in md and "| 1 | 2 | 136 | no | 0.9000 |" in md
-    # the seed metric sheet, through seed_sheet_markdown: R from the strongest attack (pgd, 30 / 100)
+    # the source surveys' metric sheet, through seed_sheet_markdown: R from the strongest attack (pgd, 30 / 100)
     assert "## Seed metric sheet" in md and "| R | correctly classified adversarial examples" in md
     assert "| 30 / 100 (pgd) | 30.00% |" in md and "not measured (set [defense.sanitize])" in md
     assert (run / "report.html").read_text().count("<h2>Seed metric sheet</h2>") == 1

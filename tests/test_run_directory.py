@@ -1,4 +1,4 @@
-"""A run directory belongs to one run (issue 14): lock with the holder's PID, refusal to reuse a directory without
+"""A run directory belongs to one run: lock with the holder's PID, refusal to reuse a directory without
 resume/overwrite, resume that reads rows back and appends after them in the same column order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The seed's metrics (fedsec.metrics.filtering) and metric sheet (fedsec.metrics.seed_sheet)."""
+"""The source surveys' metrics (fedsec.metrics.filtering) and metric sheet (fedsec.metrics.seed_sheet)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def _masks(datapoints: int, poisoned: int, poisoned_dropped: int, clean_dropped:
 
 
 def test_table1_worked_examples():
-    """Seed Table 1: 87 noisy points remain of 2,000 -> DQ_filtered 95.65%; 35 anomalies in 10,000 -> A 0.35%."""
+    """Al-Karaki et al. 2024, Table 1: 87 noisy points remain of 2,000 -> DQ_filtered 95.65%; 35 anomalies in
+    10,000 -> A 0.35%."""
     assert round(100 * dq_filtered_table1(87, 2000), 2) == 95.65
     assert round(100 * anomaly_detection_rate(35, 10_000), 2) == 0.35
     # the same counts through a filter decision: 300 poisoned, 213 of them dropped (87 remain), 10 clean dropped

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
+from test_serving_support import write_digits_run
 from typer.testing import CliRunner
 
 from fedsec.data import load_digits
@@ -27,6 +27,8 @@ from fedsec.serving import (
     read_query_log,
     verify_key,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROLES = {
     "analyst": {"permissions": ["predict", "predict_probabilities"], "output": "probabilities"},

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
+from test_serving_support import write_digits_run
 
 from fedsec.data import load_digits
 from fedsec.extraction import QueryRefused, RemoteModel
@@ -17,6 +17,8 @@ from fedsec.serving import AccessPolicy, LocalServer, PolicyError, QueryLog, cre
 from fedsec.serving.app import build_monitor
 from fedsec.serving.extraction_warning import ExtractionWarningMonitor, proxy_agreement
 from fedsec.serving.monitor import PradaMonitor
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_proxy_learns_a_linear_rule_exactly_and_a_constant_answer():

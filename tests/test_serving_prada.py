@@ -6,13 +6,15 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import one_torch_thread, write_digits_run  # noqa: F401 (autouse fixture)
+from test_serving_support import write_digits_run
 
 from fedsec.data import load_digits
 from fedsec.extraction import QueryRefused, RemoteModel, jacobian_augment
 from fedsec.extraction.surrogate import train_surrogate
 from fedsec.serving import AccessPolicy, LocalServer, PradaMonitor, QueryLog, create_app, load_final_model, make_key
 from fedsec.serving.monitor import prada_min_distances
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_min_distances_by_class_in_order():

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
-from test_serving_support import one_torch_thread  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from fedsec.serving.cli import register
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 POLICIES = Path(__file__).resolve().parents[1] / "experiments" / "serving" / "policies"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from fedsec.data import load_digits
@@ -21,12 +20,3 @@ def write_digits_run(run_dir: Path, *, model: str = "cnn", epochs: int = 4, seed
     save_final_model(run_dir, net, model_name=model, dataset="digits", input_shape=ds.input_shape, num_classes=10,
                      server_round=epochs, normalisation=None)
     return run_dir
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The test machine's 2 cores are shared: one intra-op thread is ~20x faster here than two under contention."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)

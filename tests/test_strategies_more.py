@@ -12,6 +12,7 @@ import pytest
 import torch
 from flower_messages import arrays_of, reply, started
 from flwr.app import ConfigRecord
+from tensor_params import DEVICES, DTYPES, assert_permutation_equivariant, t
 
 from fedsec.arrays import record_to_vector
 from fedsec.strategies import StrategyConfigError
@@ -20,8 +21,6 @@ from fedsec.strategies.flame import FLAME, cosine_distances, flame_aggregate, fl
 from fedsec.strategies.fltrust import FLTrust, fltrust_aggregate, fltrust_trust_scores
 from fedsec.strategies.foolsgold import FoolsGold, foolsgold_aggregate, foolsgold_weights
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-DTYPES = [torch.float32, torch.float64]
 SHAPES = {"w": (2, 3), "b": (3,)}  # d = 9
 
 # FoolsGold histories: honest h0, h1, h2 with cos(h0,h1) = .6, cos(h0,h2) = .3, cos(h1,h2) = .18+.08 = .26;
@@ -31,10 +30,6 @@ HISTORIES = [[1, 0, 0, 0, 0], [0.6, 0.8, 0, 0, 0], [0.3, 0.1, 0.9, 0.3, 0], [0, 
 # wv = 1 - max cs: .4, .4, .85, 0, 0; / .85 -> 8/17, 8/17, 1 -> .99, 0, 0;
 # alpha = ln(wv / (1 - wv)) + .5: ln(8/9) + .5 = .3822, same, ln(99) + .5 > 1 -> 1, -inf -> 0, 0
 ALPHA = [math.log(8 / 9) + 0.5, math.log(8 / 9) + 0.5, 1.0, 0.0, 0.0]
-
-
-def t(values, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------ golden values (kernels)
@@ -121,13 +116,7 @@ def kernels():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(kernels()))
 def test_permuting_clients_permutes_weights_and_keeps_aggregate(name, device):
-    updates = honest_and_backdoor(device)
-    perm = torch.tensor([3, 6, 0, 5, 1, 4, 2], device=device)
-    aggregate, weights = kernels()[name](updates)
-    aggregate_p, weights_p = kernels()[name](updates[perm])
-    torch.testing.assert_close(aggregate_p, aggregate)
-    torch.testing.assert_close(weights_p, weights[perm])
-    assert aggregate.device == updates.device and weights.shape == (7,)
+    assert_permutation_equivariant(kernels()[name], honest_and_backdoor(device))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedMedian as FlowerFedMedian
 from flwr.serverapp.strategy import FedTrimmedAvg as FlowerFedTrimmedAvg
 from flwr.serverapp.strategy import Krum as FlowerKrum
 from flwr.serverapp.strategy import MultiKrum as FlowerMultiKrum
+from tensor_params import DEVICES, DTYPES, assert_permutation_equivariant, t
 
 from fedsec.strategies import StrategyConfigError
 from fedsec.strategies._checks import require_clients
@@ -26,8 +27,6 @@ from fedsec.strategies.multikrum import MultiKrum, krum_scores, multikrum_aggreg
 from fedsec.strategies.norm_clipping import NormClipping, norm_clip
 from fedsec.strategies.trimmed_mean import TrimmedMean, trimmed_mean
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
-DTYPES = [torch.float32, torch.float64]
 SHAPES = {"w": (2, 3), "b": (3,)}
 
 # Seven clients in 2-D: five honest h0..h4, two outliers o5, o6. Coordinates are distinct within each column.
@@ -38,10 +37,6 @@ SEVEN_EXAMPLES = [10, 20, 30, 40, 10, 50, 60]
 # Krum scores with f=1 (n-f-2 = 4 nearest): h0 5+17+37+130 = 189, h1 17+26+34+61 = 138, h2 5+20+26+125 = 176,
 # h3 20+34+37+65 = 156, h4 61+65+125+130 = 381, o5 1732+1808+1989+2210 = 7739, o6 1409+1490+1600+1765 = 6264.
 SEVEN_SCORES_F1 = [189.0, 138.0, 176.0, 156.0, 381.0, 7739.0, 6264.0]
-
-
-def t(values, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
 
 
 # ------------------------------------------------------------------ golden values (kernels)
@@ -172,14 +167,7 @@ def honest_and_outlier(device="cpu"):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(kernels()))
 def test_permuting_clients_permutes_weights_and_keeps_aggregate(name, device):
-    kernel = kernels()[name]
-    updates, num_examples = honest_and_outlier(device)
-    perm = torch.tensor([3, 6, 0, 5, 1, 4, 2], device=device)
-    aggregate, weights = kernel(updates, num_examples)
-    aggregate_p, weights_p = kernel(updates[perm], num_examples[perm])
-    torch.testing.assert_close(aggregate_p, aggregate)
-    torch.testing.assert_close(weights_p, weights[perm])
-    assert aggregate.device == updates.device and weights.shape == (7,)
+    assert_permutation_equivariant(kernels()[name], *honest_and_outlier(device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -291,8 +279,8 @@ FLOWER_PAIRS = [
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("name", "ours", "theirs", "n"), FLOWER_PAIRS, ids=[p[0] for p in FLOWER_PAIRS])
 def test_agrees_with_flower(name, ours, theirs, n, seed, monkeypatch):
-    # Flower's Bulyan calls ArrayRecord.to_numpy_ndarrays(keep_input=False), which runs gc.collect() per client
-    # (~0.1 s each here); skipping it keeps this file fast and changes no number.
+    # Flower's Bulyan calls ArrayRecord.to_numpy_ndarrays(keep_input=False), which runs gc.collect() per client;
+    # skipping it keeps this file fast and changes no number.
     monkeypatch.setattr("gc.collect", lambda *args: 0)
     global_arrays, make = random_round(seed, n)
     strategy = started(ours(), global_arrays)

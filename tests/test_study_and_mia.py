@@ -11,7 +11,7 @@ from torch import nn
 
 from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
 from fedsec.config import ConfigError, experiment_from_dict
-from fedsec.plan import load_plan
+from fedsec.plan import build_plan, load_plan
 from fedsec.studies.privacy_study import parse_epsilons, parse_seeds, study_experiments, summarize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,13 +28,17 @@ def test_loss_threshold_attack_separates_memorised_examples():
     model = nn.Linear(2, 2, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0]]))
-    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
-    members = (x, torch.tensor([0, 1, 0, 1]))  # the model predicts these labels: low loss
-    others = (x, torch.tensor([1, 0, 1, 0]))  # wrong labels: high loss
-    result = loss_threshold_attack(model, members, others, threshold=1.0)
-    assert (result["mia_tpr"], result["mia_fpr"], result["mia_advantage"]) == (1.0, 0.0, 1.0)
-    same = loss_threshold_attack(model, members, members)
-    assert same["mia_advantage"] == 0.0  # identical sets: no advantage
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]).repeat(2, 1)
+    right, wrong = torch.tensor([0, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    is_member = torch.arange(8) < 4
+    # members carry the labels the model predicts (loss log(1 + e^-5) = 0.0067), non-members the wrong ones (5.0067)
+    result = loss_threshold_attack(model, x, torch.cat([right, wrong]), is_member=is_member, threshold=1.0)
+    assert (result.point.tpr, result.point.fpr, result.point.advantage) == (1.0, 0.0, 1.0)
+    assert result.point.as_dict()["mia_threshold"] == 1.0 and result.auc == 1.0
+    default = loss_threshold_attack(model, x, torch.cat([right, wrong]), is_member=is_member)
+    assert default.point.threshold == pytest.approx(math.log1p(math.exp(-5.0)))  # the members' mean loss
+    same = loss_threshold_attack(model, x, torch.cat([right, right]), is_member=is_member)
+    assert same.point.advantage == 0.0 and same.auc == 0.5  # identical sets: no advantage
 
 
 def test_balanced_sample_is_seeded_and_balanced():
@@ -55,21 +59,22 @@ def test_study_makes_one_experiment_per_budget():
     base = experiment_from_dict({"name": "s", "data": {"dataset": "digits", "num_clients": 4},
                                  "train": {"clients_per_round": 4},
                                  "privacy": {"mode": "local", "delta": 1e-4}})
-    cells = study_experiments(base, [1.0, 4.0, math.inf])
+    cells = study_experiments(build_plan(base), [1.0, 4.0, math.inf])
     assert [p.experiment.privacy.mode for _, p in cells] == ["local", "local", "none"]
     assert [p.experiment.privacy.epsilon for _, p in cells][:2] == [1.0, 4.0]
     assert [p.experiment.name for _, p in cells] == ["s-eps-1", "s-eps-4", "s-eps-inf"]
     with pytest.raises(ConfigError, match="needs privacy.mode"):
-        study_experiments(experiment_from_dict({"data": {"dataset": "digits"}, "train": {"clients_per_round": 4}}),
-                          [1.0])
+        study_experiments(build_plan(experiment_from_dict({"data": {"dataset": "digits"},
+                                                           "train": {"clients_per_round": 4}})), [1.0])
 
 
 @pytest.mark.parametrize("name", ["dpsgd_fmnist.toml", "dpfedavg_fmnist.toml"])
 def test_shipped_privacy_studies_plan_every_budget_and_seed(name):
     """The README's privacy studies: every (budget, seed) cell validates; the central one samples Poisson cohorts
     in every cell, the no-DP cell included, so the cells differ only by DP."""
-    experiment = load_plan(REPO / "experiments" / "papers" / name).experiment
-    cells = study_experiments(experiment, [0.5, 1, 2, 4, 8, math.inf], [0, 1, 2])
+    plan = load_plan(REPO / "experiments" / "papers" / name)
+    experiment = plan.experiment
+    cells = study_experiments(plan, [0.5, 1, 2, 4, 8, math.inf], [0, 1, 2])
     assert len(cells) == 18 and {p.experiment.seed for _, p in cells} == {0, 1, 2}
     assert [p.experiment.privacy.mode for _, p in cells].count("none") == 3
     if experiment.privacy.mode == "central":

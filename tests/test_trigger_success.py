@@ -11,9 +11,9 @@ import torch
 from fedsec.arrays import model_to_record
 from fedsec.data.federated import build_federated_data
 from fedsec.data.poison import poison_client_data
+from fedsec.hooks import ServerEvaluator
 from fedsec.models import build_model
 from fedsec.plan import plan_from_dict
-from fedsec.hooks import ServerEvaluator
 from fedsec.training import train_local
 
 

@@ -1,4 +1,4 @@
-"""Issue 15: the CKKS secret key lives in a separate authority process; the server's strategy cannot decrypt a
+"""The CKKS secret key lives in a separate authority process; the server's strategy cannot decrypt a
 single client's ciphertext, tampered or foreign-key ciphertexts are rejected and recorded, overflow is detected."""
 
 from __future__ import annotations

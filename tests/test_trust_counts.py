@@ -1,4 +1,4 @@
-"""Issue 15: the count lie (one client claims 1e6 examples, the others 50) under each weighting policy.
+"""The count lie (one client claims 1e6 examples, the others 50) under each weighting policy.
 
 Golden values by hand: with k = 10 clients, 9 claiming 50 and a liar claiming 1e6, the liar's FedAvg weight is
 1e6 / (1e6 + 450) = 0.99955 as reported, min(1e6, 4 x 50) / (200 + 450) = 4/13 capped at 4 x the median, and 1/10
@@ -59,7 +59,8 @@ def test_norm_clipping_count_lie_weight(weighting):
 
 def test_geomed_far_liar_owns_the_median_only_when_counts_are_trusted():
     # the liar holds 1e6 / (1e6 + 450) > 1/2 of the weight as reported: the geometric median sits on it; capped it
-    # holds 4/13 < 1/2 and the median stays with the honest cluster (measured t: 1.00 vs 0.01 in issue 15)
+    # holds 4/13 < 1/2 and the median stays with the honest cluster (t: 1.00 vs 0.01, as
+    # benchmarks/bench_count_lie.py measures it)
     t_reported, _ = round_with_liar(GeometricMedian(device="cpu", weighting="reported", iterations=10),
                                     liar_shift=10.0)
     t_capped, _ = round_with_liar(GeometricMedian(device="cpu", iterations=10), liar_shift=10.0)

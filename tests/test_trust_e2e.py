@@ -1,4 +1,4 @@
-"""Issue 15 end to end: a CKKS run through Ray with signed ciphertexts, the key authority as a Ray actor, and a
+"""End to end: a CKKS run through Ray with signed ciphertexts, the key authority as a Ray actor, and a
 count-lying client. Under CKKS the default weighting ("capped") has clients encrypt their update with weight 1
 (the server cannot cap a count inside a ciphertext), so the liar's claim of 1e6 examples is recorded but weighs
 exactly as much as every other client: 1/k."""

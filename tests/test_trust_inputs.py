@@ -1,4 +1,4 @@
-"""Issue 15: no reply drives any rule to a NaN/Inf model, and every bad reply is rejected and recorded.
+"""No reply drives any rule to a NaN/Inf model, and every bad reply is rejected and recorded.
 
 Each shipped rule gets 8 honest replies plus one bad one (wrong dtype, huge values, bad partition id, bad count);
 the bad one must be recorded as ``invalid: ...`` with a reason naming the problem, the aggregate must stay finite,

@@ -29,7 +29,6 @@ and may not accept the m benign rows alone). Works for any rule callable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -38,6 +37,7 @@ from pydantic import Field
 from fedsec.registry import Params
 
 from .base import Attack, DefenseView
+from .minmax import halving_search, perturbation_direction
 from .scale_search import (
     AdaptiveAttackError,
     Rule,
@@ -48,40 +48,6 @@ from .scale_search import (
     resolve_criterion,
     simulable_rule,
 )
-
-PERTURBATIONS = ("unit_vec", "std", "sign")
-
-
-def perturbation_direction(benign: torch.Tensor, kind: str = "unit_vec") -> torch.Tensor:
-    """p (d,) from the benign rows (m, d): "unit_vec", "std" or "sign" (see the module docstring)."""
-    mean = benign.mean(dim=0)
-    if kind == "unit_vec":
-        return mean / torch.linalg.vector_norm(mean).clamp_min(1e-12)
-    if kind == "std":
-        return benign.std(dim=0, unbiased=benign.shape[0] > 1)
-    if kind == "sign":
-        return torch.sign(mean)
-    raise AdaptiveAttackError(f"attack.perturbation={kind!r}: unknown perturbation; use one of {PERTURBATIONS}")
-
-
-def halving_search(succeeds: Callable[[float], bool], *, gamma_init: float, tol: float) -> float:
-    """The paper's search: from gamma_init, step gamma_init/2 up on success / down on failure, halving the step.
-
-    Returns the last gamma that succeeded (0.0 if none did). ``succeeds`` is called once per trial, in order.
-    """
-    if not gamma_init > 0 or not tol > 0:
-        raise AdaptiveAttackError(
-            f"attack.gamma_init={gamma_init!r}, attack.tol={tol!r}: the gamma search needs gamma_init > 0 and tol > 0"
-        )
-    gamma, step, last = gamma_init, gamma_init / 2, 0.0
-    while step > tol:
-        if succeeds(gamma):
-            last = gamma
-            gamma += step
-        else:
-            gamma -= step
-        step /= 2
-    return last
 
 
 def tailored_gamma(

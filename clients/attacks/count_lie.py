@@ -3,8 +3,8 @@
 Example counts are unverifiable metadata in FedAvg (McMahan et al., AISTATS 2017, https://arxiv.org/abs/1602.05629):
 the server weights client i by the n_i it *claims*. A client claiming ``claimed`` examples among k - 1 clients
 claiming n each gets weight claimed / (claimed + (k - 1) n) under reported counts: 1e6 / (1e6 + 450) = 0.9996 at
-k = 10, n = 50, so the aggregate becomes its own update ("the cheapest lie", issue 15). The same lie under CKKS
-shrinks the global step (the server divides the encrypted sum by the claimed total). Against it:
+k = 10, n = 50, so the aggregate becomes its own update (the cheapest lie; ``benchmarks/bench_count_lie.py``).
+The same lie under CKKS shrinks the global step (the server divides the encrypted sum by the claimed total). Against it:
 ``defense.weighting = "capped"`` (the default) or ``"uniform"`` (:mod:`fedsec.strategies._trust`).
 Combined with ``scale`` > 1 it is the boosting attack of Bhagoji et al., "Analyzing Federated Learning through
 an Adversarial Lens", ICML 2019, with the boost carried by the weight as well as by the update.

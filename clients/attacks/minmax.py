@@ -15,6 +15,7 @@ gamma is found by the paper's halving search (start ``gamma_init = 10``, toleran
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -23,32 +24,41 @@ from pydantic import Field
 from fedsec.registry import Params
 
 from .base import Attack
+from .scale_search import AdaptiveAttackError
 
 PERTURBATIONS = ("unit_vec", "std", "sign")
 
 
-def _perturbation(benign: torch.Tensor, kind: str) -> torch.Tensor:
+def perturbation_direction(benign: torch.Tensor, kind: str = "unit_vec") -> torch.Tensor:
+    """p (d,) from the benign rows (m, d): "unit_vec", "std" or "sign" (see the module docstring)."""
     mean = benign.mean(dim=0)
     if kind == "unit_vec":
-        return mean / mean.norm().clamp_min(1e-12)
+        return mean / torch.linalg.vector_norm(mean).clamp_min(1e-12)
     if kind == "std":
         return benign.std(dim=0, unbiased=benign.shape[0] > 1)
     if kind == "sign":
         return torch.sign(mean)
-    raise ValueError(f"unknown perturbation {kind!r}; use one of {PERTURBATIONS}")
+    raise AdaptiveAttackError(f"attack.perturbation={kind!r}: unknown perturbation; use one of {PERTURBATIONS}")
 
 
-def _search_gamma(ok, gamma_init: float, tol: float) -> float:
-    """The paper's search: grow/shrink gamma by halving steps, keep the largest gamma that satisfies ``ok``."""
-    gamma, step, best = gamma_init, gamma_init / 2, 0.0
+def halving_search(succeeds: Callable[[float], bool], *, gamma_init: float, tol: float) -> float:
+    """The paper's search: from gamma_init, step gamma_init/2 up on success / down on failure, halving the step.
+
+    Returns the last gamma that succeeded (0.0 if none did). ``succeeds`` is called once per trial, in order.
+    """
+    if not gamma_init > 0 or not tol > 0:
+        raise AdaptiveAttackError(
+            f"attack.gamma_init={gamma_init!r}, attack.tol={tol!r}: the gamma search needs gamma_init > 0 and tol > 0"
+        )
+    gamma, step, last = gamma_init, gamma_init / 2, 0.0
     while step > tol:
-        if ok(gamma):
-            best = gamma
+        if succeeds(gamma):
+            last = gamma
             gamma += step
         else:
             gamma -= step
         step /= 2
-    return best
+    return last
 
 
 def optimised_update(
@@ -61,7 +71,7 @@ def optimised_update(
 ) -> torch.Tensor:
     """Min-max (``objective="minmax"``) or min-sum (``"minsum"``) malicious update from benign rows (m, d)."""
     mean = benign.mean(dim=0)
-    p = _perturbation(benign, perturbation)
+    p = perturbation_direction(benign, perturbation)
     pairwise = torch.cdist(benign, benign) ** 2
     if objective == "minmax":
         bound = pairwise.max()
@@ -75,7 +85,7 @@ def optimised_update(
             return bool(((benign - (mean - gamma * p)) ** 2).sum() <= bound)
     else:
         raise ValueError(f"unknown objective {objective!r}; use minmax or minsum")
-    return mean - _search_gamma(ok, gamma_init, tol) * p
+    return mean - halving_search(ok, gamma_init=gamma_init, tol=tol) * p
 
 
 class MinMaxParams(Params):

@@ -11,11 +11,12 @@ Papers:
   projection; the cheap adversarial training that avoids plain FGSM-AT's catastrophic overfitting.
 - C&W L2: Carlini, Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017
   (https://arxiv.org/abs/1608.04644), run through the Adversarial Robustness Toolbox's ``CarliniL2Method``.
-- R: "Deep Learning Under Siege" (seed document), eq. (1): the share of adversarial examples still classified
-  correctly (robust accuracy).
+- R: Al-Karaki et al., "Deep Learning Under Siege" (2024, one of the source surveys), eq. (1): the share of adversarial
+  examples still classified correctly (robust accuracy).
 
-Input space: models see *normalised* inputs; budgets are on the [0, 1] pixel scale. :class:`InputSpace` maps one to
-the other: ``epsilon * scale`` model units, the box ``[low, high]`` is the image of pixels 0 and 1.
+Input space: models see *normalised* inputs; budgets are on the [0, 1] pixel scale. :class:`InputSpace`
+(:mod:`fedsec.audits.input_space`) maps one to the other: ``epsilon * scale`` model units, the box ``[low, high]``
+is the image of pixels 0 and 1.
 
 Defaults: PGD ``step_size = 2.5 * epsilon / steps`` and random start (the rule of Madry et al.'s ``robustness``
 library, Engstrom et al. 2019; the paper's MNIST run used 40 steps of 0.01 at epsilon 0.3, i.e. 1.33 * epsilon /
@@ -44,6 +45,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .input_space import InputSpace
+
 logger = logging.getLogger(__name__)
 
 ATTACKS = ("fgsm", "pgd", "cw")
@@ -53,42 +56,6 @@ TRAINING_METHODS = ("pgd", "fgsm")
 
 class EvasionConfigError(ValueError):
     """A bad evasion or adversarial-training parameter; the message names the config key, the rule and the fix."""
-
-
-@dataclass(frozen=True)
-class InputSpace:
-    """The model's input box and how many model units one pixel unit is.
-
-    Parameters: ``low``/``high`` (float): model-unit images of pixel values 0 and 1; ``scale`` (float): model units per
-    pixel unit (``1 / std`` for inputs normalised as ``(p - mean) / std``).
-    """
-
-    low: float
-    high: float
-    scale: float
-
-    def __post_init__(self) -> None:
-        if not (np.isfinite([self.low, self.high, self.scale]).all() and self.low < self.high and self.scale > 0):
-            raise EvasionConfigError(
-                f"InputSpace(low={self.low}, high={self.high}, scale={self.scale}): need finite low < high and "
-                "scale > 0; build it with InputSpace.from_normalisation(mean, std) or InputSpace.unit()"
-            )
-
-    @classmethod
-    def unit(cls) -> InputSpace:
-        """Inputs fed as pixels in [0, 1]."""
-        return cls(0.0, 1.0, 1.0)
-
-    @classmethod
-    def from_normalisation(cls, mean: float, std: float) -> InputSpace:
-        """Inputs fed as ``(p - mean) / std`` for pixels ``p`` in [0, 1]."""
-        if not std > 0:
-            raise EvasionConfigError(f"std={std}: must be > 0 for a normalised input space")
-        return cls(-mean / std, (1.0 - mean) / std, 1.0 / std)
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Map model-unit inputs back to [0, 1] pixels."""
-        return (x - self.low) / self.scale
 
 
 # ---------------------------------------------------------------- kernels (pure, vectorised, device-agnostic)

@@ -8,16 +8,15 @@ epsilon of 0.1 stays visible, and its amplification factor is printed in the row
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .evasion import EvasionConfigError, InputSpace
-
-logger = logging.getLogger(__name__)
+from ._figures import save_figure
+from .evasion import EvasionConfigError
+from .input_space import InputSpace
 
 
 def _images(x: torch.Tensor | np.ndarray, space: InputSpace, name: str) -> np.ndarray:
@@ -30,7 +29,7 @@ def _images(x: torch.Tensor | np.ndarray, space: InputSpace, name: str) -> np.nd
             f"{name}: shape {arr.shape} is not a batch of 1- or 3-channel images; the picture grid needs image data "
             "(fashion-mnist, digits), not vectors"
         )
-    pixels = np.clip((arr - space.low) / space.scale, 0.0, 1.0)
+    pixels = space.to_pixels(torch.from_numpy(arr)).numpy()
     return pixels[:, 0] if pixels.shape[1] == 1 else pixels.transpose(0, 2, 3, 1)
 
 
@@ -82,13 +81,7 @@ def plot_adversarial_grid(
             if labels is not None:
                 ax.set_title(name(labels[c]), fontsize=8)
         axes[r][0].set_ylabel(title, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_robustness_curve(
@@ -119,10 +112,4 @@ def plot_robustness_curve(
     ax.set_ylim(0.0, 1.0)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    logger.info("wrote %s", path)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -1,11 +1,11 @@
-"""Per-image fidelity metrics for reconstructions: PSNR and SSIM on pixel scale, plus the input space they need.
+"""Per-image fidelity metrics for reconstructions: PSNR and SSIM on pixel scale.
 
 PSNR and SSIM are torchmetrics' implementations (``torchmetrics.functional.image.peak_signal_noise_ratio`` and
 ``structural_similarity_index_measure``; SSIM: Wang, Bovik, Sheikh, Simoncelli, "Image Quality Assessment: From
 Error Visibility to Structural Similarity", IEEE TIP 2004, https://doi.org/10.1109/TIP.2003.819861). Both are
 computed per image on pixels in [0, 1] with ``data_range = 1``: models see normalised inputs, so callers first map
-model units back to pixels with :meth:`InputSpace.to_pixels` (Fashion-MNIST in fedsec is ``(p - 0.2860) / 0.3530``;
-digits is already [0, 1]).
+model units back to pixels with :meth:`fedsec.audits.input_space.InputSpace.to_pixels` (re-exported here with
+``UNIT`` and ``FASHION_MNIST``).
 
 Defaults: SSIM uses the paper's Gaussian window (sigma 1.5, 11x11); torchmetrics reflect-pads by 5 pixels, so
 images need at least 6x6 (8x8 digits work). Identical images have PSNR ``inf`` and SSIM 1.
@@ -13,58 +13,16 @@ images need at least 6x6 (8x8 digits work). Identical images have PSNR ``inf`` a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from .input_space import FASHION_MNIST, UNIT, InputSpace
+
+__all__ = ["FASHION_MNIST", "UNIT", "ImageMetricError", "InputSpace", "cosine", "psnr", "ssim"]
 
 
 class ImageMetricError(ValueError):
     """Images that cannot be compared; the message names the argument and the fix."""
-
-
-@dataclass(frozen=True)
-class InputSpace:
-    """Affine map between pixels in [0, 1] and model units: ``x = (p - mean) / std``.
-
-    Parameters: ``mean`` (float, default 0.0) and ``std`` (float, default 1.0) of the normalisation the data loader
-    applied. :attr:`low` / :attr:`high` are the model-unit images of pixels 0 and 1 (the attack's box constraint).
-    """
-
-    mean: float = 0.0
-    std: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.std > 0:
-            raise ImageMetricError(f"input_space.std={self.std}: must be > 0; pass the normaliser's std")
-
-    @classmethod
-    def from_bounds(cls, low: float, high: float) -> InputSpace:
-        """The input space whose pixel 0 maps to ``low`` and pixel 1 to ``high`` (model units)."""
-        if not high > low:
-            raise ImageMetricError(f"input_space: high={high} must exceed low={low}; pass model-unit bounds")
-        std = 1.0 / (high - low)
-        return cls(mean=-low * std, std=std)
-
-    @property
-    def low(self) -> float:
-        return (0.0 - self.mean) / self.std
-
-    @property
-    def high(self) -> float:
-        return (1.0 - self.mean) / self.std
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Model units -> pixels in [0, 1] (clamped)."""
-        return (x * self.std + self.mean).clamp(0.0, 1.0)
-
-    def from_pixels(self, p: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 1] -> model units."""
-        return (p - self.mean) / self.std
-
-
-UNIT = InputSpace()
-FASHION_MNIST = InputSpace(mean=0.2860, std=0.3530)
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

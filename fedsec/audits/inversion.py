@@ -47,7 +47,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .image_metrics import UNIT, InputSpace, psnr, ssim
+from .image_metrics import psnr, ssim
+from .input_space import UNIT, InputSpace
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .image_metrics import UNIT, InputSpace  # noqa: E402
+from ._figures import save_figure  # noqa: E402
+from .input_space import UNIT, InputSpace  # noqa: E402
 from .lira import MembershipResult  # noqa: E402
+
+DPI = 120
 
 
 def _image(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) pixels -> (H, W) or (H, W, C) for imshow."""
     x = x.detach().cpu().double()
     return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _save_grid(fig: plt.Figure, axes: np.ndarray, path: str | Path, title: str | None) -> Path:
+    """An image grid without axes, under an optional title."""
+    for ax in axes.flat:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, dpi=DPI)
 
 
 def plot_reconstructions(
@@ -51,16 +63,7 @@ def plot_reconstructions(
         if recovered_labels is not None:
             parts.append(f"y={int(recovered_labels[i])}")
         axes[1, i].set_title(" ".join(parts) or "reconstruction", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_grid(fig, axes, path, title)
 
 
 def plot_class_representatives(
@@ -85,16 +88,7 @@ def plot_class_representatives(
         if class_means is not None:
             axes[1, i].imshow(_image(class_means[classes[i]]), cmap="gray", vmin=0, vmax=1)
             axes[1, i].set_title("class mean", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_grid(fig, axes, path, title)
 
 
 def plot_roc(results: MembershipResult | Sequence[MembershipResult], path: str | Path, *, title: str | None = None):
@@ -111,9 +105,4 @@ def plot_roc(results: MembershipResult | Sequence[MembershipResult], path: str |
     ax.legend(fontsize=7, loc="lower right")
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=DPI)

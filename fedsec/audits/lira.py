@@ -6,7 +6,9 @@
   confidence ``phi = log(p_y / (1 - p_y))``; a Gaussian ``N(mu_out, sigma_out^2)`` is fitted per example and the
   one-sided test scores ``-log Pr[Z > phi_target]`` (large = member).
 - Global threshold: Yeom, Giacomelli, Fredrikson, Jha, "Privacy Risk in Machine Learning", IEEE CSF 2018,
-  https://arxiv.org/abs/1709.01604: score = -cross-entropy loss, one threshold for all examples.
+  https://arxiv.org/abs/1709.01604: score = -cross-entropy loss, one threshold for all examples; the ROC over
+  every threshold, and the paper's own operating point ("member" when the loss is below the members' mean loss)
+  with its advantage TPR - FPR (:class:`ThresholdPoint`, the ``mia_*`` keys of ``summary.json``).
 
 Defaults: ``num_shadows=16``, ``shadow_fraction=0.5`` (each shadow trains on a random half of the population
 pool), ``fixed_variance=None`` = a global variance (pooled over examples) below 32 shadows, per-example variances
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -72,6 +74,25 @@ class MembershipConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ThresholdPoint:
+    """One operating point of the loss-threshold attack: "member" when an example's loss is below ``threshold``."""
+
+    threshold: float
+    tpr: float
+    fpr: float
+
+    @property
+    def advantage(self) -> float:
+        """Membership advantage TPR - FPR (Yeom et al.)."""
+        return self.tpr - self.fpr
+
+    def as_dict(self) -> dict[str, float]:
+        """The ``mia_*`` keys of ``summary.json``."""
+        return {"mia_tpr": self.tpr, "mia_fpr": self.fpr, "mia_advantage": self.advantage,
+                "mia_threshold": self.threshold}
+
+
+@dataclass(frozen=True)
 class MembershipResult:
     """ROC summary of a membership attack on members vs non-members (scores: large = member)."""
 
@@ -84,6 +105,7 @@ class MembershipResult:
     tpr: np.ndarray
     num_members: int
     num_nonmembers: int
+    point: ThresholdPoint | None = None  # the loss-threshold attack's own threshold; None for LiRA
 
     def as_dict(self) -> dict[str, float | int | str]:
         return {
@@ -230,7 +252,15 @@ class LiRA:
 
 
 def loss_threshold_attack(
-    target: nn.Module, x: torch.Tensor, y: torch.Tensor, *, is_member: torch.Tensor
+    target: nn.Module, x: torch.Tensor, y: torch.Tensor, *, is_member: torch.Tensor, threshold: float | None = None
 ) -> MembershipResult:
-    """Yeom et al.'s global loss threshold, evaluated over every threshold (the ROC)."""
-    return membership_result(loss_threshold_scores(_logits(target, x), y), is_member, attack="loss_threshold")
+    """Yeom et al.'s global loss threshold on candidates ``(x, y)`` whose true membership is ``is_member`` (N,)
+    bools: the ROC over every threshold, and in ``point`` the TPR, FPR and advantage of "loss < threshold"
+    (default: the members' mean loss, as in the paper)."""
+    scores = loss_threshold_scores(_logits(target, x), y)
+    result = membership_result(scores, is_member, attack="loss_threshold")
+    losses, member = -scores, torch.as_tensor(is_member, device=scores.device).bool()
+    tau = float(losses[member].mean()) if threshold is None else float(threshold)
+    below = losses < tau
+    point = ThresholdPoint(tau, float(below[member].double().mean()), float(below[~member].double().mean()))
+    return replace(result, point=point)

@@ -4,6 +4,8 @@ Yeom, Giacomelli, Fredrikson and Jha, "Privacy Risk in Machine Learning: Analyzi
 Overfitting", CSF 2018 (https://arxiv.org/abs/1709.01604): predict "member" when an example's loss is below the
 model's average training loss; the membership advantage is TPR - FPR on a balanced set of members (training
 examples) and non-members (held-out test examples). Defaults: up to 2,000 of each, drawn with the run's seed.
+The attack itself is :func:`fedsec.audits.lira.loss_threshold_attack` (re-exported here): its ``point`` holds
+the paper's operating point, the ROC the other thresholds.
 
 Bound: for an (epsilon, delta)-DP training procedure any membership test on a balanced set has advantage at most
 (e^epsilon - 1 + 2 delta) / (e^epsilon + 1) (from TPR <= e^epsilon FPR + delta and its complement, Kairouz, Oh
@@ -15,9 +17,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn import functional as F
+
+from .lira import loss_threshold_attack
+
+__all__ = ["advantage_bound", "balanced_sample", "loss_threshold_attack"]
 
 
 def advantage_bound(epsilon: float, delta: float) -> float:
@@ -25,29 +28,6 @@ def advantage_bound(epsilon: float, delta: float) -> float:
     if not math.isfinite(epsilon):
         return 1.0
     return min(1.0, (math.exp(epsilon) - 1 + 2 * delta) / (math.exp(epsilon) + 1))
-
-
-@torch.no_grad()
-def _losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    return torch.cat([F.cross_entropy(model(x[i : i + 2048]), y[i : i + 2048], reduction="none")
-                      for i in range(0, x.shape[0], 2048)])
-
-
-def loss_threshold_attack(
-    model: nn.Module,
-    members: tuple[torch.Tensor, torch.Tensor],
-    non_members: tuple[torch.Tensor, torch.Tensor],
-    *,
-    threshold: float | None = None,
-) -> dict[str, float]:
-    """TPR, FPR and advantage of "loss < threshold" (default: the members' mean loss, Yeom et al.)."""
-    member_loss = _losses(model, *members)
-    other_loss = _losses(model, *non_members)
-    tau = float(member_loss.mean()) if threshold is None else threshold
-    tpr = float((member_loss < tau).double().mean())
-    fpr = float((other_loss < tau).double().mean())
-    return {"mia_tpr": tpr, "mia_fpr": fpr, "mia_advantage": tpr - fpr, "mia_threshold": tau}
 
 
 def balanced_sample(n_members: int, n_non: int, *, seed: int, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .image_metrics import UNIT, InputSpace, cosine, psnr, ssim
+from .image_metrics import cosine, psnr, ssim
+from .input_space import UNIT, InputSpace
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Experiment configuration: TOML files validated by pydantic.
 
-The keys follow the config contract in ``shared/README.md`` (extend, never rename): one pydantic model per section
+The keys follow the config contract (docs/runs.md) (extend, never rename): one pydantic model per section
 (:mod:`.sections`), the experiment with the rules that span sections (:mod:`.experiment`), and loading with
 overrides (:mod:`.loading`). This layer imports no implementation; kind-specific keys are validated by the run
 plan (:mod:`fedsec.plan`). Every problem surfaces as a :class:`ConfigError` whose message names the key, the rule,

@@ -1,6 +1,6 @@
 """Reading experiment TOML files: size and depth limits, strict overrides, validation, one-line error messages.
 
-The boundary every config crosses before anything else sees it (issue 14):
+The boundary every config crosses before anything else sees it :
 
 - a file over :data:`MAX_CONFIG_BYTES` (1 MB) or nested deeper than :data:`MAX_DEPTH` (32 tables/arrays) is refused
   *before* it is parsed, with one line naming the file (``tomllib`` recurses once per level: a file of 10,000 ``[``

@@ -1,6 +1,6 @@
 """The sections of an experiment config (one pydantic model each): the keys every kind shares.
 
-Keys follow the config contract in ``shared/README.md`` (extend, never rename); ``extra="forbid"`` everywhere so
+Keys follow the config contract (docs/runs.md) (extend, never rename); ``extra="forbid"`` everywhere so
 that a typo is an error, except in ``[attack]`` and ``[defense]``, whose kind-specific keys (``attack.scale``,
 ``defense.trim_ratio``, ...) are declared by the kinds themselves (their ``Params`` in the registries) and validated
 when the run plan is built (:mod:`fedsec.plan`). This layer imports no implementation: names of kinds are plain

@@ -16,9 +16,9 @@ from .ckks import (
     SECURITY_BOUND_BITS,
     CkksParams,
     CryptoError,
-    KeyAuthority,
     add_encrypted,
     ciphertext_bytes,
+    decrypt_chunks,
     encrypt_vector,
     load_context,
 )
@@ -36,9 +36,9 @@ __all__ = [
     "SECURITY_BOUND_BITS",
     "CkksParams",
     "CryptoError",
-    "KeyAuthority",
     "add_encrypted",
     "ciphertext_bytes",
+    "decrypt_chunks",
     "encrypt_vector",
     "load_context",
 ]

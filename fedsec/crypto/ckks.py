@@ -6,9 +6,10 @@ Security bounds: M. Albrecht et al., "Homomorphic Encryption Security Standard",
 https://homomorphicencryption.org/standard/ (Table 1, 128-bit classical security, ternary secret: total
 coefficient-modulus bits at most 27/54/109/218/438/881 for N = 1024 ... 32768).
 
-Roles. :class:`KeyAuthority` is the simulation's trusted setup: it makes the keys and is the only party that
-decrypts, and only the aggregate. Clients encrypt their weighted, flattened update with :func:`encrypt_vector`;
-the server sums the clients' chunk lists with :func:`add_encrypted`, holding only the public context.
+Roles. The key authority (:mod:`fedsec.crypto.authority`, a process of its own) is the simulation's trusted
+setup: it makes the keys and is the only party that decrypts (:func:`decrypt_chunks`), and only the aggregate.
+Clients encrypt their weighted, flattened update with :func:`encrypt_vector`; :func:`add_encrypted` sums
+clients' chunk lists holding only the public context.
 
 Choice of parameters (aggregation is addition only: no multiplication, so no rescaling and no modulus chain).
 A ciphertext lives at the "data level", all coefficient primes but the last, which is SEAL's special prime, used
@@ -17,18 +18,18 @@ is about 2 polynomials x N coefficients x (data bits / 8) bytes after SEAL's zst
 float32 of about data_bits / 8, *independent of N*. The error is about 2^12 / 2^scale per slot for one
 ciphertext and grows like sqrt(k) over k additions; |values| up to about 2^(data_bits - scale_bits - 1) survive
 (the |sum| column allows one bit less, :attr:`CkksParams.max_abs`). Measured here (TenSEAL 0.3.18, 2 shared CPU
-cores, unit-range inputs, one full ciphertext of N/2 slots; `python benchmarks/bench_ckks.py --compare`; times
-vary by ~30% between runs):
+cores, unit-range inputs, one full ciphertext of N/2 slots; `python benchmarks/bench_ckks.py --compare`, which
+also prints the encryption time per float):
 
-    N      coeff bits         scale  bytes/float32  err(1 ct)  err(sum of 100)  encrypt      |sum| <=
-    8192   (60, 40, 40, 60)   2^40   20.2x          9e-9       1e-7             2.2 us/float  3e29
-    8192   (60, 40)           2^40    8.0x          7e-9       8e-8             0.9 us/float  2.6e5
-    4096   (60, 40)           2^40    8.0x          4e-9       5e-8             0.8 us/float  2.6e5  <- default
-    4096   (40, 20, 40)       2^30    9.9x          4e-6       3e-5             1.7 us/float  2.7e8
-    4096   (40, 20, 40)       2^20    9.9x          3e-3       6e-2             1.4 us/float  2.7e11
-    4096   (50, 40)           2^30    7.2x          5e-6       4e-5             0.8 us/float  2.6e5
-    4096   (40, 40)           2^30    6.0x          4e-6       3e-5             1.1 us/float  256
-    2048   (30, 24)           2^20    4.2x          2e-3       2e-2             1.3 us/float  256
+    N      coeff bits         scale  bytes/float32  err(1 ct)  err(sum of 100)  |sum| <=
+    8192   (60, 40, 40, 60)   2^40   20.2x          9e-9       1e-7             3e29
+    8192   (60, 40)           2^40    8.0x          7e-9       8e-8             2.6e5
+    4096   (60, 40)           2^40    8.0x          4e-9       5e-8             2.6e5  <- default
+    4096   (40, 20, 40)       2^30    9.9x          4e-6       3e-5             2.7e8
+    4096   (40, 20, 40)       2^20    9.9x          3e-3       6e-2             2.7e11
+    4096   (50, 40)           2^30    7.2x          5e-6       4e-5             2.6e5
+    4096   (40, 40)           2^30    6.0x          4e-6       3e-5             256
+    2048   (30, 24)           2^20    4.2x          2e-3       2e-2             256
 
 The default, N=4096 with (60, 40) and scale 2^40, keeps one 60-bit data prime (the largest SEAL allows, so the
 smallest ciphertext for its precision and headroom: 8.0x float32), has 100 bits of modulus (<= 109 for 128-bit
@@ -37,8 +38,8 @@ headroom is |sum| <= 2^18 = 262,144 per coordinate (:attr:`CkksParams.max_abs`),
 num_examples. Shrinking the data prime buys ~1 byte per float32 per 8 bits, paid in precision or headroom
 (e.g. (40, 40) at 2^30: 6.0x but 1,000x the error and 2^8 headroom); [40, 20, 40] at N=4096 works but has two
 data primes (9.9x) and, with scale 2^20, errors of 3e-2. For McMahan et al.'s CNN (d = 1,663,370) the default
-costs a client ~1.6 s and 53 MB (8.0x), the server ~0.8 s to add 10 clients, the authority ~0.25 s to decrypt,
-with max error 3e-8 on the num_examples-weighted sum (benchmarks/bench_ckks.py).
+costs a client 53 MB of ciphertext (8.0x), with max error 3e-8 on the num_examples-weighted sum; the times of
+encryption, addition and decryption are measured by ``benchmarks/bench_ckks.py``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import tenseal as ts
 from fedsec.errors import FedsecInputError
 
 __all__ = [
-    "CkksParams", "CryptoError", "KeyAuthority", "add_encrypted", "ciphertext_bytes", "encrypt_vector",
+    "CkksParams", "CryptoError", "add_encrypted", "ciphertext_bytes", "decrypt_chunks", "encrypt_vector",
     "load_context",
 ]
 
@@ -226,7 +227,7 @@ def add_encrypted(updates: list[list[bytes]], public_context: bytes | ts.Context
     ctx = load_context(public_context)
     if ctx.has_secret_key():
         logger.warning("add_encrypted got a context holding the secret key; the server should hold only "
-                       "KeyAuthority.server_context()")
+                       "the key authority's public context (DecryptionService.public_context)")
     if not updates:
         raise CryptoError("add_encrypted needs at least one client's chunks, got none")
     counts = [len(chunks) for chunks in updates]
@@ -254,47 +255,14 @@ def ciphertext_bytes(chunks: list[bytes]) -> int:
     return sum(len(c) for c in chunks)
 
 
-class KeyAuthority:
-    """Trusted setup: makes the CKKS keys, hands out contexts, and decrypts only aggregates.
+def decrypt_chunks(context: ts.Context, chunks: list[bytes], length: int) -> np.ndarray:
+    """Decrypt a chunk list to a float64 vector of ``length`` values; ``context`` must hold the secret key.
 
-    Parameters
-    ----------
-    params : CkksParams, default CkksParams()
-        Validated on construction; CryptoError if insecure or rejected by SEAL.
-
-    Differences: clients receive the context *with* the secret key by default (as specified for fedsec; the
-    TenSEAL tutorials do the same). Encryption uses only the public key, so ``client_context(secret_key=False)``
-    works identically and keeps a client that colludes with the server from decrypting other clients' updates.
+    Only the key authority (:mod:`fedsec.crypto.authority`) holds such a context in a run.
     """
-
-    def __init__(self, params: CkksParams = CkksParams()) -> None:
-        self.params = params
-        self._context = params.make_context()
-        public = self._context.copy()
-        public.make_context_public()
-        # Addition needs neither relinearization nor Galois keys: leave them out (half the bytes at N=4096).
-        self._server_bytes = public.serialize(save_galois_keys=False, save_relin_keys=False)
-        self._client_bytes = self._context.serialize(save_secret_key=True, save_galois_keys=False,
-                                                     save_relin_keys=False)
-        self._client_public_bytes = self._context.serialize(save_secret_key=False, save_galois_keys=False,
-                                                            save_relin_keys=False)
-        logger.info("CKKS key authority: N=%s, coeff_mod_bit_sizes=%s, scale=2^%s, slots=%s, |sum| <= %.3g",
-                    params.poly_modulus_degree, list(params.coeff_mod_bit_sizes), params.global_scale_bits,
-                    params.slots, params.max_abs)
-
-    def client_context(self, *, secret_key: bool = True) -> bytes:
-        """Serialized context for clients: public key and parameters, plus the secret key unless secret_key=False."""
-        return self._client_bytes if secret_key else self._client_public_bytes
-
-    def server_context(self) -> bytes:
-        """Serialized public context (``make_context_public()``): can add ciphertexts, cannot decrypt."""
-        return self._server_bytes
-
-    def decrypt_sum(self, chunks: list[bytes], length: int) -> np.ndarray:
-        """Decrypt an aggregated chunk list to a float64 vector of `length` values."""
-        values = [np.asarray(_load_vector(self._context, c, f"chunk {j}").decrypt(), dtype=np.float64)
-                  for j, c in enumerate(chunks)]
-        out = np.concatenate(values) if values else np.zeros(0)
-        if out.size != length:
-            raise CryptoError(f"decrypt_sum: the chunks hold {out.size} values, expected length={length}")
-        return out
+    values = [np.asarray(_load_vector(context, c, f"chunk {j}").decrypt(), dtype=np.float64)
+              for j, c in enumerate(chunks)]
+    out = np.concatenate(values) if values else np.zeros(0)
+    if out.size != length:
+        raise CryptoError(f"decrypt_chunks: the chunks hold {out.size} values, expected length={length}")
+    return out

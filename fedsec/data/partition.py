@@ -11,9 +11,9 @@
   at most 10 times, then :class:`PartitionError`. Done with flwr-datasets' ``DirichletPartitioner`` (``shuffle=True,
   self_balancing=False, seed=seed``) on an in-memory ``datasets.Dataset`` of (label, index): it works offline, is
   seeded and reproducible, has exactly these semantics (per class Dir(alpha), whole-draw retries, 10 of them, then
-  ValueError), and assigns every sample exactly once. Measured (CPU, 60k Fashion-MNIST labels, 50 clients):
-  ~3 s to import ``datasets`` + flwr-datasets once (hence imported lazily), ~0.7 s to draw, ~0.5 s to read the 50
-  partitions back as NumPy (2 s without ``with_format("numpy")``); 1,000 clients take about the same.
+  ValueError), and assigns every sample exactly once. ``datasets`` and flwr-datasets are slow to import, hence
+  imported lazily, only for this kind; the partitions are read back with ``with_format("numpy")`` (several times
+  faster than without); 1,000 clients cost about what 50 do.
 - ``shards``: the pathological non-IID split of McMahan et al., "Communication-Efficient Learning of Deep Networks
   from Decentralized Data", AISTATS 2017 (https://arxiv.org/abs/1602.05629): sort by label, cut into
   ``num_clients * shards_per_client`` shards (default 2 per client; sizes differ by at most 1), deal each client
@@ -21,11 +21,12 @@
   ``ShardPartitioner`` drops the samples that do not fill a whole shard (measured: 59,900 of 59,999 samples assigned
   for 50 x 2 shards; 994 of 997 for 7 x 2) and with ``keep_incomplete_shard=True`` it drops more (926 of 997: it
   deals ``num_clients * shards_per_client`` of the ceil(N / shard size) shards, leaving whole shards out); it also
-  sorts the table with pyarrow (a deprecation warning on every call) and took ~2.4 s for 60k. Ours assigns every sample.
+  sorts the table with pyarrow (a deprecation warning on every call). Ours assigns every sample.
 - ``natural``: the dataset's own per-client split (FedProx's Synthetic, one device per client); validated.
 - ``sampled``: each client draws ``samples_per_client`` distinct examples uniformly at random, independently of the
   other clients, so clients may share examples. For populations larger than the dataset (100,000 clients of
-  Fashion-MNIST's 60,000 images, issue 21), where a split would leave clients empty; seeded like ``iid``.
+  Fashion-MNIST's 60,000 images, ``benchmarks/bench_scale.py``), where a split would leave clients empty; seeded
+  like ``iid``.
 
 Every partitioner returns one sorted ``int64`` index array per client, non-empty; for ``iid``, ``dirichlet`` and
 ``shards`` the arrays are disjoint and together cover every sample exactly once.
@@ -83,7 +84,7 @@ def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, min_size: int
             f"dirichlet: {num_clients} clients x at least {min_size} samples each need {num_clients * min_size} "
             f"samples, got {labels.size}"
         )
-    import datasets  # slow to import (~3 s): only when a Dirichlet split is asked for
+    import datasets  # slow to import: only when a Dirichlet split is asked for
     from flwr_datasets.partitioner import DirichletPartitioner
 
     table = datasets.Dataset.from_dict({"label": labels, "idx": np.arange(labels.size, dtype=np.int64)})

@@ -1,6 +1,6 @@
 """Poisoned training data at *honest* clients (a compromised data source), with the ground truth recorded.
 
-The seed document "Deep Learning Under Siege" (Al-Karaki, Khan, Mohamad, Chowdhury, 2024, sec. 3.2) answers
+The source survey "Deep Learning Under Siege" (Al-Karaki, Khan, Mohamad, Chowdhury, 2024, sec. 3.2) answers
 corrupted raw data with noise filtering (DQ_filtered) and data autoclaving (A); "Security Issues and Defensive
 Approaches in Deep Learning Frameworks" cites data cleansing (Steinhardt, Koh, Liang, "Certified Defenses for Data
 Poisoning Attacks", NeurIPS 2017, https://arxiv.org/abs/1706.03691). Unlike fedsec's malicious clients, the clients

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import Field
 
 from fedsec.arrays import load_record
-from fedsec.audits.image_metrics import InputSpace as PixelSpace
+from fedsec.audits.input_space import InputSpace
 from fedsec.registry import Params
 from fedsec.results.contract import SummaryMetric
 
@@ -53,7 +53,7 @@ class ModelInversionAudit(RoundHook):
         load_record(ctx.model, arrays)
         norm = ctx.facts.dataset.normalisation
         result = ModelInversion(ctx.model, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
-                                input_space=PixelSpace(*norm) if norm else PixelSpace(),
+                                input_space=InputSpace(*norm) if norm else InputSpace(),
                                 max_iter=self.params.max_iter).infer(ctx.x_test, ctx.y_test)
         summary["model_inversion"] = {**result.summary(), "top1_ssim": result.top1("ssim"), "seconds": result.seconds}
         try:

@@ -1,1 +1,1 @@
-"""Metrics computed from a run's records: the seed documents' metric sheet, filtering quality, collateral damage."""
+"""Metrics computed from a run's records: the source surveys' metric sheet, filtering quality, collateral damage."""

@@ -2,8 +2,8 @@
 
 A robust rule rejects what looks unlike the majority; honest clients whose data is unusual (non-IID) look unlike it
 too. Robustness papers report this cost only in passing (e.g. Fang et al., USENIX Security 2020, and Shejwalkar and
-Houmansadr, NDSS 2021, report accuracy drops of Krum-type rules without attack on non-IID data); fedsec's issue 20
-asks for it per run. From a run's ``clients.csv`` (round, client, malicious, num_examples, accepted[, status]) and
+Houmansadr, NDSS 2021, report accuracy drops of Krum-type rules without attack on non-IID data); fedsec measures it
+per run. From a run's ``clients.csv`` (round, client, malicious, num_examples, accepted[, status]) and
 each client's label histogram:
 
 - :func:`honest_exclusion`: per honest client, how often it was rejected (weight 0) or down-weighted (weight below

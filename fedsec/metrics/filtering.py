@@ -1,4 +1,4 @@
-"""Filter quality from the ground truth, and the seed's DQ_filtered and A, per client and in total.
+"""Filter quality from the ground truth, and the source surveys' DQ_filtered and A, per client and in total.
 
 Source of DQ_filtered and A: Al-Karaki, Khan, Mohamad, Chowdhury, "Deep Learning Under Siege: Identifying Security
 Vulnerabilities and Risk Mitigation Strategies", 2024, sec. 3.2 (equations 2 and 3) and Table 1.
@@ -13,7 +13,7 @@ Vulnerabilities and Risk Mitigation Strategies", 2024, sec. 3.2 (equations 2 and
     filtering; it equals the share of points dropped (it rewards dropping, poisoned or not), so it is reported as
     ``dq_filtered_eq2`` beside the Table 1 value, never in its place.
 
-Beyond the seed, from the ground truth: true drops (poisoned points dropped), false drops (clean points dropped),
+Beyond the surveys, from the ground truth: true drops (poisoned points dropped), false drops (clean points dropped),
 precision = true drops / drops, recall = true drops / poisoned, false-drop rate = false drops / clean points.
 A ratio with a zero denominator is NaN in :class:`FilterQuality` and ``None`` in :meth:`FilterQuality.as_record`
 (JSON has no NaN). Totals over clients (:func:`total_filter_quality`) add the counts, then take the ratios
@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-DQ_TABLE1_FORMULA = "1 - poisoned points remaining after filtering / datapoints before filtering (seed Table 1)"
-DQ_EQ2_FORMULA = "1 - N_after / N_before, N_after = datapoints remaining after filtering (seed eq. 2 as written)"
-A_FORMULA = "n_A / m = anomalies detected / datapoints (seed eq. 3)"
+DQ_TABLE1_FORMULA = ("1 - poisoned points remaining after filtering / datapoints before filtering "
+                     "(Al-Karaki et al. 2024, Table 1)")
+DQ_EQ2_FORMULA = ("1 - N_after / N_before, N_after = datapoints remaining after filtering "
+                  "(Al-Karaki et al. 2024, eq. 2 as written)")
+A_FORMULA = "n_A / m = anomalies detected / datapoints (Al-Karaki et al. 2024, eq. 3)"
 
 
 class FilteringMetricError(ValueError):
@@ -42,17 +44,17 @@ def _ratio(num: float, den: float) -> float:
 
 
 def dq_filtered_table1(poisoned_remaining: int, datapoints: int) -> float:
-    """The seed's Table 1 reading: ``1 - poisoned_remaining / datapoints`` (NaN for 0 datapoints)."""
+    """Al-Karaki et al.'s Table 1 reading: ``1 - poisoned_remaining / datapoints`` (NaN for 0 datapoints)."""
     return 1.0 - _ratio(poisoned_remaining, datapoints)
 
 
 def dq_filtered_eq2(after: int, before: int) -> float:
-    """The seed's equation 2 as written: ``1 - N_after / N_before`` (NaN for N_before = 0)."""
+    """Al-Karaki et al.'s equation 2 as written: ``1 - N_after / N_before`` (NaN for N_before = 0)."""
     return 1.0 - _ratio(after, before)
 
 
 def anomaly_detection_rate(anomalies: int, datapoints: int) -> float:
-    """The seed's equation 3: ``A = n_A / m`` (NaN for m = 0)."""
+    """Al-Karaki et al.'s equation 3: ``A = n_A / m`` (NaN for m = 0)."""
     return _ratio(anomalies, datapoints)
 
 
@@ -98,17 +100,17 @@ class FilterQuality:
 
     @property
     def anomaly_rate(self) -> float:
-        """Seed eq. 3, A = points flagged (dropped) / datapoints."""
+        """Al-Karaki et al.'s eq. 3, A = points flagged (dropped) / datapoints."""
         return anomaly_detection_rate(self.dropped, self.datapoints)
 
     @property
     def dq_filtered(self) -> float:
-        """Seed Table 1, 1 - poisoned remaining / datapoints before filtering."""
+        """Al-Karaki et al.'s Table 1, 1 - poisoned remaining / datapoints before filtering."""
         return dq_filtered_table1(self.poisoned_remaining, self.datapoints)
 
     @property
     def dq_filtered_eq2(self) -> float:
-        """Seed eq. 2 as written, 1 - kept / datapoints."""
+        """Al-Karaki et al.'s eq. 2 as written, 1 - kept / datapoints."""
         return dq_filtered_eq2(self.kept, self.datapoints)
 
     def as_record(self) -> dict[str, float | int | str | None]:

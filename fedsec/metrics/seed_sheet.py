@@ -1,10 +1,10 @@
-"""The seed document's metric sheet: R, DQ_filtered, A, A/C, P <= epsilon and Q, from a run's summary.
+"""The source surveys' metric sheet: R, DQ_filtered, A, A/C, P <= epsilon and Q, from a run's summary.
 
 Source: Al-Karaki, Khan, Mohamad, Chowdhury, "Deep Learning Under Siege: Identifying Security Vulnerabilities and
 Risk Mitigation Strategies", 2024, sec. 3.2 (equations 1-6) and Table 1. Each metric comes out as
 ``{"formula", "inputs" (e.g. "87 / 120"), "value", "percent", "source"}`` where the run measured it, else as
 ``{"value": "not measured", "how": <what would measure it>}``. Values are fractions (0.725); ``percent`` is the
-seed's display (two decimals, "72.50%").
+survey's display (two decimals, "72.50%").
 
 Contract: the ``summary.json`` keys each metric reads (the run fills them; absent = not measured):
 
@@ -18,7 +18,7 @@ Contract: the ``summary.json`` keys each metric reads (the run fills them; absen
   datapoints`` (eq. 2 as written; it reads differently, see :mod:`fedsec.metrics.filtering`).
 - **A** (eq. 3): same block; ``anomalies_detected / datapoints``.
 - **A/C** (eq. 4): ``summary["serving"] = {"unauthorized_attempts", "unauthorized_blocked", ...}``; value =
-  ``unauthorized_blocked / unauthorized_attempts`` (the project's reading, README "Metrics"). The seed's N is "the
+  ``unauthorized_blocked / unauthorized_attempts`` (the project's reading, README "Metrics"). Al-Karaki et al.'s N is "the
   total number of access attempts"; where the block also has ``access_attempts`` (all attempts, authorised
   included) the record adds ``equation_4_literal`` = ``unauthorized_blocked / access_attempts``.
 - **P <= epsilon** (eq. 5): ``summary["privacy"] = {"epsilon": float, "epsilon_budget": float}`` (the budget falls
@@ -204,7 +204,7 @@ def _privacy(summary: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str,
 
 
 def seed_metrics(summary: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """The sheet for one run: ``{metric: record}`` in the seed's order (:data:`METRICS`); see the module contract."""
+    """The sheet for one run: ``{metric: record}`` in the survey's order (:data:`METRICS`); see the module contract."""
     config = config or {}
     dq, anomaly = _sanitization(summary, config)
     access, queries = _serving(summary)

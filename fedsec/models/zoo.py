@@ -102,13 +102,6 @@ CNN_MCMAHAN = ModelSpec(cnn_mcmahan, "CNN of McMahan et al. 2017, 1.66M params (
                         exact_side=28)
 
 
-def check_model_fits(name: str, input_shape: tuple[int, ...]) -> str | None:
-    """Return why model ``name`` cannot take inputs of ``input_shape``, or None if it can."""
-    from .registry import MODELS
-
-    return MODELS.get(name).fits(input_shape)
-
-
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None) -> nn.Module:
     """Build model ``name``; with ``seed`` its initial weights are reproducible."""
     from .registry import MODELS

@@ -20,8 +20,15 @@ from pydantic import BaseModel
 
 from fedsec.clients.attacks import ATTACKS, Attack
 from fedsec.clients.attacks.base import DefenseView
-from fedsec.config import BackendConfig, ConfigError, DataConfig, Experiment, apply_overrides, experiment_from_dict
-from fedsec.config import read_toml
+from fedsec.config import (
+    BackendConfig,
+    ConfigError,
+    DataConfig,
+    Experiment,
+    apply_overrides,
+    experiment_from_dict,
+    read_toml,
+)
 from fedsec.config.loading import one_line
 from fedsec.crypto import CkksParams, CryptoError
 from fedsec.data import DATASETS, DatasetSpec

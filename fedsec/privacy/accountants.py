@@ -34,7 +34,7 @@ atol 0.01); otherwise :class:`AccountantDisagreement`. Measured: Opacus RDP 7.32
 
 Bounded cost: inputs outside these ranges are refused with a :class:`PrivacyInputError` that names the key:
 noise multiplier 0 or in [MIN_NOISE, MAX_NOISE]; total steps <= MAX_STEPS; PRV/PLD total steps <= MAX_PRV_STEPS
-(Opacus' PRV domain grows with the steps: measured 1.56 GB and 13 s at 1e5 steps); epsilon budget <= MAX_EPSILON.
+(Opacus' PRV domain, and its time, grow with the steps: measured 1.56 GB at 1e5 steps); epsilon budget <= MAX_EPSILON.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ ATOL = 0.01
 RELATIONS = {"poisson": "add_or_remove_one", "fixed": "replace_one"}
 #: dp_accounting's PLD grid step (its default is 1e-4). Its estimate stays pessimistic (an upper bound) at any step;
 #: measured against 1e-4: within 0.012% on (z, q, steps) = (1.5, 0.04, 2250), (1.0, 0.25, 3), (1.1, 0.01, 1000),
-#: (5, 0.1, 100), and 10-12x faster (26.6 s -> 2.3 s at z = 0.05, which calibration may probe)
+#: (5, 0.1, 100), and 10-12x faster (at z = 0.05 too, which calibration may probe)
 PLD_DISCRETIZATION = 1e-3
 
 
@@ -331,7 +331,7 @@ class DualAccountant:
 
 
 #: PLD grid step of the PRV/PLD calibration's search (the pessimistic estimate at 1e-2 is an upper bound of the
-#: 1e-3 one; measured 10x cheaper on q = 0.5, which made a 2-round plan take 20 s)
+#: 1e-3 one; measured 10x cheaper on q = 0.5, where the finer grid made even a 2-round plan slow)
 PLD_SEARCH_DISCRETIZATION = 1e-2
 
 
@@ -372,7 +372,7 @@ def _calibrate_prv(epsilon: float, delta: float, steps: int, make: Callable[[flo
                    spent: Callable[[float], float]) -> float:
     """PRV/PLD calibration: search z on dp_accounting's PLD at a coarse pessimistic grid (an upper bound of the
     fine estimate), then confirm with both accountants at full precision, raising z by 0.5% while the guard's
-    epsilon is above the budget. Two full evaluations instead of ~6, so planning stays within seconds."""
+    epsilon is above the budget. Two full evaluations instead of ~6, so planning stays cheap."""
     def coarse(z: float) -> float:
         return dp_accounting_epsilon([make(z)], delta, "pld", PLD_SEARCH_DISCRETIZATION)
 

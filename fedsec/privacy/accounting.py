@@ -22,15 +22,11 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opacus.accountants import PRVAccountant, RDPAccountant
-
 from .accountants import PrivacyAccount, Step, account, calibrate
 from .errors import AccountantDisagreement
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}  # the primary accountant of each pair (Opacus)
 
 
 def _step(noise_multiplier: float, sample_rate: float | None, steps: int, scheme: str, population: int | None,
@@ -138,55 +134,3 @@ class PrivacyLedger:
         return {**self.account.as_dict(), "epsilon_budget": self.budget, "noise_multiplier": self.noise_multiplier,
                 "sample_rate": self.sample_rate, "population": self.population, "cohort_size": self.cohort_size}
 
-
-class PrivacyTracker:
-    """Epsilon per round and the budget guard, for both DP modes (nothing without DP).
-
-    Central: the server's ledger (one subsampled-Gaussian step per round, scheme from ``train.sampling``, Poisson
-    when the config has no such key); the run stops before a round that would overspend. Local: each client
-    accounts for itself and refuses to overspend; the run's epsilon is the largest client epsilon so far, and the
-    run stops when every sampled client refused. (The lead's :class:`fedsec.server.privacy_guard.PrivacyGuard`
-    supersedes this class in the server; it stays for compatibility.)
-    """
-
-    def __init__(self, experiment: Any, plan: Any = None) -> None:
-        self.config = experiment.privacy
-        self.ledger = None
-        plan = plan if plan is not None else getattr(experiment, "privacy_plan", lambda: None)()
-        if plan is not None:
-            scheme = getattr(experiment.train, "sampling", "poisson")
-            self.ledger = PrivacyLedger(plan.noise_multiplier, plan.sample_rate, self.config.delta,
-                                        self.config.epsilon, self.config.accountant, scheme=scheme,
-                                        population=experiment.data.num_clients,
-                                        cohort_size=experiment.train.clients_per_round)
-        self.client_epsilon: dict[int | None, float] = {}
-        self.summary: dict[str, Any] = {}
-        if self.config.mode != "none":
-            self.summary = {"mode": self.config.mode, "epsilon": 0.0, "epsilon_budget": self.config.epsilon,
-                            "delta": self.config.delta}
-        if self.ledger is not None:
-            self.summary.update(self.ledger.summary())
-
-    def start(self, row: dict[str, Any]) -> None:
-        if self.config.mode != "none":
-            row["epsilon"] = 0.0
-
-    def allows_next_round(self) -> bool:
-        return self.ledger is None or self.ledger.allows(1)
-
-    def end_round(self, row: dict[str, Any], decisions: list[Any]) -> None:
-        if self.ledger is not None:
-            row["epsilon"] = self.ledger.spend(1)
-            self.summary.update(self.ledger.summary())
-        elif self.config.mode == "local":
-            self.client_epsilon.update({d.partition_id: d.metrics["epsilon"] for d in decisions
-                                        if "epsilon" in d.metrics})
-            row["epsilon"] = max(self.client_epsilon.values(), default=0.0)
-            self.summary["client_epsilon"] = {str(k): v for k, v in sorted(self.client_epsilon.items())}
-        if "epsilon" in row:
-            self.summary["epsilon"] = row["epsilon"]
-
-    @staticmethod
-    def all_exhausted(decisions: list[Any]) -> bool:
-        return bool(decisions) and all("privacy budget exhausted" in d.status or d.status.startswith("refused")
-                                       for d in decisions)

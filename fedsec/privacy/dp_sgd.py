@@ -18,8 +18,8 @@ Why fedsec has its own: Opacus' hooks materialise every per-sample gradient (cos
 through a DataLoader with a Poisson sampler and per-example collation. Measured on one thread, 3,000 Fashion-MNIST
 examples, batch 32 (benchmarks/bench_dpsgd.py; a shared, loaded 2-core machine, so ratios varied by +-0.5 between
 runs): time over plain training, Opacus hooks vs fedsec: cnn 1.8-3.2x vs 1.3-1.6x (vmap), mlp 16x vs 2.5x (unfold),
-logreg 5.3x vs 2.2x (unfold), cnn_tanh 2.2x vs 1.25-1.7x. For logreg and mlp a plain step costs ~1 ms, so the noise
-draw and the per-step work alone exceed 1.5x.
+logreg 5.3x vs 2.2x (unfold), cnn_tanh 2.2x vs 1.25-1.7x. For logreg and mlp a plain step is so short that the
+noise draw and the per-step work alone exceed 1.5x.
 Defaults: none (the caller gives C, z, q). Differences from Opacus: the noise is drawn from the given
 ``torch.Generator`` in parameter order (Opacus: the same call, ``torch.normal(0, z C, size, generator)``, so with a
 shared generator both produce identical steps; see tests/test_accountants.py); no secure RNG mode.
@@ -119,12 +119,6 @@ def _unfold_supported(model: nn.Module) -> bool:
             continue
         return False
     return True
-
-
-def unfold_clipped_sum(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float
-                       ) -> list[torch.Tensor]:
-    """See :func:`unfold_clipped_sum_and_loss` (this drops the loss)."""
-    return unfold_clipped_sum_and_loss(model, x, y, max_grad_norm=max_grad_norm)[0]
 
 
 def unfold_clipped_sum_and_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float

@@ -1,6 +1,6 @@
 """``fedsec report DIR``: a Markdown and an HTML report of one run directory or of a sweep directory.
 
-A run directory (results contract in ``shared/README.md``) has ``rounds.csv`` (and ``config.toml``,
+A run directory (results contract: :mod:`fedsec.results.contract`) has ``rounds.csv`` (and ``config.toml``,
 ``clients.csv``, ``summary.json``); a sweep directory has ``sweep.csv``, ``sweep.toml`` and one run directory per
 cell under ``cells/``. :func:`write_report` tells them apart, draws the plots that apply into ``DIR/plots/``
 (:mod:`fedsec.report.plots`) and writes ``DIR/report.md`` and ``DIR/report.html``: the same content, the HTML
@@ -26,32 +26,27 @@ from typing import Any
 
 from fedsec.errors import FedsecInputError
 from fedsec.metrics.seed_sheet import seed_sheet_markdown
+from fedsec.plan.results import attack_success_of, declared_metrics, final_metrics, metric_help, summary_metrics
 from fedsec.report import plots as rp
 from fedsec.report.collateral import add_collateral, add_collateral_by_defense
 from fedsec.report.document import Document as _Document
 from fedsec.report.worst_case import add_worst_case
 
-__all__ = ["FINAL_METRICS", "ReportError", "write_report"]
+__all__ = ["ReportError", "final_metric_names", "write_report"]
 
-FINAL_METRICS = ["accuracy", "loss", "attack_success_rate", "source_recall", "flip_rate", "epsilon",
-                 "detection_precision", "detection_recall"]
-METRIC_HELP = {
-    "accuracy": "main-task test accuracy of the global model",
-    "loss": "test cross-entropy of the global model",
-    "train_loss": "mean local training loss of the round's clients",
-    "attack_success_rate": "backdoor: triggered non-target test inputs classified as the target",
-    "source_recall": "label flip: recall of the source class",
-    "flip_rate": "label flip: source-class test inputs classified as the target class",
-    "epsilon": "privacy spent (at delta)",
-    "detection_precision": "of the clients the strategy rejected or down-weighted, the share malicious",
-    "detection_recall": "of the malicious clients in the round, the share rejected or down-weighted",
-    "mia_advantage": "membership-inference advantage (TPR - FPR) against the final model",
-    "mia_bound": "the bound on that advantage that the privacy guarantee gives",
-    "bytes_up": "bytes the clients sent in the round",
-}
-_ROUND_COLUMNS = ["round", "accuracy", "loss", "train_loss", "attack_success_rate", "source_recall", "flip_rate",
-                  "epsilon", "detection_precision", "detection_recall", "malicious_sampled", "clients_sampled",
-                  "clients_accepted", "clients_failed", "skipped", "bytes_up", "seconds"]
+_SUCCESS = "attack_success"  # summary.json: the attack's success as its declaration reads it
+
+
+def final_metric_names() -> list[str]:
+    """The final metrics a report tabulates: every declared one (:mod:`fedsec.plan.results`), then the attack's
+    success."""
+    return [*final_metrics(), _SUCCESS]
+
+
+def metric_meanings() -> dict[str, str]:
+    return {**metric_help(), _SUCCESS: "the attack's success, as its declaration reads it (e.g. 1 - source_recall)"}
+
+
 _RUN_EXPECTED = "a run directory (rounds.csv, with config.toml, clients.csv and summary.json)"
 _SWEEP_EXPECTED = "a sweep directory (sweep.csv, with sweep.toml and cells/<cell>/ run directories)"
 _NOT_AXES = {"cell", "status", "run_dir", "rounds_completed", "wall_seconds", "stopped_reason", "num_seeds", "error"}
@@ -228,20 +223,29 @@ def _run_report(root: Path) -> _Document:
     doc.table(["setting", "value"], [[k, v] for k, v in header if v])
 
     final = summary if summary else {k: v for k, v in last.items()}
-    metrics = [k for k in METRIC_HELP if _number(final.get(k)) is not None]
+    meanings = metric_meanings()
+    names = [*final_metric_names(), *[m.name for m in summary_metrics() if not m.block]]
+    metrics = [k for k in names if _number(final.get(k)) is not None]
     if metrics:
         doc.heading("Final metrics" + ("" if summary else " (last row of rounds.csv)"))
-        doc.table(["metric", "value", "meaning"], [[k, _fmt(_number(final[k])), METRIC_HELP[k]] for k in metrics])
+        doc.table(["metric", "value", "meaning"], [[k, _fmt(_number(final[k])), meanings[k]] for k in metrics])
+    _audit_section(doc, summary)
 
     doc.heading("Per round")
     if not rows:
         doc.paragraph("`rounds.csv` has no rounds yet.")
         return doc
-    shown = [c for c in _ROUND_COLUMNS if _present(rows, c)]
-    shown += [c for c in columns if c not in _ROUND_COLUMNS and _present(rows, c) and c != "attack_active"
+    declared = {m.name: m for m in declared_metrics()}
+    # the round, the final metrics, then the others (participation, timings) as they are declared
+    order = ["round", *[c for c, m in declared.items() if m.final], *[c for c, m in declared.items()
+                                                                      if not m.final and c != "round"]]
+    hidden = {"attack_active"}
+    shown = [c for c in order if c in columns and c not in hidden and _present(rows, c)
+             and (c == "seconds" or not c.endswith("_seconds"))]
+    shown += [c for c in columns if c not in declared and _present(rows, c) and c not in hidden
               and not c.startswith("recall_") and not c.endswith("_seconds")]
-    rates = set(FINAL_METRICS) | {"train_loss", "seconds"}
-    integer = {c: c == "round" or (c not in rates and _column_is_integer(rows, c)) for c in shown}
+    integer = {c: c == "round" or (declared[c].integer if c in declared else _column_is_integer(rows, c))
+               for c in shown}
     doc.paragraph("Round 0 is the initial model; an empty cell: the metric does not apply to that round "
                   "(e.g. detection precision when nobody was flagged).")
     doc.table(shown, [[_fmt(r.get(c), integer=integer[c]) for c in shown] for r in rows])
@@ -259,8 +263,17 @@ def _run_report(root: Path) -> _Document:
     return doc
 
 
+def _audit_section(doc: _Document, summary: dict[str, Any]) -> None:
+    """The numbers of the hooks' summary blocks (membership AUC, inversion PSNR, ...), as they declare them."""
+    rows = [[m.name, _fmt(v), m.meaning] for m in summary_metrics() if m.block
+            if (v := m.of(summary)) is not None]
+    if rows:
+        doc.heading("Audits")
+        doc.table(["metric", "value", "meaning"], rows)
+
+
 def _seed_sheet(doc: _Document, summary: dict[str, Any]) -> None:
-    """The seed metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) when ``summary.json`` has ``seed_metrics``,
+    """The source surveys' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) when ``summary.json`` has ``seed_metrics``,
     rendered by :func:`fedsec.metrics.seed_sheet.seed_sheet_markdown` and read back into a table."""
     sheet = summary.get("seed_metrics")
     if not isinstance(sheet, dict) or not sheet:
@@ -268,7 +281,7 @@ def _seed_sheet(doc: _Document, summary: dict[str, Any]) -> None:
     lines = [line for line in seed_sheet_markdown(sheet).splitlines() if line.startswith("|")]
     cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
     doc.heading("Seed metric sheet")
-    doc.paragraph("The seed document's metrics (Al-Karaki et al. 2024, sec. 3.2 and Table 1) from this run's "
+    doc.paragraph("The metrics of the source surveys (Al-Karaki et al. 2024, sec. 3.2 and Table 1) from this run's "
                   "`summary.json` (`seed_metrics`); \"not measured\" names the config section that would measure it.")
     doc.table(cells[0], cells[2:])
 
@@ -340,15 +353,13 @@ class _Cell:
     metrics: dict[str, float | None]
     error: str = ""
 
+    success_metric: str = ""  # sweep.csv's attack_success_metric: how the cell's attack_success was read
+
     def success(self) -> tuple[float | None, str]:
-        """The attack's success metric of this cell and its name (``None``: the attack has none)."""
-        if self.metrics.get("attack_success_rate") is not None:
-            return self.metrics["attack_success_rate"], "attack_success_rate"
-        if self.metrics.get("source_recall") is not None:
-            return 1.0 - self.metrics["source_recall"], "1 - source_recall"
-        if self.metrics.get("flip_rate") is not None:
-            return self.metrics["flip_rate"], "flip_rate"
-        return None, ""
+        """The attack's success in this cell and how it was read (``None``: the attack declares none)."""
+        if self.metrics.get(_SUCCESS) is not None:
+            return self.metrics[_SUCCESS], self.success_metric or _SUCCESS
+        return attack_success_of(self.metrics, self.axes.get("attack.kind") or None)
 
 
 def _stats(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
@@ -370,11 +381,14 @@ def _sweep_report(root: Path) -> _Document:
     if "cell" not in columns or "status" not in columns:
         raise ReportError(f"{root / 'sweep.csv'}: expected columns `cell` and `status`, got {columns}")
     grid = {k: [str(v) for v in vs] for k, vs in sweep.get("grid", {}).items() if k in columns}
-    axes = list(grid) or [c for c in columns if c not in _NOT_AXES and c not in FINAL_METRICS
-                          and not c.endswith(("_mean", "_std"))]
+    finals = final_metric_names()
+    axes = list(grid) or [c for c in columns if c not in _NOT_AXES and c not in finals
+                          and not c.endswith(("_mean", "_std", "_status")) and c != "attack_success_metric"
+                          and c not in {m.name for m in summary_metrics()}]
     cells = [_Cell(r["cell"], {a: r.get(a, "") for a in axes}, r.get("status", "").strip() or "pending",
                    root / (r.get("run_dir") or f"cells/{r['cell']}"),
-                   {m: _number(r.get(m)) for m in FINAL_METRICS}, r.get("error", "")) for r in raw]
+                   {m: _number(r.get(m)) for m in finals}, r.get("error", ""), r.get("attack_success_metric", ""))
+             for r in raw]
     values = {a: list(dict.fromkeys(grid.get(a, []) + [c.axes[a] for c in cells])) for a in axes}
     group_axes = [a for a in axes if a != "seed"]
     groups: dict[tuple[str, ...], list[_Cell]] = {}
@@ -384,7 +398,7 @@ def _sweep_report(root: Path) -> _Document:
         groups[tuple(cell.axes[a] for a in group_axes)].append(cell)
     groups = {k: v for k, v in groups.items() if v}
     done = [c for c in cells if c.status == "done"]
-    metrics = [m for m in FINAL_METRICS if any(c.metrics[m] is not None for c in done)]
+    metrics = [m for m in finals if any(c.metrics[m] is not None for c in done)]
 
     doc = _Document(f"Sweep report: {root.resolve().name}")
     counts = {s: sum(c.status == s for c in cells) for s in dict.fromkeys(["done", "failed", "pending"]
@@ -399,7 +413,7 @@ def _sweep_report(root: Path) -> _Document:
     doc.heading("Final metrics per group (mean ± std over seeds)")
     doc.paragraph("Groups: the cells that agree on every axis but `seed`. Only finished cells count; std is the "
                   "sample standard deviation (n - 1), left out for a single seed. Metrics: "
-                  + "; ".join(f"`{m}`: {METRIC_HELP[m]}" for m in metrics) + ".")
+                  + "; ".join(f"`{m}`: {metric_meanings()[m]}" for m in metrics) + ".")
     doc.table(group_axes + ["seeds done"] + metrics,
               [list(k) + [f"{sum(c.status == 'done' for c in v)}/{len(v)}"]
                + [_pm([c.metrics[m] for c in v if c.status == "done"]) for m in metrics] for k, v in groups.items()])

@@ -1,6 +1,6 @@
 """One report document rendered twice, as Markdown and as self-contained HTML (for :mod:`fedsec.report`).
 
-Blocks are headings, paragraphs, bullet lists, tables and figures; inline markup is `code`, **bold** and
+Blocks are headings, paragraphs, tables and figures; inline markup is `code`, **bold** and
 [text](href). Written by hand (no Markdown library) because the HTML only needs these few elements.
 """
 
@@ -51,9 +51,6 @@ class Document:
     def paragraph(self, text: str) -> None:
         self.blocks.append(("p", text))
 
-    def bullets(self, items: Sequence[str]) -> None:
-        self.blocks.append(("ul", list(items)))
-
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         self.blocks.append(("table", (list(header), [list(r) for r in rows])))
 
@@ -72,8 +69,6 @@ class Document:
                 out += [f"## {body}", ""]
             elif kind == "p":
                 out += [body, ""]
-            elif kind == "ul":
-                out += [f"- {item}" for item in body] + [""]
             elif kind == "table":
                 header, rows = body
                 numeric = self._numeric_columns(header, rows)
@@ -95,8 +90,6 @@ class Document:
                 out.append(f"<h2>{_inline_html(body)}</h2>")
             elif kind == "p":
                 out.append(f"<p>{_inline_html(body)}</p>")
-            elif kind == "ul":
-                out.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in body) + "</ul>")
             elif kind == "table":
                 header, rows = body
                 numeric = self._numeric_columns(header, rows)

@@ -94,7 +94,7 @@ def plot_run_rounds(
 
 def plot_robust_accuracy(rows: Sequence[Row], path: Path, *, title: str, attacks: Sequence[str]) -> Path:
     """Clean test accuracy and the robust accuracy (``robust_accuracy_<attack>`` columns: accuracy on the audit's
-    adversarial test examples, the seed's R) per round, one line per evasion attack."""
+    adversarial test examples, the source surveys' R) per round, one line per evasion attack."""
     fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
     xs, ys = _series(rows, "accuracy")
     ax.plot(xs, ys, marker="o", color="tab:blue", label="test accuracy (clean)")

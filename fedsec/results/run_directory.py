@@ -1,10 +1,10 @@
-"""The run directory (results contract in ``shared/README.md``).
+"""The run directory (the results contract: :mod:`fedsec.results.contract`).
 
 ``config.toml`` (resolved config), ``rounds.csv`` (one row per round, round 0 = initial model), ``clients.csv``
 (one row per (round, client)), ``summary.json`` (final metrics, how the run stopped, versions, seed) and
 ``plots/``. Rows are appended and flushed as rounds finish, so an interrupted run keeps what it measured.
 
-A run directory belongs to one run (issue 14): while a :class:`RunDirectory` is open it holds ``run.lock``
+A run directory belongs to one run: while a :class:`RunDirectory` is open it holds ``run.lock``
 (:mod:`fedsec.results.lock`: PID, host, start time; released by :meth:`RunDirectory.finish` or
 :meth:`~RunDirectory.close`, or by the kernel when the process dies). Opening a directory that already holds
 a run (finished or interrupted) needs ``resume=True`` (read its rows back and append after them) or

@@ -75,11 +75,14 @@ def summary_extra(plan: RunPlan, outcome: Any, **measured: Any) -> dict[str, Any
 
 
 def add_seed_metrics(plan: RunPlan, summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The seed documents' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) in ``summary.json``."""
+    """The source surveys' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) in ``summary.json``."""
     import json
 
     from fedsec.metrics.seed_sheet import seed_metrics
 
+    success = plan.attack.success.of(summary) if plan.attack.success is not None else None
+    if success is not None:  # the attack's success as its declaration reads it (sweeps and reports use it)
+        summary["attack_success"], summary["attack_success_metric"] = success, plan.attack.success.label
     summary["seed_metrics"] = seed_metrics(summary, plan.resolved)
     summary = _finite(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -241,9 +244,9 @@ def run_experiment(
     from fedsec.clients.spec import ClientSpec
     from fedsec.data import DatasetError, PartitionError
     from fedsec.data.federated import build_federated_data
+    from fedsec.hooks.privacy import dp_histories_of
     from fedsec.results import RunDirectory
     from fedsec.server.app import ServerOutcome, make_server_app
-    from fedsec.hooks.privacy import dp_histories_of
     from fedsec.server.cohorts import cohort_node_count
 
     backend = plan.backend

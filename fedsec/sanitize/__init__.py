@@ -1,7 +1,7 @@
 """Client-side data sanitization before local training (``[defense.sanitize]``): a registry of filters.
 
 Each filter checks its settings when built and has one verb, ``filter(x, y, *, model=None, seed) -> FilterResult``.
-Methods: ``threshold`` (the seed's k-times-the-mean rule, and a robust z-score variant), ``isolation_forest``
+Methods: ``threshold`` (Al-Karaki et al.'s k-times-the-mean rule, and a robust z-score variant), ``isolation_forest``
 (scikit-learn, on inputs or global-model embeddings), ``label_issues`` (cleanlab on cross-validated probabilities).
 """
 

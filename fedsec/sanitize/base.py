@@ -30,14 +30,6 @@ class FilterResult:
     threshold: float | None = None  # the score above which points were dropped, where the method has one
 
     @property
-    def num_kept(self) -> int:
-        return int(self.keep.sum())
-
-    @property
-    def num_dropped(self) -> int:
-        return int(self.keep.size - self.keep.sum())
-
-    @property
     def dropped(self) -> np.ndarray:
         """Indices of the dropped points, ascending."""
         return np.flatnonzero(~self.keep)

@@ -1,8 +1,8 @@
 """Isolation forest on a client's inputs or on the global model's penultimate-layer embeddings.
 
 Liu, Ting, Zhou, "Isolation Forest", ICDM 2008 (https://doi.org/10.1109/ICDM.2008.17), through scikit-learn's
-``sklearn.ensemble.IsolationForest`` (used as is: it is the reference implementation most users know). The seed's
-"data autoclaving" (Al-Karaki et al., "Deep Learning Under Siege", 2024, sec. 3.2 item 3) asks for removing
+``sklearn.ensemble.IsolationForest`` (used as is: it is the reference implementation most users know). The source
+surveys' "data autoclaving" (Al-Karaki et al., "Deep Learning Under Siege", 2024, sec. 3.2 item 3) asks for removing
 anomalous examples; this is one anomaly detector for it.
 
 Defaults: ``features = "inputs"`` (flattened raw inputs), ``contamination = "auto"`` (the paper's offset: a point is

@@ -4,7 +4,7 @@ Northcutt, Jiang, Chuang, "Confident Learning: Estimating Uncertainty in Dataset
 (https://arxiv.org/abs/1911.00068), through cleanlab 2's ``cleanlab.filter.find_label_issues`` (the authors'
 library). Confident learning needs *out-of-sample* predicted probabilities: this module computes them on the
 client's own data with k-fold cross-validation (stratified where every class has ``n_folds`` points, plain k-fold
-otherwise), so no point is scored by a model that saw it. The seed documents' "noise filtering" and "data
+otherwise), so no point is scored by a model that saw it. The source surveys' "noise filtering" and "data
 cleansing" (Steinhardt et al., NeurIPS 2017) are what this filter serves.
 
 Defaults: ``n_folds = 5``; ``classifier = "logreg"``: scikit-learn ``LogisticRegression(C=0.1, max_iter=300)`` on
@@ -71,7 +71,7 @@ def logreg_fold_probs(
         out[:, classes[0]] = 1.0
         return out
     # one BLAS thread: lbfgs on a few hundred points is latency-bound, and OpenBLAS threads spinning on a loaded
-    # 2-core machine made each fit ~8x slower (measured 0.64 s vs 0.08 s on 400 digits)
+    # 2-core machine made each fit ~8x slower (measured on 400 digits)
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore")  # ConvergenceWarning at small max_iter: the probabilities are still usable
         clf = LogisticRegression(C=c, max_iter=max_iter).fit(x[train], y[train])

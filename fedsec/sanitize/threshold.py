@@ -1,8 +1,8 @@
-"""The seed's noise filter: drop points whose feature statistic is at least k times the mean (k = 3.5).
+"""Al-Karaki et al.'s noise filter: drop points whose feature statistic is at least k times the mean (k = 3.5).
 
 Source: Al-Karaki, Khan, Mohamad, Chowdhury, "Deep Learning Under Siege: Identifying Security Vulnerabilities and
 Risk Mitigation Strategies", 2024, sec. 3.2 item 2 and Table 1 ("a noise filter F that removes all those datapoints
-where x_i >= 7/2 x-bar, i.e. 3.5 times greater than the mean"). The seed's x_i is a scalar per datapoint; for
+where x_i >= 7/2 x-bar, i.e. 3.5 times greater than the mean"). The survey's x_i is a scalar per datapoint; for
 images and vectors this module defines the statistic as the **L2 distance of a point to the centroid of its
 labelled class** (``statistic = "class_centroid"``, default), or to the centroid of all the client's points
 (``statistic = "centroid"``), on flattened inputs. With ``class_centroid`` the mean (and the median below) is taken
@@ -11,15 +11,15 @@ label sits far from its labelled class's centroid, which is how this filter can 
 
 Variants (``variant``):
 
-- ``"mean_ratio"`` (default, the seed's rule): drop ``d_i >= k * mean(d)``; score = ``d_i / mean(d)``.
+- ``"mean_ratio"`` (default, the survey's rule): drop ``d_i >= k * mean(d)``; score = ``d_i / mean(d)``.
 - ``"robust_z"``: the modified z-score of Iglewicz and Hoaglin ("How to Detect and Handle Outliers", ASQC 1993):
   ``M_i = 0.6745 (d_i - median(d)) / MAD``; drop ``M_i > k`` (their cut-off is also 3.5). One-sided: only points
   far from the centroid are dropped. Where MAD = 0 the score uses ``1.253314 * mean absolute deviation`` instead
   (the usual fallback, so that ``M`` stays on the same scale), and where that is 0 too nothing is dropped.
 
-Defaults: ``k = 3.5``, ``variant = "mean_ratio"``, ``statistic = "class_centroid"``. Departures from the seed: the
-seed does not say which statistic of a multi-dimensional point is compared; the centroid distance is our choice.
-Written in torch rather than taken from a library: no library ships the seed's rule; the kernels are vectorised
+Defaults: ``k = 3.5``, ``variant = "mean_ratio"``, ``statistic = "class_centroid"``. Departures from the survey: it
+does not say which statistic of a multi-dimensional point is compared; the centroid distance is our choice.
+Written in torch rather than taken from a library: no library ships the survey's rule; the kernels are vectorised
 (one ``index_add_`` for the centroids; medians loop over the classes only).
 """
 
@@ -75,7 +75,7 @@ def robust_z_scores(d: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
 
 
 def threshold_keep(scores: torch.Tensor, *, k: float, variant: str) -> torch.Tensor:
-    """Bool (N,) keep mask: drop ``score >= k`` for ``mean_ratio`` (the seed's ``x_i >= k x-bar``), ``> k`` for
+    """Bool (N,) keep mask: drop ``score >= k`` for ``mean_ratio`` (the survey's ``x_i >= k x-bar``), ``> k`` for
     ``robust_z`` (Iglewicz-Hoaglin); a score of 0 is always kept."""
     drop = scores >= k if variant == "mean_ratio" else scores > k
     return ~(drop & (scores > 0))
@@ -85,7 +85,7 @@ def threshold_keep(scores: torch.Tensor, *, k: float, variant: str) -> torch.Ten
 
 
 class ThresholdFilter(Sanitizer):
-    """Drop points whose distance to their class centroid is at least ``k`` times the class mean (the seed's rule)
+    """Drop points whose distance to their class centroid is at least ``k`` times the class mean (the survey's rule)
     or whose robust z-score exceeds ``k``.
 
     Parameters:

@@ -109,7 +109,7 @@ def connect(grid: Grid, num_clients: int, cohort_nodes: int, *, timeout: float,
             outcome: ServerOutcome) -> tuple[Any, dict[int, int], dict[int, str]]:
     """The handshake; returns the transport to send through, partition -> node id and partition -> Ray node."""
     if isinstance(getattr(grid, "pull_interval", None), float):  # Flower's InMemoryGrid polls for replies every
-        grid.pull_interval = min(grid.pull_interval, 0.01)  # 0.1 s by default: ~50 ms of idle wait per round
+        grid.pull_interval = min(grid.pull_interval, 0.01)  # 0.1 s by default: idle wait in every round
     if not cohort_nodes:
         outcome.messages = "per_client"
         return grid, *handshake(grid, num_clients, timeout=timeout)

@@ -1,5 +1,5 @@
 """A deployment scenario: a real server for a run directory, honest users, unauthorized users and one extraction
-attacker, all over HTTP; measures the seed documents' A/C and Q ("Deep Learning Under Siege", section 3.2).
+attacker, all over HTTP; measures the source surveys' A/C and Q ("Deep Learning Under Siege", section 3.2).
 
 - A/C = blocked unauthorized attempts / unauthorized attempts. Unauthorized attempts: requests with no key, a wrong
   key, an expired key, a revoked key, and a valid key whose role lacks ``predict``.

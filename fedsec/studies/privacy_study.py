@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedsec.config import ConfigError, Experiment, apply_overrides
-from fedsec.plan import RunPlan, build_plan, plan_from_dict
+from fedsec.config import ConfigError, apply_overrides
+from fedsec.plan import RunPlan, plan_from_dict
 from fedsec.results.run_directory import RESUME_MAY_CHANGE, changed_keys
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,18 @@ class StudyInterrupted(Exception):
         super().__init__(f"{cell} interrupted after round {rounds_completed}")
         self.cell, self.rounds_completed = cell, rounds_completed
 
-STUDY_COLUMNS = ["epsilon_budget", "seed", "epsilon", "accuracy", "attack_success_rate", "source_recall", "flip_rate",
-                 "mia_advantage", "mia_bound", "noise_multiplier", "rounds_completed", "stopped_reason"]
+def study_columns() -> list[str]:
+    """study.csv's columns: the budget and seed, epsilon spent, accuracy, every attack's declared metrics and its
+    success, the membership check, the noise, and how the cell ended."""
+    from fedsec.clients.attacks import ATTACKS
+
+    attack = list(dict.fromkeys(m.name for _, cls in ATTACKS.items() for m in cls.metrics))
+    return ["epsilon_budget", "seed", "epsilon", "accuracy", *attack, "attack_success", "mia_advantage", "mia_bound",
+            "noise_multiplier", "rounds_completed", "stopped_reason"]
+
+
+#: study.csv's columns with the kinds registered at import (:func:`study_columns` reads them at call time)
+STUDY_COLUMNS = study_columns()
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -69,12 +79,12 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-def study_experiments(base: Experiment, epsilons: list[float], seeds: list[int] | None = None
+def study_experiments(base: RunPlan, epsilons: list[float], seeds: list[int] | None = None
                       ) -> list[tuple[float, RunPlan]]:
     """One validated run plan per budget (inf: privacy.mode = none) and seed (None: the config's seed only)."""
-    if base.privacy.mode == "none":
+    if base.facts is None or base.facts.privacy.mode == "none":
         raise ConfigError("privacy.mode='none': a privacy study needs privacy.mode = 'local' or 'central'")
-    raw = build_plan(base).resolved
+    raw = base.resolved
     out = []
     for eps in epsilons:
         for seed in seeds if seeds is not None else [None]:
@@ -93,9 +103,10 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     spent and membership advantage over the seeds."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows, columns=STUDY_COLUMNS)
-    metrics = [m for m in ("accuracy", "epsilon", "attack_success_rate", "source_recall", "flip_rate",
-                           "mia_advantage", "mia_bound", "noise_multiplier") if frame[m].notna().any()]
+    columns = study_columns()
+    frame = pd.DataFrame(rows, columns=columns)
+    numeric = [c for c in columns if c not in ("epsilon_budget", "seed", "rounds_completed", "stopped_reason")]
+    metrics = [m for m in numeric if frame[m].notna().any()]
     out = []
     for eps, group in frame.groupby("epsilon_budget", sort=True):
         row: dict[str, Any] = {"epsilon_budget": eps, "seeds": len(group)}
@@ -111,7 +122,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_study(
-    base: Experiment, epsilons: list[float], out_dir: Path, *, on_cell: Callable[[float, dict], None] | None = None,
+    base: RunPlan, epsilons: list[float], out_dir: Path, *, on_cell: Callable[[float, dict], None] | None = None,
     seeds: list[int] | None = None, stop: Any = None,
 ) -> list[dict[str, Any]]:
     """Run every budget (and seed), write study.csv, study_summary.csv and the plot; returns the rows.
@@ -125,7 +136,7 @@ def run_study(
     rows = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for eps, plan in study_experiments(base, epsilons, seeds):
-        cell = f"eps-{eps:g}" if seeds is None else f"eps-{eps:g}-seed-{plan.experiment.seed}"
+        cell = f"eps-{eps:g}" if seeds is None else f"eps-{eps:g}-seed-{plan.seed}"
         summary = finished_summary(out_dir / cell, plan)
         if summary is None:
             resume = (out_dir / cell / "checkpoints" / "latest.pt").is_file()
@@ -137,11 +148,11 @@ def run_study(
         if summary.get("stopped_reason") == "interrupted":
             raise StudyInterrupted(cell, int(summary.get("rounds_completed") or 0))
         privacy = summary.get("privacy", {})
-        row = {"epsilon_budget": eps, "seed": plan.experiment.seed, "epsilon": privacy.get("epsilon", math.inf),
+        row = {"epsilon_budget": eps, "seed": plan.seed, "epsilon": privacy.get("epsilon", math.inf),
                "noise_multiplier": privacy.get("noise_multiplier", math.nan)}
-        row.update({k: summary.get(k, math.nan) for k in STUDY_COLUMNS if k not in row})
+        row.update({k: summary.get(k, math.nan) for k in study_columns() if k not in row})
         rows.append(row)
-        pd.DataFrame(rows, columns=STUDY_COLUMNS).to_csv(out_dir / "study.csv", index=False)
+        pd.DataFrame(rows, columns=study_columns()).to_csv(out_dir / "study.csv", index=False)
         pd.DataFrame(summarize(rows)).to_csv(out_dir / "study_summary.csv", index=False)
         if on_cell is not None:
             on_cell(eps, row)

@@ -53,16 +53,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedsec.config import ConfigError, Experiment
+from fedsec.config import ConfigError
 from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
+from fedsec.plan.results import final_metrics, summary_metrics
+from fedsec.results.contract import number
 
 logger = logging.getLogger(__name__)
 
 SEED_AXIS = "seed"
-#: final metrics copied from each cell's summary.json into sweep.csv (those some cell has)
-METRICS = ["accuracy", "loss", "attack_success_rate", "source_recall", "flip_rate", "epsilon",
-           "detection_precision", "detection_recall"]
+#: besides the declared final metrics (:func:`fedsec.plan.results.final_metrics`), the attack's success as its
+#: declaration reads it (``summary.json``: ``attack_success`` and ``attack_success_metric``)
+SUCCESS = "attack_success"
 _SWEEP_KEYS = {"base", "name", "grid", "set"}
 _LINUX = sys.platform.startswith("linux")
 
@@ -74,10 +76,6 @@ class Cell:
     id: str
     values: dict[str, Any]
     plan: RunPlan
-
-    @property
-    def experiment(self) -> Experiment:
-        return self.plan.experiment
 
     @property
     def group(self) -> tuple[Any, ...]:
@@ -99,7 +97,7 @@ class Sweep:
     @property
     def address(self) -> str:
         """The cluster the base config names (``backend.address``), or ''."""
-        return self.cells[0].experiment.backend.address if self.cells else ""
+        return self.cells[0].plan.backend.address if self.cells else ""
 
 
 def _slug(key: str, value: Any) -> str:
@@ -462,46 +460,38 @@ def _last_error(log: Path) -> str:
 # ------------------------------------------------------------------------------------------------------ table
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-#: privacy-audit results copied into sweep.csv: (column, summary block, key); inversion is averaged over its records
-AUDIT_COLUMNS = [("inversion_psnr", "inversion", "psnr"), ("inversion_ssim", "inversion", "ssim"),
-                 ("inversion_label_accuracy", "inversion", "label_accuracy"),
-                 ("membership_auc", "membership", "auc"),
-                 ("membership_tpr_at_0.1%_fpr", "membership", "tpr_at_0.1%_fpr"),
-                 ("membership_tpr_at_1%_fpr", "membership", "tpr_at_1%_fpr"),
-                 ("membership_epsilon_lower_bound", "membership", "empirical_epsilon_lower_bound")]
+def metrics() -> list[str]:
+    """The final metrics sweep.csv copies from each cell's summary.json (those some cell has), with their mean and
+    std over seeds: every declared final metric, then the attack's success."""
+    return [*final_metrics(), SUCCESS]
 
 
 def audit_columns(summary: dict[str, Any]) -> dict[str, Any]:
-    """The privacy audits of a cell's summary as flat columns: the mean PSNR / SSIM / label accuracy over the
-    inversion records that ran, ``inversion_status`` ("done", or why none ran, e.g. "unavailable: no plaintext
-    update available ..."), and the membership audit's AUC, TPRs and empirical epsilon lower bound."""
+    """The hooks' summary blocks of a cell as flat columns (their declared ``summary_metrics``: the mean PSNR /
+    SSIM / label accuracy over the inversion records that ran, the membership audit's AUC, TPRs and empirical
+    epsilon lower bound, ...), and for each block ``<block>_status``: "done", or why none ran (e.g.
+    "unavailable: no plaintext update available ...")."""
     out: dict[str, Any] = {}
-    records = summary.get("inversion")
-    if isinstance(records, list) and records:
-        done = [r for r in records if isinstance(r, dict) and r.get("status") == "done"]
-        out["inversion_status"] = "done" if done else f"{records[0].get('status')}: {records[0].get('reason', '')}"
-        for column, key in _audit_keys("inversion"):
-            values = [float(r[key]) for r in done if _number(r.get(key)) is not None]
-            if values:
-                out[column] = sum(values) / len(values)
-    membership = summary.get("membership")
-    if isinstance(membership, dict):
-        out["membership_status"] = membership.get("status", "")
-        for column, key in _audit_keys("membership"):
-            if _number(membership.get(key)) is not None:
-                out[column] = membership[key]
+    for block in dict.fromkeys(m.block for m in summary_metrics() if m.block):
+        value = summary.get(block)
+        if isinstance(value, list) and value:
+            done = any(isinstance(r, dict) and r.get("status") == "done" for r in value)
+            first = value[0] if isinstance(value[0], dict) else {}
+            out[f"{block}_status"] = "done" if done else f"{first.get('status')}: {first.get('reason', '')}"
+        elif isinstance(value, dict) and "status" in value:
+            out[f"{block}_status"] = value.get("status", "")
+        for metric in summary_metrics():
+            if metric.block == block and (v := metric.of(summary)) is not None:
+                out[metric.name] = v
     return out
 
 
-def _audit_keys(block: str) -> list[tuple[str, str]]:
-    """(column, summary key) of :data:`AUDIT_COLUMNS` for one summary block."""
-    return [(column, key) for column, b, key in AUDIT_COLUMNS if b == block]
+def audit_column_names() -> list[str]:
+    """The columns :func:`audit_columns` can write, in order."""
+    names: list[str] = []
+    for block in dict.fromkeys(m.block for m in summary_metrics() if m.block):
+        names += [f"{block}_status", *[m.name for m in summary_metrics() if m.block == block]]
+    return names
 
 
 def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
@@ -514,10 +504,12 @@ def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
         summary_path = sweep_dir / "cells" / cell.id / "summary.json"
         if status == "done" and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
-            for key in [*METRICS, "rounds_completed", "wall_seconds"]:
-                if _number(summary.get(key)) is not None:
+            for key in [*metrics(), "rounds_completed", "wall_seconds"]:
+                if number(summary.get(key)) is not None:
                     row[key] = summary[key]
             row["stopped_reason"] = summary.get("stopped_reason", "")
+            if summary.get("attack_success_metric"):
+                row["attack_success_metric"] = summary["attack_success_metric"]
             row.update(audit_columns(summary))
         rows.append(row)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -525,7 +517,7 @@ def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
         groups.setdefault(tuple(json.dumps(v) for v in cell.group), []).append(row)
     for members in groups.values():
         done = [r for r in members if r["status"] == "done"]
-        for metric in METRICS:
+        for metric in metrics():
             values = [float(r[metric]) for r in done if metric in r]
             if not values:
                 continue
@@ -541,11 +533,10 @@ def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
 def write_sweep_table(sweep: Sweep, sweep_dir: Path) -> Path:
     """Write ``sweep.csv`` (atomically) and return its path."""
     rows = sweep_rows(sweep, sweep_dir)
-    present = [m for m in METRICS if any(m in r for r in rows)]
-    audits = [c for c in ["inversion_status", *[c for c, _ in _audit_keys("inversion")],
-                          "membership_status", *[c for c, _ in _audit_keys("membership")]]
-              if any(c in r for r in rows)]
-    columns = ["cell", *sweep.axes, "status", "run_dir", *present, "rounds_completed", "wall_seconds",
+    present = [m for m in metrics() if any(m in r for r in rows)]
+    audits = [c for c in audit_column_names() if any(c in r for r in rows)]
+    success = ["attack_success_metric"] if any("attack_success_metric" in r for r in rows) else []
+    columns = ["cell", *sweep.axes, "status", "run_dir", *present, *success, "rounds_completed", "wall_seconds",
                "stopped_reason", *audits, *[f"{m}_{s}" for m in present for s in ("mean", "std")], "num_seeds"]
     path = sweep_dir / "sweep.csv"
     tmp = path.with_suffix(".tmp")

@@ -1,7 +1,7 @@
 """The worst case per defense: a defense x attack grid, and for every defense the attack that hurt it most.
 
-A robust rule is only as good as the strongest attack tried against it (fedsec's issue 20; ByzFL reports a worst
-case over a fixed list of attacks, here the list includes the adaptive ones: ``fang``, ``agr_tailored``,
+A robust rule is only as good as the strongest attack tried against it (ByzFL reports a worst case over a
+fixed list of attacks; here the list includes the adaptive ones: ``fang``, ``agr_tailored``,
 ``alie_search``, ``ipm_search``, which search their own parameters against the deployed rule). ``fedsec worst-case
 SWEEP.toml`` takes an ordinary sweep file (:mod:`fedsec.studies.sweep`) whose grid has ``defense.strategy`` and at
 least one ``attack.*`` axis, runs it with :class:`~fedsec.studies.sweep.SweepRunner`, and writes into the sweep
@@ -39,6 +39,7 @@ import typer
 from fedsec.config import ConfigError
 from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import drop_unused_kind_keys, plan_from_dict
+from fedsec.plan.results import attack_success_of
 
 from .sweep import SEED_AXIS, Cell, Sweep, SweepRunner, cell_id, load_sweep
 
@@ -141,14 +142,12 @@ def _number(text: Any) -> float | None:
 
 
 def success_of(row: dict[str, Any]) -> tuple[float | None, str]:
-    """The attack's success in a ``sweep.csv`` row and its name (as the sweep report reads it)."""
-    if (v := _number(row.get("attack_success_rate"))) is not None:
-        return v, "attack_success_rate"
-    if (v := _number(row.get("source_recall"))) is not None:
-        return 1.0 - v, "1 - source_recall"
-    if (v := _number(row.get("flip_rate"))) is not None:
-        return v, "flip_rate"
-    return None, ""
+    """The attack's success in a ``sweep.csv`` row and how it was read: the cell's own ``attack_success``, else
+    the declared success measure of the row's ``attack.kind`` (:func:`fedsec.plan.results.attack_success_of`)."""
+    if (v := _number(row.get("attack_success"))) is not None:
+        return v, str(row.get("attack_success_metric") or "attack_success")
+    kind = row.get("attack.kind")
+    return attack_success_of(row, str(kind) if kind not in (None, "") else None)
 
 
 def _label(row: dict[str, Any], axes: Sequence[str]) -> str:
