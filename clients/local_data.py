@@ -17,7 +17,7 @@ from torch import nn
 
 from fedsec.data.poison import poison_client_data
 from fedsec.metrics.filtering import filter_quality
-from fedsec.sanitize import build_sanitizer
+from fedsec.sanitize import SANITIZERS, build_sanitizer
 
 from .spec import ClientSpec
 
@@ -76,18 +76,12 @@ def honest_client_data(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: 
 
 def _filter(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: torch.Tensor, *, model: nn.Module,
             server_round: int) -> np.ndarray:
-    config = spec.sanitize
-    static = config.method == "threshold" or (config.method == "isolation_forest" and config.features == "inputs")
+    config = spec.sanitize  # the plan's resolved table: the method and its filter's keys
+    keys = config.kind_keys
+    static = not SANITIZERS.get(config.method).per_round(keys)
     key = (f"{spec.seed}:{spec.data.model_dump_json()}:{config.model_dump_json()}", partition_id)
     if static and key in _FILTERS:
         return _FILTERS[key]
-    keys: dict[str, object] = {}
-    if config.method == "threshold":
-        keys = {"k": config.k, "variant": config.variant}
-    elif config.method == "isolation_forest":
-        keys = {"contamination": config.contamination, "features": config.features}
-    elif config.method == "label_issues":
-        keys = {"n_folds": config.n_folds}
     sanitizer = build_sanitizer(config.method, **keys)
     seed = spec.schedule.client_seed(server_round, partition_id) % (2**31)
     keep = np.asarray(sanitizer.filter(x, y, model=model, seed=seed).keep, dtype=bool)

@@ -8,7 +8,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from fedsec.errors import ConfigError
 from fedsec.plan import RunPlan, load_plan
@@ -44,12 +46,53 @@ SetOption = Annotated[
 ]
 
 
+def _print_error(label: str, message: object) -> None:
+    """``label: message`` on stderr as one line; the message is plain text: a value from a config or a path (``[/]``,
+    ``[bold]``, ``:x:``) is printed as it is, never read as rich markup or an emoji code."""
+    err_console.print(Text.assemble((f"{label}:", "bold red"), " ", str(message)), highlight=False, soft_wrap=True)
+
+
+def _print_config_error(error: ConfigError) -> None:
+    """``config error: ...``, one line per problem (every section error of a config at once)."""
+    for problem in getattr(error, "problems", None) or (str(error),):
+        _print_error("config error", problem)
+
+
 def _load(config: Path, overrides: list[str] | None) -> RunPlan:
     try:
         return load_plan(config, overrides or [])
     except ConfigError as e:
-        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_config_error(e)
         raise typer.Exit(code=2) from None
+
+
+def named_after_overrides(name: str, overrides: list[str] | None) -> str:
+    """The run's name when ``--set`` changed its config: the config's name, then ``+key-value`` per override
+    (``fmnist-labelflip-krum+defense.strategy-median``), so run directories, summaries and reports say what ran;
+    ``name`` itself when nothing but ``name`` or ``backend.*`` was set. Characters a name cannot hold become ``_``;
+    a name over 100 characters is cut and ends with a hash of the overrides.
+
+    >>> named_after_overrides("quickstart", ["defense.strategy=krum", "attack.fraction = 0.3"])
+    'quickstart+defense.strategy-krum+attack.fraction-0.3'
+    >>> named_after_overrides("quickstart", ["backend.num_cpus=2"])
+    'quickstart'
+    """
+    import hashlib
+    import re
+
+    pairs = [(key.strip(), value.strip().strip("\"'")) for key, _, value in
+             (text.partition("=") for text in overrides or [])]
+    if any(key == "name" for key, _ in pairs):
+        return name  # an explicit --set name wins
+    parts = [re.sub(r"[^A-Za-z0-9._+-]", "_", f"{key}-{value}") for key, value in pairs
+             if not key.startswith("backend.")]  # where it runs, not what it computes
+    if not parts:
+        return name
+    named = "+".join([name, *parts])
+    if len(named) > 100:
+        digest = hashlib.sha1("\n".join(overrides or []).encode()).hexdigest()[:8]
+        named = f"{named[:91]}+{digest}"
+    return named
 
 
 def _fmt(value: object) -> str:
@@ -75,7 +118,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsec.errors import FedsecInputError
-    from fedsec.runtime.runner import RunError, quiet_frameworks, run_experiment
+    from fedsec.runtime.runner import RunError, console_metrics, health_line, quiet_frameworks, run_experiment
 
     quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
     if resume is not None:
@@ -87,6 +130,8 @@ def run(
     if config is None:
         _fail_input("give an experiment config (fedsec run CONFIG) or --resume RUN_DIR")
     plan = _load(config, set_)
+    if resume is None and (name := named_after_overrides(plan.name, set_)) != plan.name:
+        plan = _load(config, [*(set_ or []), f'name="{name}"'])  # the name follows what --set changed
     experiment = plan.experiment
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -110,7 +155,7 @@ def run(
             result = run_experiment(plan, out, on_round=on_round, verbose=verbose, resume=resume is not None,
                                     overwrite=overwrite, stop=stop)
     except RunError as e:
-        err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("run failed", e)
         raise typer.Exit(code=1) from None
     except FedsecInputError as e:  # the run directory is locked, holds another run, cannot be resumed, ...
         _fail_input(str(e))
@@ -118,22 +163,22 @@ def run(
     table = Table(title=f"{experiment.name}: final metrics", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("rounds_completed", "stopped_reason", "accuracy", "loss", "train_loss", "startup_seconds",
-                "wall_seconds"):
-        if key in summary and summary[key] is not None:
-            table.add_row(key, _fmt(summary[key]))
+    for key, value in console_metrics(summary):  # what the config measures, from the declarations
+        table.add_row(key, _fmt(value))
     console.print(table)
-    console.print(f"run directory: [bold]{result.run_dir}[/]")
+    if line := health_line(summary):
+        err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/]")
     if summary.get("stopped_reason") == "interrupted":
         err_console.print(f"interrupted after round {summary.get('rounds_completed')}; go on with "
-                          f"`fedsec run --resume {result.run_dir}`", highlight=False, soft_wrap=True)
+                          f"`fedsec run --resume {result.run_dir}`", markup=False, highlight=False, soft_wrap=True)
         _hard_exit(signals.exit_code)
     if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
 
 
 def _fail_input(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _print_error("error", message)
     raise typer.Exit(code=2)
 
 
@@ -186,13 +231,13 @@ def validate(
     """Check a config without running it (exit 0 if valid, 2 otherwise)."""
     plan = _load(config, set_)
     experiment = plan.experiment
-    console.print(
-        f"[green]valid[/]: {experiment.name}: {experiment.data.dataset} ({experiment.data.partition}, "
+    console.print(Text.assemble(
+        ("valid", "green"),
+        f": {experiment.name}: {experiment.data.dataset} ({experiment.data.partition}, "
         f"{experiment.data.num_clients} clients), model {experiment.model.name}, strategy "
         f"{experiment.defense.strategy}, attack {experiment.attack.kind}, {experiment.rounds} rounds x "
         f"{experiment.train.clients_per_round} clients",
-        highlight=False,
-    )
+    ), highlight=False, soft_wrap=True)
     privacy = plan.privacy
     if privacy is not None:
         scheme = ("Poisson sampling, add-or-remove-one" if privacy.scheme == "poisson"
@@ -202,7 +247,7 @@ def validate(
                 f"{privacy.planned_epsilon:.3f} of {experiment.privacy.epsilon} at delta {experiment.privacy.delta:g}")
         if privacy.rounds_within_budget < experiment.rounds:
             line += f"; the budget guard will stop the run after round {privacy.rounds_within_budget}"
-        console.print(line, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("privacy-study")
@@ -234,25 +279,30 @@ def privacy_study(
 
     quiet_frameworks(verbose)
     plan = _load(config, set_)
+    if (name := named_after_overrides(plan.name, set_)) != plan.name:
+        plan = _load(config, [*(set_ or []), f'name="{name}"'])  # the name follows what --set changed
     experiment = plan.experiment
     try:
         budgets = parse_epsilons(epsilons)
         seed_list = parse_seeds(seeds)
         study_experiments(plan, budgets, seed_list)  # validate every cell before running any
     except ConfigError as e:
-        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_config_error(e)
         raise typer.Exit(code=2) from None
     out = out or Path("runs") / f"{experiment.name}-study-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     table = Table(title=f"{experiment.name}: privacy study ({experiment.privacy.mode} DP)")
-    for column in ("epsilon budget", "epsilon spent", "accuracy", "membership advantage", "bound"):
-        table.add_column(column, justify="right")
-
-    table.add_column("seed", justify="right")
+    # what the scenario measures, from the declarations: the attack's own metrics and its success when attacked
+    columns = {"epsilon_budget": "epsilon budget", "epsilon": "epsilon spent", "accuracy": "accuracy"}
+    if plan.attack.success is not None:
+        columns.update({m.name: m.name for m in plan.attack.metrics if m.final})
+        columns["attack_success"] = f"attack success ({plan.attack.success.label})"
+    columns.update({"mia_advantage": "membership advantage", "mia_bound": "bound", "seed": "seed"})
+    for title in columns.values():
+        table.add_column(title, justify="right")
 
     def on_cell(eps: float, row: dict) -> None:
         console.print(f"epsilon {eps:g}, seed {row['seed']}: accuracy {row['accuracy']:.4f}", highlight=False)
-        table.add_row(f"{eps:g}", _fmt(row["epsilon"]), _fmt(row["accuracy"]), _fmt(row["mia_advantage"]),
-                      _fmt(row["mia_bound"]), str(row["seed"]))
+        table.add_row(*[f"{eps:g}" if key == "epsilon_budget" else _fmt(row.get(key, math.nan)) for key in columns])
 
     stop = threading.Event()
     signals = _SigtermAsInterrupt()
@@ -260,18 +310,19 @@ def privacy_study(
         with signals:
             run_study(plan, budgets, out, on_cell=on_cell, seeds=seed_list, stop=stop)
     except RunError as e:
-        err_console.print(f"[bold red]run failed:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("run failed", e)
         raise typer.Exit(code=1) from None
     except StudyInterrupted as e:
         err_console.print(f"{e}; the same command goes on from there (finished cells are read back)",
-                          highlight=False, soft_wrap=True)
+                          markup=False, highlight=False, soft_wrap=True)
         _hard_exit(signals.exit_code)
     except KeyboardInterrupt:  # between cells: nothing was running
         err_console.print("interrupted; the same command goes on from there (finished cells are read back)",
                           highlight=False, soft_wrap=True)
         _hard_exit(signals.exit_code)
     console.print(table)
-    console.print(f"study directory: [bold]{out}[/] (study.csv, study_summary.csv, plots/privacy_study.png)")
+    console.print(f"study directory: [bold]{escape(str(out))}[/] (study.csv, study_summary.csv, "
+                  "plots/privacy_study.png)")
 
 
 @app.command()
@@ -300,13 +351,13 @@ def sweep(
         runner = SweepRunner(spec, out or Path("runs") / spec.name, parallel=parallel, address=address,
                              verbose=verbose)
     except ConfigError as e:
-        err_console.print(f"[bold red]config error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_config_error(e)
         raise typer.Exit(code=2) from None
     total = len(spec.cells)
     done_before = total - len(runner.pending())
     axes = ", ".join(f"{k} ({len(v)})" for k, v in spec.axes.items())
-    console.print(f"sweep [bold]{spec.name}[/]: {total} cells over {axes}; {done_before} already done; "
-                  f"directory {runner.out}", highlight=False)
+    details = f"{total} cells over {axes}; {done_before} already done; directory {runner.out}"
+    console.print(f"sweep [bold]{escape(spec.name)}[/]: {escape(details)}", highlight=False)
     progress = Progress(TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("left"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
                         console=console)
@@ -320,20 +371,23 @@ def sweep(
         progress.advance(task)
         if result.status == "failed":
             failed.append(result.cell.id)
-            progress.console.print(f"[red]cell {result.cell.id} failed[/]: {result.error}", highlight=False)
+            progress.console.print(f"[red]cell {escape(result.cell.id)} failed[/]: {escape(str(result.error))}",
+                                   highlight=False)
         else:
-            progress.console.print(f"cell {result.cell.id}: done in {result.seconds:.0f} s", highlight=False)
+            progress.console.print(f"cell {result.cell.id}: done in {result.seconds:.0f} s", markup=False,
+                                   highlight=False)
 
     try:
         with progress:
             runner.run(on_start=on_start, on_done=on_done)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; rerun `fedsec sweep {sweep_file}` to finish the remaining cells")
+        err_console.print(f"interrupted; rerun `fedsec sweep {sweep_file}` to finish the remaining cells",
+                          markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=130) from None
     except RuntimeError as e:
-        err_console.print(f"[bold red]sweep failed:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("sweep failed", e)
         raise typer.Exit(code=1) from None
-    console.print(f"sweep table: [bold]{runner.out / 'sweep.csv'}[/]")
+    console.print(f"sweep table: [bold]{escape(str(runner.out / 'sweep.csv'))}[/]")
     if report:
         _write_report(runner.out)
     if failed:
@@ -355,50 +409,72 @@ def _write_report(directory: Path) -> None:
     try:
         path = write_report(directory)
     except ReportError as e:
-        err_console.print(f"[bold red]report error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("report error", e)
         raise typer.Exit(code=2) from None
-    console.print(f"report: [bold]{path}[/] and {path.with_suffix('.html')}")
+    console.print(f"report: [bold]{escape(str(path))}[/] and {escape(str(path.with_suffix('.html')))}")
 
 
 @app.command("list")
 def list_components() -> None:
-    """List datasets, partitions, models, strategies, attacks and privacy/encryption modes, with their keys."""
+    """List every kind a config can name, from the registries, each with its own keys and their defaults."""
     from fedsec.clients.attacks import ATTACKS
-    from fedsec.config import ENCRYPTION_SCHEMES, PRIVACY_MODES
+    from fedsec.config import ENCRYPTION_SCHEMES, PRIVACY_MODES, EncryptionConfig, PrivacyConfig
     from fedsec.data import DATASETS, PARTITIONS
+    from fedsec.hooks import HOOKS
     from fedsec.models import MODELS
+    from fedsec.sanitize import SANITIZERS
     from fedsec.strategies import STRATEGIES
 
+    audits = {name: cls for name, cls in HOOKS.items() if cls.section}
+    built_in = {name: cls.description for name, cls in HOOKS.items() if not cls.section}
     sections: list[tuple[str, dict[str, str]]] = [
-        ("datasets (data.dataset)", DATASETS.descriptions()),
+        ("datasets (data.dataset; their own [data] keys in brackets)", _with_keys(DATASETS)),
         ("partitions (data.partition)", dict(PARTITIONS)),
         ("models (model.name)", MODELS.descriptions()),
         ("strategies (defense.strategy; their keys in brackets)", _with_keys(STRATEGIES)),
         ("attacks (attack.kind; every kind also takes fraction or client_ids, start_round, end_round, knowledge)",
          _with_keys(ATTACKS)),
-        ("privacy (privacy.mode)", dict(PRIVACY_MODES)),
-        ("encryption (encryption.scheme)", dict(ENCRYPTION_SCHEMES)),
+        ("data filters (defense.sanitize.method)", _with_keys(SANITIZERS)),
+        ("audits ([audit.<name>] tables)", _with_keys(audits)),
+        ("round hooks built in (run when the config needs them)", built_in),
+        ("privacy (privacy.mode)", _section_keys(PRIVACY_MODES, PrivacyConfig)),
+        ("encryption (encryption.scheme)", _section_keys(ENCRYPTION_SCHEMES, EncryptionConfig)),
     ]
     for title, items in sections:
-        table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+        table = Table(title=Text(title), show_header=False, title_justify="left", box=None, padding=(0, 2))
         table.add_column("name", style="bold")
         table.add_column("description")
         for name, description in items.items():
-            table.add_row(name, description)
+            table.add_row(Text(name), Text(description))  # Text: brackets are shown, never read as markup
         console.print(table)
         console.print()
 
 
+def _keys_text(fields: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={f.default!r}" for k, f in fields.items())
+
+
 def _with_keys(registry: Any) -> dict[str, str]:
     """Each kind's description followed by its keys and defaults, from its ``Params``."""
+    items = registry.items() if hasattr(registry, "items") else registry
     out = {}
-    for name, cls in registry.items():
-        keys = ", ".join(f"{k}={f.default!r}" for k, f in cls.Params.model_fields.items())
+    for name, cls in items:
+        keys = _keys_text(cls.Params.model_fields)
         out[name] = f"{cls.description} [{keys}]" if keys else cls.description
     return out
 
 
-audit_app = typer.Typer(no_args_is_help=True, help="Audits of a finished run's model (evasion at several budgets).")
+def _section_keys(registry: Any, section: Any) -> dict[str, str]:
+    """Each mode's description followed by the section's keys it reads, with their defaults."""
+    out = {}
+    for name, kind in registry.items():
+        keys = _keys_text({k: section.model_fields[k] for k in kind.keys})
+        out[name] = f"{kind.description} [{keys}]" if keys else kind.description
+    return out
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="Audits of a finished run's final model: evasion, membership, "
+                        "inversion, model-inversion.")
 app.add_typer(audit_app, name="audit")
 
 
@@ -430,18 +506,36 @@ def audit_evasion(
                              cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps,
                              cw_learning_rate=cw_learning_rate, cw_initial_const=cw_initial_const)
     except (ConfigError, ModelFileError) as e:
-        err_console.print(f"[bold red]audit error:[/] {e}", highlight=False, soft_wrap=True)
+        _print_error("audit error", e)
         raise typer.Exit(code=2) from None
-    console.print(f"robust accuracy per budget: [bold]{path}[/] and {path.parent / 'robustness_curve.png'}")
+    console.print(f"robust accuracy per budget: [bold]{escape(str(path))}[/] and "
+                  f"{escape(str(path.parent / 'robustness_curve.png'))}")
     if cw_max_iter > 0:
         cw = json.loads((path.parent / "cw.json").read_text())
         console.print(f"C&W L2: success {cw['success_rate']:.3f}, median L2 {cw['median_l2']:.3f} "
-                      f"(R {cw['counts']}): [bold]{path.parent / 'cw.json'}[/]", highlight=False)
+                      f"(R {cw['counts']}): [bold]{escape(str(path.parent / 'cw.json'))}[/]", highlight=False)
+
+
+def _run_scenario(path: Path, *, out: Path) -> dict[str, Any]:
+    from fedsec.serving.scenario import run_scenario
+
+    return run_scenario(path, out=out)
+
+
+def _check_scenario(path: Path) -> Any:
+    from fedsec.serving.scenario import load_scenario
+
+    return load_scenario(path)
 
 
 def _mount_subcommands() -> None:
     from fedsec.serving.cli import register as register_serving
+    from fedsec.studies.assess import register as register_assess
+    from fedsec.studies.posthoc import register as register_posthoc
     from fedsec.studies.worst_case import register as register_worst_case
+
+    register_posthoc(audit_app, report=_write_report)  # audit membership, inversion, model-inversion
+    register_assess(app, report=_write_report, run_scenario=_run_scenario, check_scenario=_check_scenario)
 
     register_serving(app)  # serve, serve-keygen, attack extract, attack scenario
     register_worst_case(app, report=_write_report)  # worst-case
@@ -451,7 +545,14 @@ _mount_subcommands()
 
 
 def main() -> None:
-    """Entry point of the ``fedsec`` script."""
+    """Entry point of the ``fedsec`` script: plugins first (:mod:`fedsec.plugins`), then the command."""
+    from fedsec.plugins import load_plugins
+
+    try:
+        load_plugins()
+    except ConfigError as e:
+        _print_config_error(e)
+        raise SystemExit(2) from None
     app()
 
 

@@ -10,6 +10,8 @@ keys is generic (:func:`parse_params`): there is no per-kind branch anywhere. Ad
 
 from __future__ import annotations
 
+import re
+import reprlib
 from collections.abc import Iterator
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -89,23 +91,50 @@ def params_keys(params: type[BaseModel]) -> set[str]:
     return set(params.model_fields)
 
 
+_REPR = reprlib.Repr()  # bounded repr of user values in messages (an int of 5,000 digits cannot be printed)
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 6, 6, 70, 70, 40
+_LOC_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def show_value(value: Any) -> str:
+    """A short one-line ``repr`` of a user's value, for an error message (bounded work on any input)."""
+    try:
+        text = _REPR.repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int too long to print
+        text = f"<{type(value).__name__}>"
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:200])
+    return text if len(text) <= 120 else text[:100] + "..."
+
+
+def loc_key(loc: tuple[Any, ...]) -> str:
+    """The dotted config key of a pydantic error location: field names and list indexes, without the tags pydantic
+    adds for the branch of a union (``constrained-float``, ``literal['auto']``, ``list[int]``)."""
+    parts = [str(p) for p in loc if isinstance(p, int) or (isinstance(p, str) and _LOC_PART.match(p)
+                                                            and p not in ("int", "float", "str", "bool", "list"))]
+    return ".".join(parts)
+
+
 def parse_params(params: type[BaseModel], raw: dict[str, Any], *, section: str, kind: str) -> BaseModel:
-    """Validate a kind's keys from its config section; one line naming each bad key, the rule and the value."""
+    """Validate a kind's keys from its config section; one line naming each bad key, the rule and the value (the
+    errors of one key, e.g. of each branch of ``float | "auto"``, joined with "or")."""
     try:
         return params.model_validate(raw)
     except ValidationError as e:
-        problems = []
+        problems: dict[str, list[str]] = {}
         for item in e.errors():
-            key = ".".join(str(p) for p in item["loc"])
+            key = loc_key(item["loc"])
             if item["type"] == "extra_forbidden":
                 known = ", ".join(sorted(params.model_fields)) or "no kind-specific keys"
-                problems.append(f"{section}.{key}: unknown key for {kind}, not used by it (it takes {known})")
+                problems.setdefault(f"{section}.{key}: unknown key for {kind}, not used by it (it takes {known})", [])
             elif not key:  # a rule over several keys: its message names them
-                problems.append(item["msg"].removeprefix("Value error, "))
+                problems.setdefault(item["msg"].removeprefix("Value error, "), [])
             else:
                 message = item["msg"].removeprefix("Value error, ")
-                problems.append(f"{section}.{key}={item.get('input')!r}: {message}")
-        raise ConfigError("; ".join(problems)) from None
+                head = f"{section}.{key}={show_value(item.get('input'))}"
+                if message not in problems.setdefault(head, []):
+                    problems[head].append(message)
+        lines = [f"{head}: {' or '.join(messages)}" if messages else head for head, messages in problems.items()]
+        raise ConfigError("; ".join(lines)) from None
 
 
-__all__ = ["NoParams", "Params", "Registered", "Registry", "params_keys", "parse_params"]
+__all__ = ["NoParams", "Params", "Registered", "Registry", "loc_key", "params_keys", "parse_params", "show_value"]

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# fedsec's one entry point for a fresh Debian machine with Python 3.11:
+# fedsec's one entry point for a fresh Debian machine with Python 3.11, 3.12 or 3.13 (PYTHON=python3.12 ...):
 #   bash scripts/dev.sh quickstart   set everything up, then run experiments/quickstart.toml
-#   bash scripts/dev.sh test         set everything up, then run the test suite
+#   bash scripts/dev.sh test         set everything up, then run the checks and the test suite (slow cases skipped)
+#   bash scripts/dev.sh slow         set everything up, then run only the slow cases (pytest -m slow)
+#   bash scripts/dev.sh lint         the package list, lint-imports (on the installed layout) and ruff only
+#   bash scripts/dev.sh setup        set everything up
 # Setup is idempotent: Debian's dataset-fashion-mnist, a virtualenv in .venv, and the Python dependencies
-# (torch pinned to 2.13.0, the CPU build).
+# (torch pinned to 2.13.0, installed first; pip's find-links should offer the CPU build for your Python, or pip
+# takes PyPI's CUDA build, several GB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 
 PYTHON=${PYTHON:-python3.11}
 VENV=${VENV:-.venv}
@@ -24,7 +29,13 @@ setup_debian() {
 
 setup_python() {
   if ! command -v "$PYTHON" >/dev/null; then
-    echo "error: $PYTHON not found; install Python 3.11 (Debian: apt-get install python3.11 python3.11-venv)" >&2
+    echo "error: $PYTHON not found; install Python 3.11, 3.12 or 3.13 (Debian: apt-get install python3.11" \
+         "python3.11-venv) or name one with PYTHON=python3.12" >&2
+    exit 1
+  fi
+  if ! "$PYTHON" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))'; then
+    echo "error: $PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())');" \
+         "fedsec needs Python 3.11-3.13" >&2
     exit 1
   fi
   if [ ! -x "$VENV/bin/python" ]; then
@@ -41,6 +52,24 @@ setup_python() {
   fi
 }
 
+# The layer contract in pyproject.toml, checked on the installed layout: grimp walks the fedsec package folder,
+# and the top-level strategies/ and clients/ folders become fedsec.strategies and fedsec.clients only through
+# pyproject's package-dir mapping, so scripts/package_tree.py stages the tree a wheel installs (setuptools'
+# build_py, into a temporary folder) after checking pyproject's package list against the source tree; lint-imports
+# runs there, where `fedsec` is the staged copy (PYTHONPATH comes before the editable install's finder).
+lint_imports() {
+  local stage
+  stage=$(mktemp -d "${TMPDIR:-/tmp}/fedsec-lint-imports.XXXXXX")
+  local rc=0
+  "$VENV/bin/python" scripts/package_tree.py --stage "$stage" || rc=$?
+  if [ "$rc" = 0 ]; then
+    cp pyproject.toml "$stage/"  # lint-imports reads the contracts from the current folder's pyproject.toml
+    (cd "$stage" && PYTHONPATH="$stage" "$ROOT/$VENV/bin/lint-imports" --no-cache) || rc=$?
+  fi
+  rm -rf "$stage"
+  return "$rc"
+}
+
 cmd=${1:-}
 shift || true
 case "$cmd" in
@@ -49,21 +78,38 @@ case "$cmd" in
     setup_python
     exec "$VENV/bin/fedsec" run experiments/quickstart.toml "$@"
     ;;
+  lint)
+    setup_python
+    echo "== package list and lint-imports (the layer contract in pyproject.toml, on the installed layout)"
+    lint_imports
+    echo "== ruff check"
+    exec "$VENV/bin/ruff" check .
+    ;;
   test)
     setup_debian
     setup_python
-    echo "== lint-imports (the layer contract in pyproject.toml)"
-    "$VENV/bin/lint-imports" --no-cache
+    echo "== package list and lint-imports (the layer contract in pyproject.toml, on the installed layout)"
+    lint_imports
     echo "== ruff check"
     "$VENV/bin/ruff" check .
+    if [ -f mkdocs.yml ]; then
+      echo "== mkdocs build --strict"
+      # NO_MKDOCS_2_WARNING: mkdocs-material 9.8's end-of-life banner, printed on every build
+      NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -q -d "${TMPDIR:-/tmp}/fedsec-site"
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
+    ;;
+  slow)
+    setup_debian
+    setup_python
+    exec "$VENV/bin/python" -m pytest -m slow "$@"
     ;;
   setup)
     setup_debian
     setup_python
     ;;
   *)
-    echo "usage: bash scripts/dev.sh {quickstart|test|setup} [args...]" >&2
+    echo "usage: bash scripts/dev.sh {quickstart|test|slow|lint|setup} [args...]" >&2
     exit 2
     ;;
 esac

@@ -2,7 +2,8 @@
 
 Each strategy is a Flower Message-API strategy usable in any Flower ServerApp; ``STRATEGIES`` maps the config's
 ``defense.strategy`` names to them. Adding a rule: copy ``median.py`` (kernel on top, class below, its ``Params``
-and ``description``), then one ``STRATEGIES.register`` line here.
+and ``description``), then one ``STRATEGIES.register`` line here. ``PRE_AGGREGATORS`` maps the names of
+``defense.pre`` to the pre-aggregators that run before any rule (:mod:`fedsec.strategies.pre`, one file each).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .krum import Krum
 from .median import Median, coordinate_median
 from .multikrum import MultiKrum, krum_scores, multikrum_aggregate, multikrum_select
 from .norm_clipping import NormClipping, norm_clip
+from .pre import ARC, NNM, Bucketing, PreAggregator, plan_pre_aggregators
 from .trimmed_mean import TrimmedMean, trimmed_mean
 
 #: defense.strategy name -> strategy class (each declares its ``Params`` and ``description``); one line per rule
@@ -40,9 +42,21 @@ STRATEGIES.register("flame", FLAME)
 STRATEGIES.register("foolsgold", FoolsGold)
 STRATEGIES.register("dnc", DnC)
 
+#: defense.pre name -> pre-aggregator class (each declares its ``Params`` and ``description``); one line per step
+PRE_AGGREGATORS: Registry[type[PreAggregator]] = Registry("defense.pre", "pre-aggregator")
+PRE_AGGREGATORS.register("nnm", NNM)
+PRE_AGGREGATORS.register("bucketing", Bucketing)
+PRE_AGGREGATORS.register("arc", ARC)
+
 __all__ = [
+    "ARC",
     "FLAME",
+    "NNM",
+    "PRE_AGGREGATORS",
     "STRATEGIES",
+    "Bucketing",
+    "PreAggregator",
+    "plan_pre_aggregators",
     "DnC",
     "FLTrust",
     "FoolsGold",

@@ -7,14 +7,18 @@ sent that round). This base class does what all rules share, once:
 - sorts replies by the client's partition id (so aggregation order, and floating-point sums, are reproducible);
 - rejects, before any rule runs, replies that failed, carry no or several ArrayRecords, arrays whose keys, shapes
   or dtypes (declared or serialized) differ from the global model's, non-finite values, a ``num-examples`` that is
-  not a whole number in [1, ``max_examples``], or a ``partition-id`` that is not an integer in range and unique in
-  the round (:mod:`fedsec.strategies._trust`);
+  not a whole number in [1, ``max_examples``], or a ``partition-id`` that is missing, given twice, not an integer
+  in range or not unique in the round (:mod:`fedsec.strategies._trust`);
+- aggregates under a time bound (``aggregate_timeout``, :mod:`fedsec.strategies._deadline`): a rule still running
+  past it is interrupted and the round skipped with a reason naming the rule;
 - applies the run's count policy (``weighting``: reported, capped at ``weight_cap`` x the median claim, or
   uniform) to the claims before a weighted rule sees them;
 - stacks the updates (client arrays - global arrays) into one CPU matrix, each row written in a single pass over
   the reply's serialized arrays (:func:`fedsec.arrays.stack_updates`), into a buffer the strategy keeps between
   rounds (a fresh 100 x 1.6M float32 matrix costs more to page in than to fill), drops the non-finite rows, moves
   the rest to ``device`` and calls :meth:`RobustStrategy.aggregate_updates`;
+- runs the configured pre-aggregators (``defense.pre``: NNM, Bucketing, ARC; :mod:`fedsec.strategies.pre`) on the
+  stacked updates before the rule, and maps the rule's weights back to the clients (:meth:`aggregate_with_pre`);
 - records one :class:`ClientDecision` per reply in :attr:`RobustStrategy.last_report` (the weight the rule gave,
   0 = rejected), which the fedsec runner writes to ``clients.csv``.
 
@@ -28,10 +32,10 @@ import inspect
 import math
 from abc import abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -52,8 +56,12 @@ from fedsec.protocol import (
 from fedsec.registry import NoParams
 
 from ._checks import StrategyConfigError, check_float
+from ._deadline import DeadlineExceeded, call_with_deadline
 from ._linalg import map_ranges
 from ._trust import MAX_EXAMPLES, WEIGHTINGS, Weighting, check_arrays, check_count, check_partition_id, counted_examples
+
+if TYPE_CHECKING:  # imported where used: strategies.pre imports rules that import this module
+    from .pre import PreAggregator
 
 __all__ = ["NODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_ID_KEY", "ClientDecision", "RobustStrategy", "RoundReport",
            "StrategyConfigError", "StrategyContext", "resolve_device"]
@@ -69,6 +77,7 @@ class StrategyContext:
     clients_per_round: int = 1
     seed: int = 0
     server_update_fn: Callable[[ArrayRecord], torch.Tensor] | None = None  # FLTrust's root-data update
+    pre: tuple[PreAggregator, ...] = ()  # defense.pre, built and checked by strategies.pre.plan_pre_aggregators
 
 
 @dataclass
@@ -137,7 +146,8 @@ class RobustStrategy(FedAvg):
         ``defense.weighting``): as reported; capped at ``weight_cap`` x the round's (lower) median claim; or
         ignored (every client 1). Counts are unverifiable metadata: under "reported", one client claiming 1e9
         examples among clients claiming 50 moves FedAvg, Multi-Krum, GeoMed and NormClipping all the way to its
-        own update (``benchmarks/bench_count_lie.py``). Capping keeps FedAvg's weighting for honest non-IID partitions, whose sizes
+        own update (``benchmarks/bench_count_lie.py``).
+        Capping keeps FedAvg's weighting for honest non-IID partitions, whose sizes
         rarely differ by more than a few times the median, and bounds a liar's share.
     weight_cap : float (default: 4.0)
         The largest claim counted, as a multiple of the round's median claim, in [1, 1e6] (config key
@@ -152,7 +162,22 @@ class RobustStrategy(FedAvg):
         The largest ``num-examples`` a reply may claim; larger (or non-integral, below 1, NaN, Inf) claims are
         rejected and recorded as ``invalid``: 1e39 or 1e300 would overflow float32 sums into NaN.
     num_partitions : int | None (default: None)
-        When known (the run's ``data.num_clients``), a ``partition-id`` must be below it.
+        When known (the run's ``data.num_clients``), a ``partition-id`` must be below it. Every reply must carry
+        one ``partition-id`` (a whole number >= 0): a reply without it, or with several, is refused and recorded
+        as ``invalid``, never aggregated (the server could not tell which client sent it).
+    aggregate_timeout : float | None (default: 600.0)
+        Seconds the rule may spend aggregating one round, in (0, 7 days] (config key
+        ``backend.aggregate_timeout``); past it the rule is interrupted (:mod:`fedsec.strategies._deadline`), the
+        round is skipped with a reason naming the rule, and the global model stays. None: no bound.
+    pre_aggregators : Sequence[PreAggregator] (default: ())
+        Steps run in order on the stacked updates before the rule (config key ``defense.pre``;
+        :mod:`fedsec.strategies.pre`). The rule then aggregates their output rows (one per client for NNM and
+        ARC, one per bucket for Bucketing), and the weight it gives row j is mapped back to the clients through
+        the steps' mixing matrix M (rows = M @ updates): client i gets sum_j w_j M[j, i], the coefficient of its
+        own update in the aggregate when the rule returns sum_j w_j row_j (for the coordinate-wise rules, whose
+        w_j is row j's share of the coordinates, the client's share). So a client inside a rejected bucket, or in
+        no selected NNM neighbourhood, gets 0, and an ARC-clipped one its clip factor times its row's weight.
+        A round needs enough updates for every step and for the rule after them (:meth:`required_updates`).
     """
 
     #: smallest number of valid updates the rule can aggregate
@@ -190,8 +215,24 @@ class RobustStrategy(FedAvg):
 
     @classmethod
     def from_config(cls, params: BaseModel, context: StrategyContext, **kwargs: Any) -> Self:
-        """The rule built from its ``[defense]`` keys; ``kwargs``: Flower's sampling settings, ``device``, ..."""
-        return cls(**kwargs, **cls.config_kwargs(params, context))
+        """The rule built from its ``[defense]`` keys; ``kwargs``: Flower's sampling settings, ``device``, ...
+        With pre-aggregators (``context.pre``), the rule's defaults that depend on n (Multi-Krum's m = n - f) are
+        taken at the rows it gets from ``context.clients_per_round`` updates, and those rows must be enough for it
+        (a :class:`StrategyConfigError` naming ``defense.pre`` otherwise)."""
+        k = rows = context.clients_per_round
+        for step in context.pre:
+            rows = step.num_outputs(rows)
+        if context.pre:
+            kwargs["pre_aggregators"] = context.pre
+        strategy = cls(**kwargs, **cls.config_kwargs(params, replace(context, clients_per_round=rows)))
+        needed = strategy.required_updates()
+        if context.pre and needed > k:
+            raise StrategyConfigError(
+                f"defense.pre={[step.name for step in context.pre]}: {strategy.pipeline()} needs at least {needed} "
+                f"updates per round, got train.clients_per_round={k}: the rule gets {rows} rows after the "
+                f"pre-aggregators and needs {strategy.min_valid_updates}; raise clients_per_round, or lower "
+                "bucket_size or num_malicious")
+        return strategy
 
     def __init__(
         self,
@@ -206,7 +247,18 @@ class RobustStrategy(FedAvg):
         weight_cap: float = 4.0,
         max_examples: float = MAX_EXAMPLES,
         num_partitions: int | None = None,
+        pre_aggregators: Sequence[PreAggregator] = (),
+        aggregate_timeout: float | None = 600.0,
     ) -> None:
+        self.aggregate_timeout = None if aggregate_timeout is None else check_float(
+            type(self).__name__, "backend.aggregate_timeout", aggregate_timeout, low=0.0, high=7 * 86400.0,
+            low_open=True, high_open=False)
+        self.pre_aggregators: tuple[PreAggregator, ...] = tuple(pre_aggregators)
+        if self.needs_client_histories and not all(step.keeps_clients for step in self.pre_aggregators):
+            raise StrategyConfigError(
+                f"defense.pre={[step.name for step in self.pre_aggregators]}: {type(self).__name__} follows each "
+                "client's updates across rounds, and a step that merges clients (bucketing) leaves no row per client; "
+                "drop it from defense.pre")
         if weighting not in WEIGHTINGS:
             raise StrategyConfigError(f"defense.weighting={weighting!r}: must be one of {list(WEIGHTINGS)}; "
                                       "use 'capped' (the default) unless every client's count is trusted")
@@ -260,10 +312,40 @@ class RobustStrategy(FedAvg):
         """One line with the rule's parameters (for logs and `fedsec list`)."""
         return self.__class__.__name__
 
+    def pipeline(self) -> str:
+        """The pre-aggregators and the rule, in the order they run ("NNM(f=2; ...) -> Median(...)")."""
+        return " -> ".join([step.describe() for step in self.pre_aggregators] + [self.describe()])
+
     def summary(self) -> None:
         """Log the strategy's configuration."""
-        log(INFO, "\t├──> Rule: %s (aggregates on %s)", self.describe(), self.device)
+        log(INFO, "\t├──> Rule: %s (aggregates on %s)", self.pipeline(), self.device)
         super().summary()
+
+    # ------------------------------------------------------------------ pre-aggregation (the hook point)
+    def required_updates(self) -> int:
+        """The fewest valid updates a round needs: :attr:`min_valid_updates` without pre-aggregators; with them,
+        enough for every step's assumption and for the rule to get ``min_valid_updates`` rows after them."""
+        if not self.pre_aggregators:
+            return self.min_valid_updates
+        from .pre import required_inputs
+
+        return required_inputs(self.pre_aggregators, self.min_valid_updates)
+
+    def aggregate_with_pre(
+        self, updates: torch.Tensor, num_examples: torch.Tensor, *, server_round: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pre-aggregators (in order), then :meth:`aggregate_updates` on their rows; the weights returned are
+        per client (n,), mapped back through the steps' mixing matrix (see ``pre_aggregators`` above).
+
+        updates: (n, d); num_examples: (n,). Without pre-aggregators this is ``aggregate_updates`` itself. Rows a
+        step merges (Bucketing) carry the sum of their clients' counts into the rule."""
+        if not self.pre_aggregators:
+            return self.aggregate_updates(updates, num_examples)
+        from .pre import apply_pre_aggregators, client_weights
+
+        rows = apply_pre_aggregators(self.pre_aggregators, updates, num_examples, server_round=server_round)
+        aggregate, row_weights = self.aggregate_updates(rows.updates, rows.num_examples)
+        return aggregate, client_weights(rows.mixing, row_weights)
 
     # ------------------------------------------------------------------ Flower hooks
     def configure_train(
@@ -330,10 +412,8 @@ class RobustStrategy(FedAvg):
         for d in decisions:
             if d.status != "pending":  # failed or invalid
                 log(WARNING, "round %s: client %s (node %s) %s", server_round, d.partition_id, d.node_id, d.status)
-        if len(valid) < self.min_valid_updates:
-            report.skipped_reason = (
-                f"{len(valid)} valid updates, {self.describe()} needs at least {self.min_valid_updates}"
-            )
+        if len(valid) < (needed := self.required_updates()):
+            report.skipped_reason = f"{len(valid)} valid updates, {self.pipeline()} needs at least {needed}"
             if not valid:
                 report.skipped_reason += "; " + no_participant_reason(decisions)
             log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
@@ -351,7 +431,19 @@ class RobustStrategy(FedAvg):
             d.counted_examples = c if self.uses_counts else math.nan
         num_examples = counted.to(device=self.device, dtype=torch.float32)
         self.current_clients = valid
-        aggregate, weights = self.aggregate_updates(updates, num_examples)
+        try:
+            aggregate, weights = call_with_deadline(
+                lambda: self.aggregate_with_pre(updates, num_examples, server_round=server_round),
+                self.aggregate_timeout, name=f"fedsec-aggregate-round-{server_round}")
+        except DeadlineExceeded as e:
+            report.skipped_reason = (f"{self.pipeline()} did not finish aggregating within backend.aggregate_timeout="
+                                     f"{e.seconds:g} s; the global model stays")
+            if not e.stopped:  # still inside a native call, reading this round's rows: it keeps that buffer
+                self._stack_storage = None
+            log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
+            for d in valid:
+                d.status = "skipped: aggregation timeout"
+            return None, None
         if not (bool(torch.isfinite(aggregate).all()) and bool(torch.isfinite(weights).all())):
             report.skipped_reason = f"{self.describe()} produced a non-finite aggregate; the global model stays"
             log(WARNING, "round %s skipped: %s", server_round, report.skipped_reason)
@@ -385,7 +477,8 @@ class RobustStrategy(FedAvg):
         """An (n, d) CPU tensor of ``like``'s dtype (d = ``like.numel()``) to stack this round's updates into.
 
         The storage is kept between rounds and grown when needed: a fresh 100 x 1.6M float32 matrix is
-        page-faulted in on every round (about a third of a FedAvg round at that size on a 2-core CPU; ``benchmarks/bench_strategies.py``);
+        page-faulted in on every round (about a third of a FedAvg round at that size on a 2-core CPU;
+        ``benchmarks/bench_strategies.py``);
         a reused one is not. Rules must not keep references to ``updates`` after :meth:`aggregate_updates`
         returns (copy what they keep).
         """
@@ -407,12 +500,16 @@ class RobustStrategy(FedAvg):
         node_id = message.metadata.src_node_id
         num_examples = metrics.get(NUM_EXAMPLES_KEY)
         bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
-        if PARTITION_ID_KEY in metrics:
-            why = check_partition_id(metrics[PARTITION_ID_KEY], num_partitions=self.num_partitions,
-                                     key=PARTITION_ID_KEY)
-            if why is not None:
-                partition_id = None  # never record an id the client could not have
-                return bad(why)
+        claimed = [r[PARTITION_ID_KEY] for r in content.metric_records.values() if PARTITION_ID_KEY in r]
+        if len(claimed) != 1:  # without exactly one id the server cannot tell which client sent the reply
+            partition_id = None
+            return bad(f"no '{PARTITION_ID_KEY}' in the reply's metrics" if not claimed else
+                       f"{len(claimed)} '{PARTITION_ID_KEY}' values in one reply: {claimed[:4]!r}")
+        why = check_partition_id(claimed[0], num_partitions=self.num_partitions, key=PARTITION_ID_KEY)
+        if why is not None:
+            partition_id = None  # never record an id the client could not have
+            return bad(why)
+        partition_id = int(claimed[0])
         if len(content.array_records) != 1:
             return bad(f"expected one ArrayRecord, got {len(content.array_records)}")
         why = check_count(num_examples, max_examples=self.max_examples, key=NUM_EXAMPLES_KEY)

@@ -82,7 +82,8 @@ class BulyanParams(Params):
     """``[defense]`` keys of ``strategy = "bulyan"``."""
 
     num_malicious: int | None = Field(
-        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+        None, ge=0, le=100_000,
+        description="f the rule assumes (default: the attack's expected attackers per round, else 0); at most 100,000."
     )
 
 class Bulyan(RobustStrategy):

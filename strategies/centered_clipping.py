@@ -45,8 +45,9 @@ def centered_clip(
 class CenteredClippingParams(Params):
     """``[defense]`` keys of ``strategy = "centered_clipping"``."""
 
-    clip_norm: float = Field(1.0, gt=0, description="L2 clipping bound.")
-    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 1).")
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="L2 clipping bound, in (0, 1e6].")
+    iterations: int | None = Field(None, ge=1, le=1000,
+                                   description="iterations, 1..1,000 (default: the rule's own, 1).")
 
 class CenteredClipping(RobustStrategy):
     """Centered clipping (CC): clip updates to radius tau around the previous round's aggregate update.

@@ -100,11 +100,15 @@ class DnCParams(Params):
     """``[defense]`` keys of ``strategy = "dnc"``."""
 
     num_malicious: int | None = Field(
-        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+        None, ge=0, le=100_000,
+        description="f the rule assumes (default: the attack's expected attackers per round, else 0); at most 100,000."
     )
-    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 5).")
-    subsample_dim: int = Field(10_000, ge=1, description="coordinates sampled per iteration.")
-    filter_frac: float = Field(1.0, gt=0, description="c: removes c x num_malicious updates per iteration.")
+    iterations: int | None = Field(None, ge=1, le=1000,
+                                   description="iterations, 1..1,000 (default: the rule's own, 5).")
+    subsample_dim: int = Field(10_000, ge=1, le=100_000_000,
+                               description="coordinates sampled per iteration, 1..1e8 (capped at the model size).")
+    filter_frac: float = Field(1.0, gt=0, le=100,
+                               description="c in (0, 100]: removes c x num_malicious updates per iteration.")
 
 class DnC(RobustStrategy):
     """Divide-and-Conquer: remove the updates with the largest projections on the top singular vector of

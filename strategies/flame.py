@@ -96,7 +96,7 @@ def flame_aggregate(
 class FLAMEParams(Params):
     """``[defense]`` keys of ``strategy = "flame"``."""
 
-    noise_lambda: float = Field(0.001, ge=0, description="noise std as a share of the median norm.")
+    noise_lambda: float = Field(0.001, ge=0, le=100, description="noise std as a share of the median norm, 0..100.")
 
 class FLAME(RobustStrategy):
     """FLAME: keep the majority cosine cluster (HDBSCAN), clip to the median norm, average, add Gaussian noise.

@@ -64,7 +64,7 @@ def fltrust_aggregate(updates: torch.Tensor, server_update: torch.Tensor) -> tup
 class FLTrustParams(Params):
     """``[defense]`` keys of ``strategy = "fltrust"``."""
 
-    root_size: int = Field(100, ge=1, description="examples in the server's root dataset.")
+    root_size: int = Field(100, ge=1, le=100_000, description="examples in the server's root dataset, 1..100,000.")
 
 class FLTrust(RobustStrategy):
     """FLTrust: weight each update by its clipped cosine similarity with the server's own update, rescaled to

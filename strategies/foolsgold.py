@@ -87,7 +87,7 @@ def foolsgold_aggregate(
 class FoolsGoldParams(Params):
     """``[defense]`` keys of ``strategy = "foolsgold"``."""
 
-    kappa: float = Field(1.0, gt=0, description="confidence of the logit rescaling.")
+    kappa: float = Field(1.0, gt=0, le=1000, description="confidence of the logit rescaling, in (0, 1000].")
 
 class FoolsGold(RobustStrategy):
     """FoolsGold: weight each update by how unlike the others its client's history of updates is.

@@ -52,7 +52,8 @@ def geometric_median(
 class GeometricMedianParams(Params):
     """``[defense]`` keys of ``strategy = "geometric_median"``."""
 
-    iterations: int | None = Field(None, ge=1, description="iterations (default: the rule's own, 3).")
+    iterations: int | None = Field(None, ge=1, le=1000,
+                                   description="iterations, 1..1,000 (default: the rule's own, 3).")
 
 class GeometricMedian(RobustStrategy):
     """RFA: the (example-weighted) geometric median of the updates, by smoothed Weiszfeld iterations.

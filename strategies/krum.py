@@ -21,7 +21,8 @@ class KrumParams(Params):
     """``[defense]`` keys of ``strategy = "krum"``."""
 
     num_malicious: int | None = Field(
-        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+        None, ge=0, le=100_000,
+        description="f the rule assumes (default: the attack's expected attackers per round, else 0); at most 100,000."
     )
 
 class Krum(MultiKrum):

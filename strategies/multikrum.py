@@ -96,9 +96,11 @@ class MultiKrumParams(Params):
     """``[defense]`` keys of ``strategy = "multikrum"``."""
 
     num_malicious: int | None = Field(
-        None, ge=0, description="f the rule assumes (default: the attack's expected attackers per round, else 0)."
+        None, ge=0, le=100_000,
+        description="f the rule assumes (default: the attack's expected attackers per round, else 0); at most 100,000."
     )
-    num_selected: int | None = Field(None, ge=1, description="m updates kept (default: n - f).")
+    num_selected: int | None = Field(None, ge=1, le=100_000,
+                                     description="m updates kept (default: n - f; at most 100,000).")
 
 class MultiKrum(RobustStrategy):
     """Multi-Krum: keep the m updates closest to their neighbours, average them weighted by examples.

@@ -52,8 +52,8 @@ def norm_clip(
 class NormClippingParams(Params):
     """``[defense]`` keys of ``strategy = "norm_clipping"``."""
 
-    clip_norm: float = Field(1.0, gt=0, description="L2 clipping bound.")
-    noise_std: float = Field(0.0, ge=0, description="std of Gaussian noise on the aggregate.")
+    clip_norm: float = Field(1.0, gt=0, le=1e6, description="L2 clipping bound, in (0, 1e6].")
+    noise_std: float = Field(0.0, ge=0, le=1e6, description="std of Gaussian noise on the aggregate, 0..1e6.")
 
 class NormClipping(RobustStrategy):
     """Norm bounding: clip every update to L2 norm ``clip_norm``, average, optionally add Gaussian noise.

@@ -93,11 +93,12 @@ def test_cli_validate_exit_codes_without_traceback(tmp_path):
 
 
 def _experiment_files() -> list[Path]:
-    """Every experiment config under experiments/ (sweep files, which name a base, are tested in test_sweep)."""
+    """Every experiment config under experiments/ (sweep files, which name a base, are tested in test_sweep;
+    assessments, which name an experiment, and access policies are not experiment configs)."""
     out = []
     for path in sorted((REPO / "experiments").rglob("*.toml")):
         raw = tomllib.loads(path.read_text())
-        if "base" not in raw and "papers" not in path.parts and "serving" not in path.parts:
+        if not {"base", "experiment"} & set(raw) and not {"papers", "serving", "policies"} & set(path.parts):
             out.append(path)
     return out
 
@@ -165,6 +166,11 @@ def test_list_shows_every_component():
         for name in names:
             assert f" {name} " in result.output, name
     assert "scale x the update (scale)" in result.output  # a kind-specific key is named
+    flat = " ".join(result.output.split())
+    for shown in ("[k=3.5, variant='mean_ratio']", "[n_folds=5]", "[scale=", "[synthetic_alpha=1.0",
+                  "[attacks=['fgsm', 'pgd'], epsilon=0.1", "[epsilon=8.0, delta=1e-05, clip_norm=1.0",
+                  "their own [data] keys"):  # keys in brackets, never eaten as markup
+        assert shown in flat, shown
 
 
 def test_client_slots_count_per_node_as_flowers_actor_pool():
@@ -204,8 +210,9 @@ def test_fedsec_run_refuses_what_validate_refuses_before_touching_anything(tmp_p
 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-SHIPPED = sorted(p for p in EXPERIMENTS.rglob("*.toml") if "serving" not in p.relative_to(EXPERIMENTS).parts
-                 and not {"base", "grid"} & set(tomllib.loads(p.read_text())))
+SHIPPED = sorted(p for p in EXPERIMENTS.rglob("*.toml")
+                 if not {"serving", "policies"} & set(p.relative_to(EXPERIMENTS).parts)
+                 and not {"base", "grid", "experiment"} & set(tomllib.loads(p.read_text())))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))
@@ -225,3 +232,79 @@ def test_resolved_config_keeps_sanitize_and_weighting():
                                        "sanitize": {"method": "threshold", "k": 2.5}}})
     again = plan_from_dict(tomllib.loads(plan.to_toml())).experiment.defense
     assert (again.weighting, again.sanitize.method, again.sanitize.k) == ("reported", "threshold", 2.5)
+
+
+def test_resolved_config_with_client_ids_validates_again():
+    """A config naming its attackers by id resolves to a TOML without attack.fraction (giving both is refused), so
+    sweep cells and resumed runs can plan it again."""
+    plan = plan_from_dict({"data": {"dataset": "digits", "num_clients": 4}, "model": {"name": "logreg"},
+                           "train": {"clients_per_round": 4}, "attack": {"kind": "sign_flip", "client_ids": [1]}})
+    again = plan_from_dict(tomllib.loads(plan.to_toml()))
+    assert "fraction" not in plan.resolved["attack"] and again.schedule.malicious == (1,)
+
+
+# ------------------------------------------------------------------------------------ echo, problems, feasibility
+DIGITS = {"name": "x", "rounds": 2, "data": {"dataset": "digits", "num_clients": 10}, "model": {"name": "logreg"},
+          "train": {"clients_per_round": 5}}
+
+
+@pytest.mark.parametrize("value", ["[/]", "[bold red]x[/]", ":smile:", "[link=file:///etc]x"])
+def test_validate_echoes_a_value_as_given_never_as_markup(tmp_path, value):
+    path = write(tmp_path, "")
+    result = runner.invoke(app, ["validate", str(path), "--set", f"name={value}"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit | None), repr(result.exception)
+    lines = result.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("config error: ") and f"(got {value!r})" in lines[0], lines
+
+
+def test_validate_lists_every_section_error_on_a_line_of_its_own(tmp_path):
+    path = write(tmp_path, 'rounds = "x"\n[train]\nlr = -1\nbatch_size = 0\n[data]\nalpha = 0\nroot = "a\\u0000"\n')
+    result = runner.invoke(app, ["validate", str(path)])
+    lines = result.output.splitlines()
+    assert result.exit_code == 2 and len(lines) == 5, result.output
+    keys = ["rounds", "data.alpha", "data.root", "train.lr", "train.batch_size"]
+    assert sorted(line.split(": ")[2] for line in lines) == sorted(keys)
+    assert all(line.startswith(f"config error: {path}: ") for line in lines)
+
+
+@pytest.mark.parametrize(("data", "accepted"), [
+    ({"partition": "iid", "num_clients": 1347}, True),
+    ({"partition": "iid", "num_clients": 1348}, False),
+    ({"partition": "sampled", "num_clients": 20, "samples_per_client": 1347}, True),
+    ({"partition": "sampled", "num_clients": 20, "samples_per_client": 1348}, False),
+    ({"partition": "shards", "num_clients": 673, "shards_per_client": 2}, True),
+    ({"partition": "shards", "num_clients": 674, "shards_per_client": 2}, False),
+    ({"partition": "linear", "num_clients": 51}, True),  # 51 x 52 / 2 = 1,326 units of 1,347 examples
+    ({"partition": "linear", "num_clients": 52}, False),  # 1,378 units: the first client gets 0.98 -> 0
+    ({"partition": "exponential", "num_clients": 7}, True),
+    ({"partition": "exponential", "num_clients": 8}, False),
+    ({"partition": "dirichlet", "num_clients": 20, "alpha": 0.5}, True),
+    ({"partition": "dirichlet", "num_clients": 20, "alpha": 0.05}, False),  # estimated 0.994 per draw, 11 draws
+    ({"partition": "dirichlet", "num_clients": 100, "alpha": 0.5}, False),
+])
+def test_validate_accepts_exactly_the_splits_the_partitioner_can_make(data, accepted):
+    """The wrong result feared: validate accepts a split that fails at start (or refuses one that works)."""
+    from fedsec.data import PartitionError
+    from fedsec.data.federated import build_federated_data
+
+    raw = {**DIGITS, "data": {"dataset": "digits", **data}}
+    try:
+        plan_from_dict(raw)
+        validated = True
+    except ConfigError as e:
+        validated = False
+        assert "data." in str(e)
+    assert validated == accepted
+    experiment = experiment_from_dict(raw)  # the sections alone: what a run would partition
+    for seed in (0, 1):
+        try:
+            build_federated_data(experiment.data, seed)
+            built = True
+        except PartitionError:
+            built = False
+        assert built == accepted, f"seed {seed}: the partitioner {'failed' if accepted else 'succeeded'}"
+
+
+def test_the_run_strategy_gets_backend_aggregate_timeout():
+    plan = plan_from_dict({**DIGITS, "backend": {"aggregate_timeout": 5.0}})
+    assert plan.server_strategy().aggregate_timeout == 5.0

@@ -189,8 +189,15 @@ def test_dataset_errors():
         make_synthetic(test_fraction=1.0)
     with pytest.raises(DatasetError, match="alpha and beta must be >= 0"):
         make_synthetic(alpha=-1)
-    assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic"}
-    assert set(PARTITIONS) == {"iid", "dirichlet", "shards", "natural", "sampled"}
+    assert set(DATASETS) == {"fashion-mnist", "digits", "synthetic", "cifar10", "cifar100", "emnist", "femnist"}
+    assert set(PARTITIONS) == {"iid", "dirichlet", "shards", "natural", "sampled", "pathological", "size", "linear",
+                               "square", "exponential"}
+    # the config's Literal and the partitioners agree
+    from typing import get_args
+
+    from fedsec.config import DataConfig
+
+    assert set(get_args(DataConfig.model_fields["partition"].annotation)) == set(PARTITIONS)
 
 
 # --- partitions ---------------------------------------------------------------------------------------------------
@@ -296,3 +303,109 @@ def test_impossible_partitions_are_refused():
         partition_indices(LABELS, kind="zipf", num_clients=3, seed=0)
     with pytest.raises(PartitionError, match="alpha must be > 0"):
         partition_indices(LABELS, kind="dirichlet", num_clients=3, seed=0, alpha=0)
+
+
+# --- flwr-datasets partitioners -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["linear", "square", "exponential"])
+def test_size_skewed_partitions_follow_flwr_datasets_sizes_and_the_seed(kind):
+    # 5 clients over 1,000 samples; shares i / 15, i^2 / 55, e^i / 233.2, rounded down, the remainder to the last:
+    # linear 66, 133, 200, 266, 333 (+2); square 18, 72, 163, 290, 454 (+3); exponential 11, 31, 86, 234, 636 (+2)
+    expected = {"linear": [66, 133, 200, 266, 335], "square": [18, 72, 163, 290, 457],
+                "exponential": [11, 31, 86, 234, 638]}[kind]
+    parts = partition_indices(SHUFFLED, kind=kind, num_clients=5, seed=0)
+    assert [p.size for p in parts] == expected
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1000))  # disjoint and covering
+    again = partition_indices(SHUFFLED, kind=kind, num_clients=5, seed=0)
+    other = partition_indices(SHUFFLED, kind=kind, num_clients=5, seed=1)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
+    assert [p.size for p in other] == expected and not np.array_equal(parts[0], other[0])
+    # members are a seeded shuffle, not the first rows: the smallest client mixes classes of a label-sorted input
+    assert len(np.unique(LABELS[partition_indices(LABELS, kind=kind, num_clients=5, seed=0)[0]])) >= 5
+
+
+def test_size_partition_gives_each_client_its_size():
+    parts = partition_indices(SHUFFLED, kind="size", num_clients=3, seed=2, partition_sizes=[5, 100, 20])
+    assert [p.size for p in parts] == [5, 100, 20] and np.unique(np.concatenate(parts)).size == 125
+    assert all(np.array_equal(p, q) for p, q in zip(
+        parts, partition_indices(SHUFFLED, kind="size", num_clients=3, seed=2, partition_sizes=[5, 100, 20]),
+        strict=True))
+    with pytest.raises(PartitionError, match=r"size: partition_sizes needs one size per client \(3\), got 2"):
+        partition_indices(SHUFFLED, kind="size", num_clients=3, seed=0, partition_sizes=[5, 5])
+    with pytest.raises(PartitionError, match=r"sum to at most 1000 \(the training set\), got sum 1001"):
+        partition_indices(SHUFFLED, kind="size", num_clients=2, seed=0, partition_sizes=[1, 1000])
+
+
+def test_exponential_refuses_clients_it_would_leave_empty():
+    # 12 clients: the first client's share e^1 / sum e^k ~ 1e-5 of 1,000 samples rounds down to 0
+    with pytest.raises(PartitionError, match=r"exponential: 12 clients over 1000 samples leave the smallest client"):
+        partition_indices(SHUFFLED, kind="exponential", num_clients=12, seed=0)
+
+
+def test_pathological_gives_each_client_exactly_k_classes():
+    parts = partition_indices(SHUFFLED, kind="pathological", num_clients=10, seed=0, classes_per_client=3)
+    classes = [set(SHUFFLED[p].tolist()) for p in parts]
+    assert all(len(c) == 3 for c in classes)
+    assert all(i in c for i, c in enumerate(classes))  # first-deterministic: client i has class i (10 classes)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(1000))  # every class used: nothing left out
+    # each class is cut equally among the clients holding it
+    for label in range(10):
+        holders = [p for p, c in zip(parts, classes, strict=True) if label in c]
+        shares = [int(np.sum(SHUFFLED[p] == label)) for p in holders]
+        assert sum(shares) == 100 and max(shares) - min(shares) <= 1
+    again = partition_indices(SHUFFLED, kind="pathological", num_clients=10, seed=0, classes_per_client=3)
+    other = partition_indices(SHUFFLED, kind="pathological", num_clients=10, seed=4, classes_per_client=3)
+    assert all(np.array_equal(p, q) for p, q in zip(parts, again, strict=True))
+    assert [set(SHUFFLED[p].tolist()) for p in other] != classes
+    # deterministic: client i has classes i, i+1 mod 10 (classes 5..9 go to no one)
+    with pytest.warns(UserWarning, match=r"classes \[5, 6, 7, 8, 9\] went to no client"):
+        parts = partition_indices(SHUFFLED, kind="pathological", num_clients=4, seed=0, classes_per_client=2,
+                                  class_assignment="deterministic")
+    assert [sorted(set(SHUFFLED[p].tolist())) for p in parts] == [[0, 1], [1, 2], [2, 3], [3, 4]]
+
+
+def test_pathological_warns_about_unused_classes_and_refuses_impossible_ones():
+    with pytest.warns(UserWarning, match=r"classes \[4, 5, 6, 7, 8, 9\] went to no client.*600 samples are left out"):
+        parts = partition_indices(SHUFFLED, kind="pathological", num_clients=3, seed=0, classes_per_client=2,
+                                  class_assignment="deterministic")
+    assert sum(p.size for p in parts) == 400
+    with pytest.raises(PartitionError, match=r"classes_per_client=11 must be in 1..10"):
+        partition_indices(SHUFFLED, kind="pathological", num_clients=3, seed=0, classes_per_client=11)
+    few = np.repeat(np.arange(2), 3)  # 3 samples per class, 5 clients all wanting both classes
+    with pytest.raises(PartitionError, match=r"pathological: 5 clients x 2 classes cannot be dealt"):
+        partition_indices(few, kind="pathological", num_clients=5, seed=0, classes_per_client=2)
+
+
+def test_partition_keys_are_validated_in_the_config():
+    import tomllib
+
+    from fedsec.errors import ConfigError
+    from fedsec.plan import plan_from_dict
+
+    def plan(**data):
+        return plan_from_dict({"data": {"dataset": "digits", "num_clients": 3, **data}, "model": {"name": "logreg"},
+                               "train": {"clients_per_round": 3}})
+
+    with pytest.raises(ConfigError, match=r"data.partition_sizes: partition = 'size' needs one size per client, "
+                                          r"data.num_clients = 3, got none; give 3 sizes"):
+        plan(partition="size")
+    with pytest.raises(ConfigError, match=r"got 2; give 3 sizes"):
+        plan(partition="size", partition_sizes=[10, 20])
+    with pytest.raises(ConfigError, match=r"data.partition_sizes.1"):
+        plan(partition="size", partition_sizes=[10, 0, 5])
+    with pytest.raises(ConfigError, match=r"data.classes_per_client"):
+        plan(partition="pathological", classes_per_client=0)
+    with pytest.raises(ConfigError, match=r"data.class_assignment"):
+        plan(partition="pathological", class_assignment="roundrobin")
+    # the resolved config (what config.toml and --resume read) carries the keys and validates again
+    sized = plan(partition="size", partition_sizes=[10, 20, 30])
+    again = plan_from_dict(tomllib.loads(sized.to_toml()))
+    assert again.experiment.data.partition_sizes == [10, 20, 30]
+    from fedsec.data.federated import build_federated_data
+
+    data = build_federated_data(again.experiment.data, again.experiment.seed)
+    assert [p.size for p in data.partitions] == [10, 20, 30]
+    path = plan(partition="pathological", classes_per_client=3, num_clients=10)
+    data = build_federated_data(path.experiment.data, path.experiment.seed)
+    assert all(np.unique(data.y_train[p]).size == 3 for p in data.partitions)

@@ -139,13 +139,90 @@ def test_cli_extract_equation_writes_result_dir(tmp_path):
     app = typer.Typer()
     register(app)
     with server as url:
-        args = ["attack", "extract", url, "--method", "equation", "--budget", "1000", "--run-dir", str(run_dir)]
+        args = ["attack", "extract", url, "--method", "equation", "--budget", "520", "--run-dir", str(run_dir)]
         ok = CliRunner().invoke(app, [*args, "--key", keys["analyst"], "--out", str(tmp_path / "ok")])
         top1 = CliRunner().invoke(app, [*args, "--key", keys["app"], "--out", str(tmp_path / "top1")])
-    assert ok.exit_code == 0 and top1.exit_code == 0, ok.output + top1.output
+        few = CliRunner().invoke(app, [*args[:5], "--budget", "64", "--key", keys["analyst"], "--out",
+                                       str(tmp_path / "few")])
+    assert ok.exit_code == 0 and top1.exit_code == 0 and few.exit_code == 0, ok.output + top1.output + few.output
     good = json.loads((tmp_path / "ok" / "result.json").read_text())
-    assert good["status"] == "ok" and good["queries_spent"] == 65
-    assert good["details"]["relative_parameter_error"] < 1e-4
+    # --budget 520 = 8 (d + 1): every query is an equation of the least-squares solve (it used to stop at d + 1 =
+    # 65, where float32 answers leave a relative error of ~1e-5)
+    assert good["status"] == "ok" and good["queries_spent"] == 520 and good["details"]["answers_used"] == 520
+    assert good["details"]["relative_parameter_error"] < 1e-6
+    short = json.loads((tmp_path / "few" / "result.json").read_text())  # 64 < d + 1: refused before any query
+    assert short["status"] == "failed" and short["queries_spent"] == 0 and "num_queries >= 65" in short["reason"]
     assert (tmp_path / "ok" / "recovered_parameters.npz").exists()
     bad = json.loads((tmp_path / "top1" / "result.json").read_text())
     assert bad["status"] == "failed" and "needs probabilities" in bad["reason"]
+
+
+def test_equation_solving_precision_grows_with_the_budget(tmp_path):
+    """Least squares over all answers: 8 (d + 1) queries beat d + 1 and reach a relative error below 1e-6."""
+    served = load_final_model(write_digits_run(tmp_path, model="logreg", epochs=3))
+    truth = logreg_parameters(served.module)
+    server, keys = _server(served)
+    errors = {}
+    with server as url:
+        for factor in (1, 8):
+            remote = RemoteModel(url, key=keys["analyst"], batch_size=256)
+            res = equation_solving_attack(remote, input_shape=(1, 8, 8), num_classes=10, num_queries=65 * factor,
+                                          true_parameters=truth)
+            assert res.status == "ok" and res.queries_spent == res.answers_used == 65 * factor
+            errors[factor] = res.relative_error
+    assert errors[8] < 1e-6 and errors[8] < errors[1] / 3, errors
+
+
+def _decayed_logreg_run(run_dir, weight_decay):
+    """A digits logreg trained to its optimum with L2 (PyTorch's weight_decay on every parameter), written as a run
+    directory whose config.toml states the truth."""
+    from fedsec.results.model_file import save_final_model
+
+    ds = load_digits()
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    model = build_model("logreg", ds.input_shape, 10, seed=0)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=300, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y) + weight_decay / 2 * sum((p**2).sum() for p in model.parameters())
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    save_final_model(run_dir, model, model_name="logreg", dataset="digits", input_shape=ds.input_shape,
+                     num_classes=10, server_round=1, normalisation=None)
+    (run_dir / "config.toml").write_text(f"[train]\nweight_decay = {weight_decay}\n")
+    return run_dir
+
+
+def test_cli_hyperparameters_steals_the_weight_decay(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from fedsec.serving.cli import register
+
+    run_dir = _decayed_logreg_run(tmp_path / "run", 0.01)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["attack", "hyperparameters", str(run_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert saved["weight_decay"] == pytest.approx(0.01, rel=0.10) and saved["true_weight_decay"] == 0.01
+    assert saved["relative_error"] < 0.10 and saved["residual"] < 0.05
+    assert saved["examples"] == len(load_digits().x_train)
+    # a model that was never trained to that objective: the residual says the estimate is not to be trusted
+    untrained = tmp_path / "untrained"
+    from fedsec.results.model_file import save_final_model
+
+    ds = load_digits()
+    save_final_model(untrained, build_model("logreg", ds.input_shape, 10, seed=1), model_name="logreg",
+                     dataset="digits", input_shape=ds.input_shape, num_classes=10, server_round=0,
+                     normalisation=None)
+    noisy = CliRunner().invoke(app, ["attack", "hyperparameters", str(untrained), "--examples", "200"])
+    assert noisy.exit_code == 0 and "not reliable" in noisy.output
+    assert json.loads(noisy.stdout.splitlines()[0])["examples"] == 200
+    missing = CliRunner().invoke(app, ["attack", "hyperparameters", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2

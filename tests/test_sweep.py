@@ -48,8 +48,8 @@ defense.num_malicious = 0
     assert first.values == {"defense.strategy": "fedavg", "attack.kind": "none", "seed": 0}
     assert last.values == {"defense.strategy": "krum", "attack.kind": "sign_flip", "seed": 1}
     assert first.id == "strategy-fedavg__kind-none__seed-0"
-    assert (last.plan.experiment.defense.strategy, last.plan.experiment.attack.kind, last.plan.experiment.seed) == ("krum",
-                                                                                                    "sign_flip", 1)
+    e = last.plan.experiment
+    assert (e.defense.strategy, e.attack.kind, e.seed) == ("krum", "sign_flip", 1)
     assert all(c.plan.experiment.rounds == 1 and c.plan.experiment.attack.fraction == 0.25 for c in sweep.cells)
     # cells that differ only by seed form one group (mean / std over seeds)
     assert sweep.cells[0].group == sweep.cells[1].group != sweep.cells[2].group

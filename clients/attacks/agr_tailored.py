@@ -116,8 +116,10 @@ class TailoredParams(Params):
     perturbation: Literal["unit_vec", "std", "sign"] = Field("unit_vec", description="perturbation direction p.")
     criterion: Literal["auto", "accepted", "deviation"] = Field(
         "auto", description="auto: 'accepted' for selection rules (Krum, Bulyan, ...), else 'deviation'.")
-    gamma_init: float = Field(10.0, gt=0, description="first gamma of the halving search (paper: 10).")
-    tol: float = Field(1e-5, gt=0, description="the search stops when the step falls below tol (paper: 1e-5).")
+    gamma_init: float = Field(10.0, gt=0, le=1e6,
+                              description="first gamma of the halving search, in (0, 1e6] (paper: 10).")
+    tol: float = Field(1e-5, gt=0, le=1e3,
+                       description="the search stops when the step falls below tol, in (0, 1000] (paper: 1e-5).")
 
 
 class AGRTailored(Attack):

@@ -40,7 +40,8 @@ def alie_update(benign: torch.Tensor, z: float) -> torch.Tensor:
 class ALIEParams(Params):
     """``[attack]`` keys of ``kind = "alie"``."""
 
-    z: float | None = Field(None, description="z (default: the paper's z_max from n and f).")
+    z: float | None = Field(None, ge=-1e3, le=1e3,
+                            description="z in [-1000, 1000] (default: the paper's z_max from n and f).")
 
 
 class ALIE(Attack):

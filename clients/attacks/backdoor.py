@@ -86,9 +86,10 @@ def poison_examples(
 class BackdoorParams(Params):
     """``[attack]`` keys of ``kind = "backdoor"``."""
 
-    target: int = Field(0, ge=0, description="the label triggered inputs are relabelled to.")
+    target: int = Field(0, ge=0, le=100_000, description="the label triggered inputs are relabelled to.")
     poison_ratio: float = Field(0.5, gt=0, le=1, description="share of local examples poisoned.")
-    boost: float = Field(1.0, gt=0, description="model-replacement scale of the update (1 = none).")
+    boost: float = Field(1.0, gt=0, le=1e6,
+                         description="model-replacement scale of the update, in (0, 1e6] (1 = none).")
     trigger: Literal["square", "dba"] = Field("square", description="trigger pattern.")
 
 

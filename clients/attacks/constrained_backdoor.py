@@ -85,7 +85,8 @@ def constrained_replacement(update: torch.Tensor, *, bound: float, boost: float 
 class ConstrainedBackdoorParams(BackdoorParams):
     """``[attack]`` keys of ``kind = "constrained_backdoor"``: the backdoor's, with ``boost`` optional."""
 
-    boost: float | None = Field(None, gt=0, description="model-replacement scale, capped at the bound (None: to it).")
+    boost: float | None = Field(None, gt=0, le=1e6,
+                                 description="model-replacement scale in (0, 1e6], capped at the bound (None: to it).")
     bound_estimate: Literal["median", "max", "mean", "known"] = Field(
         "median", description="clip bound assumed: median/max/mean of known benign norms, or 'known': the deployed "
         "rule's defense.clip_norm.")

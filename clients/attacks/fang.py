@@ -238,7 +238,8 @@ def fang_trim_update(
 class FangParams(Params):
     """``[attack]`` keys of ``kind = "fang"``."""
 
-    threshold: float = Field(1e-5, gt=0, description="Krum variant: smallest lambda tried (paper: 1e-5).")
+    threshold: float = Field(1e-5, gt=0, le=1e3,
+                             description="Krum variant: smallest lambda tried, in (0, 1000] (paper: 1e-5).")
     b: float = Field(2.0, gt=1, le=2, description="trim/median variant: spread factor of the draws (paper: 2).")
 
 

@@ -24,7 +24,7 @@ def gaussian_update(update: torch.Tensor, std: float, generator: torch.Generator
 class GaussianParams(Params):
     """``[attack]`` keys of ``kind = "gaussian"``."""
 
-    std: float = Field(1.0, gt=0, description="noise standard deviation added to the update.")
+    std: float = Field(1.0, gt=0, le=1e6, description="noise standard deviation added to the update, in (0, 1e6].")
 
 
 class Gaussian(Attack):

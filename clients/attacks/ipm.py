@@ -24,7 +24,7 @@ def ipm_update(benign: torch.Tensor, epsilon: float) -> torch.Tensor:
 class IPMParams(Params):
     """``[attack]`` keys of ``kind = "ipm"``."""
 
-    epsilon: float = Field(0.5, gt=0, description="scale of the negated benign mean.")
+    epsilon: float = Field(0.5, gt=0, le=1e6, description="scale of the negated benign mean, in (0, 1e6].")
 
 
 class IPM(Attack):

@@ -49,8 +49,8 @@ def flip_labels(
 class LabelFlipParams(Params):
     """``[attack]`` keys of ``kind = "label_flip"``."""
 
-    source: int | None = Field(None, ge=0, description="class whose examples are relabelled.")
-    target: int | None = Field(None, ge=0, description="the label attackers aim for.")
+    source: int | None = Field(None, ge=0, le=100_000, description="class whose examples are relabelled.")
+    target: int | None = Field(None, ge=0, le=100_000, description="the label attackers aim for.")
 
     @model_validator(mode="after")
     def _check_pair(self) -> LabelFlipParams:

@@ -38,7 +38,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -281,7 +281,7 @@ def resolve_criterion(criterion: str, strategy: str) -> str:
 class SearchParams(Params):
     """Keys shared by the searched-scale kinds: the tolerance and the search criterion."""
 
-    tol: float = Field(1e-3, gt=0, description="search tolerance on the scale.")
+    tol: float = Field(1e-3, gt=0, le=1e3, description="search tolerance on the scale, in (0, 1000].")
     criterion: Literal["auto", "accepted", "deviation"] = Field(
         "auto", description="auto: 'accepted' for selection rules (Krum, Bulyan, ...), else 'deviation'.")
 
@@ -301,7 +301,8 @@ def _check_range_key(value: list[float], key: str) -> list[float]:
 class ALIESearchParams(SearchParams):
     """``[attack]`` keys of ``kind = "alie_search"``."""
 
-    z_range: list[float] = _range_field([0.0, 4.0], "ALIE's z")
+    z_range: list[Annotated[float, Field(ge=-1e3, le=1e3)]] = _range_field(
+        [0.0, 4.0], "ALIE's z (each in [-1000, 1000])")
 
     @field_validator("z_range")
     @classmethod
@@ -312,7 +313,8 @@ class ALIESearchParams(SearchParams):
 class IPMSearchParams(SearchParams):
     """``[attack]`` keys of ``kind = "ipm_search"``."""
 
-    epsilon_range: list[float] = _range_field([0.0, 10.0], "IPM's epsilon")
+    epsilon_range: list[Annotated[float, Field(ge=-1e6, le=1e6)]] = _range_field(
+        [0.0, 10.0], "IPM's epsilon (each in [-1e6, 1e6])")
 
     @field_validator("epsilon_range")
     @classmethod

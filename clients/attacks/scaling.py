@@ -22,7 +22,7 @@ def scale_update(update: torch.Tensor, scale: float) -> torch.Tensor:
 class ScalingParams(Params):
     """``[attack]`` keys of ``kind = "scaling"``."""
 
-    scale: float = Field(10.0, description="factor applied to the update.")
+    scale: float = Field(10.0, ge=-1e6, le=1e6, description="factor applied to the update, in [-1e6, 1e6].")
 
 
 class Scaling(Attack):

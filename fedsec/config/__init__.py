@@ -10,7 +10,15 @@ the value received and, where there is one, the fix.
 from fedsec.errors import ConfigError
 
 from .experiment import Experiment
-from .loading import apply_overrides, copy_config, experiment_from_dict, load_experiment, parse_override, read_toml
+from .loading import (
+    ConfigProblems,
+    apply_overrides,
+    copy_config,
+    experiment_from_dict,
+    load_experiment,
+    parse_override,
+    read_toml,
+)
 from .sections import (
     ENCRYPTION_SCHEMES,
     PRIVACY_MODES,
@@ -38,6 +46,7 @@ __all__ = [
     "AttackConfig",
     "BackendConfig",
     "ConfigError",
+    "ConfigProblems",
     "DataConfig",
     "DefenseConfig",
     "EncryptionConfig",

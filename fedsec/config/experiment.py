@@ -20,6 +20,7 @@ from .sections import (
     EncryptionConfig,
     ModelConfig,
     PrivacyConfig,
+    TrackingConfig,
     TrainConfig,
     _Section,
 )
@@ -41,6 +42,7 @@ class Experiment(_Section):
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    tracking: TrackingConfig | None = Field(None, description="[tracking]: MLflow / TensorBoard exports.")
 
     @model_validator(mode="after")
     def _check_sections(self) -> Experiment:

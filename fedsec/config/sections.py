@@ -10,20 +10,44 @@ strings here and are checked against the registries by the plan. Rules that span
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsec.errors import ConfigError
+from fedsec.registry import Registry
 
 __all__ = [
     "AdversarialTrainingConfig", "AttackConfig", "AuditConfig", "BackendConfig", "ConfigError", "DataConfig",
     "DefenseConfig", "EncryptionConfig", "ModelConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig",
-    "TrainConfig",
+    "TrackingConfig", "TrainConfig",
 ]
 
 
 _STRICT = {"strict": True, "allow_inf_nan": False}  # no "3" for 3, no true for 1, every number finite
+MAX_CLIENTS = 100_000
+"""The most logical clients a run has (``data.num_clients``): the bound of every partition id in a config."""
+NAME_MAX = 255
+"""Longest file-name component of a path, in bytes (Linux's NAME_MAX)."""
+PATH_MAX = 4095
+"""Longest path, in bytes (Linux's PATH_MAX, 4096, less the terminating NUL)."""
+
+PartitionId = Annotated[int, Field(ge=0, le=MAX_CLIENTS - 1)]
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a path on Linux (a control character, a component over :data:`NAME_MAX` bytes, the
+    whole over :data:`PATH_MAX` bytes), or None: refused at validation rather than with an OSError at start."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains a control character (NUL, newline, ...)"
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) > PATH_MAX:
+        return f"{len(encoded)} bytes long, over the {PATH_MAX} a path may have"
+    longest = max((len(part) for part in encoded.split(b"/")), default=0)
+    if longest > NAME_MAX:
+        return f"has a component of {longest} bytes, over the {NAME_MAX} a file name may have"
+    return None
 
 
 class _Section(BaseModel):
@@ -47,7 +71,8 @@ class PoisonConfig(_Section):
 
     kind: Literal["none", "label_noise", "targeted_flip", "outliers", "trigger"] = Field(
         "none", description="How the poisoned points are corrupted.")
-    clients: float | list[int] = Field(0.0, description="Share of clients (0..1) or their partition ids.")
+    clients: Annotated[float, Field(ge=0, le=1)] | Annotated[list[PartitionId], Field(max_length=MAX_CLIENTS)] = Field(
+        0.0, description="Share of clients (0..1) or their partition ids (each 0..99,999).")
     rate: float = Field(0.2, ge=0, le=1, description="Share of each poisoned client's examples.")
     source: int | None = Field(None, ge=0, le=100_000, description="targeted_flip: the class relabelled.")
     target: int | None = Field(None, ge=0, le=100_000, description="targeted_flip / trigger: the label given.")
@@ -67,9 +92,11 @@ class DataConfig(_KindSection):
     its ``Params`` (``fedsec list``) and validated by the run plan."""
 
     dataset: str = Field("fashion-mnist", description="Dataset name (see `fedsec list`).")
-    partition: Literal["iid", "dirichlet", "shards", "natural", "sampled"] = Field(
+    partition: Literal["iid", "dirichlet", "shards", "natural", "sampled", "pathological", "size", "linear", "square",
+                       "exponential"] = Field(
         "dirichlet",
-        description="How training data is split across clients; 'natural' only for naturally federated data; "
+        description="How training data is split across clients (`fedsec list`); 'natural' only for naturally "
+        "federated data (synthetic, femnist); "
         "'sampled': samples_per_client random examples per client, drawn independently (more clients than data).",
     )
     alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed).")
@@ -77,10 +104,35 @@ class DataConfig(_KindSection):
     samples_per_client: int = Field(10, ge=1, le=1_000_000,
                                     description="Examples per client for partition = 'sampled'.")
     shards_per_client: int = Field(2, ge=1, le=1000, description="Label shards per client for partition = 'shards'.")
-    root: str = Field("", max_length=4096,
-                      description="Directory of the dataset files ('' = the dataset's default location).")
+    classes_per_client: int = Field(2, ge=1, le=100_000,
+                                    description="Classes per client for partition = 'pathological'.")
+    class_assignment: Literal["first-deterministic", "random", "deterministic"] = Field(
+        "first-deterministic", description="partition = 'pathological': client i gets class i mod C, then random "
+        "ones (Li et al. 2022's code) | all random | classes i .. i+k-1 mod C.")
+    partition_sizes: list[Annotated[int, Field(ge=1, le=1_000_000_000)]] | None = Field(
+        None, max_length=MAX_CLIENTS, description="Examples per client for partition = 'size': one entry per client.")
+    root: str = Field("", max_length=PATH_MAX,
+                      description="Directory of the dataset files ('' = the dataset's default location); at most "
+                      "4,095 bytes, each component at most 255.")
     poison: PoisonConfig = Field(default_factory=PoisonConfig,
                                  description="Poisoned data at honest clients ([data.poison]).")
+
+    @model_validator(mode="after")
+    def _check_partition_sizes(self) -> DataConfig:
+        sizes, n = self.partition_sizes, self.num_clients
+        if self.partition == "size" and (sizes is None or len(sizes) != n):
+            got = "none" if sizes is None else f"{len(sizes)}"
+            raise ValueError(f"data.partition_sizes: partition = 'size' needs one size per client, data.num_clients = "
+                             f"{n}, got {got}; give {n} sizes")
+        return self
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        problem = path_problem(value)
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
+        return value
 
 
 class ModelConfig(_Section):
@@ -118,7 +170,8 @@ class AttackConfig(_KindSection):
 
     kind: str = Field("none", max_length=100, description="Attack kind (see `fedsec list`).")
     fraction: float = Field(0.0, ge=0, le=1, description="Fraction of clients that are malicious.")
-    client_ids: list[int] | None = Field(None, description="Explicit malicious partition ids (instead of fraction).")
+    client_ids: list[PartitionId] | None = Field(None, max_length=MAX_CLIENTS,
+                                                 description="Explicit malicious partition ids (instead of fraction).")
     start_round: int = Field(1, ge=1, le=1_000_000, description="First round in which attackers act.")
     end_round: int | None = Field(None, ge=1, le=1_000_000,
                                   description="Last round in which attackers act (None = last round).")
@@ -135,17 +188,12 @@ class AttackConfig(_KindSection):
         return self
 
 
-class SanitizeConfig(_Section):
-    """``[defense.sanitize]``: client-side data sanitization before local training (:mod:`fedsec.sanitize`)."""
+class SanitizeConfig(_KindSection):
+    """``[defense.sanitize]``: client-side data sanitization before local training (:mod:`fedsec.sanitize`); each
+    filter declares its own keys (``k``, ``contamination``, ``n_folds``, ...: its ``Params``, ``fedsec list``)."""
 
-    method: Literal["none", "threshold", "isolation_forest", "label_issues"] = Field(
-        "none", description="The filter honest clients run on their data before training.")
-    k: float = Field(3.5, gt=0, le=1e6, description="threshold: drop points whose statistic exceeds k x the mean.")
-    variant: Literal["mean_ratio", "robust_z"] = Field("mean_ratio", description="threshold: the statistic's test.")
-    contamination: float | Literal["auto"] = Field("auto", description="isolation_forest: expected outlier share.")
-    features: Literal["inputs", "embedding"] = Field(
-        "inputs", description="isolation_forest: raw inputs or the global model's penultimate-layer embeddings.")
-    n_folds: int = Field(5, ge=2, le=50, description="label_issues: cross-validation folds.")
+    method: str = Field("none", max_length=100, description="The filter honest clients run on their data before "
+                        "training ('none' or a filter of `fedsec list`).")
 
 
 class DefenseConfig(_KindSection):
@@ -158,19 +206,41 @@ class DefenseConfig(_KindSection):
         "weight_cap x the round's median claim, or ignored (uniform).")
     weight_cap: float = Field(4.0, ge=1, le=1e6, description="capped: the largest claim counted, x the median.")
     sanitize: SanitizeConfig = Field(default_factory=SanitizeConfig, description="Client-side data sanitization.")
+    pre: list[str | dict[str, Any]] = Field(
+        [], max_length=4, description="Pre-aggregators run in order before the rule: names (\"nnm\", \"bucketing\", "
+        "\"arc\") or tables with their keys ({ name = \"bucketing\", bucket_size = 2 }); see `fedsec list`.")
 
 
-PRIVACY_MODES: dict[str, str] = {
-    "none": "no differential privacy",
-    "local": "sample-level DP-SGD on every client with Opacus (max_grad_norm, noise_multiplier or calibrated);"
-    " per-client accountants; no client spends more than epsilon",
-    "central": "user-level DP-FedAvg (McMahan et al. 2018): server clips updates to clip_norm, adds Gaussian noise;"
-    " RDP/PRV accounting; the run never spends more than epsilon",
-}
+@dataclass(frozen=True)
+class SectionKind:
+    """A kind chosen by a key of a section whose other keys it shares (``privacy.mode``, ``encryption.scheme``):
+    what it does and which of the section's keys it reads (``fedsec list`` shows them with their defaults)."""
+
+    description: str
+    keys: tuple[str, ...] = ()
+
+
+#: privacy.mode -> what it does and the [privacy] keys it reads; one line per mode
+PRIVACY_MODES: Registry[SectionKind] = Registry("privacy.mode", "privacy mode")
+PRIVACY_MODES.register("none", SectionKind("no differential privacy"))
+PRIVACY_MODES.register("local", SectionKind(
+    "sample-level DP-SGD on every client with Opacus (max_grad_norm, noise_multiplier or calibrated); per-client "
+    "accountants; no client spends more than epsilon",
+    ("epsilon", "delta", "max_grad_norm", "noise_multiplier", "accountant", "grad_sample_mode")))
+PRIVACY_MODES.register("central", SectionKind(
+    "user-level DP-FedAvg (McMahan et al. 2018): server clips updates to clip_norm, adds Gaussian noise; RDP/PRV "
+    "accounting; the run never spends more than epsilon",
+    ("epsilon", "delta", "clip_norm", "noise_multiplier", "accountant")))
 
 
 class PrivacyConfig(_Section):
-    mode: Literal["none", "local", "central"] = Field("none", description="Differential privacy mode.")
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        PRIVACY_MODES.get(mode)  # a ConfigError naming privacy.mode and the known modes
+        return mode
+
+    mode: str = Field("none", max_length=100, description="Differential privacy mode (`fedsec list`).")
     epsilon: float = Field(8.0, gt=0, le=100, description="Privacy budget; a run never spends more.")
     delta: float = Field(1e-5, gt=0, lt=1, description="Privacy delta (must be below 1 / data.num_clients).")
     clip_norm: float = Field(1.0, gt=0, le=1e6, description="central: L2 bound of each client's update.")
@@ -187,28 +257,42 @@ class PrivacyConfig(_Section):
     )
 
 
-ENCRYPTION_SCHEMES: dict[str, str] = {
-    "none": "plaintext aggregation",
-    "ckks": "CKKS (TenSEAL): clients encrypt weighted updates, the server adds ciphertexts it cannot decrypt",
-}
+#: encryption.scheme -> what it does and the [encryption] keys it reads; one line per scheme
+ENCRYPTION_SCHEMES: Registry[SectionKind] = Registry("encryption.scheme", "encryption scheme")
+ENCRYPTION_SCHEMES.register("none", SectionKind("plaintext aggregation"))
+ENCRYPTION_SCHEMES.register("ckks", SectionKind(
+    "CKKS (TenSEAL): clients encrypt weighted updates, the server adds ciphertexts it cannot decrypt",
+    ("poly_modulus_degree", "coeff_mod_bit_sizes", "global_scale_bits")))
 
 
 class EncryptionConfig(_Section):
-    scheme: Literal["none", "ckks"] = Field("none", description="Encrypted aggregation scheme.")
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, scheme: str) -> str:
+        ENCRYPTION_SCHEMES.get(scheme)
+        return scheme
+
+    scheme: str = Field("none", max_length=100, description="Encrypted aggregation scheme (`fedsec list`).")
     poly_modulus_degree: int = Field(4096, ge=1024, le=32768, description="ckks: ring dimension N (slots = N/2).")
-    coeff_mod_bit_sizes: list[int] = Field([60, 40], min_length=1, max_length=30,
-                                           description="ckks: coefficient-modulus prime sizes (bits).")
+    coeff_mod_bit_sizes: list[Annotated[int, Field(ge=1, le=60)]] = Field(
+        [60, 40], min_length=1, max_length=30, description="ckks: coefficient-modulus prime sizes (bits, 1..60 each).")
     global_scale_bits: int = Field(40, ge=1, le=60, description="ckks: log2 of the encoding scale.")
 
 
 class BackendConfig(_Section):
     address: str = Field("", max_length=300, pattern=r"^(|auto|(ray://)?[A-Za-z0-9._\-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5})$",
-                         description="'' starts a local Ray; 'auto' or host:port joins an existing cluster.")
+                         description="'' starts a local Ray; 'auto' or host:port (port 1..65535) joins an existing "
+                         "cluster.")
     num_cpus: float = Field(1.0, ge=0.01, le=1024, description="CPUs per client actor (fractions allowed).")
     num_gpus: float = Field(0.0, ge=0, le=64, description="GPUs per client actor (fractions allowed).")
     round_timeout: float = Field(
         600.0, ge=1, le=7 * 86400,
         description="Seconds the server waits for a round's replies (and for nodes at start-up)."
+    )
+    aggregate_timeout: float = Field(
+        600.0, ge=1, le=7 * 86400,
+        description="Seconds a rule may spend aggregating one round (1 s .. 7 days); past it the round is skipped, "
+        "the reason naming the rule, and the run goes on.",
     )
     messages: Literal["auto", "cohort", "per_client"] = Field(
         "auto",
@@ -218,10 +302,19 @@ class BackendConfig(_Section):
         "(same results); auto = cohort when there are more clients than cohort nodes.",
     )
     cohort_nodes: int = Field(
-        0, ge=0, le=100_000,
+        0, ge=0, le=MAX_CLIENTS,
         description="Flower nodes in cohort mode; client p always belongs to node p mod cohort_nodes (its state "
         "stays there); 0 = 4 per client slot of the cluster.",
     )
+
+    @field_validator("address")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        if value not in ("", "auto"):  # the pattern allows 1-5 digits: a TCP port is 1..65535
+            port = int(value.rsplit(":", 1)[1])
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is outside 1..65535")
+        return value
 
 
 class AuditConfig(BaseModel):
@@ -241,3 +334,24 @@ class AuditConfig(BaseModel):
     def tables(self) -> dict[str, dict[str, Any]]:
         """The configured audit tables by hook name."""
         return dict(self.model_extra or {})
+
+
+class TrackingConfig(_Section):
+    """``[tracking]``: export the run to experiment trackers as well (:mod:`fedsec.results.exports`); the run
+    directory stays the record."""
+
+    mlflow: str | None = Field(None, min_length=1, max_length=PATH_MAX,
+                               description="MLflow tracking URI, e.g. 'file:./mlruns' or 'sqlite:///mlflow.db' "
+                               "(needs `pip install 'fedsec[mlflow]'`).")
+    experiment: str | None = Field(None, min_length=1, max_length=200,
+                                   description="MLflow experiment the runs go to (default 'fedsec').")
+    tensorboard: str | None = Field(None, min_length=1, max_length=PATH_MAX,
+                                    description="TensorBoard log directory; each run writes DIR/<run directory name>.")
+
+    @field_validator("mlflow", "tensorboard")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        problem = None if value is None else path_problem(value)
+        if problem:
+            raise ValueError(f"{value[:60]!r}: {problem}")
+        return value

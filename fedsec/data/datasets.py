@@ -16,6 +16,8 @@
   law), capped here at 1,000. Defaults: alpha = beta = 1, 30 devices, dim 60, 10 classes, 20% of each device's
   samples held out into the pooled test set; ``natural_partition`` holds each device's train indices.
   Seeded with ``np.random.default_rng(seed)``.
+- ``cifar10`` / ``cifar100`` (:mod:`.cifar`), ``emnist`` (:mod:`.emnist`) and ``femnist`` (:mod:`.femnist`, naturally
+  federated by writer): read from the files under ``data.root``; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -200,7 +203,12 @@ class DatasetSpec:
 
     ``load(root=, seed=, num_clients=, params=)`` returns the :class:`ArrayDataset` (``params``: the validated
     ``[data]`` keys of this dataset's own, :attr:`Params`); ``normalisation`` is the (mean, std) applied to pixels
-    in [0, 1] (None: inputs are already in [0, 1] or not images).
+    in [0, 1], one pair for every channel (None: inputs are already in [0, 1] or not images). ``natural``: the
+    dataset has its own per-client split (``data.partition = "natural"``). ``locate(root, params)`` finds the
+    dataset's files under ``root`` ('' when none is given and there is no default), raising :class:`DatasetError`
+    that names the files expected; None for a dataset without files or only a directory to check.
+    ``variant(params)``: the fields its keys decide (EMNIST's split fixes its classes and sizes); see
+    :meth:`resolve`.
     """
 
     description: str
@@ -212,10 +220,25 @@ class DatasetSpec:
     default_root: str = ""
     normalisation: tuple[float, float] | None = None
     Params: type[BaseModel] = NoParams  # the dataset's own [data] keys
+    natural: bool = False
+    locate: Callable[[str, BaseModel], object] | None = None
+    variant: Callable[[BaseModel], dict[str, Any]] | None = None
 
-    def check_root(self, root: str) -> str | None:
-        """Why the dataset cannot be read from ``root`` ('' = default), or None."""
+    def resolve(self, params: BaseModel | None = None) -> DatasetSpec:
+        """This spec with what ``params`` (its validated keys) decide: classes, sizes, description."""
+        if self.variant is None or params is None:
+            return self
+        return replace(self, **self.variant(params))
+
+    def check_root(self, root: str, params: BaseModel | None = None) -> str | None:
+        """Why the dataset cannot be read from ``root`` ('' = default) with its keys ``params``, or None."""
         where = root or self.default_root
+        if self.locate is not None:
+            try:
+                self.locate(where, params if params is not None else self.Params())
+            except DatasetError as e:
+                return str(e)
+            return None
         if where and not Path(where).is_dir():
             return (f"directory {where!r} not found; install Debian's package dataset-fashion-mnist "
                     "(apt-get install dataset-fashion-mnist) or set data.root")
@@ -252,7 +275,7 @@ FASHION_MNIST = DatasetSpec(
 DIGITS = DatasetSpec("scikit-learn digits, 1,797 8x8 images, 10 classes (fast tests)", (1, 8, 8), 10, _load_digits,
                      train_size=1_347, test_size=450)
 SYNTHETIC = DatasetSpec("FedProx Synthetic(alpha, beta): 60-dim vectors, 10 classes, naturally federated", (60,), 10,
-                        _load_synthetic, Params=SyntheticParams)
+                        _load_synthetic, Params=SyntheticParams, natural=True)
 
 
 def load_dataset(
@@ -261,18 +284,23 @@ def load_dataset(
     root: str | None = None,
     seed: int = 0,
     num_clients: int = 10,
-    params: BaseModel | None = None,
+    params: BaseModel | dict[str, Any] | None = None,
 ) -> ArrayDataset:
     """Load dataset ``name`` (a name in :data:`fedsec.data.DATASETS`).
 
-    ``root`` is Fashion-MNIST's directory (default ``/usr/share/datasets/fashion-mnist``); ``seed`` seeds digits'
-    train/test split and the synthetic generator; ``num_clients`` is Synthetic(alpha, beta)'s number of devices;
-    ``params``: the dataset's own keys (its ``Params``; default: their defaults). Raises :class:`DatasetError` for
-    an unknown name or a dataset that cannot be loaded.
+    ``root``: the directory of the dataset's files (Fashion-MNIST's default ``/usr/share/datasets/fashion-mnist``;
+    CIFAR, EMNIST and FEMNIST have no default); ``seed`` seeds digits' train/test split, the synthetic generator
+    and FEMNIST's held-out samples; ``num_clients`` is Synthetic(alpha, beta)'s number of devices and FEMNIST's
+    number of writers; ``params``: the dataset's own keys (its ``Params``, or a dict of them; default: their
+    defaults). Raises :class:`DatasetError` for an unknown name or a dataset that cannot be loaded.
     """
+    from fedsec.registry import parse_params
+
     from .registry import DATASETS
 
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; use one of {DATASETS.names()}")
     spec = DATASETS.get(name)
+    if isinstance(params, dict):
+        params = parse_params(spec.Params, params, section="data", kind=f"data.dataset={name!r}")
     return spec.load(root=root, seed=seed, num_clients=num_clients, params=params or spec.Params())

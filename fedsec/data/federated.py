@@ -62,6 +62,9 @@ def build_federated_data(data: DataConfig, seed: int) -> FederatedData:
         min_size=max(1, min(MIN_CLIENT_EXAMPLES, dataset.y_train.size // data.num_clients)),
         natural=dataset.natural_partition,
         samples_per_client=data.samples_per_client,
+        classes_per_client=data.classes_per_client,
+        class_assignment=data.class_assignment,
+        partition_sizes=data.partition_sizes,
     )
     return FederatedData(
         x_train=dataset.x_train,

@@ -22,19 +22,29 @@
   for 50 x 2 shards; 994 of 997 for 7 x 2) and with ``keep_incomplete_shard=True`` it drops more (926 of 997: it
   deals ``num_clients * shards_per_client`` of the ceil(N / shard size) shards, leaving whole shards out); it also
   sorts the table with pyarrow (a deprecation warning on every call). Ours assigns every sample.
-- ``natural``: the dataset's own per-client split (FedProx's Synthetic, one device per client); validated.
+- ``natural``: the dataset's own per-client split (FedProx's Synthetic, one device per client; FEMNIST, one writer
+  per client); validated. Written here: the loaders already hold each client's indices; flwr-datasets'
+  ``NaturalIdPartitioner`` on a column of client ids gives the same split (``tests/test_data.py`` checks it) at the
+  cost of importing ``datasets`` and a per-sample Python loop.
 - ``sampled``: each client draws ``samples_per_client`` distinct examples uniformly at random, independently of the
   other clients, so clients may share examples. For populations larger than the dataset (100,000 clients of
   Fashion-MNIST's 60,000 images, ``benchmarks/bench_scale.py``), where a split would leave clients empty; seeded
   like ``iid``.
 
-Every partitioner returns one sorted ``int64`` index array per client, non-empty; for ``iid``, ``dirichlet`` and
-``shards`` the arrays are disjoint and together cover every sample exactly once.
+- ``pathological`` (``classes_per_client`` classes each, Li et al. 2022), ``size`` (``partition_sizes``), ``linear``,
+  ``square`` and ``exponential`` (sizes growing with the client id): flwr-datasets' partitioners, seeded; see
+  :mod:`fedsec.data.flwr_partitions`.
+
+Every partitioner returns one sorted ``int64`` index array per client, non-empty; for ``iid``, ``dirichlet``,
+``shards``, ``linear``, ``square`` and ``exponential`` the arrays are disjoint and together cover every sample exactly
+once; ``pathological`` and ``size`` may leave samples out (a class no client was given; sizes summing below the
+training set's).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,6 +54,11 @@ PARTITIONS: dict[str, str] = {
     "shards": "pathological non-IID: shards_per_client label-sorted shards each (McMahan et al. 2017)",
     "natural": "the dataset's own per-client split (synthetic only)",
     "sampled": "samples_per_client random examples each, drawn independently (clients may share examples)",
+    "pathological": "classes_per_client classes each (#C=k, Li et al. 2022), via flwr-datasets",
+    "size": "client i gets partition_sizes[i] random examples, via flwr-datasets",
+    "linear": "client i (1..n) gets a share of the data proportional to i, via flwr-datasets",
+    "square": "client i (1..n) gets a share proportional to i^2, via flwr-datasets",
+    "exponential": "client i (1..n) gets a share proportional to e^i (at most ~ln(samples) clients), via flwr-datasets",
 }
 
 DIRICHLET_MAX_TRIES = 11  # flwr-datasets' DirichletPartitioner: a first draw and 10 retries
@@ -115,7 +130,8 @@ def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, min_size: int
 
 def _natural(natural: list[np.ndarray] | None, num_clients: int, n: int) -> list[np.ndarray]:
     if natural is None:
-        raise PartitionError("natural: this dataset has no natural partition; use iid, dirichlet or shards")
+        raise PartitionError("natural: this dataset has no natural partition; use iid, dirichlet or shards (natural "
+                             "ones: synthetic, femnist)")
     if len(natural) != num_clients:
         raise PartitionError(
             f"natural: the dataset is split across {len(natural)} clients, the config asks for {num_clients}"
@@ -140,11 +156,15 @@ def partition_indices(
     min_size: int = 1,
     natural: list[np.ndarray] | None = None,
     samples_per_client: int = 10,
+    classes_per_client: int = 2,
+    class_assignment: str = "first-deterministic",
+    partition_sizes: Sequence[int] | None = None,
 ) -> list[np.ndarray]:
     """Split ``labels``' indices across ``num_clients`` clients; see the module docstring for the kinds.
 
     ``alpha`` and ``min_size`` are for ``dirichlet``, ``shards_per_client`` for ``shards``, ``natural`` (the
-    dataset's ``natural_partition``) for ``natural``, ``samples_per_client`` for ``sampled``.
+    dataset's ``natural_partition``) for ``natural``, ``samples_per_client`` for ``sampled``,
+    ``classes_per_client`` and ``class_assignment`` for ``pathological``, ``partition_sizes`` for ``size``.
     Raises :class:`PartitionError` if it cannot be done.
     """
     labels = np.asarray(labels)
@@ -170,10 +190,19 @@ def partition_indices(
         parts = _shards(labels, num_clients, shards_per_client, rng)
     elif kind == "dirichlet":
         parts = _dirichlet(labels, num_clients, alpha, min_size, seed)
+    elif kind == "pathological":
+        from .flwr_partitions import pathological
+
+        parts = pathological(labels, num_clients, classes_per_client, class_assignment, seed)
+    elif kind in ("size", "linear", "square", "exponential"):
+        from .flwr_partitions import by_size
+
+        parts = by_size(labels, kind, num_clients, seed, partition_sizes)
     else:
         parts = _natural(natural, num_clients, labels.size)
     out = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
     empty = [i for i, p in enumerate(out) if p.size == 0]
     if empty:
-        raise PartitionError(f"{kind}: clients {empty} got no data; use fewer clients or a larger alpha")
+        raise PartitionError(f"{kind}: clients {empty} got no data; use fewer clients"
+                             + (" or a larger alpha" if kind == "dirichlet" else ""))
     return out

@@ -14,6 +14,7 @@ from .base import RoundHook, RoundState, RunFacts, ServerContext
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
+from .health import HealthCheck
 from .inversion import InversionAudit
 from .membership import MembershipAudit
 from .mia import MembershipCheck
@@ -36,5 +37,6 @@ HOOKS.register("inversion", InversionAudit)
 HOOKS.register("membership", MembershipAudit)
 HOOKS.register("model_inversion", ModelInversionAudit)
 HOOKS.register("omniscient_attack", OmniscientAttack)
+HOOKS.register("health", HealthCheck)  # last: marks what the other hooks measured on the final model
 
 __all__ = ["HOOKS", "RoundHook", "RoundState", "RunFacts", "ServerContext", "ServerEvaluator"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -29,8 +29,10 @@ class InversionAuditParams(Params):
     """``[audit.inversion]`` keys."""
 
     method: Literal["dlg", "idlg", "ig"] = Field("ig", description="dlg | idlg | ig (Inverting Gradients).")
-    rounds: list[int] = Field([1], min_length=1, max_length=100, description="Rounds whose updates are attacked.")
-    clients: list[int] = Field([0], min_length=1, max_length=100, description="Partition ids attacked.")
+    rounds: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        [1], min_length=1, max_length=100, description="Rounds whose updates are attacked (each 1..100,000).")
+    clients: list[Annotated[int, Field(ge=0, le=99_999)]] = Field(
+        [0], min_length=1, max_length=100, description="Partition ids attacked (each 0..99,999).")
     iterations: int = Field(300, ge=1, le=100_000, description="Optimisation steps per restart.")
     restarts: int = Field(1, ge=1, le=100, description="Restarts (the best reconstruction is kept).")
     tv_weight: float = Field(1e-4, ge=0, le=10, description="ig: total-variation weight.")

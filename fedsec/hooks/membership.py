@@ -2,8 +2,10 @@
 offline LiRA (Carlini et al., "Membership Inference Attacks From First Principles", IEEE S&P 2022; shadow models
 trained with fedsec's own training loop on held-out data) or Yeom et al.'s loss threshold over every threshold
 (:mod:`fedsec.audits.lira`); AUC, TPR at 0.1% / 1% FPR, and the epsilon lower bound the attack implies next to the
-accountant's epsilon (:mod:`fedsec.audits.empirical_privacy`; a bound above the accountant's is logged as an error:
-it would be a bug in fedsec's DP)."""
+epsilon of the guarantee that covers the attacked model (:mod:`fedsec.audits.empirical_privacy`; a bound above it is
+logged as an error: it would be a bug in fedsec's DP). The global model is covered by the run's epsilon; one
+client's local model by that client's own epsilon under local DP, and by nothing under central DP (which noises only
+the aggregate): its bound is then reported without a comparison (``bound_compared_with`` says which)."""
 
 from __future__ import annotations
 
@@ -136,7 +138,8 @@ class MembershipAudit(RoundHook):
         block = {"status": "done", "target": p.target, **result.as_dict(),
                  "empirical_epsilon_lower_bound": bound.epsilon, "empirical_epsilon_point": bound.epsilon_point,
                  "bound_delta": delta, "bound_confidence": bound.confidence}
-        spent = summary.get("privacy", {}).get("epsilon")
+        spent, covered_by = self._covering_epsilon(summary)
+        block["bound_compared_with"] = covered_by
         if spent is not None:
             block["accountant_epsilon"] = spent
             alarm = check_against_accountant(bound.epsilon, spent)
@@ -145,6 +148,26 @@ class MembershipAudit(RoundHook):
                 block["alarm"] = alarm
         self._roc(result)
         return block
+
+    def _covering_epsilon(self, summary: dict[str, Any]) -> tuple[float | None, str]:
+        """The epsilon of the guarantee that covers the attacked model, and what it is; (None, why not) when no
+        guarantee covers it. The final global model: the run's epsilon (central DP, or the largest client's under
+        local DP). One client's last local model: that client's own DP-SGD epsilon under local DP; central DP
+        clips and noises only the aggregate, never a client's raw update, so there is nothing to compare with."""
+        privacy = summary.get("privacy") or {}
+        mode = privacy.get("mode", self.ctx.facts.privacy.mode)
+        if self.params.target == "global":
+            spent = privacy.get("epsilon")
+            return (spent, f"the run's epsilon ({mode} DP)") if spent is not None else (None, "none: no DP")
+        if mode == "local":
+            spent = (privacy.get("client_epsilon") or {}).get(str(self.params.client))
+            if spent is not None:
+                return spent, f"client {self.params.client}'s own epsilon (local DP)"
+            return None, f"none: client {self.params.client} reported no epsilon"
+        if mode == "central":
+            return None, ("none: central DP covers the aggregate the server releases, not a client's raw update; "
+                          "the bound is reported without a comparison")
+        return None, "none: no DP"
 
     def _roc(self, result: Any) -> None:
         from fedsec.audits.inversion_plots import plot_roc

@@ -26,7 +26,6 @@ class Participation(RoundHook):
         Metric("clients_sampled", "replies the round received (one per sampled client)", final=False, integer=True),
         Metric("clients_accepted", "replies the strategy gave a weight above 0", final=False, integer=True),
         Metric("clients_failed", "replies that failed, were invalid or refused to train", final=False, integer=True),
-        Metric("skipped", "1 when the round produced no new global model", final=False, integer=True),
         Metric("train_loss", "mean local training loss of the round's clients", final=False, better="lower"),
         Metric("bytes_up", "bytes the clients sent in the round", final=False, integer=True),
         Metric("encrypt_seconds", "CKKS: the clients' encryption time", final=False),

@@ -5,13 +5,15 @@ Vulnerabilities and Risk Mitigation Strategies", 2024, sec. 3.2 (equations 2 and
 
 - **A** (data autoclaving, eq. 3): ``A = n_A / m``, n_A = anomalies detected (points the filter flagged, i.e.
   dropped), m = datapoints. Table 1: 35 anomalies in 10,000 examples give A = 0.35%.
-- **DQ_filtered** (noise filtering) reads differently in the two places, so both are reported:
-  - Table 1 (our headline value): ``DQ_filtered = 1 - poisoned points remaining after filtering / datapoints
+- **DQ_filtered** (noise filtering) reads differently in the two places, so both are reported, each under its own
+  name, side by side:
+  - ``dq_filtered_eq2``, equation 2 as written: ``DQ_filtered = 1 - N_after / N_before`` with N_after the
+    datapoints that remain after filtering; it equals the share of points dropped (it rewards dropping, poisoned or
+    not).
+  - ``dq_filtered_table1``, the Table 1 variant: ``1 - poisoned points remaining after filtering / datapoints
     before filtering``; 87 noisy points left of 2,000 give 95.65%. Only a simulator, which knows the poisoned
     points, can compute it.
-  - Equation 2 as written: ``DQ_filtered = 1 - N_after / N_before`` with N_after the datapoints that remain after
-    filtering; it equals the share of points dropped (it rewards dropping, poisoned or not), so it is reported as
-    ``dq_filtered_eq2`` beside the Table 1 value, never in its place.
+  ``dq_filtered`` (the name earlier results used) stays the Table 1 value.
 
 Beyond the surveys, from the ground truth: true drops (poisoned points dropped), false drops (clean points dropped),
 precision = true drops / drops, recall = true drops / poisoned, false-drop rate = false drops / clean points.
@@ -109,6 +111,11 @@ class FilterQuality:
         return dq_filtered_table1(self.poisoned_remaining, self.datapoints)
 
     @property
+    def dq_filtered_table1(self) -> float:
+        """Al-Karaki et al.'s Table 1, 1 - poisoned remaining / datapoints before filtering (= :attr:`dq_filtered`)."""
+        return self.dq_filtered
+
+    @property
     def dq_filtered_eq2(self) -> float:
         """Al-Karaki et al.'s eq. 2 as written, 1 - kept / datapoints."""
         return dq_filtered_eq2(self.kept, self.datapoints)
@@ -118,11 +125,13 @@ class FilterQuality:
         record: dict[str, float | int | str | None] = dict(asdict(self))
         for name in ("poisoned_remaining", "clean"):
             record[name] = getattr(self, name)
-        for name in ("precision", "recall", "false_drop_rate", "anomaly_rate", "dq_filtered", "dq_filtered_eq2"):
+        for name in ("precision", "recall", "false_drop_rate", "anomaly_rate", "dq_filtered", "dq_filtered_eq2",
+                     "dq_filtered_table1"):
             value = getattr(self, name)
             record[name] = None if math.isnan(value) else value
         record["dq_filtered_formula"] = DQ_TABLE1_FORMULA
         record["dq_filtered_eq2_formula"] = DQ_EQ2_FORMULA
+        record["dq_filtered_table1_formula"] = DQ_TABLE1_FORMULA
         record["anomaly_rate_formula"] = A_FORMULA
         return record
 

@@ -2,9 +2,11 @@
 
 Source: Al-Karaki, Khan, Mohamad, Chowdhury, "Deep Learning Under Siege: Identifying Security Vulnerabilities and
 Risk Mitigation Strategies", 2024, sec. 3.2 (equations 1-6) and Table 1. Each metric comes out as
-``{"formula", "inputs" (e.g. "87 / 120"), "value", "percent", "source"}`` where the run measured it, else as
-``{"value": "not measured", "how": <what would measure it>}``. Values are fractions (0.725); ``percent`` is the
-survey's display (two decimals, "72.50%").
+``{"formula", "inputs" (e.g. "87 / 120"), "numerator", "denominator", "value", "percent", "source"}`` where the run
+measured it (DQ_filtered: value = 1 - numerator / denominator), else as ``{"value": "not measured", "how": <what
+would measure it>}``. Values are fractions (0.725); ``percent`` is the survey's display (two decimals, "72.50%").
+The deployment's full sheet (these six, equation (2)'s DQ as its own entry, and fedsec's other measurements, each
+with the command that produced it) is :mod:`fedsec.metrics.security_sheet`.
 
 Contract: the ``summary.json`` keys each metric reads (the run fills them; absent = not measured):
 
@@ -18,7 +20,7 @@ Contract: the ``summary.json`` keys each metric reads (the run fills them; absen
   datapoints`` (eq. 2 as written; it reads differently, see :mod:`fedsec.metrics.filtering`).
 - **A** (eq. 3): same block; ``anomalies_detected / datapoints``.
 - **A/C** (eq. 4): ``summary["serving"] = {"unauthorized_attempts", "unauthorized_blocked", ...}``; value =
-  ``unauthorized_blocked / unauthorized_attempts`` (the project's reading, README "Metrics"). Al-Karaki et al.'s N is "the
+  ``unauthorized_blocked / unauthorized_attempts`` (the project's reading, docs "Results"). Al-Karaki et al.'s N is "the
   total number of access attempts"; where the block also has ``access_attempts`` (all attempts, authorised
   included) the record adds ``equation_4_literal`` = ``unauthorized_blocked / access_attempts``.
 - **P <= epsilon** (eq. 5): ``summary["privacy"] = {"epsilon": float, "epsilon_budget": float}`` (the budget falls
@@ -46,6 +48,7 @@ FORMULAS: dict[str, str] = {
     "P <= epsilon": "privacy loss spent P <= budget epsilon (eq. 5)",
     "Q": "q_A / q = anomalous queries detected / queries (eq. 6)",
 }
+FORMULA_EQ2 = "1 - N_after / N_before (eq. 2 as written: the share of datapoints dropped)"
 HOW_TO_MEASURE: dict[str, str] = {
     "R": "[audit.evasion]",
     "DQ_filtered": "[defense.sanitize] (with [data.poison] for the ground truth)",
@@ -81,6 +84,8 @@ def _measured(metric: str, num: int, den: int, source: str, **extra: Any) -> dic
     return {
         "formula": FORMULAS[metric],
         "inputs": f"{num} / {den}",
+        "numerator": num,
+        "denominator": den,
         "value": value,
         "percent": _percent(value),
         "source": source,
@@ -118,9 +123,11 @@ def _robustness(summary: Mapping[str, Any]) -> dict[str, Any]:
 def _sanitization(summary: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[dict, dict]:
     block = summary.get("sanitization")
     if not block:
+        sanitize = (config.get("defense") or {}).get("sanitize") or {}
+        method = sanitize.get("method", "none") if isinstance(sanitize, Mapping) else "none"
         note = (
-            "[defense.sanitize] is configured but the summary has no sanitization block"
-            if (config.get("defense", {}).get("sanitize"))
+            f"[defense.sanitize] method = {method!r} is configured but the summary has no sanitization block"
+            if method != "none"
             else None
         )
         return _not_measured("DQ_filtered", note), _not_measured("A", note)
@@ -137,12 +144,16 @@ def _sanitization(summary: Mapping[str, Any], config: Mapping[str, Any]) -> tupl
     dq = {
         "formula": FORMULAS["DQ_filtered"],
         "inputs": f"1 - {remaining} / {n}",
+        "numerator": remaining,  # value = 1 - numerator / denominator
+        "denominator": n,
         "value": 1 - remaining / n,
         "percent": _percent(1 - remaining / n),
         "source": where,
         "equation_2": {
-            "formula": "1 - N_after / N_before (eq. 2 as written: the share of datapoints dropped)",
+            "formula": FORMULA_EQ2,
             "inputs": f"1 - {after} / {n}",
+            "numerator": after,
+            "denominator": n,
             "value": 1 - after / n,
             "percent": _percent(1 - after / n),
         },
@@ -165,6 +176,8 @@ def _serving(summary: Mapping[str, Any]) -> tuple[dict, dict]:
                 access["equation_4_literal"] = {
                     "formula": "blocked unauthorized attempts / all access attempts",
                     "inputs": f"{blocked} / {total}",
+                    "numerator": blocked,
+                    "denominator": total,
                     "value": blocked / total,
                 }
         else:

@@ -56,7 +56,7 @@ def cnn_tanh_gn(input_shape: tuple[int, ...], num_classes: int, *, groups: int =
     )
 
 
-CNN_TANH = ModelSpec(cnn_tanh, "tanh CNN of Papernot et al. AAAI 2021, 26k params on 28x28 (images >= 14x14)",
-                     needs_images=True, min_side=14)
+CNN_TANH = ModelSpec(cnn_tanh, "tanh CNN of Papernot et al. AAAI 2021, 26k params on 28x28 (grey images >= 14x14)",
+                     needs_images=True, min_side=14, channels=1)
 CNN_TANH_GN = ModelSpec(cnn_tanh_gn, "small CNN with GroupNorm + tanh (De et al. 2022), ~47k params (images >= 4x4)",
                         needs_images=True, min_side=4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fedsec.registry import Registry
 
+from .cifar import CNN_CIFAR, RESNET20_GN
 from .dp_models import CNN_TANH, CNN_TANH_GN
 from .zoo import CNN, CNN_MCMAHAN, LOGREG, MLP, ModelSpec
 
@@ -15,3 +16,5 @@ MODELS.register("cnn", CNN)
 MODELS.register("cnn_mcmahan", CNN_MCMAHAN)
 MODELS.register("cnn_tanh", CNN_TANH)
 MODELS.register("cnn_tanh_gn", CNN_TANH_GN)
+MODELS.register("cnn_cifar", CNN_CIFAR)
+MODELS.register("resnet20_gn", RESNET20_GN)

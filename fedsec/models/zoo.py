@@ -8,7 +8,10 @@
 - ``cnn_mcmahan``: the CNN of McMahan et al. 2017 for 28x28 inputs: 5x5 convolutions with 32 and 64 channels,
   each followed by 2x2 max pooling, a 512-unit fully connected layer and a softmax output (1,663,370 parameters).
 
-No model uses BatchNorm, so all of them work with Opacus' per-sample gradients as they are.
+Colour-image models (``cnn_cifar``, ``resnet20_gn``) are in :mod:`.cifar`, DP-friendly ones in :mod:`.dp_models`.
+Each :class:`ModelSpec` says what inputs it takes (``fits``): ``cnn_mcmahan`` and ``cnn_tanh`` take grey images
+only, ``cnn_cifar`` 3x32x32 only. No model uses BatchNorm, so all of them work with Opacus' per-sample gradients as
+they are.
 """
 
 from __future__ import annotations
@@ -82,12 +85,18 @@ class ModelSpec:
     needs_images: bool = False  # (C, H, W) inputs
     min_side: int = 1  # smallest H and W
     exact_side: int | None = None  # H = W = this, when the architecture is fixed
+    channels: int | None = None  # C = this: 1 for a grey-image model, 3 for a colour one
 
     def fits(self, input_shape: tuple[int, ...]) -> str | None:
         """Why this model cannot take inputs of ``input_shape``, or None if it can."""
         if self.needs_images and len(input_shape) != 3:
             return (f"needs image inputs (C, H, W), the dataset gives vectors of shape {input_shape}; use logreg or "
                     "mlp")
+        if self.channels is not None and input_shape[0] != self.channels:
+            kind, other = ("grey", "cnn_cifar or resnet20_gn for colour images") if self.channels == 1 else (
+                "colour", "cnn, cnn_mcmahan or resnet20_gn for grey images")
+            return (f"takes {self.channels}-channel ({kind}) images, the dataset gives {input_shape[0]}-channel "
+                    f"images of shape {input_shape}; use {other}")
         if self.exact_side is not None and tuple(input_shape[1:]) != (self.exact_side, self.exact_side):
             return f"is defined for {self.exact_side}x{self.exact_side} images, got {input_shape}; use cnn"
         if self.needs_images and min(input_shape[1:]) < self.min_side:
@@ -99,7 +108,7 @@ LOGREG = ModelSpec(logreg, "multinomial logistic regression (any input)")
 MLP = ModelSpec(mlp, "2NN of McMahan et al. 2017: 200-200 ReLU (any input)")
 CNN = ModelSpec(cnn, "small CNN, ~47k params on 28x28 (image inputs)", needs_images=True, min_side=4)
 CNN_MCMAHAN = ModelSpec(cnn_mcmahan, "CNN of McMahan et al. 2017, 1.66M params (1x28x28 inputs)", needs_images=True,
-                        exact_side=28)
+                        exact_side=28, channels=1)
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int | None = None) -> nn.Module:

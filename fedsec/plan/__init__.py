@@ -25,6 +25,7 @@ from fedsec.config import (
     ConfigError,
     DataConfig,
     Experiment,
+    SanitizeConfig,
     apply_overrides,
     experiment_from_dict,
     read_toml,
@@ -36,10 +37,12 @@ from fedsec.hooks import HOOKS, RoundHook, RunFacts, ServerContext
 from fedsec.models import MODELS, ModelSpec
 from fedsec.privacy import PrivacyError, PrivacyPlan
 from fedsec.registry import parse_params
+from fedsec.sanitize import SANITIZERS
 from fedsec.schedule import Schedule, draw_malicious
-from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext
+from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext, plan_pre_aggregators
+from fedsec.strategies.pre import resolved_pre
 
-from .checks import check_data_defenses
+from .checks import check_data_defenses, check_partition, sanitize_params
 from .privacy import central_privacy_plan
 
 __all__ = ["HookPlan", "PrivacyPlan", "RunPlan", "ServerPlan", "build_plan", "drop_unused_kind_keys", "load_plan",
@@ -130,7 +133,8 @@ class RunPlan:
                                     "min_available_nodes": e.data.num_clients,
                                     # what the server believes of a reply (fedsec.strategies._trust)
                                     "weighting": e.defense.weighting, "weight_cap": e.defense.weight_cap,
-                                    "num_partitions": e.data.num_clients}
+                                    "num_partitions": e.data.num_clients,
+                                    "aggregate_timeout": e.backend.aggregate_timeout}
         dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
                                                                "seed": e.seed}
         if self.crypto is not None:
@@ -152,7 +156,11 @@ class RunPlan:
         e = self.experiment
         return StrategyContext(expected_malicious=e.expected_attackers_per_round(),
                                clients_per_round=e.train.clients_per_round, seed=e.seed,
-                               server_update_fn=server_update_fn)
+                               server_update_fn=server_update_fn,
+                               pre=plan_pre_aggregators(e.defense, e.train.clients_per_round,
+                                                        e.expected_attackers_per_round(), seed=e.seed,
+                                                        privacy_mode=e.privacy.mode,
+                                                        encryption=e.encryption.scheme))
 
     def build_strategy(self, *, server_update_fn: Any = None, **kwargs: Any) -> RobustStrategy:
         """The configured rule (not the DP or CKKS wrappers: the server picks those from :attr:`privacy` and
@@ -165,7 +173,7 @@ class RunPlan:
         e = self.experiment
         clip = self.privacy.clip_norm if (self.crypto is not None and self.privacy is not None) else None
         weighted = self.crypto is not None and self.privacy is None and e.defense.weighting == "reported"
-        sanitize = e.defense.sanitize if e.defense.sanitize.method != "none" else None
+        sanitize = SanitizeConfig(**_sanitize_table(e)) if e.defense.sanitize.method != "none" else None
         return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
                 "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
                 "ckks_weighted": weighted, "normalisation": self.dataset.normalisation, "poisoned": self.poisoned,
@@ -188,14 +196,16 @@ def build_plan(experiment: Experiment) -> RunPlan:
     """Check every kind-specific rule of ``experiment`` and build its plan (:class:`ConfigError` otherwise)."""
     e = experiment
     dataset = DATASETS.get(e.data.dataset)
-    problem = dataset.check_root(e.data.root)
-    if problem:
-        raise ConfigError(f"data.root: {problem}")
-    if e.data.partition == "natural" and e.data.dataset != "synthetic":
-        raise ConfigError(f"data.partition='natural': only 'synthetic' is naturally federated, got dataset "
-                          f"{e.data.dataset!r}; use iid, dirichlet or shards")
     dataset_params = parse_params(dataset.Params, e.data.kind_keys, section="data",
                                   kind=f"data.dataset={e.data.dataset!r}")
+    dataset = dataset.resolve(dataset_params)  # what its keys decide: EMNIST's split fixes classes and sizes
+    problem = dataset.check_root(e.data.root, dataset_params)
+    if problem:
+        raise ConfigError(f"data.root: {problem}")
+    if e.data.partition == "natural" and not dataset.natural:
+        natural = ", ".join(repr(name) for name, spec in DATASETS.items() if spec.natural)
+        raise ConfigError(f"data.partition='natural': only {natural} are naturally federated, got dataset "
+                          f"{e.data.dataset!r}; use iid, dirichlet or shards")
     model = MODELS.get(e.model.name)
     problem = model.fits(dataset.input_shape)
     if problem:
@@ -228,6 +238,7 @@ def build_plan(experiment: Experiment) -> RunPlan:
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
     poisoned = check_data_defenses(e, dataset)
+    check_partition(e, dataset)
     facts = RunFacts(name=e.name, seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
                      dataset_name=e.data.dataset, dataset=dataset, model_name=e.model.name,
                      schedule=plan_stub.schedule, attack=attack, train=e.train, privacy=e.privacy,
@@ -338,17 +349,25 @@ def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseMode
     raw["audit"] = {name: (configured[name] if name in configured else  # a table that switches its hook off
                            HOOKS.get(name).Params.model_validate(table)).model_dump(exclude_none=True)
                     for name, table in e.audit.tables.items()}
-    raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS}
+    raw["attack"] = {k: v for k, v in raw["attack"].items() if k in _COMMON_ATTACK_KEYS
+                     and not (k == "fraction" and e.attack.client_ids is not None)}  # one of the two, as given
     raw["attack"].update(attack_params.model_dump(exclude_none=True))
     # the strategy's own keys from its params; the keys every rule shares (weighting, weight_cap, the sanitize
     # sub-table) as configured: a sweep cell, a resumed run and a study's read-back all run from this TOML
     raw["defense"] = {"strategy": e.defense.strategy, "weighting": e.defense.weighting,
-                      "weight_cap": e.defense.weight_cap, "sanitize": e.defense.sanitize.model_dump(exclude_none=True),
+                      "weight_cap": e.defense.weight_cap, "sanitize": _sanitize_table(e), **resolved_pre(e.defense),
                       **strategy_params.model_dump(exclude_none=True)}
     raw["train"]["sampling"] = e.client_sampling()
     if e.encryption.scheme == "none":
         raw["encryption"] = {"scheme": "none"}
     return raw
+
+
+def _sanitize_table(e: Experiment) -> dict[str, Any]:
+    """``[defense.sanitize]`` resolved: the method and its filter's keys with their defaults."""
+    if e.defense.sanitize.method == "none":
+        return {"method": "none"}
+    return {"method": e.defense.sanitize.method, **sanitize_params(e.defense.sanitize).model_dump(exclude_none=True)}
 
 
 def plan_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunPlan:
@@ -367,13 +386,16 @@ def load_plan(path: str | Path, overrides: list[str] | None = None) -> RunPlan:
 
 
 def drop_unused_kind_keys(raw: dict[str, Any], *, keep: set[str] = frozenset()) -> None:
-    """Drop (in place) kind-specific keys that another kind declares but the chosen attack kind or strategy does
-    not use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies), except the dotted keys in
-    ``keep``; keys no kind declares stay, so a typo is still an error."""
+    """Drop (in place) kind-specific keys that another kind declares but the chosen kind does not use
+    (``defense.num_malicious`` in a FedAvg cell of a grid over strategies, ``defense.sanitize.n_folds`` in a
+    threshold cell), except the dotted keys in ``keep``; keys no kind declares stay, so a typo is still an error."""
     for section, selector, registry, default in (("attack", "kind", ATTACKS, "none"),
                                                  ("defense", "strategy", STRATEGIES, "fedavg"),
+                                                 ("defense.sanitize", "method", SANITIZERS, "none"),
                                                  ("data", "dataset", DATASETS, "fashion-mnist")):
-        table = raw.get(section)
+        table: Any = raw
+        for part in section.split("."):
+            table = table.get(part) if isinstance(table, dict) else None
         if not isinstance(table, dict):
             continue
         chosen = table.get(selector, default)

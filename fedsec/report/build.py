@@ -31,6 +31,7 @@ from fedsec.report import plots as rp
 from fedsec.report.collateral import add_collateral, add_collateral_by_defense
 from fedsec.report.document import Document as _Document
 from fedsec.report.worst_case import add_worst_case
+from fedsec.results.contract import number
 
 __all__ = ["ReportError", "final_metric_names", "write_report"]
 
@@ -84,13 +85,7 @@ def write_report(path: str | Path) -> Path:
 
 def _number(text: Any) -> float | None:
     """A CSV or JSON value as a finite float; ``None`` for empty, NaN, Inf or text."""
-    if text is None or isinstance(text, bool):
-        return None
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+    return number(text)
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -273,8 +268,8 @@ def _audit_section(doc: _Document, summary: dict[str, Any]) -> None:
 
 
 def _seed_sheet(doc: _Document, summary: dict[str, Any]) -> None:
-    """The source surveys' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) when ``summary.json`` has ``seed_metrics``,
-    rendered by :func:`fedsec.metrics.seed_sheet.seed_sheet_markdown` and read back into a table."""
+    """The source surveys' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) when ``summary.json`` has
+    ``seed_metrics``, rendered by :func:`fedsec.metrics.seed_sheet.seed_sheet_markdown` and read back into a table."""
     sheet = summary.get("seed_metrics")
     if not isinstance(sheet, dict) or not sheet:
         return

@@ -85,21 +85,13 @@ def number(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-#: what the round loop itself writes in every round's row
+#: what the round loop itself writes in every round's row (participation, the strategy's own round metrics and the
+#: rest are declared by the round hooks that write them: fedsec/hooks/)
 ROUND_METRICS: tuple[Metric, ...] = (
     Metric("round", "round number (0 = the initial model)", final=False, integer=True),
     Metric("seconds", "wall time of the round", final=False),
     Metric("train_seconds", "clients' training and messaging through Flower and Ray", final=False),
     Metric("aggregate_seconds", "the strategy's checks and aggregation", final=False),
     Metric("eval_seconds", "evaluation and audits of the new global model", final=False),
-    Metric("clients_sampled", "replies the round received (one per sampled client)", final=False, integer=True),
-    Metric("clients_accepted", "replies the strategy gave a weight above 0", final=False, integer=True),
-    Metric("clients_failed", "replies that failed, were invalid or refused to train", final=False, integer=True),
     Metric("skipped", "1 when the round produced no new global model", final=False, integer=True),
-    Metric("train_loss", "mean local training loss of the round's clients", final=False, better="lower"),
-    Metric("bytes_up", "bytes the clients sent in the round", final=False, integer=True),
-    Metric("encrypt_seconds", "CKKS: clients' encryption time", final=False),
-    Metric("sign_seconds", "CKKS: clients' signing time", final=False),
-    Metric("he_add_seconds", "CKKS: the server's ciphertext additions", final=False),
-    Metric("decrypt_seconds", "CKKS: decryption of the aggregate", final=False),
 )

@@ -78,15 +78,56 @@ def add_seed_metrics(plan: RunPlan, summary: dict[str, Any], run_dir: Path) -> d
     """The source surveys' metric sheet (R, DQ_filtered, A, A/C, P <= epsilon, Q) in ``summary.json``."""
     import json
 
+    from fedsec.hooks.health import is_meaningful
     from fedsec.metrics.seed_sheet import seed_metrics
 
     success = plan.attack.success.of(summary) if plan.attack.success is not None else None
     if success is not None:  # the attack's success as its declaration reads it (sweeps and reports use it)
         summary["attack_success"], summary["attack_success_metric"] = success, plan.attack.success.label
+        # False when the final model is at chance or answers one class (fedsec.hooks.health)
+        summary["attack_success_meaningful"] = is_meaningful(summary)
     summary["seed_metrics"] = seed_metrics(summary, plan.resolved)
     summary = _finite(summary)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
+
+
+def console_metrics(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (name, value) rows of a run's console table, read from the declarations
+    (:mod:`fedsec.plan.results`): how the run ended, every declared final metric the summary holds (accuracy,
+    epsilon, the attack's own metrics, robust accuracy R, ...), the attack's success with the metric it was read
+    from, every declared summary number present (membership AUC and TPR, inversion PSNR, MI-Face SSIM, the
+    membership check), the final model's health, and the timings."""
+    from fedsec.plan.results import final_metrics, summary_metrics
+    from fedsec.results.contract import number
+
+    rows: list[tuple[str, Any]] = [(k, summary[k]) for k in ("rounds_completed", "stopped_reason")
+                                   if summary.get(k) is not None]
+    rows += [(name, summary[name]) for name in final_metrics() if number(summary.get(name)) is not None]
+    if number(summary.get("attack_success")) is not None:
+        metric = str(summary.get("attack_success_metric", "?"))
+        note = ", not meaningful" if summary.get("attack_success_meaningful") is False else ""
+        shown = [i for i, (name, _) in enumerate(rows) if name == metric]
+        if shown:  # the success is a metric already in the table: say so on its row
+            rows[shown[0]] = (f"{metric} (attack success{note})", rows[shown[0]][1])
+        else:  # read from another metric (1 - source_recall) or not a final metric
+            rows.append((f"attack_success ({metric}){note}", summary["attack_success"]))
+    rows += [(m.name, value) for m in summary_metrics() if (value := m.of(summary)) is not None]
+    health = summary.get("health")
+    if isinstance(health, dict) and health.get("status"):
+        rows.append(("health", health["status"]))
+    rows += [(k, summary[k]) for k in ("startup_seconds", "wall_seconds") if number(summary.get(k)) is not None]
+    return rows
+
+
+def health_line(summary: dict[str, Any]) -> str:
+    """One line for the console when the final model is at chance or answers one class; "" when it is healthy."""
+    health = summary.get("health")
+    if not isinstance(health, dict) or health.get("status") in (None, "ok"):
+        return ""
+    marked = ", ".join(health.get("not_meaningful") or []) or "none measured"
+    return (f"model health {health['status']}: {health.get('reason', '')}; attack metrics on it are not "
+            f"meaningful ({marked})")
 
 
 def _finite(value: Any) -> Any:
@@ -104,6 +145,16 @@ def _finite(value: Any) -> Any:
     except (TypeError, ValueError):
         return str(value)
     return number if math.isfinite(number) else None
+
+
+def _also(first: Any, then: Any) -> Any:
+    """A round callback that calls ``first(row)``, then ``then(row)`` when given."""
+    def on_round(row: dict[str, Any]) -> None:
+        first(row)
+        if then is not None:
+            then(row)
+
+    return on_round
 
 
 def save_model(plan: RunPlan, data: Any, outcome: Any, run_dir: Path) -> None:
@@ -251,6 +302,10 @@ def run_experiment(
 
     backend = plan.backend
     t0 = time.perf_counter()
+    if plan.experiment.tracking is not None:  # a tracker's missing package fails before anything starts
+        from fedsec.results.exports import require_packages
+
+        require_packages(plan.experiment.tracking)
     init_ray(backend, verbose=verbose)  # first: a bad cluster address fails before any work
     try:
         slots = check_resources(backend)
@@ -259,8 +314,12 @@ def run_experiment(
     except BaseException:
         shutdown_ray()
         raise
-    resume_state = None
+    resume_state = exporter = None
     try:
+        if plan.experiment.tracking is not None:  # MLflow / TensorBoard: a store that cannot open fails here
+            from fedsec.results.exports import RunExporter
+
+            exporter = RunExporter.from_config(plan.experiment.tracking, run_dir.path, resume=resume)
         if resume:
             from fedsec.server.checkpoint import load_checkpoint
 
@@ -303,6 +362,9 @@ def run_experiment(
         num_clients = plan.facts.num_clients
         cohort_nodes = cohort_node_count(backend.messages, backend.cohort_nodes, num_clients=num_clients,
                                          client_slots=sum(slots.values()))
+        if exporter is not None:
+            exporter.start(plan.resolved)
+            on_round = _also(exporter.round, on_round)
         server_app = make_server_app(
             plan.server_plan(), data, run_dir, on_round=on_round, outcome=outcome, key_authority=key_authority,
             resume_state=resume_state, cohort_nodes=cohort_nodes,
@@ -336,6 +398,8 @@ def run_experiment(
                             client_slots_per_node=slots),
     )
     summary = add_seed_metrics(plan, summary, run_dir.path)
+    if exporter is not None:
+        exporter.finish(summary, run_dir.path, console_metrics(summary))
     if outcome.error is not None and not isinstance(outcome.error, KeyboardInterrupt):
         raise RunError(f"run stopped: {outcome.error}") from outcome.error
     return RunResult(run_dir=run_dir.path, summary=summary)

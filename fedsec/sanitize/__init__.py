@@ -7,32 +7,34 @@ Methods: ``threshold`` (Al-Karaki et al.'s k-times-the-mean rule, and a robust z
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
+
+from fedsec.registry import Registry
 
 from .base import FilterResult, SanitizeError, Sanitizer
 from .isolation_forest import IsolationForestFilter
 from .label_issues import LabelIssuesFilter
 from .threshold import ThresholdFilter
 
-SANITIZERS: dict[str, type[Sanitizer]] = {
-    ThresholdFilter.method: ThresholdFilter,
-    IsolationForestFilter.method: IsolationForestFilter,
-    LabelIssuesFilter.method: LabelIssuesFilter,
-}
+#: defense.sanitize.method -> filter class (each declares its ``Params`` and ``description``); one line per filter
+SANITIZERS: Registry[type[Sanitizer]] = Registry("defense.sanitize.method", "filter")
+SANITIZERS.register("threshold", ThresholdFilter)
+SANITIZERS.register("isolation_forest", IsolationForestFilter)
+SANITIZERS.register("label_issues", LabelIssuesFilter)
 
 
 def build_sanitizer(method: str, **keys: Any) -> Sanitizer:
-    """Build sanitizer ``method`` with its keys; unknown methods or keys raise :class:`SanitizeError`."""
+    """Build sanitizer ``method`` with its keys (its config keys, ``Params``, or more of its constructor's);
+    unknown methods or keys raise :class:`SanitizeError` naming them."""
     if method not in SANITIZERS:
-        raise SanitizeError(f"defense.sanitize.method={method!r}: unknown method; use one of {sorted(SANITIZERS)}")
-    allowed = sorted(inspect.signature(SANITIZERS[method].__init__).parameters.keys() - {"self"})
-    unknown = sorted(set(keys) - set(allowed))
-    if unknown:
-        raise SanitizeError(
-            f"defense.sanitize: key(s) {unknown} do not apply to method={method!r}; its keys are {allowed}"
-        )
-    return SANITIZERS[method](**keys)
+        raise SanitizeError(f"defense.sanitize.method={method!r}: unknown method; use one of {SANITIZERS.names()}")
+    cls = SANITIZERS.get(method)
+    try:
+        return cls(**keys)
+    except TypeError as e:
+        unknown = sorted(set(keys) - set(cls.Params.model_fields))
+        raise SanitizeError(f"defense.sanitize: key(s) {unknown} do not apply to method={method!r}; its keys are "
+                            f"{sorted(cls.Params.model_fields)}") from e
 
 
 __all__ = [

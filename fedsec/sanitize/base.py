@@ -13,7 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from torch import nn
+
+from fedsec.registry import NoParams
 
 
 class SanitizeError(ValueError):
@@ -44,6 +47,15 @@ class Sanitizer:
     """Base class: subclasses set ``method``, validate in ``_check_params`` and implement ``_filter``."""
 
     method: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: the ``[defense.sanitize]`` keys the filter reads (its constructor may take more, for the Python API)
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    @classmethod
+    def per_round(cls, keys: dict[str, Any]) -> bool:
+        """Whether the filter's decision can change from round to round with these keys (it reads the global
+        model or draws with the round's seed); False: a client's decision is computed once and reused."""
+        return False
 
     def __init__(self) -> None:
         self._check_params()

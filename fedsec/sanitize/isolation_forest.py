@@ -15,10 +15,15 @@ used (the forest sees inputs only, so it targets outliers and triggers, not misl
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.ensemble import IsolationForest
 from torch import nn
+
+from fedsec.registry import Params
 
 from .base import FilterResult, SanitizeError, Sanitizer, check_choice, check_number
 
@@ -50,6 +55,15 @@ def penultimate_embeddings(model: nn.Module, x: torch.Tensor, *, batch_size: int
 # ------------------------------------------------------------------------------------------------------------ glue
 
 
+class IsolationForestParams(Params):
+    """``[defense.sanitize]`` keys of ``method = "isolation_forest"``."""
+
+    contamination: Annotated[float, Field(gt=0, le=0.5)] | Literal["auto"] = Field(
+        "auto", description="expected outlier share, in (0, 0.5] (scikit-learn's range), or 'auto'.")
+    features: Literal["inputs", "embedding"] = Field(
+        "inputs", description="raw inputs or the global model's penultimate-layer embeddings.")
+
+
 class IsolationForestFilter(Sanitizer):
     """Drop the points scikit-learn's ``IsolationForest`` predicts as outliers.
 
@@ -63,6 +77,12 @@ class IsolationForestFilter(Sanitizer):
     """
 
     method = "isolation_forest"
+    description = "scikit-learn's isolation forest on the inputs or on the global model's embeddings"
+    Params = IsolationForestParams
+
+    @classmethod
+    def per_round(cls, keys: dict) -> bool:
+        return keys.get("features", "inputs") == "embedding"  # the global model changes every round
 
     def __init__(
         self,

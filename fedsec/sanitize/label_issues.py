@@ -28,11 +28,13 @@ import warnings
 
 import numpy as np
 import torch
+from pydantic import Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from fedsec.registry import Params
 from fedsec.training import train_local
 
 from .base import FilterResult, SanitizeError, Sanitizer, check_choice, check_number
@@ -107,6 +109,12 @@ def model_fold_probs(
 # ------------------------------------------------------------------------------------------------------------ glue
 
 
+class LabelIssuesParams(Params):
+    """``[defense.sanitize]`` keys of ``method = "label_issues"``."""
+
+    n_folds: int = Field(5, ge=2, le=50, description="cross-validation folds.")
+
+
 class LabelIssuesFilter(Sanitizer):
     """Drop the points cleanlab flags as label issues, from k-fold out-of-sample probabilities.
 
@@ -121,6 +129,12 @@ class LabelIssuesFilter(Sanitizer):
     """
 
     method = "label_issues"
+    description = "cleanlab's label issues from cross-validated probabilities"
+    Params = LabelIssuesParams
+
+    @classmethod
+    def per_round(cls, keys: dict) -> bool:
+        return True  # its folds are drawn with the round's seed
 
     def __init__(
         self,

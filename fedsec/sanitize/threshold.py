@@ -25,9 +25,14 @@ Written in torch rather than taken from a library: no library ships the survey's
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
+
+from fedsec.registry import Params
 
 from .base import FilterResult, Sanitizer, check_choice, check_number
 
@@ -84,6 +89,13 @@ def threshold_keep(scores: torch.Tensor, *, k: float, variant: str) -> torch.Ten
 # ------------------------------------------------------------------------------------------------------------ glue
 
 
+class ThresholdParams(Params):
+    """``[defense.sanitize]`` keys of ``method = "threshold"``."""
+
+    k: float = Field(3.5, gt=0, le=1e6, description="drop points whose statistic exceeds k x the mean.")
+    variant: Literal["mean_ratio", "robust_z"] = Field("mean_ratio", description="the statistic's test.")
+
+
 class ThresholdFilter(Sanitizer):
     """Drop points whose distance to their class centroid is at least ``k`` times the class mean (the survey's rule)
     or whose robust z-score exceeds ``k``.
@@ -97,6 +109,8 @@ class ThresholdFilter(Sanitizer):
     """
 
     method = "threshold"
+    description = "drop points whose distance statistic exceeds k x the mean (or a robust z-score)"
+    Params = ThresholdParams
 
     def __init__(self, *, k: float = 3.5, variant: str = "mean_ratio", statistic: str = "class_centroid") -> None:
         self.k, self.variant, self.statistic = k, variant, statistic

@@ -2,9 +2,9 @@
 
 Flower's simulation engine (flwr 1.41) costs more per message the more nodes and messages there are: on each
 0.1 s pass its ``vce_api.add_messages_to_queue`` asks the in-memory LinkState for every registered node's
-messages, and ``get_message_ins`` scans every stored message for each node, so the cost per message grows with the
-nodes and the messages (``benchmarks/bench_message_cost.py`` measures it); and a handshake with one node per logical client makes start-up
-linear in the population. In cohort mode the run registers only
+messages, and ``get_message_ins`` scans every stored message for each node, so the cost per message grows with
+the nodes and the messages (``benchmarks/bench_message_cost.py`` measures it); and a handshake with one node per
+logical client makes start-up linear in the population. In cohort mode the run registers only
 ``cohort_nodes`` Flower nodes (by default 4 per client slot of the cluster); logical client ``p`` always belongs to
 node ``p mod cohort_nodes``, whose ClientApp trains the round's clients of that node in turn
 (:func:`fedsec.clients.app.train_cohort`).

@@ -12,7 +12,8 @@ ACCESS.toml::
 
     require_key = true            # false: keys optional; a request without a valid key gets `anonymous_role`
     anonymous_role = ""
-    max_batch_size = 256
+    max_batch_size = 256          # inputs per request (413 above), also checked before the body is parsed
+    docs = "auto"                 # /docs, /redoc, /openapi.json: auto (off when require_key) | off | open | key
 
     [roles.analyst]
     permissions = ["predict", "predict_probabilities"]
@@ -37,6 +38,15 @@ ACCESS.toml::
     threshold = 0.8                # extraction_warning: flag when the proxy's agreement reaches this
     check_every = 200              # extraction_warning: refit the proxy every N inputs
     validation_size = 1000         # extraction_warning: server-held test inputs the proxy is scored on
+
+    [limits]                       # body size, input domain, timeouts: see fedsec.serving.limits
+    max_body_bytes = 0             # 0 = 32 bytes per number x max_batch_size x input size + 4096
+    input_range = "model"          # "model" | "none" | [min, max]
+    header_timeout = 10.0
+    body_timeout = 30.0
+    keep_alive_timeout = 5.0
+    max_header_bytes = 16384
+    max_connections = 256
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import Forbidden, PolicyError, TooManyRequests, Unauthenticated
+from .limits import LimitSettings
 
 PERMISSIONS = ("predict", "predict_probabilities")
 _KEY_RE = re.compile(r"^fsk\.([A-Za-z0-9-]{1,64})\.([A-Za-z0-9_-]{16,128})$")
@@ -138,6 +149,10 @@ class AccessPolicy(BaseModel):
     roles: dict[str, Role] = Field(default_factory=dict)
     keys: list[KeyEntry] = Field(default_factory=list)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    docs: Literal["auto", "off", "open", "key"] = Field(
+        "auto", description="API docs: auto (off when require_key, else open), off, open, or key (/openapi.json "
+        "needs a valid key; /docs and /redoc off, since a browser cannot send the key header)")
 
     @model_validator(mode="after")
     def _references(self) -> AccessPolicy:

@@ -2,17 +2,22 @@
 warning) and a query log.
 
 Layout as in FastAPI's "bigger applications": a router per concern (``/health``, ``/predict``), dependencies for
-authentication and rate limiting, pydantic bodies, and one exception handler that turns fedsec's
-:class:`ServingError` (and request-validation errors) into a 4xx JSON ``{"detail": reason}`` and a query-log line.
+authentication, rate limiting and the body, and exception handlers that turn fedsec's :class:`ServingError` and
+Starlette's HTTP errors into a 4xx JSON ``{"detail": reason, "decision": tag}``. Every request, whatever its path,
+method or status, is written to the query log by :class:`.middleware.RequestLogMiddleware`.
 
-Statuses: 401 no/invalid key; 403 expired/revoked key, missing permission, or client blocked by the monitor;
-413 batch larger than ``max_batch_size``; 422 malformed body (not JSON, wrong types, wrong shape, NaN/inf);
-429 quota or rate limit exceeded.
+``/predict`` checks, in order, before reading a byte of the body: the key (401/403), the rate limit (429), the
+permission and the monitor's block (403), the declared ``Content-Length`` (413); then it reads the body within
+``limits.max_body_bytes`` and ``limits.body_timeout`` (413, 408) and parses it strictly (:mod:`.inputs`: 413 for
+too many inputs, 422 for malformed JSON, duplicate keys, booleans, non-finite values, values outside the input
+range, a wrong shape); the quota (429) is charged only for inputs the model answered with finite outputs.
+A response sent before the body was read closes the connection (the body is never drained).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -23,12 +28,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedsec.results.model_file import ServedModel
 
 from .access import AccessController, AccessPolicy, Caller
 from .errors import BadInput, Forbidden, PolicyError, ServingError
 from .extraction_warning import ExtractionWarningMonitor
+from .inputs import parse_inputs, read_body
+from .limits import RequestLimits
+from .middleware import STARTED, RequestLogMiddleware
 from .monitor import PradaMonitor
 from .querylog import QueryLog
 
@@ -43,6 +52,7 @@ class ServingState:
     monitor: PradaMonitor | ExtractionWarningMonitor | None
     monitor_mode: str
     query_log: QueryLog
+    limits: RequestLimits
 
 
 class PredictRequest(BaseModel):
@@ -86,33 +96,26 @@ def rate_limited(request: Request, caller: Annotated[Caller, Depends(authenticat
     return caller
 
 
-def to_batch(inputs: list[Any], model: ServedModel, *, max_batch_size: int) -> torch.Tensor:
-    """Validate a JSON batch and return it as a float32 tensor (n, *input_shape); raises :class:`BadInput`."""
-    if len(inputs) == 0:
-        raise BadInput("inputs: empty batch; send at least one input")
-    if len(inputs) > max_batch_size:
-        raise BadInput(
-            f"inputs: batch of {len(inputs)} exceeds max_batch_size={max_batch_size}; split it",
-            status=413, decision="batch_too_large",
-        )
-    try:
-        arr = np.asarray(inputs, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise BadInput(f"inputs: must be a rectangular array of numbers ({e})") from e
-    shape = tuple(model.input_shape)
-    flat = int(np.prod(shape))
-    if arr.shape[1:] == (flat,) and shape != (flat,):
-        arr = arr.reshape(arr.shape[0], *shape)
-    if arr.shape[1:] != shape:
-        got = list(arr.shape[1:])
-        raise BadInput(f"inputs: each input must have shape {list(shape)} (or {flat} numbers), got {got}")
-    if not np.isfinite(arr).all():
-        raise BadInput("inputs: NaN or infinite values are not allowed")
-    return torch.from_numpy(arr)
+def may_predict(request: Request, caller: Annotated[Caller, Depends(rate_limited)]) -> Caller:
+    """Dependency: the role may predict and the monitor has not blocked the client (403)."""
+    st = _state(request)
+    AccessController.require(caller, "predict")
+    if st.monitor_mode == "block" and st.monitor is not None and st.monitor.is_flagged(caller.client_id):
+        raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by the "
+                        f"{st.monitor.name} monitor", decision="blocked_by_monitor")
+    return caller
+
+
+async def predict_body(request: Request, caller: Annotated[Caller, Depends(may_predict)]) -> bytes:
+    """Dependency: the raw body, read only after the caller passed :func:`may_predict` (413/408 past the limits)."""
+    started = request.scope.get("state", {}).get(STARTED, time.monotonic())
+    return await read_body(request, _state(request).limits, started=started)
 
 
 health_router = APIRouter(tags=["health"])
 predict_router = APIRouter(tags=["predict"])
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": PredictRequest.model_json_schema()}}}}
 
 
 @health_router.get("/health", response_model=HealthResponse)
@@ -124,19 +127,18 @@ def health(request: Request) -> HealthResponse:
     )
 
 
-@predict_router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@predict_router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
+                     openapi_extra=_PREDICT_BODY)
 def predict(
-    body: PredictRequest, request: Request, caller: Annotated[Caller, Depends(rate_limited)]
+    request: Request, caller: Annotated[Caller, Depends(may_predict)], body: Annotated[bytes, Depends(predict_body)]
 ) -> PredictResponse:
     st = _state(request)
-    request.state.batch_size = len(body.inputs)
-    AccessController.require(caller, "predict")
-    if st.monitor_mode == "block" and st.monitor is not None and st.monitor.is_flagged(caller.client_id):
-        raise Forbidden(f"client {caller.client_id!r} is blocked: query stream flagged by the "
-                        f"{st.monitor.name} monitor", decision="blocked_by_monitor")
-    x = to_batch(body.inputs, st.model, max_batch_size=st.access.policy.max_batch_size)
-    st.access.charge(caller, x.shape[0])
+    x = parse_inputs(body, st.model.input_shape, st.limits)
+    request.state.batch_size = x.shape[0]
     probs = st.model.probabilities(x)
+    if not torch.isfinite(probs).all():
+        raise BadInput("inputs: the model's output is not finite for these inputs; send values in its input range")
+    st.access.charge(caller, x.shape[0])
     labels = probs.argmax(dim=1)
     score, flagged = None, False
     if st.monitor is not None and st.monitor_mode != "off":
@@ -152,29 +154,18 @@ def predict(
         out.probabilities = probs.tolist()
     elif role.output == "rounded":
         out.probabilities = np.round(probs.numpy(), role.decimals).tolist()
-    st.query_log.write(
-        key_id=caller.key_id, client=caller.client_id, role=caller.role_name, decision="allowed", status=200,
-        batch_size=x.shape[0], monitor_score=score, flagged=flagged,
-    )
+    request.state.decision = "allowed"
     return out
 
 
-def _log_refusal(request: Request, status: int, decision: str, reason: str) -> None:
-    caller: Caller | None = getattr(request.state, "caller", None)
-    score, flagged = getattr(request.state, "monitor", (None, False))
-    st = _state(request)
-    batch = getattr(request.state, "batch_size", 0)
-    st.query_log.write(
-        key_id=caller.key_id if caller else "-", client=caller.client_id if caller else "-",
-        role=caller.role_name if caller else "-", decision=decision, status=status, reason=reason,
-        batch_size=batch, monitor_score=score, flagged=flagged, path=request.url.path,
-    )
-    log.info("refused %s %s: %d %s (%s)", request.method, request.url.path, status, decision, reason)
+def _refusal(request: Request, status: int, decision: str, reason: str,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    request.state.decision, request.state.reason = decision, reason
+    return JSONResponse({"detail": reason, "decision": decision}, status_code=status, headers=headers)
 
 
 async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    _log_refusal(request, exc.status, exc.decision, exc.reason)
-    return JSONResponse({"detail": exc.reason, "decision": exc.decision}, status_code=exc.status)
+    return _refusal(request, exc.status, exc.decision, exc.reason)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -182,13 +173,25 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     where = ".".join(str(p) for p in first.get("loc", ()))
     reason = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-    _log_refusal(request, 422, "bad_input", reason)
-    return JSONResponse({"detail": reason, "decision": "bad_input"}, status_code=422)
+    return _refusal(request, 422, "bad_input", reason)
+
+
+_HTTP_DECISIONS = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    decision = _HTTP_DECISIONS.get(exc.status_code, f"http_{exc.status_code}")
+    if exc.status_code == 404:
+        reason = f"no route {request.url.path[:200]!r}; use POST /predict or GET /health"
+    elif exc.status_code == 405:
+        reason = f"method {request.method} not allowed on {request.url.path}; allowed: {exc.headers.get('Allow', '')}"
+    else:
+        reason = str(exc.detail)
+    return _refusal(request, exc.status_code, decision, reason, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error on %s", request.url.path)
-    _log_refusal(request, 500, "server_error", type(exc).__name__)
+    log.exception("unexpected error on %s", request.url.path)  # logged to the query log by the middleware
     return JSONResponse({"detail": "internal error", "decision": "server_error"}, status_code=500)
 
 
@@ -223,16 +226,30 @@ def create_app(
     mode = policy.monitor.mode
     if monitor is None and mode != "off":
         monitor = build_monitor(model, policy)
-    app = FastAPI(title="fedsec model server", version="1")
+    docs = policy.docs if policy.docs != "auto" else ("off" if policy.require_key else "open")
+    open_docs = docs == "open"
+    app = FastAPI(title="fedsec model server", version="1", docs_url="/docs" if open_docs else None,
+                  redoc_url="/redoc" if open_docs else None, openapi_url="/openapi.json" if open_docs else None)
+    query_log = query_log if query_log is not None else QueryLog(None)
+    limits = policy.limits.resolve(model, max_batch_size=policy.max_batch_size)
     app.state.fedsec = ServingState(
-        model=model, access=AccessController(policy), monitor=monitor, monitor_mode=mode,
-        query_log=query_log if query_log is not None else QueryLog(None),
+        model=model, access=AccessController(policy), monitor=monitor, monitor_mode=mode, query_log=query_log,
+        limits=limits,
     )
     app.include_router(health_router)
     app.include_router(predict_router)
+    if docs == "key":
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi(caller: Annotated[Caller, Depends(authenticate)]) -> dict[str, Any]:
+            return app.openapi()
+
+    app.add_middleware(RequestLogMiddleware, query_log=query_log)
     app.add_exception_handler(ServingError, _serving_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    log.info("serving %s (%s, round %d): require_key=%s, monitor=%s, %d keys, %d roles", model.model_name,
-             model.dataset, model.server_round, policy.require_key, mode, len(policy.keys), len(policy.roles))
+    log.info("serving %s (%s, round %d): require_key=%s, monitor=%s, %d keys, %d roles, docs=%s, max_batch_size=%d, "
+             "max_body_bytes=%d, input_range=%s, limits=%s", model.model_name, model.dataset, model.server_round,
+             policy.require_key, mode, len(policy.keys), len(policy.roles), docs, policy.max_batch_size,
+             limits.max_body_bytes, limits.input_range, policy.limits.model_dump())
     return app

@@ -1,5 +1,5 @@
 """CLI commands for serving and attacking: ``fedsec serve``, ``fedsec serve-keygen``, ``fedsec attack extract``,
-``fedsec attack scenario``. :func:`register` mounts them on fedsec's typer app."""
+``fedsec attack hyperparameters``, ``fedsec attack scenario``. :func:`register` mounts them on fedsec's typer app."""
 
 from __future__ import annotations
 
@@ -62,11 +62,13 @@ def serve(
     else:
         import uvicorn
 
+        from .protocol import uvicorn_config
+
         try:
             app = create_app(model, policy, query_log=QueryLog(log_file, keep_in_memory=False))
         except ServingError as e:
             raise _fail(str(e)) from None
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        uvicorn.Server(uvicorn_config(app, host=host, port=port, log_level="warning")).run()
 
 
 def keygen(key_id: Annotated[str, typer.Argument(help="Public key id, e.g. alice.")],
@@ -88,7 +90,8 @@ def keygen(key_id: Annotated[str, typer.Argument(help="Public key id, e.g. alice
 def extract(
     url: Annotated[str, typer.Argument(help="Base URL of the model server, e.g. http://127.0.0.1:8000.")],
     key: Annotated[str | None, typer.Option("--key", help="API key.")] = None,
-    budget: Annotated[int, typer.Option("--budget", help="Queries the attacker may spend.")] = 1000,
+    budget: Annotated[int, typer.Option("--budget", help="Queries the attacker may spend (equation: all of "
+                                        "them, at least d + 1; more buys precision).")] = 1000,
     method: Annotated[str, typer.Option("--method", help="knockoff | jacobian | equation")] = "knockoff",
     out: Annotated[Path | None, typer.Option("--out", help="Result directory.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Target's run dir, to score agreement "
@@ -131,11 +134,14 @@ def extract(
     shape, k = tuple(info["input_shape"]), int(info["num_classes"])
     if method == "equation":
         truth = logreg_parameters(target.module, target.normalisation) if target is not None else None
-        eq = equation_solving_attack(remote, input_shape=shape, num_classes=k,
-                                     num_queries=min(budget, int(np.prod(shape)) + 1), seed=seed,
+        # every query of the budget is one more equation in the least-squares solve (float32 answers: more
+        # equations, a more precise solution); fewer than d + 1 cannot determine it and are refused unspent
+        eq = equation_solving_attack(remote, input_shape=shape, num_classes=k, num_queries=budget, seed=seed,
                                      true_parameters=truth)
         result = ExtractionResult(method="equation", budget=budget, status=eq.status, reason=eq.reason,
-                                  details={"relative_parameter_error": eq.relative_error})
+                                  details={"relative_parameter_error": eq.relative_error,
+                                           "answers_used": eq.answers_used, "unknowns_per_class": int(np.prod(shape))
+                                           + 1})
         result.record_stats(remote.stats)
         Path(out).mkdir(parents=True, exist_ok=True)
         if eq.weights is not None:
@@ -163,6 +169,69 @@ def extract(
     summary = {k_: v for k_, v in result.to_dict().items() if k_ != "curve"}
     console.print(json.dumps(summary, default=float), markup=False, highlight=False, soft_wrap=True)
     console.print(f"result directory: {out}")
+
+
+@attack_app.command("hyperparameters")
+def hyperparameters(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding final_model.pt (and config.toml: the "
+                                            "true train.weight_decay to compare with).")],
+    examples: Annotated[int | None, typer.Option("--examples", min=1, help="Training examples the attacker knows "
+                                                 "(a seeded subset; default: all).")] = None,
+    regularise_bias: Annotated[bool, typer.Option("--regularise-bias/--no-regularise-bias",
+                                                  help="Whether the bias was regularised too (PyTorch's "
+                                                  "weight_decay: yes).")] = True,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Write result.json here.")] = None,
+) -> None:
+    """Steal the L2 regularisation (weight decay) a run's final model was trained with (Wang & Gong, S&P 2018):
+    the attacker knows the parameters and the training data and solves the stationarity condition."""
+    import tomllib
+
+    import numpy as np
+    import torch
+
+    from fedsec.extraction import steal_l2_regularisation
+    from fedsec.results.model_file import load_final_model
+
+    from .errors import ModelFileError, ServingError
+    from .reference import raw_dataset
+
+    try:
+        served = load_final_model(run_dir)
+    except (ServingError, ModelFileError) as e:
+        raise _fail(str(e)) from None
+    try:
+        x_train, y_train, *_, norm = raw_dataset(served.dataset)
+    except ValueError as e:
+        raise _fail(f"{run_dir}: the model's dataset {served.dataset!r} has no training data here: {e}") from None
+    if examples and examples < len(x_train):
+        keep = np.sort(np.random.default_rng(seed).choice(len(x_train), size=examples, replace=False))
+        x_train, y_train = x_train[keep], y_train[keep]
+    x = torch.from_numpy(np.ascontiguousarray(x_train))
+    if norm is not None:  # the model reads normalised inputs, as in training
+        x = (x - norm[0]) / norm[1]
+    try:
+        estimate = steal_l2_regularisation(served.module, x, torch.from_numpy(np.asarray(y_train, dtype=np.int64)),
+                                           regularise_bias=regularise_bias)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    result = {"method": "stationary_l2", "examples": len(x_train), "regularise_bias": regularise_bias,
+              "lambda": estimate.lam, "weight_decay": estimate.weight_decay, "residual": estimate.residual}
+    try:
+        truth = tomllib.loads((run_dir / "config.toml").read_text()).get("train", {}).get("weight_decay")
+    except (OSError, ValueError):
+        truth = None
+    if truth is not None:
+        result["true_weight_decay"] = float(truth)
+        result["relative_error"] = (abs(estimate.weight_decay - truth) / truth) if truth else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    console.print(json.dumps(result), markup=False, highlight=False, soft_wrap=True)
+    if estimate.residual > 0.1:
+        err.print(f"note: residual {estimate.residual:.3g}: the parameters are far from a stationary point of "
+                  "loss + lambda ||theta||^2 (not trained to convergence, or not by that objective); the estimate "
+                  "is not reliable", markup=False, highlight=False, soft_wrap=True)
 
 
 @attack_app.command("scenario")

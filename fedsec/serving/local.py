@@ -1,14 +1,18 @@
-"""Run an app with uvicorn in a background thread on a free local port (tests, scenarios, benchmarks)."""
+"""Run an app with uvicorn in a background thread on a free local port (tests, scenarios, benchmarks), with the
+hardened HTTP protocol of the app's access policy (:mod:`.protocol`)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from typing import Literal
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
+
+from .protocol import uvicorn_config
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -18,11 +22,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalServer:
-    """Context manager: ``with LocalServer(app) as url: ...`` serves ``app`` on ``url`` until the block ends."""
+    """Context manager: ``with LocalServer(app) as url: ...`` serves ``app`` on ``url`` until the block ends
+    (``http``: uvicorn's HTTP protocol, hardened by :func:`.protocol.hardened_protocol`)."""
 
-    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0):
+    def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0,
+                 http: Literal["auto", "httptools", "h11"] = "auto"):
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", access_log=False)
+        config = uvicorn_config(app, host=self.host, port=self.port, http=http, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
         self.timeout = timeout

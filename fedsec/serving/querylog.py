@@ -4,7 +4,10 @@ JSONL rather than SQLite: a line per request is written with one ``write`` on a 
 (``O_APPEND``), so entries are never rewritten, several servers can share a file, ``tail -f``/pandas read it
 directly, and there is no schema to migrate. Fields: ``time`` (UNIX seconds), ``key_id`` (never the key),
 ``client`` (key id or anonymous@host), ``role``, ``decision``, ``status``, ``reason``, ``monitor_score`` (PRADA's
-W or null), ``flagged``, ``batch_size``, ``path``.
+W or null), ``flagged``, ``batch_size``, ``path``, ``method``, ``host`` (the client's address) and ``seconds``
+(time in the app). Every HTTP request gets a line (:mod:`.middleware`), and so does a connection the HTTP
+protocol refuses before a request exists (:mod:`.protocol`: header timeout or size, connection limit; ``path`` and
+``method`` are then ``"-"``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class QueryLog:
         monitor_score: float | None = None,
         flagged: bool = False,
         path: str = "/predict",
+        method: str = "POST",
+        host: str = "-",
+        seconds: float | None = None,
     ) -> dict[str, Any]:
         entry = {
             "time": round(time.time(), 6),
@@ -55,6 +61,9 @@ class QueryLog:
             "flagged": flagged,
             "batch_size": batch_size,
             "path": path,
+            "method": method,
+            "host": host,
+            "seconds": seconds,
         }
         line = json.dumps(entry) + "\n"
         with self._lock:
