@@ -268,6 +268,7 @@ def assessed(tmp_path_factory):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # trains, serves and attacks a deployment (~2 min): bash scripts/dev.sh slow
 def test_assess_sheet_has_all_six_seed_metrics_from_the_separate_commands(assessed):
     out, console = assessed
     summary = json.loads((out / "summary.json").read_text())
