@@ -69,9 +69,6 @@ GOOD = ("accepted", "refused")
 # Corpus cases refused only once a layer this file does not test directly is fixed: id -> where (strict xfail:
 # the day the fix lands, the case passes and the xfail fails, so the entry is removed here).
 KNOWN_ISSUES: dict[str, str] = {
-    "i29-sanitize-none-with-k-nan": "[defense.sanitize] keys are validated only for the chosen filter "
-    "(fedsec/plan/checks.py check_data_defenses): with method = 'none' they are ignored, not refused as unknown",
-    "i29-pre-arc-num-malicious-huge": "defense.pre is not validated by the run plan yet (PENDING below)",
 }
 
 

@@ -35,6 +35,9 @@ def check_data_defenses(e: Experiment, dataset: DatasetSpec) -> list[int]:
             raise ConfigError(f"data.poison.clients={poison.clients}: poisons no client (fraction x data.num_clients "
                               f"= {e.data.num_clients} rounds to 0); raise it or give ids")
     sanitize = e.defense.sanitize
+    if sanitize.method == "none" and sanitize.kind_keys:
+        raise ConfigError(f"defense.sanitize.{sorted(sanitize.kind_keys)[0]}: a filter's key, but "
+                          "defense.sanitize.method='none' runs no filter; set method or drop the key")
     if sanitize.method != "none":
         params = sanitize_params(sanitize)
         try:
