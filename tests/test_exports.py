@@ -50,7 +50,7 @@ def test_mlflow_file_store_reads_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "runs" / "tiny-1"
     _export(run_dir, {"mlflow": "file:./mlruns"})
-    client = MlflowClient(tracking_uri="file:./mlruns")
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())  # absolute: MLflow caches stores by URI
     (run,) = client.search_runs([client.get_experiment_by_name("fedsec").experiment_id])
     assert run.info.run_name == "tiny-1" and run.info.status == "FINISHED"
     assert run.data.params["data.dataset"] == "digits" and run.data.params["audit.evasion.attacks"] == "['pgd']"

@@ -297,7 +297,7 @@ def test_e2e_collapsed_backdoor_run_says_so_everywhere(tmp_path, monkeypatch):
     assert "warning: model health one_class: the final model predicts class 0" in text
     assert "not meaningful (attack_success, mia_advantage)" in text
     mlflow = pytest.importorskip("mlflow.tracking")
-    client = mlflow.MlflowClient(tracking_uri="file:./mlruns")
+    client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("fedsec").experiment_id])
     assert run.data.tags["fedsec.health"] == "one_class" and run.data.params["attack.kind"] == "backdoor"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "accuracy")] == [0, 1, 2]

@@ -42,7 +42,7 @@ from fedsec.schedule import Schedule, draw_malicious
 from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext, plan_pre_aggregators
 from fedsec.strategies.pre import resolved_pre
 
-from .checks import check_data_defenses, check_partition, sanitize_params
+from .checks import check_data_defenses, check_partition, sanitize_params, used_weighting
 from .privacy import central_privacy_plan
 
 __all__ = ["HookPlan", "PrivacyPlan", "RunPlan", "ServerPlan", "build_plan", "drop_unused_kind_keys", "load_plan",
@@ -132,7 +132,7 @@ class RunPlan:
         sampling: dict[str, Any] = {"min_train_nodes": e.train.clients_per_round,
                                     "min_available_nodes": e.data.num_clients,
                                     # what the server believes of a reply (fedsec.strategies._trust)
-                                    "weighting": e.defense.weighting, "weight_cap": e.defense.weight_cap,
+                                    "weighting": used_weighting(e), "weight_cap": e.defense.weight_cap,
                                     "num_partitions": e.data.num_clients,
                                     "aggregate_timeout": e.backend.aggregate_timeout}
         dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
@@ -354,7 +354,7 @@ def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseMode
     raw["attack"].update(attack_params.model_dump(exclude_none=True))
     # the strategy's own keys from its params; the keys every rule shares (weighting, weight_cap, the sanitize
     # sub-table) as configured: a sweep cell, a resumed run and a study's read-back all run from this TOML
-    raw["defense"] = {"strategy": e.defense.strategy, "weighting": e.defense.weighting,
+    raw["defense"] = {"strategy": e.defense.strategy, "weighting": used_weighting(e),
                       "weight_cap": e.defense.weight_cap, "sanitize": _sanitize_table(e), **resolved_pre(e.defense),
                       **strategy_params.model_dump(exclude_none=True)}
     raw["train"]["sampling"] = e.client_sampling()

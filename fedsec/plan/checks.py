@@ -129,3 +129,21 @@ def check_partition(e: Experiment, dataset: DatasetSpec) -> None:
                 f"classes) leaves some client with fewer than {need} examples in a draw with probability "
                 f"~{draw_fails:.3g} (estimated), so the partitioner's {DIRICHLET_MAX_TRIES} draws would very likely "
                 "all fail at start; raise data.alpha, use fewer clients, or partition='iid'")
+
+
+def used_weighting(e: Experiment) -> str:
+    """``defense.weighting`` as the run applies it, so ``config.toml`` says what ran. Central DP weights every
+    client 1 (a count would raise one client's sensitivity above clip_norm); CKKS weights by the reported counts
+    or not at all: the server cannot cap a count inside a ciphertext, so "capped" runs as "uniform". A weighting
+    set explicitly that the run cannot apply is refused; the default is written as used."""
+    asked = e.defense.weighting
+    if e.privacy.mode == "central":
+        used, why = "uniform", "central DP weights every client 1 (user-level DP)"
+    elif e.encryption.scheme == "ckks" and asked == "capped":
+        used, why = "uniform", ("under encryption.scheme='ckks' the server cannot cap a count inside a ciphertext; "
+                                "CKKS supports 'reported' (clients encrypt count x update) or 'uniform'")
+    else:
+        return asked
+    if asked != used and "weighting" in e.defense.model_fields_set:
+        raise ConfigError(f"defense.weighting={asked!r}: {why}; use defense.weighting = {used!r}")
+    return used

@@ -81,12 +81,16 @@ def _numbers(row: dict[str, Any]) -> dict[str, float]:
 
 class _Mlflow:
     def __init__(self, uri: str, experiment: str, run_dir: Path, *, resume: bool) -> None:
-        if uri.startswith("file:") or "://" not in uri:  # MLflow 3 opens its file store only when asked
+        given = uri
+        if uri.startswith(("file:", ".", "/")):  # a local file store, which MLflow 3 opens only when asked
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            # absolute: MLflow caches stores by URI, and a relative one would follow an earlier working directory
+            local = uri.removeprefix("file://") if uri.startswith("file://") else uri.removeprefix("file:")
+            uri = Path(local).resolve().as_uri()
         try:
             from mlflow.tracking import MlflowClient
         except ImportError as e:
-            raise ExportError(f"tracking.mlflow={uri!r}: needs MLflow; pip install 'fedsec[mlflow]'") from e
+            raise ExportError(f"tracking.mlflow={given!r}: needs MLflow; pip install 'fedsec[mlflow]'") from e
         self.record = run_dir / "tracking.json"
         try:
             self.client = MlflowClient(tracking_uri=uri)
@@ -99,7 +103,7 @@ class _Mlflow:
             else:
                 self.client.update_run(run_id, status="RUNNING")
         except Exception as e:  # noqa: BLE001 (any store error, in MLflow's own exception types)
-            raise ExportError(f"tracking.mlflow={uri!r}: cannot open the store ({e})") from e
+            raise ExportError(f"tracking.mlflow={given!r}: cannot open the store ({e})") from e
         self.run_id = run_id
         self.record.write_text(json.dumps({"mlflow_run_id": run_id, "mlflow_uri": uri}) + "\n")
 
