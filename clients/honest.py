@@ -132,6 +132,8 @@ def honest_train(
         weight_decay=train.weight_decay,
         generator=torch.Generator().manual_seed(seed),
         hook=hook,
+        algorithm=train.algorithm,  # malicious clients that train (poison above) use the run's algorithm too
+        proximal_mu=train.proximal_mu or 0.0,
     )
     metrics = MetricRecord(
         {NUM_EXAMPLES_KEY: result.num_examples, "train_loss": result.loss, PARTITION_ID_KEY: partition_id, **extra}

@@ -1,10 +1,15 @@
-"""The ``fedsec`` command line: run, validate, list."""
+"""The ``fedsec`` command line: run, validate, list.
+
+Start-up stays light: this module and the subcommand modules it mounts import typer, rich and fedsec's own light
+modules only; torch, Flower, Ray and the plan load inside the command that needs them (``fedsec --help`` imports
+none of them; ``tests/test_cli_startup.py``).
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,7 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsec.errors import ConfigError
-from fedsec.plan import RunPlan, load_plan
+
+if TYPE_CHECKING:
+    from fedsec.plan import RunPlan
 
 app = typer.Typer(
     add_completion=False,
@@ -59,6 +66,8 @@ def _print_config_error(error: ConfigError) -> None:
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunPlan:
+    from fedsec.plan import load_plan
+
     try:
         return load_plan(config, overrides or [])
     except ConfigError as e:
@@ -418,12 +427,19 @@ def _write_report(directory: Path) -> None:
 def list_components() -> None:
     """List every kind a config can name, from the registries, each with its own keys and their defaults."""
     from fedsec.clients.attacks import ATTACKS
-    from fedsec.config import ENCRYPTION_SCHEMES, PRIVACY_MODES, EncryptionConfig, PrivacyConfig
+    from fedsec.config import (
+        ENCRYPTION_SCHEMES,
+        PRIVACY_MODES,
+        TRAIN_ALGORITHMS,
+        EncryptionConfig,
+        PrivacyConfig,
+        TrainConfig,
+    )
     from fedsec.data import DATASETS, PARTITIONS
     from fedsec.hooks import HOOKS
     from fedsec.models import MODELS
     from fedsec.sanitize import SANITIZERS
-    from fedsec.strategies import STRATEGIES
+    from fedsec.strategies import SERVER_OPTIMIZERS, STRATEGIES
 
     audits = {name: cls for name, cls in HOOKS.items() if cls.section}
     built_in = {name: cls.description for name, cls in HOOKS.items() if not cls.section}
@@ -439,6 +455,8 @@ def list_components() -> None:
         ("round hooks built in (run when the config needs them)", built_in),
         ("privacy (privacy.mode)", _section_keys(PRIVACY_MODES, PrivacyConfig)),
         ("encryption (encryption.scheme)", _section_keys(ENCRYPTION_SCHEMES, EncryptionConfig)),
+        ("client algorithms (train.algorithm)", _section_keys(TRAIN_ALGORITHMS, TrainConfig)),
+        ("server optimizers (server.optimizer; their keys in brackets)", _with_keys(SERVER_OPTIMIZERS)),
     ]
     for title, items in sections:
         table = Table(title=Text(title), show_header=False, title_justify="left", box=None, padding=(0, 2))
@@ -495,16 +513,27 @@ def audit_evasion(
                                                     help="C&W initial trade-off constant c (a larger c finds "
                                                          "adversarial examples in fewer iterations).")] = 1.0,
 ) -> None:
-    """Re-evaluate a run's final model under FGSM and PGD at several budgets, and optionally C&W (no retraining)."""
+    """Re-evaluate a run's final model under FGSM and PGD at several budgets, and optionally C&W (no retraining);
+    a finished run's summary.json (R on its security sheet) and report are updated."""
     import json
 
+    from fedsec.errors import FedsecInputError
     from fedsec.results.model_file import ModelFileError
     from fedsec.studies.evasion_curve import evasion_curve, parse_budgets
+    from fedsec.studies.posthoc import step, update_after_evasion
 
     try:
-        path = evasion_curve(run_dir, parse_budgets(epsilons), steps=steps, examples=examples,
-                             cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps,
-                             cw_learning_rate=cw_learning_rate, cw_initial_const=cw_initial_const)
+        budgets = parse_budgets(epsilons)
+        command = (f"fedsec audit evasion {run_dir} --epsilons {','.join(f'{e:g}' for e in budgets)} --steps {steps} "
+                   f"--examples {examples}")
+        if cw_max_iter > 0:
+            command += (f" --cw-max-iter {cw_max_iter} --cw-binary-search-steps {cw_binary_search_steps} "
+                        f"--cw-learning-rate {cw_learning_rate:g} --cw-initial-const {cw_initial_const:g}")
+        attacks = "FGSM, PGD" + (", C&W L2" if cw_max_iter > 0 else "")
+        with step(console, f"evasion ({attacks}) on {run_dir}"):
+            path = evasion_curve(run_dir, budgets, steps=steps, examples=examples,
+                                 cw_max_iter=cw_max_iter, cw_binary_search_steps=cw_binary_search_steps,
+                                 cw_learning_rate=cw_learning_rate, cw_initial_const=cw_initial_const)
     except (ConfigError, ModelFileError) as e:
         _print_error("audit error", e)
         raise typer.Exit(code=2) from None
@@ -514,6 +543,11 @@ def audit_evasion(
         cw = json.loads((path.parent / "cw.json").read_text())
         console.print(f"C&W L2: success {cw['success_rate']:.3f}, median L2 {cw['median_l2']:.3f} "
                       f"(R {cw['counts']}): [bold]{escape(str(path.parent / 'cw.json'))}[/]", highlight=False)
+    try:  # R on the run's sheet, its summary.json and report, as the other post-hoc audits do
+        update_after_evasion(run_dir, command=command, report=_write_report)
+    except FedsecInputError as e:  # a run still writing the directory, an unreadable config or summary
+        _print_error("audit error", e)
+        raise typer.Exit(code=2) from None
 
 
 def _run_scenario(path: Path, *, out: Path) -> dict[str, Any]:

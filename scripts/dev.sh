@@ -47,7 +47,7 @@ setup_python() {
     echo "== installing Python dependencies (torch==2.13.0 first, so nothing pulls a CUDA build)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    "$VENV/bin/python" -m pip install -q -e ".[test,mlflow]"
     touch "$stamp"
   fi
 }

@@ -3,7 +3,9 @@
 Each strategy is a Flower Message-API strategy usable in any Flower ServerApp; ``STRATEGIES`` maps the config's
 ``defense.strategy`` names to them. Adding a rule: copy ``median.py`` (kernel on top, class below, its ``Params``
 and ``description``), then one ``STRATEGIES.register`` line here. ``PRE_AGGREGATORS`` maps the names of
-``defense.pre`` to the pre-aggregators that run before any rule (:mod:`fedsec.strategies.pre`, one file each).
+``defense.pre`` to the pre-aggregators that run before any rule (:mod:`fedsec.strategies.pre`, one file each);
+``SERVER_OPTIMIZERS`` maps ``server.optimizer`` to the step taken on the rule's aggregate
+(:mod:`fedsec.strategies.server_optimizers`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .median import Median, coordinate_median
 from .multikrum import MultiKrum, krum_scores, multikrum_aggregate, multikrum_select
 from .norm_clipping import NormClipping, norm_clip
 from .pre import ARC, NNM, Bucketing, PreAggregator, plan_pre_aggregators
+from .server_optimizers import SERVER_OPTIMIZERS, ServerOptimizer
 from .trimmed_mean import TrimmedMean, trimmed_mean
 
 #: defense.strategy name -> strategy class (each declares its ``Params`` and ``description``); one line per rule
@@ -53,7 +56,9 @@ __all__ = [
     "FLAME",
     "NNM",
     "PRE_AGGREGATORS",
+    "SERVER_OPTIMIZERS",
     "STRATEGIES",
+    "ServerOptimizer",
     "Bucketing",
     "PreAggregator",
     "plan_pre_aggregators",

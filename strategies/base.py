@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from logging import INFO, WARNING
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -67,6 +67,7 @@ __all__ = ["NODE_KEY", "NUM_EXAMPLES_KEY", "PARTITION_ID_KEY", "ClientDecision",
            "StrategyConfigError", "StrategyContext", "resolve_device"]
 
 NodeSampler = Callable[[int], list[int]]  # server round -> node ids to train this round
+_Payload = TypeVar("_Payload")  # what a reply check keeps of a reply that passed (its arrays, its ciphertext)
 
 
 @dataclass(frozen=True)
@@ -367,13 +368,7 @@ class RobustStrategy(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to compare with")
         global_arrays = self._global_arrays
         signature = record_signature(global_arrays)
-        decisions: list[ClientDecision] = []
-        candidates: list[tuple[ClientDecision, ArrayRecord]] = []
-        for message in sorted(replies, key=reply_sort_key):
-            decision, arrays = self._check_reply(message, signature)
-            decisions.append(decision)
-            if arrays is not None:
-                candidates.append((decision, arrays))
+        decisions, candidates = self._checked_replies(replies, lambda m: self._check_reply(m, signature))
         candidates = self._reject_duplicate_ids(candidates)
 
         # one (n, d) matrix of updates, each row written in one pass over its reply (records.stack_updates) into a
@@ -459,6 +454,21 @@ class RobustStrategy(FedAvg):
         return new_arrays, metrics
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _checked_replies(
+        replies: Iterable[Message], check: Callable[[Message], tuple[ClientDecision, _Payload | None]]
+    ) -> tuple[list[ClientDecision], list[tuple[ClientDecision, _Payload]]]:
+        """Each reply, in :func:`reply_sort_key` order, through ``check``: every reply's decision, and the
+        ``(decision, payload)`` pairs of the replies it passed (payload not None)."""
+        decisions: list[ClientDecision] = []
+        passed: list[tuple[ClientDecision, _Payload]] = []
+        for message in sorted(replies, key=reply_sort_key):
+            decision, payload = check(message)
+            decisions.append(decision)
+            if payload is not None:
+                passed.append((decision, payload))
+        return decisions, passed
+
     @staticmethod
     def _reject_duplicate_ids(candidates: list[tuple[ClientDecision, Any]]) -> list[tuple[ClientDecision, Any]]:
         """Replies that claim the same partition id as another reply of the round are all rejected (the server

@@ -68,28 +68,14 @@ def dnc_select(
     return good
 
 
-def dnc_aggregate(
-    updates: torch.Tensor,
-    *,
-    num_malicious: int,
-    iterations: int = 5,
-    subsample_dim: int = 10_000,
-    filter_frac: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform mean of the updates (n, d) kept by :func:`dnc_select`.
+def dnc_aggregate(updates: torch.Tensor, *, num_malicious: int, **select: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform mean of the updates (n, d) kept by :func:`dnc_select`; ``select``: its other keys (``iterations``,
+    ``subsample_dim``, ``filter_frac``, ``generator``), with its defaults.
 
     Returns the aggregate (d,) and the weights (n,): 1/|kept| for the kept updates, 0 for the others; the zero
     update and zero weights when nothing is kept.
     """
-    good = dnc_select(
-        updates,
-        num_malicious=num_malicious,
-        iterations=iterations,
-        subsample_dim=subsample_dim,
-        filter_frac=filter_frac,
-        generator=generator,
-    )
+    good = dnc_select(updates, num_malicious=num_malicious, **select)
     count = int(good.sum())
     weights = good.to(updates.dtype) / max(count, 1)
     return weights @ updates, weights
@@ -176,11 +162,5 @@ class DnC(RobustStrategy):
         )
 
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return dnc_aggregate(
-            updates,
-            num_malicious=self.num_malicious,
-            iterations=self.iterations,
-            subsample_dim=self.subsample_dim,
-            filter_frac=self.filter_frac,
-            generator=self.generator,
-        )
+        return dnc_aggregate(updates, num_malicious=self.num_malicious, iterations=self.iterations,
+                             subsample_dim=self.subsample_dim, filter_frac=self.filter_frac, generator=self.generator)

@@ -38,7 +38,6 @@ from fedsec.protocol import (
     NUM_EXAMPLES_KEY,
     PARTITION_ID_KEY,
     SIGNATURE_KEY,
-    reply_sort_key,
 )
 
 from ._trust import check_count, check_partition_id
@@ -136,13 +135,7 @@ class EncryptedFedAvg(RobustStrategy):
         """Verify the replies' signatures, have the authority add and decrypt the verified set, apply the sum."""
         if self._global_arrays is None:
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to update")
-        decisions: list[ClientDecision] = []
-        valid: list[tuple[ClientDecision, SignedCiphertext]] = []
-        for message in sorted(replies, key=reply_sort_key):
-            decision, member = self._check_encrypted(message, server_round)
-            decisions.append(decision)
-            if member is not None:
-                valid.append((decision, member))
+        decisions, valid = self._checked_replies(replies, lambda m: self._check_encrypted(m, server_round))
         valid = self._consistent(valid)
         report = RoundReport(server_round=server_round, decisions=decisions)
         self.last_report = report

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.cluster import HDBSCAN
 
 from fedsec.registry import Params
 
@@ -48,6 +47,8 @@ def flame_majority(updates: torch.Tensor) -> torch.Tensor:
     hold a majority, and without allow_single_cluster HDBSCAN would never return the root cluster, so a round
     without a clear split would be all noise. Noise (label -1) is rejected.
     """
+    from sklearn.cluster import HDBSCAN  # here, not at the top: scikit-learn costs ~2 s of CLI start-up
+
     n = updates.shape[0]
     require_clients("FLAME", n, 2, "n >= 2")
     distances = _cosine_distances64(updates).cpu().numpy()

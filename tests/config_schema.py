@@ -30,6 +30,7 @@ TABLES: dict[str, tuple[tuple[str, ...], str] | None] = {
     "attack.kind": (("attack",), "kind"),
     "data.dataset": (("data",), "dataset"),
     "defense.sanitize.method": (("defense", "sanitize"), "method"),
+    "server.optimizer": (("server",), "optimizer"),
     "audit": None,  # [audit.<name>]: the table's name is the kind
     "defense.pre": None,  # defense.pre = [{ name = <kind>, <key> = ... }]
 }

@@ -105,7 +105,14 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     from fedsec.config.sections import TrackingConfig
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    present = real("json")  # any found spec: tensorboard counts as installed here, mlflow as missing
+
+    def find_spec(name, *args):
+        if name == "mlflow":
+            return None
+        return present if name == "tensorboard" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ExportError, match=r"tracking.mlflow='file:./mlruns': needs the mlflow package; pip install "
                                           r"'fedsec\[mlflow\]'"):
         require_packages(TrackingConfig(mlflow="file:./mlruns"))

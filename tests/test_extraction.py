@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_serving_support import write_digits_run
+from test_serving_support import ROLES, make_keys, write_digits_run
 from torch.nn import functional as F
 
 from fedsec.data import load_digits
@@ -23,21 +23,13 @@ from fedsec.extraction import (
     write_result_dir,
 )
 from fedsec.models import build_model
-from fedsec.serving import AccessPolicy, LocalServer, create_app, load_final_model, make_key
+from fedsec.serving import AccessPolicy, LocalServer, create_app, load_final_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROLES = {
-    "analyst": {"permissions": ["predict", "predict_probabilities"], "output": "probabilities"},
-    "app": {"permissions": ["predict"], "output": "label"},
-}
-
 
 def _server(model):
-    keys, entries = {}, []
-    for role in ROLES:
-        keys[role], hashed = make_key(role)
-        entries.append({"id": role, "role": role, "hash": hashed})
+    keys, entries = make_keys({role: {"role": role} for role in ROLES})
     app = create_app(model, AccessPolicy.from_dict({"roles": ROLES, "keys": entries}))
     return LocalServer(app), keys
 
@@ -79,8 +71,9 @@ def test_too_few_queries_is_reported_not_solved(tmp_path):
     assert res.status == "failed" and "rank" in res.reason
 
 
-@pytest.mark.parametrize("weight_decay", [1e-3, 1e-2])
-def test_hyperparameter_stealing_within_10_percent(weight_decay):
+def _decayed_logreg(weight_decay):
+    """A digits logreg trained with L-BFGS to the optimum of cross-entropy + weight_decay / 2 * ||theta||^2 (PyTorch's
+    weight_decay on every parameter), with its training inputs and labels."""
     ds = load_digits()
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     model = build_model("logreg", ds.input_shape, 10, seed=0)
@@ -89,13 +82,18 @@ def test_hyperparameter_stealing_within_10_percent(weight_decay):
 
     def closure():
         opt.zero_grad()
-        reg = sum((p**2).sum() for p in model.parameters())
-        loss = F.cross_entropy(model(x), y) + weight_decay / 2 * reg  # = torch weight_decay on all parameters
+        loss = F.cross_entropy(model(x), y) + weight_decay / 2 * sum((p**2).sum() for p in model.parameters())
         loss.backward()
         return loss
 
     for _ in range(3):
         opt.step(closure)
+    return model, x, y
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 1e-2])
+def test_hyperparameter_stealing_within_10_percent(weight_decay):
+    model, x, y = _decayed_logreg(weight_decay)
     est = steal_l2_regularisation(model, x, y)
     assert est.weight_decay == pytest.approx(weight_decay, rel=0.10)
     assert est.lam == pytest.approx(est.weight_decay / 2)
@@ -178,21 +176,8 @@ def _decayed_logreg_run(run_dir, weight_decay):
     directory whose config.toml states the truth."""
     from fedsec.results.model_file import save_final_model
 
-    ds = load_digits()
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    model = build_model("logreg", ds.input_shape, 10, seed=0)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=300, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y) + weight_decay / 2 * sum((p**2).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    for _ in range(3):
-        opt.step(closure)
-    save_final_model(run_dir, model, model_name="logreg", dataset="digits", input_shape=ds.input_shape,
+    model, _, _ = _decayed_logreg(weight_decay)
+    save_final_model(run_dir, model, model_name="logreg", dataset="digits", input_shape=load_digits().input_shape,
                      num_classes=10, server_round=1, normalisation=None)
     (run_dir / "config.toml").write_text(f"[train]\nweight_decay = {weight_decay}\n")
     return run_dir

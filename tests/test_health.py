@@ -281,6 +281,8 @@ def test_e2e_collapsed_backdoor_run_says_so_everywhere(tmp_path, monkeypatch):
 
     from fedsec.cli import app
 
+    pytest.importorskip("mlflow.tracking")  # the fedsec[mlflow] extra (scripts/dev.sh installs it)
+    pytest.importorskip("tensorboard")
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "collapse.toml"
     config.write_text('name = "collapse"\nrounds = 2\n[data]\ndataset = "digits"\npartition = "iid"\n'

@@ -212,3 +212,33 @@ def test_evasion_curve_updates_the_sheet_at_the_runs_budget(tmp_path):
 ])
 def test_the_sheets_budget(epsilons, config, expected):
     assert posthoc.choose_epsilon(epsilons, config) == expected
+
+
+def test_cli_audit_evasion_puts_the_printed_r_on_the_sheet_and_report(tmp_path, monkeypatch):
+    """`fedsec audit evasion RUN_DIR` (the real CLI): curve.csv, the printed "R on the sheet" and the sheet's R are one
+    number; the command that produced it is quoted; the report shows it."""
+    import pandas as pd
+
+    import fedsec.cli as cli
+
+    run = finished_run(tmp_path / "ev-cli", digits_config())
+    monkeypatch.setenv("COLUMNS", "200")  # the numbers tables on one line per row
+    monkeypatch.setattr(cli.console, "width", 200)
+    result = CliRunner().invoke(cli.app, ["audit", "evasion", str(run), "--epsilons", "0.05,0.1", "--steps", "3",
+                                      "--examples", "40"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 0, out
+    sheet_r = summary_of(run)["security_sheet"]["R"]
+    curve = pd.read_csv(run / "evasion" / "curve.csv")
+    at_01 = curve[curve["epsilon"] == 0.1].set_index("attack")
+    weakest = at_01["correct"].idxmin()
+    assert sheet_r["numerator"] == at_01.loc[weakest, "correct"] and sheet_r["denominator"] == 40
+    assert sheet_r["value"] == pytest.approx(at_01.loc[weakest, "robust_accuracy"], abs=1e-12)
+    assert sheet_r["epsilon"] == 0.1 and sheet_r["attack"] == weakest
+    assert sheet_r["value"] < summary_of(run)["accuracy"]  # a real attack, not the clean accuracy
+    assert shows(out, "R on the sheet", f"{sheet_r['percent']} ({sheet_r['inputs']}, {weakest})")
+    assert f"seed_metrics (R {sheet_r['percent']}" in out
+    assert sheet_r["command"] == f"fedsec audit evasion {run} --epsilons 0.05,0.1 --steps 3 --examples 40"
+    assert "evasion (FGSM, PGD) on" in out and "done in" in out  # the long step shows progress
+    (row,) = [line for line in (run / "report.md").read_text().splitlines() if line.startswith("| R |")]
+    assert row.endswith(f"| {sheet_r['inputs']} ({weakest}) | {sheet_r['percent']} |")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import re
 from pathlib import Path
@@ -233,3 +234,40 @@ def test_neither_run_nor_sweep_raises_naming_the_expected_files(tmp_path):
     with pytest.raises(ReportError, match="no sweep.csv"):
         write_report(tmp_path)
     assert issubclass(ReportError, ValueError)
+
+
+def _with_health(run: Path, health: dict | None) -> Path:
+    summary = json.loads((run / "summary.json").read_text())
+    if health is not None:
+        summary["health"] = health
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def _setting_rows(md: str) -> list[str]:
+    """The rows of the report's first table (setting | value), in order."""
+    lines = md.splitlines()
+    start = lines.index("| setting | value |")
+    return [line for line in itertools.takewhile(lambda x: x.startswith("|"), lines[start + 2:])]
+
+
+def test_run_report_shows_the_model_health_near_the_top(tmp_path):
+    ok = _with_health(make_run(tmp_path / "ok", accuracy=0.92),
+                      {"status": "ok", "accuracy": 0.92, "chance": 0.1028, "reason": ""})
+    write_report(ok)
+    rows = _setting_rows((ok / "report.md").read_text())
+    assert rows[:2] == ["| name | cell-median-label_flip-0 |", "| model health | ok (accuracy 0.9200, chance 0.1028) |"]
+
+    sick = _with_health(make_run(tmp_path / "sick", attack="backdoor", accuracy=0.1), {
+        "status": "one_class", "accuracy": 0.1, "chance": 0.1028, "not_meaningful": ["attack_success", "evasion"],
+        "reason": "the final model predicts class 0 for 100.0% of the 360 test inputs (>= 90%; accuracy 0.1000)"})
+    write_report(sick)
+    md, page = (sick / "report.md").read_text(), (sick / "report.html").read_text()
+    assert _setting_rows(md)[1] == (
+        "| model health | **one_class**: the final model predicts class 0 for 100.0% of the 360 test inputs (>= 90%; "
+        "accuracy 0.1000); attack metrics on it are not meaningful (attack_success, evasion) |")
+    assert "<strong>one_class</strong>" in page
+
+    bare = make_run(tmp_path / "bare")  # no health block (a run stopped before its end): no row, nothing made up
+    write_report(bare)
+    assert not any("model health" in row for row in _setting_rows((bare / "report.md").read_text()))

@@ -10,7 +10,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from test_serving_support import write_digits_run
+from test_serving_support import ROLES as BASE_ROLES
+from test_serving_support import make_keys, write_digits_run
 from typer.testing import CliRunner
 
 from fedsec.data import load_digits
@@ -31,8 +32,7 @@ from fedsec.serving import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROLES = {
-    "analyst": {"permissions": ["predict", "predict_probabilities"], "output": "probabilities"},
-    "app": {"permissions": ["predict"], "output": "label"},
+    **BASE_ROLES,
     "coarse": {"permissions": ["predict", "predict_probabilities"], "output": "rounded", "decimals": 2},
     "viewer": {"permissions": [], "output": "label"},
 }
@@ -42,8 +42,7 @@ ROLES = {
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     run_dir = write_digits_run(tmp / "run")
-    keys, entries = {}, []
-    specs = {
+    keys, entries = make_keys({
         "analyst": {"role": "analyst"},
         "app": {"role": "app"},
         "coarse": {"role": "coarse"},
@@ -52,10 +51,7 @@ def served(tmp_path_factory):
         "revoked": {"role": "analyst", "revoked": True},
         "quota": {"role": "analyst", "quota": 5},
         "rate": {"role": "analyst", "rate": 0.01, "burst": 2},
-    }
-    for key_id, spec in specs.items():
-        keys[key_id], hashed = make_key(key_id)
-        entries.append({"id": key_id, "hash": hashed, **spec})
+    })
     policy = AccessPolicy.from_dict({"max_batch_size": 16, "roles": ROLES, "keys": entries})
     log_path = tmp / "queries.jsonl"
     model = load_final_model(run_dir)

@@ -29,7 +29,7 @@ and may not accept the m benign rows alone). Works for any rule callable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -89,21 +89,11 @@ def tailored_gamma(
 
 
 def tailored_update(
-    benign: torch.Tensor,
-    rule: Rule,
-    *,
-    f: int,
-    perturbation: str = "unit_vec",
-    criterion: str = "deviation",
-    gamma_init: float = 10.0,
-    tol: float = 1e-5,
-    simulated: torch.Tensor | None = None,
+    benign: torch.Tensor, rule: Rule, *, f: int, perturbation: str = "unit_vec", **search: Any
 ) -> torch.Tensor:
-    """The AGR-tailored malicious update (d,): ``mean - gamma * p`` with gamma from :func:`tailored_gamma`."""
-    gamma = tailored_gamma(
-        benign, rule, f=f, perturbation=perturbation, criterion=criterion, gamma_init=gamma_init, tol=tol,
-        simulated=simulated,
-    )
+    """The AGR-tailored malicious update (d,): ``mean - gamma * p`` with gamma from :func:`tailored_gamma`, which
+    takes ``search`` (its ``criterion``, ``gamma_init``, ``tol``, ``simulated``, with its defaults)."""
+    gamma = tailored_gamma(benign, rule, f=f, perturbation=perturbation, **search)
     return benign.mean(dim=0) - gamma * perturbation_direction(benign, perturbation)
 
 

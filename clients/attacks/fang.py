@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -135,62 +136,53 @@ def _offsets(s: torch.Tensor, f: int, radius: float, generator: torch.Generator 
     return offsets
 
 
-def _halve(
-    benign: torch.Tensor, rule: Rule, offsets: torch.Tensor, *, n: int, f: int, threshold: float,
+def _krum_search(
+    benign: torch.Tensor,
+    rule: Rule,
+    *,
+    n: int,
+    f: int,
+    threshold: float = 1e-5,
+    support_radius: float = 0.0,
+    generator: torch.Generator | None = None,
     simulated: torch.Tensor | None = None,
-) -> tuple[float, bool]:
+) -> tuple[torch.Tensor, float, bool]:
+    """The halving search: ``(rows (f, d), lambda, selected)``, the crafted rows ``offsets - lambda * s`` at the first
+    lambda the rule selects, or at the last one tried with ``selected`` False."""
+    s = fang_direction(benign)
+    offsets = _offsets(s, f, support_radius, generator)
     if not threshold > 0:
         raise AdaptiveAttackError(f"attack.threshold={threshold!r}: the lambda threshold must be > 0 (paper: 1e-5)")
-    s = fang_direction(benign)
     lam = fang_lambda_bound(benign, n=n, f=f)
+    sim = benign if simulated is None else simulated
     while True:
-        if crafted_weight(rule, offsets - lam * s, benign if simulated is None else simulated, f=f) > 0:
-            return lam, True
+        if crafted_weight(rule, offsets - lam * s, sim, f=f) > 0:
+            return offsets - lam * s, lam, True
         if lam / 2 < threshold:
-            return lam / 2, False
+            return offsets - lam / 2 * s, lam / 2, False
         lam /= 2
 
 
-def fang_krum_lambda(
-    benign: torch.Tensor,
-    rule: Rule,
-    *,
-    n: int,
-    f: int,
-    threshold: float = 1e-5,
-    support_radius: float = 0.0,
-    generator: torch.Generator | None = None,
-    simulated: torch.Tensor | None = None,
-) -> tuple[float, bool]:
+def fang_krum_lambda(benign: torch.Tensor, rule: Rule, *, n: int, f: int, **search: Any) -> tuple[float, bool]:
     """(lambda, selected): the first lambda of the halving search the rule selects, or the last one tried, False.
 
-    ``simulated``: the benign rows of the simulated round (default ``benign``); s and the bound come from ``benign``.
+    ``search``: ``threshold`` (default 1e-5), ``support_radius`` (0.0), ``generator`` (None) and ``simulated``, the
+    benign rows of the simulated round (default ``benign``); s and the bound come from ``benign``.
     """
-    offsets = _offsets(fang_direction(benign), f, support_radius, generator)
-    return _halve(benign, rule, offsets, n=n, f=f, threshold=threshold, simulated=simulated)
+    _, lam, selected = _krum_search(benign, rule, n=n, f=f, **search)
+    return lam, selected
 
 
-def fang_krum_update(
-    benign: torch.Tensor,
-    rule: Rule,
-    *,
-    n: int,
-    f: int,
-    threshold: float = 1e-5,
-    support_radius: float = 0.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
+def fang_krum_update(benign: torch.Tensor, rule: Rule, *, n: int, f: int, **search: Any) -> torch.Tensor:
     """Fang's attack on Krum: the f crafted updates (f, d) (row 0: -lambda * s; rows 1..f-1: its supporters, each
     ``support_radius`` away from it in a random direction drawn from ``generator``).
 
     benign: the known benign updates (m, d) (full knowledge: the n - f honest updates of the round; partial: the
-    attackers' own); rule: the aggregator callable the attackers simulate, called on (f + m, d) rows. The rows
-    returned are exactly the ones the search simulated.
+    attackers' own); rule: the aggregator callable the attackers simulate, called on (f + m, d) rows; ``search``:
+    the keys of :func:`fang_krum_lambda`. The rows returned are exactly the ones the search simulated.
     """
-    s = fang_direction(benign)
-    offsets = _offsets(s, f, support_radius, generator)
-    lam, _ = _halve(benign, rule, offsets, n=n, f=f, threshold=threshold)
-    return offsets - lam * s
+    rows, _, _ = _krum_search(benign, rule, n=n, f=f, **search)
+    return rows
 
 
 def fang_trim_update(

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from fedsec.errors import ConfigError
 from fedsec.registry import Params
@@ -178,41 +178,25 @@ def search_scale(
 
 
 def search_alie_z(
-    benign: torch.Tensor,
-    rule: Rule,
-    *,
-    f: int,
-    low: float = 0.0,
-    high: float = 4.0,
-    tol: float = 1e-3,
-    criterion: str = "accepted",
+    benign: torch.Tensor, rule: Rule, *, f: int, low: float = 0.0, high: float = 4.0, **search: Any
 ) -> float:
-    """ALIE's z (update ``mean - z * std`` of ``benign``) searched against ``rule``; errors name ``attack.z_range``."""
-    return search_scale(
-        lambda z: alie_update(benign, z), rule, benign, f=f, low=low, high=high, tol=tol, criterion=criterion,
-        key="attack.z_range",
-    )
+    """ALIE's z (update ``mean - z * std`` of ``benign``) searched against ``rule``; ``search``: the other keys of
+    :func:`search_scale` (``tol``, ``criterion``, ``grid``, with its defaults); errors name ``attack.z_range``."""
+    return search_scale(lambda z: alie_update(benign, z), rule, benign, f=f, low=low, high=high,
+                        key="attack.z_range", **search)
 
 
 def search_ipm_epsilon(
-    benign: torch.Tensor,
-    rule: Rule,
-    *,
-    f: int,
-    low: float = 0.0,
-    high: float = 10.0,
-    tol: float = 1e-3,
-    criterion: str = "accepted",
+    benign: torch.Tensor, rule: Rule, *, f: int, low: float = 0.0, high: float = 10.0, **search: Any
 ) -> float:
-    """IPM's epsilon (update ``-epsilon * mean``) searched against ``rule``; errors name ``attack.epsilon_range``.
+    """IPM's epsilon (update ``-epsilon * mean``) searched against ``rule`` (``search`` as for :func:`search_alie_z`);
+    errors name ``attack.epsilon_range``.
 
     Krum-type rules accept IPM only where ``-epsilon * mean`` lies among the benign updates, which is not always
     monotone in epsilon; prefer ``criterion="deviation"`` for IPM unless the rule is known to be monotone.
     """
-    return search_scale(
-        lambda eps: ipm_update(benign, eps), rule, benign, f=f, low=low, high=high, tol=tol, criterion=criterion,
-        key="attack.epsilon_range",
-    )
+    return search_scale(lambda eps: ipm_update(benign, eps), rule, benign, f=f, low=low, high=high,
+                        key="attack.epsilon_range", **search)
 
 
 # ---------------------------------------------------------------------------------------------- the attack kinds
@@ -278,14 +262,6 @@ def resolve_criterion(criterion: str, strategy: str) -> str:
     return criterion_for(strategy) if criterion == "auto" else criterion
 
 
-class SearchParams(Params):
-    """Keys shared by the searched-scale kinds: the tolerance and the search criterion."""
-
-    tol: float = Field(1e-3, gt=0, le=1e3, description="search tolerance on the scale, in (0, 1000].")
-    criterion: Literal["auto", "accepted", "deviation"] = Field(
-        "auto", description="auto: 'accepted' for selection rules (Krum, Bulyan, ...), else 'deviation'.")
-
-
 def _range_field(default: list[float], what: str) -> Any:
     return Field(default, min_length=2, max_length=2, description=f"[low, high] searched for {what}.")
 
@@ -298,16 +274,25 @@ def _check_range_key(value: list[float], key: str) -> list[float]:
     return value
 
 
+class SearchParams(Params):
+    """Keys shared by the searched-scale kinds: the tolerance and the search criterion; a subclass adds its
+    ``[low, high]`` range key (``z_range``, ``epsilon_range``), checked here."""
+
+    tol: float = Field(1e-3, gt=0, le=1e3, description="search tolerance on the scale, in (0, 1000].")
+    criterion: Literal["auto", "accepted", "deviation"] = Field(
+        "auto", description="auto: 'accepted' for selection rules (Krum, Bulyan, ...), else 'deviation'.")
+
+    @field_validator("z_range", "epsilon_range", check_fields=False)
+    @classmethod
+    def _nonempty(cls, value: list[float], info: ValidationInfo) -> list[float]:
+        return _check_range_key(value, f"attack.{info.field_name}")
+
+
 class ALIESearchParams(SearchParams):
     """``[attack]`` keys of ``kind = "alie_search"``."""
 
     z_range: list[Annotated[float, Field(ge=-1e3, le=1e3)]] = _range_field(
         [0.0, 4.0], "ALIE's z (each in [-1000, 1000])")
-
-    @field_validator("z_range")
-    @classmethod
-    def _nonempty(cls, value: list[float]) -> list[float]:
-        return _check_range_key(value, "attack.z_range")
 
 
 class IPMSearchParams(SearchParams):
@@ -316,16 +301,15 @@ class IPMSearchParams(SearchParams):
     epsilon_range: list[Annotated[float, Field(ge=-1e6, le=1e6)]] = _range_field(
         [0.0, 10.0], "IPM's epsilon (each in [-1e6, 1e6])")
 
-    @field_validator("epsilon_range")
-    @classmethod
-    def _nonempty(cls, value: list[float]) -> list[float]:
-        return _check_range_key(value, "attack.epsilon_range")
-
 
 class _SearchedAttack(Attack):
     """A crafting attack whose scale is searched against the deployed rule (see :func:`search_scale`)."""
 
     crafts_from_benign = True
+    #: the ``[attack]`` key holding the searched ``[low, high]``, as ``attack.<name>``
+    range_key: str
+    #: the update sent at a scale: ``(benign (m, d), scale) -> (d,)``
+    update_at: Callable[[torch.Tensor, float], torch.Tensor]
 
     def bind_defense(self, defense: DefenseView) -> None:
         simulable_rule(defense, kind=self.kind)  # refuse a rule the attacker cannot simulate, at plan time
@@ -341,6 +325,11 @@ class _SearchedAttack(Attack):
             lambda s: self.update_at(benign, s), simulable_rule(self.defense, kind=self.kind), rows,
             f=f, low=low, high=high, tol=self.params.tol, criterion=self.criterion, key=self.range_key,
         )
+
+    @property
+    def scale_range(self) -> tuple[float, float]:
+        low, high = getattr(self.params, self.range_key.removeprefix("attack."))
+        return float(low), float(high)
 
     @property
     def criterion(self) -> str:
@@ -368,14 +357,7 @@ class ALIESearch(_SearchedAttack):
     description = "ALIE with z searched against the deployed rule (z_range, tol, criterion)"
     Params = ALIESearchParams
     range_key = "attack.z_range"
-
-    @property
-    def scale_range(self) -> tuple[float, float]:
-        return float(self.params.z_range[0]), float(self.params.z_range[1])
-
-    @staticmethod
-    def update_at(benign: torch.Tensor, scale: float) -> torch.Tensor:
-        return alie_update(benign, scale)
+    update_at = staticmethod(alie_update)
 
 
 class IPMSearch(_SearchedAttack):
@@ -390,15 +372,8 @@ class IPMSearch(_SearchedAttack):
     description = "IPM with epsilon searched against the deployed rule (epsilon_range, tol, criterion)"
     Params = IPMSearchParams
     range_key = "attack.epsilon_range"
+    update_at = staticmethod(ipm_update)
 
     @property
     def criterion(self) -> str:
         return "deviation" if self.params.criterion == "auto" else self.params.criterion
-
-    @property
-    def scale_range(self) -> tuple[float, float]:
-        return float(self.params.epsilon_range[0]), float(self.params.epsilon_range[1])
-
-    @staticmethod
-    def update_at(benign: torch.Tensor, scale: float) -> torch.Tensor:
-        return ipm_update(benign, scale)

@@ -39,6 +39,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -415,25 +416,13 @@ class EvasionAudit:
                 max_iter=self.cw_max_iter, binary_search_steps=self.cw_binary_search_steps,
                 learning_rate=self.cw_learning_rate, initial_const=self.cw_initial_const, batch_size=self.batch_size,
             )  # fmt: skip
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        parts = []
-        for i in range(0, len(x), self.batch_size):
-            xb, yb = x[i : i + self.batch_size], y[i : i + self.batch_size]
-            if attack == "fgsm":
-                parts.append(fgsm(self.model, xb, yb, epsilon=self.epsilon, space=self.space))
-            else:
-                parts.append(
-                    pgd(
-                        self.model,
-                        xb,
-                        yb,
-                        epsilon=self.epsilon,
-                        steps=self.steps,
-                        space=self.space,
-                        generator=generator,
-                    )
-                )
-        return torch.cat(parts)
+        if attack == "fgsm":
+            craft = partial(fgsm, self.model, epsilon=self.epsilon, space=self.space)
+        else:
+            gen = torch.Generator(device=x.device).manual_seed(self.seed)
+            craft = partial(pgd, self.model, epsilon=self.epsilon, steps=self.steps, space=self.space, generator=gen)
+        b = self.batch_size
+        return torch.cat([craft(x[i : i + b], y[i : i + b]) for i in range(0, len(x), b)])
 
     def generate(self, attack: str, x: torch.Tensor, y: torch.Tensor, *, num_classes: int) -> torch.Tensor:
         """Adversarial examples of ``attack`` for all of ``(x, y)`` (no subset), model in eval mode."""

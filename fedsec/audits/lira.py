@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 from torch.nn import functional as F
 
@@ -135,6 +134,8 @@ def membership_result(scores: torch.Tensor | np.ndarray, is_member: torch.Tensor
         raise MembershipConfigError("is_member: needs both members and non-members to compute a ROC")
     if not np.isfinite(s).all():
         raise MembershipConfigError("scores: contain NaN/inf; check the model's logits")
+    from sklearn.metrics import roc_auc_score, roc_curve  # here: importing scikit-learn costs ~2 s of CLI start-up
+
     fpr, tpr, _ = roc_curve(m, s)
     return MembershipResult(
         attack=attack,

@@ -22,6 +22,7 @@ from .loading import (
 from .sections import (
     ENCRYPTION_SCHEMES,
     PRIVACY_MODES,
+    TRAIN_ALGORITHMS,
     AdversarialTrainingConfig,
     AttackConfig,
     AuditConfig,
@@ -33,6 +34,7 @@ from .sections import (
     PoisonConfig,
     PrivacyConfig,
     SanitizeConfig,
+    ServerConfig,
     TrainConfig,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "SanitizeConfig",
     "ENCRYPTION_SCHEMES",
     "PRIVACY_MODES",
+    "TRAIN_ALGORITHMS",
     "AttackConfig",
     "BackendConfig",
     "ConfigError",
@@ -53,6 +56,7 @@ __all__ = [
     "Experiment",
     "ModelConfig",
     "PrivacyConfig",
+    "ServerConfig",
     "TrainConfig",
     "apply_overrides",
     "copy_config",

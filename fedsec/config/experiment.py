@@ -20,6 +20,7 @@ from .sections import (
     EncryptionConfig,
     ModelConfig,
     PrivacyConfig,
+    ServerConfig,
     TrackingConfig,
     TrainConfig,
     _Section,
@@ -40,6 +41,7 @@ class Experiment(_Section):
     defense: DefenseConfig = Field(default_factory=DefenseConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tracking: TrackingConfig | None = Field(None, description="[tracking]: MLflow / TensorBoard exports.")
@@ -70,6 +72,15 @@ class Experiment(_Section):
                     f"client (fraction x data.num_clients={data.num_clients} rounds to 0); raise fraction or set "
                     "client_ids"
                 )
+        if self.privacy.mode == "local" and train.algorithm != "fedavg":
+            why = ("DP-SGD's step (fedsec.privacy.dp_sgd, Opacus) adds no proximal term, so the clients would run "
+                   "FedAvg" if train.algorithm == "fedprox" else
+                   "DP-SGD's accountant counts Poisson batches of rate batch_size / n over local_epochs passes, not "
+                   "one full-batch step (for one DP step per round use fedavg with batch_size >= the examples of "
+                   "a client)")
+            raise ValueError(f"train.algorithm={train.algorithm!r} with privacy.mode='local': {why}; use "
+                             "train.algorithm = 'fedavg', or privacy.mode = 'central' (which keeps its guarantee "
+                             "under any client algorithm: the server clips every update)")
         if self.privacy.mode == "central" and self.privacy.delta >= 1 / data.num_clients:
             raise ValueError(
                 f"privacy.delta={self.privacy.delta:g}: must be below 1 / data.num_clients = {1 / data.num_clients:g} "

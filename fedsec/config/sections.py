@@ -21,7 +21,7 @@ from fedsec.registry import Registry
 __all__ = [
     "AdversarialTrainingConfig", "AttackConfig", "AuditConfig", "BackendConfig", "ConfigError", "DataConfig",
     "DefenseConfig", "EncryptionConfig", "ModelConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig",
-    "TrackingConfig", "TrainConfig",
+    "ServerConfig", "TRAIN_ALGORITHMS", "TrackingConfig", "TrainConfig",
 ]
 
 
@@ -162,6 +162,31 @@ class TrainConfig(_Section):
         "central DP (what its accountant analyses), fixed otherwise.")
     adversarial: AdversarialTrainingConfig = Field(default_factory=AdversarialTrainingConfig,
                                                    description="Federated adversarial training.")
+    algorithm: str = Field("fedavg", max_length=100,
+                           description="The clients' local algorithm: fedavg | fedprox | fedsgd (`fedsec list`).")
+    proximal_mu: float | None = Field(
+        None, ge=0, le=1e4, description="fedprox (and only fedprox, which needs it): mu of the proximal term "
+        "(mu/2)||w - w_global||^2 added to the local loss, 0 <= mu <= 1e4 (0: FedAvg exactly).")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, algorithm: str) -> str:
+        TRAIN_ALGORITHMS.get(algorithm)  # a ConfigError naming train.algorithm and the known ones
+        return algorithm
+
+    @model_validator(mode="after")
+    def _check_algorithm(self) -> TrainConfig:
+        if self.algorithm == "fedprox" and self.proximal_mu is None:
+            raise ValueError("train.proximal_mu: train.algorithm='fedprox' needs it (>= 0; Li et al. 2020 pick it "
+                             "from {0.001, 0.01, 0.1, 1}; 0 is FedAvg exactly)")
+        if self.algorithm != "fedprox" and self.proximal_mu is not None:
+            raise ValueError(f"train.proximal_mu={self.proximal_mu:g}: only train.algorithm='fedprox' reads it, got "
+                             f"{self.algorithm!r}; set algorithm = 'fedprox' or drop the key")
+        if self.algorithm == "fedsgd" and self.local_epochs != 1:
+            raise ValueError(f"train.local_epochs={self.local_epochs}: train.algorithm='fedsgd' takes one full-batch "
+                             "gradient step per round (McMahan et al. 2017: B = all, E = 1); use local_epochs = 1 "
+                             "or algorithm = 'fedavg'")
+        return self
 
 
 class AttackConfig(_KindSection):
@@ -220,6 +245,18 @@ class SectionKind:
     keys: tuple[str, ...] = ()
 
 
+#: train.algorithm -> what the clients do locally and the [train] keys it reads; one line per algorithm
+TRAIN_ALGORITHMS: Registry[SectionKind] = Registry("train.algorithm", "client algorithm")
+TRAIN_ALGORITHMS.register("fedavg", SectionKind(
+    "FedAvg's client (McMahan et al. 2017): local_epochs shuffled passes of SGD mini-batches of batch_size",
+    ("local_epochs", "batch_size", "lr", "momentum", "weight_decay")))
+TRAIN_ALGORITHMS.register("fedprox", SectionKind(
+    "FedProx's client (Li et al., MLSys 2020): FedAvg's, with (proximal_mu/2)||w - w_global||^2 added to the local "
+    "loss", ("proximal_mu", "local_epochs", "batch_size", "lr", "momentum", "weight_decay")))
+TRAIN_ALGORITHMS.register("fedsgd", SectionKind(
+    "FedSGD's client (McMahan et al. 2017): one SGD step on the gradient of the mean loss over all local examples "
+    "(accumulated in chunks of batch_size); local_epochs must be 1", ("lr", "weight_decay", "batch_size")))
+
 #: privacy.mode -> what it does and the [privacy] keys it reads; one line per mode
 PRIVACY_MODES: Registry[SectionKind] = Registry("privacy.mode", "privacy mode")
 PRIVACY_MODES.register("none", SectionKind("no differential privacy"))
@@ -277,6 +314,15 @@ class EncryptionConfig(_Section):
     coeff_mod_bit_sizes: list[Annotated[int, Field(ge=1, le=60)]] = Field(
         [60, 40], min_length=1, max_length=30, description="ckks: coefficient-modulus prime sizes (bits, 1..60 each).")
     global_scale_bits: int = Field(40, ge=1, le=60, description="ckks: log2 of the encoding scale.")
+
+
+class ServerConfig(_KindSection):
+    """``[server]``: what the server does with the rule's aggregate; each optimizer declares its keys
+    (``server_lr``, ``momentum``, ``beta_1``, ``beta_2``, ``tau``: its ``Params``, ``fedsec list``), validated by the
+    run plan."""
+
+    optimizer: str = Field("none", max_length=100, description="Server optimizer applied to (aggregate - global): "
+                           "none | fedavgm | fedadam | fedyogi | fedadagrad (`fedsec list`).")
 
 
 class BackendConfig(_Section):

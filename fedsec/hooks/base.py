@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel
 
+from fedsec.audits.input_space import InputSpace
 from fedsec.clients.attacks import Attack
 from fedsec.config import PoisonConfig, PrivacyConfig, TrainConfig
 from fedsec.data import DatasetSpec
@@ -69,6 +70,13 @@ class RunFacts:
     @property
     def images(self) -> bool:
         return len(self.dataset.input_shape) == 3
+
+    @property
+    def input_space(self) -> InputSpace:
+        """The map between pixels in [0, 1] and the model's inputs: the dataset's ``normalisation``, or the identity
+        when it has none."""
+        norm = self.dataset.normalisation
+        return InputSpace(*norm) if norm else InputSpace()
 
     def require_images(self, key: str, why: str) -> None:
         """Refuse ``key`` on vector data (a :class:`ConfigError` naming it)."""

@@ -63,8 +63,7 @@ class EvasionAudit(RoundHook):
 
     def __init__(self, params: EvasionAuditParams, ctx: ServerContext) -> None:
         super().__init__(params, ctx)
-        norm = ctx.facts.dataset.normalisation
-        self.space = ev.InputSpace.from_normalisation(*norm) if norm else ev.InputSpace.unit()
+        self.space = ctx.facts.input_space
         self.summary: dict[str, Any] = {}
 
     def state(self) -> dict[str, Any]:

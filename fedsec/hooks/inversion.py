@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fedsec.audits.input_space import InputSpace
 from fedsec.errors import ConfigError
 from fedsec.protocol import CKKS_RECORD, partition_of_reply
 from fedsec.registry import Params
@@ -72,8 +71,7 @@ class InversionAudit(RoundHook):
 
     def __init__(self, params: InversionAuditParams, ctx: ServerContext) -> None:
         super().__init__(params, ctx)
-        norm = ctx.facts.dataset.normalisation
-        self.pixel_space = InputSpace(*norm) if norm else InputSpace()
+        self.pixel_space = ctx.facts.input_space
         self.records: list[dict[str, Any]] = []
 
     def state(self) -> dict[str, Any]:

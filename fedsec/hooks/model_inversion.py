@@ -10,7 +10,6 @@ from typing import Any
 from pydantic import Field
 
 from fedsec.arrays import load_record
-from fedsec.audits.input_space import InputSpace
 from fedsec.registry import Params
 from fedsec.results.contract import SummaryMetric
 
@@ -51,9 +50,8 @@ class ModelInversionAudit(RoundHook):
 
         ctx = self.ctx
         load_record(ctx.model, arrays)
-        norm = ctx.facts.dataset.normalisation
         result = ModelInversion(ctx.model, input_shape=ctx.data.input_shape, num_classes=ctx.data.num_classes,
-                                input_space=InputSpace(*norm) if norm else InputSpace(),
+                                input_space=ctx.facts.input_space,
                                 max_iter=self.params.max_iter).infer(ctx.x_test, ctx.y_test)
         summary["model_inversion"] = {**result.summary(), "top1_ssim": result.top1("ssim"), "seconds": result.seconds}
         try:

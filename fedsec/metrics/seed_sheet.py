@@ -38,25 +38,23 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-METRICS = ("R", "DQ_filtered", "A", "A/C", "P <= epsilon", "Q")
 NOT_MEASURED = "not measured"
-FORMULAS: dict[str, str] = {
-    "R": "correctly classified adversarial examples / adversarial examples (eq. 1, Table 1)",
-    "DQ_filtered": "1 - poisoned points remaining after filtering / datapoints before filtering (Table 1)",
-    "A": "n_A / m = anomalies detected / datapoints (eq. 3)",
-    "A/C": "blocked unauthorized access attempts / unauthorized access attempts (eq. 4)",
-    "P <= epsilon": "privacy loss spent P <= budget epsilon (eq. 5)",
-    "Q": "q_A / q = anomalous queries detected / queries (eq. 6)",
+#: metric -> (its formula, what measures it), in the survey's order
+SHEET: dict[str, tuple[str, str]] = {
+    "R": ("correctly classified adversarial examples / adversarial examples (eq. 1, Table 1)", "[audit.evasion]"),
+    "DQ_filtered": ("1 - poisoned points remaining after filtering / datapoints before filtering (Table 1)",
+                    "[defense.sanitize] (with [data.poison] for the ground truth)"),
+    "A": ("n_A / m = anomalies detected / datapoints (eq. 3)", "[defense.sanitize]"),
+    "A/C": ("blocked unauthorized access attempts / unauthorized access attempts (eq. 4)",
+            "fedsec attack scenario against `fedsec serve` (access control)"),
+    "P <= epsilon": ("privacy loss spent P <= budget epsilon (eq. 5)", '[privacy] mode = "local" or "central"'),
+    "Q": ("q_A / q = anomalous queries detected / queries (eq. 6)",
+          "fedsec attack scenario against `fedsec serve` (query monitor)"),
 }
+METRICS = tuple(SHEET)
+FORMULAS: dict[str, str] = {metric: formula for metric, (formula, _) in SHEET.items()}
+HOW_TO_MEASURE: dict[str, str] = {metric: how for metric, (_, how) in SHEET.items()}
 FORMULA_EQ2 = "1 - N_after / N_before (eq. 2 as written: the share of datapoints dropped)"
-HOW_TO_MEASURE: dict[str, str] = {
-    "R": "[audit.evasion]",
-    "DQ_filtered": "[defense.sanitize] (with [data.poison] for the ground truth)",
-    "A": "[defense.sanitize]",
-    "A/C": "fedsec attack scenario against `fedsec serve` (access control)",
-    "P <= epsilon": '[privacy] mode = "local" or "central"',
-    "Q": "fedsec attack scenario against `fedsec serve` (query monitor)",
-}
 
 
 class SeedSheetError(ValueError):

@@ -39,7 +39,14 @@ from fedsec.privacy import PrivacyError, PrivacyPlan
 from fedsec.registry import parse_params
 from fedsec.sanitize import SANITIZERS
 from fedsec.schedule import Schedule, draw_malicious
-from fedsec.strategies import STRATEGIES, RobustStrategy, StrategyContext, plan_pre_aggregators
+from fedsec.strategies import (
+    SERVER_OPTIMIZERS,
+    STRATEGIES,
+    RobustStrategy,
+    ServerOptimizer,
+    StrategyContext,
+    plan_pre_aggregators,
+)
 from fedsec.strategies.pre import resolved_pre
 
 from .checks import check_data_defenses, check_partition, sanitize_params, used_weighting
@@ -71,6 +78,7 @@ class ServerPlan:
     round_timeout: float
     needs_server_update: bool = False  # FLTrust: the rule trusts an update the server computes on root data
     root_size: int = 0
+    make_optimizer: Callable[[], ServerOptimizer] = ServerOptimizer  # server.optimizer, applied to the aggregate
 
 _COMMON_ATTACK_KEYS = {"kind", "fraction", "client_ids", "start_round", "end_round", "knowledge"}
 
@@ -92,6 +100,7 @@ class RunPlan:
     poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
     facts: RunFacts | None = None
     hooks: tuple[HookPlan, ...] = ()
+    optimizer_params: BaseModel | None = None  # server.optimizer's validated keys
 
     @property
     def strategy_name(self) -> str:
@@ -122,7 +131,13 @@ class RunPlan:
         assert self.facts is not None, "a RunPlan from build_plan"
         root_size = getattr(self.strategy_params, "root_size", 0) or 0
         return ServerPlan(self.facts, self.hooks, self.server_strategy, self.backend.round_timeout,
-                          needs_server_update=self.strategy_cls.needs_server_update, root_size=int(root_size))
+                          needs_server_update=self.strategy_cls.needs_server_update, root_size=int(root_size),
+                          make_optimizer=self.server_optimizer)
+
+    def server_optimizer(self) -> ServerOptimizer:
+        """The run's ``server.optimizer``, fresh (its state starts empty; a resumed run restores it)."""
+        cls = SERVER_OPTIMIZERS.get(self.experiment.server.optimizer)
+        return cls.from_params(self.optimizer_params if self.optimizer_params is not None else cls.Params())
 
     def server_strategy(self, *, key_authority: Any = None, server_update_fn: Any = None) -> RobustStrategy:
         """The run's strategy: DP-FedAvg under central DP, EncryptedFedAvg under CKKS, else the configured rule,
@@ -237,6 +252,11 @@ def build_plan(experiment: Experiment) -> RunPlan:
                                     family=strategy_cls.family))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
+    # a server optimizer only post-processes what the server already holds: DP-FedAvg's noisy aggregate (central DP
+    # is kept: post-processing) or the CKKS sum the key authority released (no per-client value is revealed)
+    optimizer_cls = SERVER_OPTIMIZERS.get(e.server.optimizer)
+    optimizer_params = parse_params(optimizer_cls.Params, e.server.kind_keys, section="server",
+                                    kind=f"server.optimizer={e.server.optimizer!r}")
     poisoned = check_data_defenses(e, dataset)
     check_partition(e, dataset)
     facts = RunFacts(name=e.name, seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
@@ -245,8 +265,9 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None)
     hooks = _plan_hooks(e, facts)
     resolved = _resolved(e, attack_params, strategy_params, dataset_params, hooks)
+    resolved["server"] = {"optimizer": e.server.optimizer, **optimizer_params.model_dump()}
     return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
-                   resolved, tuple(poisoned), facts, hooks)
+                   resolved, tuple(poisoned), facts, hooks, optimizer_params)
 
 
 def _plan_hooks(e: Experiment, facts: RunFacts) -> tuple[HookPlan, ...]:
@@ -392,6 +413,7 @@ def drop_unused_kind_keys(raw: dict[str, Any], *, keep: set[str] = frozenset()) 
     for section, selector, registry, default in (("attack", "kind", ATTACKS, "none"),
                                                  ("defense", "strategy", STRATEGIES, "fedavg"),
                                                  ("defense.sanitize", "method", SANITIZERS, "none"),
+                                                 ("server", "optimizer", SERVER_OPTIMIZERS, "none"),
                                                  ("data", "dataset", DATASETS, "fashion-mnist")):
         table: Any = raw
         for part in section.split("."):

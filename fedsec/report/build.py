@@ -180,6 +180,24 @@ def _privacy_text(config: dict[str, Any], spent: float | None) -> str:
     return text + (f"; spent {spent:.4f}" if spent is not None else "")
 
 
+def _health_text(summary: dict[str, Any]) -> str:
+    """The final model's health (``summary["health"]``, :mod:`fedsec.hooks.health`): ``ok`` with its accuracy and
+    chance, or the status in bold, why, and which numbers on the final model are not meaningful; "" without a
+    health block (a run stopped before its end)."""
+    health = summary.get("health")
+    if not isinstance(health, dict) or not health.get("status"):
+        return ""
+    status = str(health["status"])
+    accuracy, chance = _number(health.get("accuracy")), _number(health.get("chance"))
+    numbers = f" (accuracy {accuracy:.4f}, chance {chance:.4f})" if accuracy is not None and chance is not None \
+        else ""
+    if status == "ok":
+        return f"ok{numbers}"
+    marked = ", ".join(str(m) for m in health.get("not_meaningful") or []) or "none measured"
+    reason = f": {health['reason']}" if health.get("reason") else numbers
+    return f"**{status}**{reason}; attack metrics on it are not meaningful ({marked})"
+
+
 def _attack_window(rows: list[dict[str, float | None]], config: dict[str, Any]) -> tuple[int, int] | None:
     active = [int(r["round"]) for r in rows if r.get("attack_active") and r.get("round") is not None]
     if active:
@@ -200,7 +218,8 @@ def _run_report(root: Path) -> _Document:
     last = rows[-1] if rows else {}
     spent = _number(summary.get("privacy", {}).get("epsilon")) if isinstance(summary.get("privacy"), dict) else None
     header = [
-        ("name", name), ("seed", str(summary.get("seed", config.get("seed", "")))),
+        ("name", name), ("model health", _health_text(summary)),
+        ("seed", str(summary.get("seed", config.get("seed", "")))),
         ("data", ", ".join(f"{k} {v}" for k, v in config.get("data", {}).items() if k in ("dataset", "partition",
                            "num_clients") or (k == "alpha" and _get(config, "data.partition") == "dirichlet"))),
         ("model", str(_get(config, "model.name") or "")),

@@ -96,7 +96,7 @@ class _Mlflow:
             self.client = MlflowClient(tracking_uri=uri)
             known = self.client.get_experiment_by_name(experiment)
             experiment_id = known.experiment_id if known else self.client.create_experiment(experiment)
-            run_id = self._resumed_run() if resume else None
+            run_id = self._resumed_run(uri) if resume else None
             if run_id is None:
                 run_id = self.client.create_run(experiment_id, run_name=run_dir.name,
                                                 tags={"fedsec.run_dir": str(run_dir.resolve())}).info.run_id
@@ -107,11 +107,14 @@ class _Mlflow:
         self.run_id = run_id
         self.record.write_text(json.dumps({"mlflow_run_id": run_id, "mlflow_uri": uri}) + "\n")
 
-    def _resumed_run(self) -> str | None:
+    def _resumed_run(self, uri: str) -> str | None:
+        """The MLflow run a resumed run goes on in: the one recorded for this store (a resume may point
+        ``tracking.mlflow`` at another store, which then gets a new run)."""
         try:
-            return json.loads(self.record.read_text()).get("mlflow_run_id")
+            record = json.loads(self.record.read_text())
         except (OSError, ValueError):
             return None
+        return record.get("mlflow_run_id") if record.get("mlflow_uri") == uri else None
 
     def params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param

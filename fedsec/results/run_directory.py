@@ -213,6 +213,11 @@ class RunDirectory:
                 logger.warning("%s: dropped %d row(s) cut short when the run was interrupted", self.path, cut)
             self.rounds = list(self._rounds_csv.rows)
             (self.path / "summary.json").unlink(missing_ok=True)  # the run goes on: its summary is rewritten
+            wanted, config = config_toml if config_toml is not None else experiment.to_toml(), self.path / "config.toml"
+            if config.read_text() != wanted:  # only keys of RESUME_MAY_CHANGE differ (_claim): written as used
+                tmp = config.with_suffix(".toml.tmp")
+                tmp.write_text(wanted)
+                tmp.replace(config)
         else:
             (self.path / "config.toml").write_text(config_toml if config_toml is not None else experiment.to_toml())
 
@@ -245,7 +250,7 @@ class RunDirectory:
         except (OSError, ValueError) as e:
             raise FedsecInputError(f"run directory {where}: cannot resume, its config.toml is missing or invalid "
                                    f"({e}); use overwrite") from e
-        changed = sorted(changed_keys(stored, tomllib.loads(wanted)) - RESUME_MAY_CHANGE)
+        changed = sorted(identity_changes(stored, tomllib.loads(wanted)))
         if changed:
             raise FedsecInputError(
                 f"run directory {where}: cannot resume with a different config (changed: {', '.join(changed[:8])}); "
@@ -324,9 +329,17 @@ class RunDirectory:
         return summary
 
 
-#: Config keys a resumed run may change: where it runs, not what it computes (a sweep resumes a cell on a new Ray
-#: head, at another address).
-RESUME_MAY_CHANGE = frozenset({"backend.address"})
+#: Config keys (or whole sections) a resumed run may change: where it runs and where its results are also
+#: exported, not what it computes (a sweep resumes a cell on a new Ray head, at another address; ``[tracking]``
+#: names MLflow / TensorBoard stores beside the run directory).
+RESUME_MAY_CHANGE = frozenset({"backend.address", "tracking"})
+
+
+def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
+    """The dotted keys whose values differ between two configs, except those at or under
+    :data:`RESUME_MAY_CHANGE`: a non-empty result means another run, not the same one resumed elsewhere."""
+    return {key for key in changed_keys(old, new)
+            if not any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE)}
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:

@@ -6,7 +6,9 @@
 2. Round 0: evaluate the seeded initial model on the held-out test set.
 3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round); the
    strategy sends the global arrays, checks and aggregates the replies (sorted by partition id); the server
-   evaluates the new global model (accuracy, loss, per-class recall) and records the round.
+   optimizer (``server.optimizer``, :mod:`fedsec.strategies.server_optimizers`) takes its step on
+   (aggregate - global); the server evaluates the new global model (accuracy, loss, per-class recall) and records
+   the round.
 
 The loop drives the strategy's ``configure_train`` / ``aggregate_train`` itself rather than calling
 ``Strategy.start``, so that each round can be timed, recorded and reported as it ends.
@@ -143,11 +145,12 @@ def run_rounds(
     start = resume_state["round"] + 1 if resume_state else 1
     strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
     ctx = ServerContext.build(facts, data, run_dir.path / "plots", resolve_device("auto"))
-    hooks = [h.build(ctx) for h in plan.hooks]
+    hooks, optimizer = [h.build(ctx) for h in plan.hooks], plan.make_optimizer()
     strategy.node_sampler = lambda server_round: [node_of[p] for p in facts.schedule.sampled(server_round)]
-    books = RoundBooks(facts, ray_node_of, {node: pid for pid, node in node_of.items()}, hooks)
+    books = RoundBooks(facts, ray_node_of, {node: pid for pid, node in node_of.items()}, hooks, optimizer)
     arrays = _start(resume_state, strategy, hooks, books, outcome, ctx, run_dir, on_round, t0)
-    logger.info("fedsec: %s with %s, %d rounds", facts.name, strategy.describe(), facts.rounds)
+    logger.info("fedsec: %s with %s, server optimizer %s, %d rounds", facts.name, strategy.describe(),
+                optimizer.describe(), facts.rounds)
     for server_round in range(start, facts.rounds + 1):
         if reason := next((r for h in hooks if (r := h.before_round(server_round))), ""):
             outcome.stopped_reason = reason
@@ -161,6 +164,7 @@ def run_rounds(
             hook.on_replies(rnd)
         t_replies = time.perf_counter()
         new_arrays, rnd.train_metrics = strategy.aggregate_train(server_round, rnd.replies)
+        new_arrays = optimizer.apply(server_round, arrays, new_arrays)  # server.optimizer on (aggregate - global)
         rnd.arrays = arrays = new_arrays if new_arrays is not None else arrays
         rnd.decisions = books.decisions(strategy.last_report)
         t_aggregated = time.perf_counter()

@@ -1,6 +1,6 @@
 """The round loop's own records: each round's decisions attributed to partitions, its timings, its rows of
 ``rounds.csv`` and ``clients.csv``, client calls per Ray node, skipped rounds, and the checkpoint that carries them
-with the strategy's and every hook's state (:mod:`.checkpoint`)."""
+with the strategy's, the server optimizer's and every hook's state (:mod:`.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ class RoundBooks:
     """Who is whom (partition -> Ray node, node id -> partition) and what the rounds recorded so far."""
 
     def __init__(self, facts: RunFacts, ray_node_of: dict[int, str], partition_of_node: dict[int, int],
-                 hooks: list[RoundHook]) -> None:
+                 hooks: list[RoundHook], optimizer: Any = None) -> None:
         self.malicious = set(facts.schedule.malicious)
         self.ray_node_of, self.partition_of_node = ray_node_of, partition_of_node
         self.hooks = hooks
+        self.optimizer = optimizer  # the server optimizer, whose moments the checkpoint carries
         self.client_metrics = [m for h in hooks for m in h.client_metrics]
         self.node_counts: Counter[str] = Counter()
         self.skipped_rounds: list[int] = []
@@ -70,7 +71,8 @@ class RoundBooks:
     def checkpoint(self, rnd: RoundState, strategy: Any, outcome: Any) -> dict[str, Any]:
         return {"round": rnd.server_round, "arrays": record_to_tensors(rnd.arrays),
                 "strategy": strategy_state(strategy), "hooks": {h.name: h.state() for h in self.hooks},
-                "node_counts": dict(self.node_counts), "skipped_rounds": list(self.skipped_rounds)}
+                "node_counts": dict(self.node_counts), "skipped_rounds": list(self.skipped_rounds),
+                "server_optimizer": self.optimizer.state() if self.optimizer is not None else {}}
 
     def restore(self, state: dict[str, Any], strategy: Any) -> None:
         restore_strategy(strategy, state["strategy"])
@@ -79,6 +81,8 @@ class RoundBooks:
                 hook.restore(state["hooks"][hook.name])
         self.node_counts.update(state["node_counts"])
         self.skipped_rounds = list(state["skipped_rounds"])
+        if self.optimizer is not None:
+            self.optimizer.restore(state.get("server_optimizer", {}))
 
 
 def emit(run_dir: RunDirectory, row: dict[str, Any], on_round: Callable[[dict[str, Any]], None] | None) -> None:

@@ -3,7 +3,9 @@
 ``RUN_DIR/checkpoints/latest.pt`` (``torch.save`` of plain containers, read back with ``weights_only=True``) holds
 the round counter, the global model, every piece of strategy state (FoolsGold histories, centered-clipping
 momentum, the noise generators of DP-FedAvg, norm clipping, FLAME, DnC, CKKS-DP; found generically: tensors,
-generators and dicts of tensors among the strategy's attributes), every round hook's state (``RoundHook.state``:
+generators and dicts of tensors among the strategy's attributes), the server optimizer's moments
+(``server.optimizer``: FedAvgM's momentum buffer, FedAdam's / FedYogi's / FedAdagrad's m and v), every round hook's
+state (``RoundHook.state``:
 the privacy ledger and each client's DP-SGD accountant history, the audits' results so far, ...), and what the
 summary needs (skipped rounds, client calls per node; :class:`fedsec.server.books.RoundBooks`). A resumed run
 restores them, so it produces the rows of an uninterrupted run and never resets the privacy spent.

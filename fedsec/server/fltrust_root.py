@@ -2,7 +2,8 @@
 
 The server holds ``defense.root_size`` training examples (default 100, the paper's), drawn with the experiment
 seed from the whole training set, and each round trains the current global model on them as a client would (same
-optimiser, learning rate, batch size) for as many local iterations as an average client takes (the paper's
+optimiser, learning rate, batch size and ``train.algorithm``: FedProx's proximal term, FedSGD's one full-batch
+step) for as many local iterations as an average client takes (the paper's
 setting: the server update uses the clients' number of local iterations; with 100 root examples that means
 several passes over them); the difference to the global model is g0. Matching the iterations matters: FLTrust
 rescales every client update to ||g0||, so a server update from fewer steps slows the whole federation down.
@@ -35,7 +36,7 @@ def make_root_update(
     y = torch.from_numpy(np.array(data.y_train[idx], dtype=np.int64))
     model = build_model(model_name, data.input_shape, data.num_classes)
     client_steps = train.local_epochs * math.ceil(data.y_train.size / len(data.partitions) / train.batch_size)
-    epochs = max(1, round(client_steps / math.ceil(idx.size / train.batch_size)))
+    epochs = 1 if train.algorithm == "fedsgd" else max(1, round(client_steps / math.ceil(idx.size / train.batch_size)))
     calls = [calls]
 
     def server_update(arrays: ArrayRecord) -> torch.Tensor:
@@ -45,7 +46,8 @@ def make_root_update(
         torch.manual_seed(seed_i)
         train_local(model, x, y, epochs=epochs, batch_size=train.batch_size, lr=train.lr,
                     momentum=train.momentum, weight_decay=train.weight_decay,
-                    generator=torch.Generator().manual_seed(seed_i))
+                    generator=torch.Generator().manual_seed(seed_i), algorithm=train.algorithm,
+                    proximal_mu=train.proximal_mu or 0.0)
         return record_to_vector(model_to_record(model)) - record_to_vector(arrays)
 
     return server_update

@@ -9,7 +9,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
@@ -21,6 +20,11 @@ attack_app = typer.Typer(help="Attacks against a served model (model extraction,
                          no_args_is_help=True)
 
 
+def _say(text: str) -> None:
+    """Print user-derived text (paths, names, reports) as it is: never read as rich markup."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> typer.Exit:
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
@@ -29,7 +33,7 @@ def _fail(message: str) -> typer.Exit:
 def serve(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding final_model.pt.")],
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port (1-65535).")] = 8000,
     access: Annotated[Path | None, typer.Option("--access", help="ACCESS.toml (default: open endpoint).")] = None,
     log_path: Annotated[Path | None, typer.Option("--log", help="Query log (JSONL; default RUN_DIR/queries.jsonl).")]
     = None,
@@ -52,9 +56,9 @@ def serve(
     except (ServingError, ModelFileError) as e:
         raise _fail(str(e)) from None
     log_file = log_path or run_dir / "queries.jsonl"
-    console.print(f"serving [bold]{model.model_name}[/bold] ({model.dataset}, round {model.server_round}) on "
-                  f"http://{host}:{port}  access={'open' if not policy.require_key else access}  "
-                  f"monitor={policy.monitor.mode}  log={log_file}  backend={'ray serve' if ray else 'uvicorn'}")
+    _say(f"serving {model.model_name} ({model.dataset}, round {model.server_round}) on "
+         f"http://{host}:{port}  access={'open' if not policy.require_key else access}  "
+         f"monitor={policy.monitor.mode}  log={log_file}  backend={'ray serve' if ray else 'uvicorn'}")
     if ray:
         from .ray_serve import serve_with_ray
 
@@ -73,7 +77,7 @@ def serve(
 
 def keygen(key_id: Annotated[str, typer.Argument(help="Public key id, e.g. alice.")],
            role: Annotated[str, typer.Option("--role")] = "analyst") -> None:
-    """Make an API key; prints the key (give it to the user) and the [[keys]] entry to paste into ACCESS.toml."""
+    """Make an API key; prints the key (give it to the user) and the TOML keys table to paste into ACCESS.toml."""
     from .access import make_key
     from .errors import PolicyError
 
@@ -81,7 +85,7 @@ def keygen(key_id: Annotated[str, typer.Argument(help="Public key id, e.g. alice
         key, hashed = make_key(key_id)
     except PolicyError as e:
         raise _fail(str(e)) from None
-    console.print(f"key (shown once, not stored): {key}", markup=False, highlight=False, soft_wrap=True)
+    _say(f"key (shown once, not stored): {key}")
     console.print(f'[[keys]]\nid = "{key_id}"\nrole = "{role}"\nhash = "{hashed}"', markup=False, highlight=False,
                   soft_wrap=True)
 
@@ -102,6 +106,7 @@ def extract(
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
     """Run a model-extraction attack against URL and write a result directory."""
+    import httpx
     import numpy as np
 
     from fedsec.extraction import (
@@ -167,8 +172,8 @@ def extract(
             result = jacobian_extract(remote, x_train[rng.permutation(len(x_train))[:seeds]], **common)
     write_result_dir(result, out)
     summary = {k_: v for k_, v in result.to_dict().items() if k_ != "curve"}
-    console.print(json.dumps(summary, default=float), markup=False, highlight=False, soft_wrap=True)
-    console.print(f"result directory: {out}")
+    _say(json.dumps(summary, default=float))
+    _say(f"result directory: {out}")
 
 
 @attack_app.command("hyperparameters")
@@ -227,7 +232,7 @@ def hyperparameters(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    console.print(json.dumps(result), markup=False, highlight=False, soft_wrap=True)
+    _say(json.dumps(result))
     if estimate.residual > 0.1:
         err.print(f"note: residual {estimate.residual:.3g}: the parameters are far from a stationary point of "
                   "loss + lambda ||theta||^2 (not trained to convergence, or not by that objective); the estimate "
@@ -248,8 +253,8 @@ def scenario(
         report = run_scenario(scenario_file, out=out)
     except (ServingError, ModelFileError) as e:
         raise _fail(str(e)) from None
-    console.print((out / "report.md").read_text(), highlight=False)
-    console.print(f"A/C={report['A/C']['value']}  Q={report['Q']['value']}  report: {out / 'report.json'}")
+    _say((out / "report.md").read_text())
+    _say(f"A/C={report['A/C']['value']}  Q={report['Q']['value']}  report: {out / 'report.json'}")
 
 
 def register(app: typer.Typer) -> None:

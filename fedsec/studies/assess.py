@@ -318,9 +318,16 @@ def _train(loaded: Loaded, run_dir: Path, command: str, steps: Steps, console: A
 
 
 def _same_finished_run(run_dir: Path, plan: RunPlan) -> bool:
+    """Whether ``run_dir`` holds a finished run of ``plan``: the same config but for where it ran and where it was
+    also exported (:data:`fedsec.results.run_directory.RESUME_MAY_CHANGE`), and its final model."""
+    import tomllib
+
+    from fedsec.results.run_directory import identity_changes
+
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
-        same = (run_dir / "config.toml").read_text() == plan.to_toml()
+        stored = tomllib.loads((run_dir / "config.toml").read_text())
+        same = not identity_changes(stored, tomllib.loads(plan.to_toml()))
     except (OSError, ValueError):
         return False
     return same and summary.get("stopped_reason") in ("completed", "privacy_budget") and (

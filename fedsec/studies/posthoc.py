@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # torch, the data and the plan load when an audit runs, not w
 logger = logging.getLogger(__name__)
 
 __all__ = ["FinishedRun", "audit_inversion", "audit_membership", "audit_model_inversion", "open_run",
-           "record_evasion", "record_serving", "write_summary"]
+           "read_evasion", "record_evasion", "record_serving", "update_after_evasion", "write_summary"]
 
 
 @dataclass
@@ -229,14 +229,12 @@ def choose_epsilon(epsilons: list[float], config: Mapping[str, Any]) -> float:
     return epsilons[0]
 
 
-def record_evasion(run: FinishedRun, *, command: str, epsilon: float | None = None) -> dict[str, Any]:
-    """Read ``RUN_DIR/evasion/curve.csv`` (and ``cw.json``), written by ``fedsec audit evasion``: the budget
-    :func:`choose_epsilon` picks becomes ``summary["evasion"]`` (the sheet's R), every budget ``evasion_curve``,
-    C&W ``evasion_cw`` (apart: with no budget it would always be the strongest attack). An in-run R it replaces is
-    kept as ``evasion_in_run``."""
+def read_evasion(folder: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """``(curve, cw)`` from ``folder/curve.csv`` and ``folder/cw.json`` (written by ``fedsec audit evasion``):
+    ``curve[epsilon][attack]`` holds correct, total, robust_accuracy, counts and epsilon; ``cw`` the C&W block, or
+    None when C&W did not run."""
     import csv
 
-    folder = run.path / "evasion"
     with (folder / "curve.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -247,6 +245,19 @@ def record_evasion(run: FinishedRun, *, command: str, epsilon: float | None = No
         curve.setdefault(row["epsilon"], {})[row["attack"]] = {
             "correct": correct, "total": total, "robust_accuracy": correct / total if total else None,
             "counts": f"{correct} / {total}", "epsilon": float(row["epsilon"])}
+    cw = None
+    if (folder / "cw.json").is_file():
+        block = json.loads((folder / "cw.json").read_text())
+        cw = {k: block.get(k) for k in ("robust_accuracy", "counts", "success_rate", "median_l2", "max_iter")}
+    return curve, cw
+
+
+def record_evasion(run: FinishedRun, *, command: str, epsilon: float | None = None) -> dict[str, Any]:
+    """Read ``RUN_DIR/evasion/curve.csv`` (and ``cw.json``), written by ``fedsec audit evasion``: the budget
+    :func:`choose_epsilon` picks becomes ``summary["evasion"]`` (the sheet's R), every budget ``evasion_curve``,
+    C&W ``evasion_cw`` (apart: with no budget it would always be the strongest attack). An in-run R it replaces is
+    kept as ``evasion_in_run``."""
+    curve, cw = read_evasion(run.path / "evasion")
     eps = epsilon if epsilon is not None else choose_epsilon([float(k) for k in curve], run.config)
     key = next(k for k in curve if math.isclose(float(k), eps))
     summary = run.summary
@@ -254,10 +265,8 @@ def record_evasion(run: FinishedRun, *, command: str, epsilon: float | None = No
         summary["evasion_in_run"] = summary["evasion"]
     summary["evasion"], summary["evasion_curve"] = dict(curve[key]), curve
     summary.pop("evasion_cw", None)
-    if (folder / "cw.json").is_file():  # kept apart: C&W has no budget, and would always be R's strongest attack
-        cw = json.loads((folder / "cw.json").read_text())
-        summary["evasion_cw"] = {k: cw.get(k) for k in ("robust_accuracy", "counts", "success_rate", "median_l2",
-                                                        "max_iter")}
+    if cw is not None:  # kept apart: C&W has no budget, and would always be R's strongest attack
+        summary["evasion_cw"] = cw
     return _recorded(run, "evasion", command)
 
 
@@ -426,6 +435,10 @@ def update_after_evasion(run_dir: Path, *, command: str, report: Callable[[Path]
     alone) is left as it is; returns whether the run was updated."""
     console = _console()
     if not (Path(run_dir) / "summary.json").is_file():
+        if (Path(run_dir) / "evasion" / "curve.csv").is_file():  # the numbers all the same
+            curve, cw = read_evasion(Path(run_dir) / "evasion")
+            print_numbers(console, f"{Path(run_dir).name}: evasion audit",
+                          block_rows("evasion", {"evasion": {}, "evasion_curve": curve, "evasion_cw": cw}))
         console.print(f"{run_dir} has no summary.json: robust accuracies are in evasion/curve.csv; no sheet updated",
                       markup=False, highlight=False, soft_wrap=True)
         return False

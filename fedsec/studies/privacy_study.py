@@ -24,7 +24,7 @@ from typing import Any
 
 from fedsec.config import ConfigError, apply_overrides
 from fedsec.plan import RunPlan, plan_from_dict
-from fedsec.results.run_directory import RESUME_MAY_CHANGE, changed_keys
+from fedsec.results.run_directory import identity_changes
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def finished_summary(cell_dir: Path, plan: RunPlan) -> dict[str, Any] | None:
         return None
     if summary.get("stopped_reason") == "interrupted":
         return None
-    if changed_keys(stored, tomllib.loads(plan.to_toml())) - RESUME_MAY_CHANGE:
+    if identity_changes(stored, tomllib.loads(plan.to_toml())):
         return None
     return summary
 

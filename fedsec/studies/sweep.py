@@ -172,9 +172,11 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any
 
 
 def _fingerprint(plan: RunPlan) -> str:
-    """What makes a cell's results: its resolved config except where it runs (backend)."""
+    """What makes a cell's results: its resolved config except where it runs (backend) and where it is also
+    exported ([tracking]: MLflow, TensorBoard)."""
     resolved = json.loads(json.dumps(plan.resolved, default=str))
     resolved.pop("backend", None)
+    resolved.pop("tracking", None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

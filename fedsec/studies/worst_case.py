@@ -32,16 +32,15 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from fedsec.config import ConfigError
 from fedsec.config.loading import copy_config, read_toml, set_key
-from fedsec.plan import drop_unused_kind_keys, plan_from_dict
-from fedsec.plan.results import attack_success_of
 
-from .sweep import SEED_AXIS, Cell, Sweep, SweepRunner, cell_id, load_sweep
+if TYPE_CHECKING:  # the plan and the sweep runner (torch, Flower) load when a study runs, not when the CLI starts
+    from .sweep import Sweep
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +69,8 @@ def load_worst_case(path: str | Path) -> WorstCaseSweep:
     The file is checked by :func:`~fedsec.studies.sweep.load_sweep`'s rules (keys, base, grid); the grid must have
     ``defense.strategy`` and an ``attack.*`` axis (a :class:`ConfigError` naming the key otherwise).
     """
+    from .sweep import load_sweep
+
     path = Path(path)
     raw = read_toml(path, what="sweep file")
     grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
@@ -90,6 +91,10 @@ def load_worst_case(path: str | Path) -> WorstCaseSweep:
 def _load_skipping(path: Path, raw: dict[str, Any]) -> WorstCaseSweep:
     """The cells of the sweep file one by one, as ``load_sweep`` builds them, keeping those the plan accepts."""
     import itertools
+
+    from fedsec.plan import drop_unused_kind_keys, plan_from_dict
+
+    from .sweep import Cell, Sweep, cell_id
 
     base = (path.parent / str(raw["base"])).resolve()
     base_raw = read_toml(base)
@@ -146,6 +151,8 @@ def success_of(row: dict[str, Any]) -> tuple[float | None, str]:
     the declared success measure of the row's ``attack.kind`` (:func:`fedsec.plan.results.attack_success_of`)."""
     if (v := _number(row.get("attack_success"))) is not None:
         return v, str(row.get("attack_success_metric") or "attack_success")
+    from fedsec.plan.results import attack_success_of
+
     kind = row.get("attack.kind")
     return attack_success_of(row, str(kind) if kind not in (None, "") else None)
 
@@ -173,6 +180,8 @@ def worst_case_tables(
     attack_axes = [a for a in axes if a.startswith("attack.")]
     if not attack_axes:
         raise ConfigError('grid: the worst case per defense needs an attack axis (e.g. "attack.kind")')
+    from .sweep import SEED_AXIS
+
     defense_axes = [DEFENSE_AXIS] + [a for a in axes if a not in attack_axes and a not in (DEFENSE_AXIS, SEED_AXIS)]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
@@ -251,6 +260,8 @@ def write_worst_case(sweep_dir: str | Path, *, axes: Sequence[str] | None = None
 def run_worst_case(path: str | Path, out_dir: str | Path, *, parallel: int = 1, address: str = "",
                    on_done: Callable[[Any], None] | None = None) -> Path:
     """Load, run (finished cells are kept) and tabulate a worst-case study; returns ``worst_case.csv``."""
+    from .sweep import SweepRunner
+
     study = load_worst_case(path)
     runner = SweepRunner(study.sweep, out_dir, parallel=parallel, address=address)
     runner.run(on_done=on_done)

@@ -2,7 +2,16 @@
 adversarial-training clients share (:func:`local_sgd`), and the evaluation of a model on a labelled set."""
 
 from .evaluation import EvalResult, evaluate
-from .local import BatchHook, LossMeter, TrainResult, local_sgd, shuffled_batches, train_local
+from .local import (
+    BatchHook,
+    LossMeter,
+    TrainResult,
+    full_batch_step,
+    local_sgd,
+    proximal_gradient,
+    shuffled_batches,
+    train_local,
+)
 
-__all__ = ["BatchHook", "EvalResult", "LossMeter", "TrainResult", "evaluate", "local_sgd", "shuffled_batches",
-           "train_local"]
+__all__ = ["BatchHook", "EvalResult", "LossMeter", "TrainResult", "evaluate", "full_batch_step", "local_sgd",
+           "proximal_gradient", "shuffled_batches", "train_local"]

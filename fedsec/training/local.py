@@ -8,6 +8,12 @@ loader), which optimizer steps (plain SGD or Opacus' DP optimizer), the loss red
 reported. Mini-batches are drawn from a seeded ``torch.Generator`` so the same (seed, round, client) trains
 identically; tensors stay on the given device and batches are sliced from them directly (no DataLoader: the data
 already sits in memory, and slicing avoids a per-batch collate cost that dominates for small models).
+
+The client's algorithm (``train.algorithm``, :func:`train_local`): FedAvg's client is that loop (McMahan et al.,
+AISTATS 2017); FedProx's (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020,
+https://arxiv.org/abs/1812.06127) is the same loop with the gradient of (mu/2)||w - w_global||^2 added after each
+backward pass (:func:`proximal_gradient`; mu = 0 adds exactly zero, so it trains exactly as FedAvg); FedSGD's
+(McMahan et al. 2017, B = all, E = 1) is one step on the full-batch gradient (:func:`full_batch_step`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 BatchSource = Callable[[int], Iterable[Batch]]  # epoch -> that epoch's mini-batches
 BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], Batch]  # (model, x, y) -> the batch to train on
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+GradHook = Callable[[], None]  # called after each backward pass, before the optimizer step
 
 
 @dataclass(frozen=True)
@@ -87,8 +94,10 @@ def local_sgd(
     loss_fn: LossFn = F.cross_entropy,
     hook: BatchHook | None = None,
     num_examples: int,
+    after_backward: GradHook | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, one ``optimizer`` step per batch."""
+    """Train ``model`` in place: ``epochs`` passes over ``batches(epoch)``, one ``optimizer`` step per batch
+    (``after_backward``: called between each backward pass and its step, e.g. FedProx's proximal gradient)."""
     model.train()
     steps = 0
     for epoch in range(epochs):
@@ -99,11 +108,57 @@ def local_sgd(
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             meter.add(loss, len(yb))
             steps += 1
         meter.end_epoch()
     return TrainResult(loss=meter.value, num_examples=num_examples, num_steps=steps)
+
+
+def proximal_gradient(model: nn.Module, mu: float) -> GradHook:
+    """FedProx's proximal term (Li et al. 2020): a function that adds mu (w - w_0), the gradient of
+    (mu/2)||w - w_0||^2, to each parameter's gradient, w_0 being the parameters as they are now (the global model
+    the client received). The reported loss stays the data loss."""
+    anchors = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def add() -> None:
+        for p, anchor in anchors:
+            if p.grad is not None:
+                p.grad.add_(p.detach() - anchor, alpha=mu)
+            elif mu:  # a parameter the loss did not reach still has the proximal term's gradient
+                p.grad = mu * (p.detach() - anchor)
+
+    return add
+
+
+def full_batch_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    chunk_size: int,
+    hook: BatchHook | None = None,
+) -> TrainResult:
+    """FedSGD's client (McMahan et al. 2017): one ``optimizer`` step on the gradient of the mean cross-entropy over
+    all n examples of ``(x, y)``, accumulated over consecutive chunks of ``chunk_size`` examples (each chunk's summed
+    loss / n: the full-batch gradient, with at most ``chunk_size`` examples in memory at once; with momentum, the
+    single step from a fresh optimizer is plain SGD). Reports the full-batch loss at the received weights."""
+    model.train()
+    n = x.shape[0]
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=x.device)
+    for start in range(0, n, chunk_size):
+        xb, yb = x[start : start + chunk_size], y[start : start + chunk_size]
+        if hook is not None:
+            xb, yb = hook(model, xb, yb)
+        loss = F.cross_entropy(model(xb), yb, reduction="sum") / n
+        loss.backward()
+        total += loss.detach()
+    optimizer.step()
+    return TrainResult(loss=float(total), num_examples=n, num_steps=1)
 
 
 def train_local(
@@ -118,10 +173,22 @@ def train_local(
     weight_decay: float = 0.0,
     generator: torch.Generator,
     hook: BatchHook | None = None,
+    algorithm: str = "fedavg",
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
-    """Train ``model`` in place with SGD (momentum) on ``(x, y)`` for ``epochs`` shuffled passes."""
+    """Train ``model`` in place with SGD (momentum) on ``(x, y)``: ``algorithm`` "fedavg" = ``epochs`` shuffled
+    passes of mini-batches; "fedprox" = the same with the proximal term of ``proximal_mu`` around the starting
+    weights (:func:`proximal_gradient`); "fedsgd" = one full-batch step (:func:`full_batch_step`; ``epochs`` must
+    be 1, ``batch_size`` is the chunk the gradient is accumulated over)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = x.shape[0]
+    if algorithm == "fedsgd":
+        if epochs != 1:
+            raise ValueError(f"train.local_epochs={epochs}: FedSGD takes one full-batch step per round")
+        return full_batch_step(model, optimizer, x, y, chunk_size=batch_size, hook=hook)
+    if algorithm not in ("fedavg", "fedprox"):
+        raise ValueError(f"train.algorithm={algorithm!r}: use 'fedavg', 'fedprox' or 'fedsgd'")
+    after_backward = proximal_gradient(model, proximal_mu) if algorithm == "fedprox" else None
     return local_sgd(model, optimizer, shuffled_batches(x, y, batch_size=batch_size, generator=generator),
                      epochs=epochs, meter=LossMeter(over="last_epoch", num_examples=n), device=x.device, hook=hook,
-                     num_examples=n)
+                     num_examples=n, after_backward=after_backward)
