@@ -431,6 +431,7 @@ def list_components() -> None:
         ENCRYPTION_SCHEMES,
         PRIVACY_MODES,
         TRAIN_ALGORITHMS,
+        ClientsConfig,
         EncryptionConfig,
         PrivacyConfig,
         TrainConfig,
@@ -439,7 +440,7 @@ def list_components() -> None:
     from fedsec.hooks import HOOKS
     from fedsec.models import MODELS
     from fedsec.sanitize import SANITIZERS
-    from fedsec.strategies import SERVER_OPTIMIZERS, STRATEGIES
+    from fedsec.strategies import PRE_AGGREGATORS, SERVER_OPTIMIZERS, STRATEGIES
 
     audits = {name: cls for name, cls in HOOKS.items() if cls.section}
     built_in = {name: cls.description for name, cls in HOOKS.items() if not cls.section}
@@ -448,6 +449,8 @@ def list_components() -> None:
         ("partitions (data.partition)", dict(PARTITIONS)),
         ("models (model.name)", MODELS.descriptions()),
         ("strategies (defense.strategy; their keys in brackets)", _with_keys(STRATEGIES)),
+        ("pre-aggregators (defense.pre, applied in order before the rule; their keys in brackets)",
+         _with_keys(PRE_AGGREGATORS)),
         ("attacks (attack.kind; every kind also takes fraction or client_ids, start_round, end_round, knowledge)",
          _with_keys(ATTACKS)),
         ("data filters (defense.sanitize.method)", _with_keys(SANITIZERS)),
@@ -457,6 +460,9 @@ def list_components() -> None:
         ("encryption (encryption.scheme)", _section_keys(ENCRYPTION_SCHEMES, EncryptionConfig)),
         ("client algorithms (train.algorithm)", _section_keys(TRAIN_ALGORITHMS, TrainConfig)),
         ("server optimizers (server.optimizer; their keys in brackets)", _with_keys(SERVER_OPTIMIZERS)),
+        ("simulated devices ([clients] keys, and train.deadline)",
+         {f"clients.{k}": f"{f.description} [default {f.default!r}]" for k, f in ClientsConfig.model_fields.items()}
+         | {"train.deadline": f"{TrainConfig.model_fields['deadline'].description} [default None]"}),
     ]
     for title, items in sections:
         table = Table(title=Text(title), show_header=False, title_justify="left", box=None, padding=(0, 2))

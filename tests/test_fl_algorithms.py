@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,16 +38,14 @@ from fedsec.cli import app as cli_app
 from fedsec.clients.app import make_client_app
 from fedsec.clients.spec import ClientSpec
 from fedsec.config import ConfigError
-from fedsec.data.federated import build_federated_data
 from fedsec.models import build_model
 from fedsec.plan import plan_from_dict
-from fedsec.results import RunDirectory
-from fedsec.server.app import ServerOutcome, run_rounds
 from fedsec.server.checkpoint import load_checkpoint
 from fedsec.strategies import SERVER_OPTIMIZERS
 from fedsec.strategies.server_optimizers import FedAdam, FedAvgM, fedopt_step
 from fedsec.training import train_local
 from tests.flower_messages import arrays_of, reply
+from tests.in_process import run_in_process
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -236,51 +233,6 @@ def test_a_label_flipping_attacker_trains_with_the_runs_algorithm(server_identit
 
 
 # ---------------------------------------------------------------------------------------------- runs in process
-class InProcessGrid:
-    """A Flower Grid for :func:`fedsec.server.app.run_rounds` without Ray: each message is answered by the ClientApp
-    in this process, as node ``1000 + p`` (partition p; cohort node p in cohort mode) with its own state."""
-
-    pull_interval = 0.0
-
-    def __init__(self, client_app, nodes: int) -> None:
-        self.app = client_app
-        self.partition_of = {1000 + p: p for p in range(nodes)}
-        self.states = {node: RecordDict() for node in self.partition_of}
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.partition_of)
-
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            context = Context(run_id=1, node_id=node, node_config={"partition-id": self.partition_of[node]},
-                              state=self.states[node], run_config={})
-            replies.append(self.app(message, context))
-        return replies
-
-
-def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,
-                   resume: bool = False) -> pd.DataFrame:
-    """fedsec's round loop on ``raw`` in this process; rounds.csv without its timing columns. ``stop_after``: stop
-    as a kill would after that round's checkpoint; ``resume``: go on from the directory's checkpoint."""
-    plan = plan_from_dict(raw)
-    data = build_federated_data(plan.data_config, plan.seed)
-    grid = InProcessGrid(make_client_app(ClientSpec.from_plan(plan)), cohort_nodes or plan.facts.num_clients)
-    outcome = ServerOutcome()
-    on_round = None
-    if stop_after is not None:
-        on_round = lambda row: outcome.stop.set() if row["round"] == stop_after else None  # noqa: E731
-    with RunDirectory(out, plan, config_toml=plan.to_toml(), resume=resume) as run_dir:
-        state = None
-        if resume:
-            state = load_checkpoint(out)
-            run_dir.truncate_after(state["round"])
-        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, on_round=on_round, resume_state=state,
-                   cohort_nodes=cohort_nodes)
-    return pd.read_csv(out / "rounds.csv").filter(regex=r"^(?!.*seconds$)")
-
-
 def test_fedprox_mu_zero_gives_fedavgs_rows_and_mu_positive_and_fedsgd_differ(tmp_path, server_identity):
     fedavg = run_in_process(digits(), tmp_path / "fedavg")
     prox0 = run_in_process(digits(train={"algorithm": "fedprox", "proximal_mu": 0.0}), tmp_path / "prox0")
@@ -354,12 +306,13 @@ def test_combinations_that_keep_their_guarantees_are_accepted():
 
 def test_config_toml_plans_the_run_again_with_every_default_written():
     plan = plan_from_dict(digits(server={"optimizer": "fedyogi"}, train={"algorithm": "fedprox", "proximal_mu": 0.01}))
-    assert plan.resolved["server"] == {"optimizer": "fedyogi", "server_lr": 0.01, "beta_1": 0.9, "beta_2": 0.99,
-                                       "tau": 1e-3}
+    assert plan.resolved["server"] == {"optimizer": "fedyogi", "aggregation": "sync", "staleness_exponent": 0.5,
+                                       "server_lr": 0.01, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
     assert plan.resolved["train"]["algorithm"] == "fedprox" and plan.resolved["train"]["proximal_mu"] == 0.01
     again = plan_from_dict(tomllib.loads(plan.to_toml()))
     assert again.resolved == plan.resolved
-    assert plan_from_dict(digits()).resolved["server"] == {"optimizer": "none"}
+    assert plan_from_dict(digits()).resolved["server"] == {"optimizer": "none", "aggregation": "sync",
+                                                          "staleness_exponent": 0.5}
 
 
 def test_a_sweep_cell_drops_the_keys_of_another_optimizer_but_keeps_a_typo():

@@ -9,7 +9,7 @@ the value received and, where there is one, the fix.
 
 from fedsec.errors import ConfigError
 
-from .experiment import Experiment
+from .experiment import Experiment, shared_defaults
 from .loading import (
     ConfigProblems,
     apply_overrides,
@@ -27,6 +27,7 @@ from .sections import (
     AttackConfig,
     AuditConfig,
     BackendConfig,
+    ClientsConfig,
     DataConfig,
     DefenseConfig,
     EncryptionConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "ModelConfig",
     "PrivacyConfig",
     "ServerConfig",
+    "ClientsConfig",
     "TrainConfig",
     "apply_overrides",
     "copy_config",
@@ -64,4 +66,5 @@ __all__ = [
     "load_experiment",
     "parse_override",
     "read_toml",
+    "shared_defaults",
 ]

@@ -6,6 +6,7 @@ privacy plan) are checked when the run plan is built (:mod:`fedsec.plan`), once.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import tomli_w
@@ -15,6 +16,7 @@ from .sections import (
     AttackConfig,
     AuditConfig,
     BackendConfig,
+    ClientsConfig,
     DataConfig,
     DefenseConfig,
     EncryptionConfig,
@@ -42,6 +44,7 @@ class Experiment(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    clients: ClientsConfig = Field(default_factory=ClientsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     tracking: TrackingConfig | None = Field(None, description="[tracking]: MLflow / TensorBoard exports.")
@@ -110,3 +113,10 @@ class Experiment(_Section):
     def to_toml(self, resolved: dict[str, Any] | None = None) -> str:
         """TOML of ``resolved`` (the plan's fully resolved config) or of :meth:`raw`."""
         return tomli_w.dumps(resolved if resolved is not None else self.raw())
+
+
+@functools.cache
+def shared_defaults() -> dict[str, Any]:
+    """The shared keys' defaults, as a run's config.toml writes them (a fresh :class:`Experiment`); a resumed run
+    compares against them the keys an older fedsec did not write yet (:mod:`fedsec.results.run_directory`)."""
+    return Experiment().raw()

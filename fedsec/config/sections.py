@@ -20,8 +20,8 @@ from fedsec.registry import Registry
 
 __all__ = [
     "AdversarialTrainingConfig", "AttackConfig", "AuditConfig", "BackendConfig", "ConfigError", "DataConfig",
-    "DefenseConfig", "EncryptionConfig", "ModelConfig", "PoisonConfig", "PrivacyConfig", "SanitizeConfig",
-    "ServerConfig", "TRAIN_ALGORITHMS", "TrackingConfig", "TrainConfig",
+    "ClientsConfig", "DefenseConfig", "EncryptionConfig", "ModelConfig", "PoisonConfig", "PrivacyConfig",
+    "SanitizeConfig", "ServerConfig", "TRAIN_ALGORITHMS", "TrackingConfig", "TrainConfig",
 ]
 
 
@@ -162,6 +162,9 @@ class TrainConfig(_Section):
         "central DP (what its accountant analyses), fixed otherwise.")
     adversarial: AdversarialTrainingConfig = Field(default_factory=AdversarialTrainingConfig,
                                                    description="Federated adversarial training.")
+    deadline: float | None = Field(
+        None, gt=0, le=1e9, description="Simulated seconds the server waits for replies ([clients] speed): a later "
+        "reply is dropped, recorded as late (none: every reply is waited for).")
     algorithm: str = Field("fedavg", max_length=100,
                            description="The clients' local algorithm: fedavg | fedprox | fedsgd (`fedsec list`).")
     proximal_mu: float | None = Field(
@@ -323,6 +326,52 @@ class ServerConfig(_KindSection):
 
     optimizer: str = Field("none", max_length=100, description="Server optimizer applied to (aggregate - global): "
                            "none | fedavgm | fedadam | fedyogi | fedadagrad (`fedsec list`).")
+    aggregation: Literal["sync", "fedbuff"] = Field(
+        "sync", description="sync: each round waits for its sampled clients; fedbuff: train.clients_per_round "
+        "clients train at once and the server aggregates every buffer_size arrivals (Nguyen et al., AISTATS 2022).")
+    buffer_size: int | None = Field(None, ge=1, le=MAX_CLIENTS, description="fedbuff (and only fedbuff, which needs "
+                                    "it): K, the arrivals per server step, 1 <= K <= train.clients_per_round.")
+    staleness_exponent: float = Field(0.5, ge=0, le=10, description="fedbuff: an update t server steps stale counts "
+                                      "(1 + t)^-a (FedBuff's 1/sqrt(1 + t) at a = 0.5; 0: no discount).")
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> ServerConfig:
+        if self.aggregation == "fedbuff" and self.buffer_size is None:
+            raise ValueError("server.buffer_size: server.aggregation='fedbuff' needs it (K arrivals per server step; "
+                             "Nguyen et al. use K = 10 of 100+ concurrent clients)")
+        if self.aggregation != "fedbuff" and self.buffer_size is not None:
+            raise ValueError(f"server.buffer_size={self.buffer_size}: only server.aggregation='fedbuff' reads it; "
+                             "set aggregation = 'fedbuff' or drop the key")
+        return self
+
+
+class ClientsConfig(_Section):
+    """``[clients]``: how the simulated devices behave (:mod:`fedsec.federation`): who is reachable, who fails
+    mid-round, how fast each computes. The defaults are the ideal federation (everyone answers, at once)."""
+
+    dropout: float = Field(0.0, ge=0, lt=1, description="Chance that a sampled client is unreachable at the start of "
+                           "a round (drawn per round and client from the seed; 0 <= dropout < 1).")
+    failure: float = Field(0.0, ge=0, lt=1, description="Chance that a client that got the round's model trains but "
+                           "its reply never arrives (a mid-round failure; 0 <= failure < 1).")
+    availability: str | None = Field(None, max_length=4095, description="CSV trace with columns client,round,"
+                                     "available (1/0): a sampled client marked 0 for a round does not take part; "
+                                     "pairs the file omits are available.")
+    attackers_drop: bool = Field(False, description="Whether dropout, failures, the trace and the deadline apply to "
+                                 "malicious clients too (default: an attacker keeps its devices online and fast).")
+    speed: float = Field(1000.0, gt=0, le=1e9, description="Median compute speed, examples per simulated second: a "
+                         "reply arrives after local_epochs x partition size / speed.")
+    speed_sigma: float = Field(0.0, ge=0, le=10, description="Spread of the speeds: each client's is drawn once, "
+                               "log-normal with this sigma around `speed` (0: every client at `speed`).")
+    speeds: str | None = Field(None, max_length=4095, description="CSV with columns client,speed (examples per "
+                               "simulated second) that sets the listed clients' speeds.")
+
+    @field_validator("availability", "speeds")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        problem = None if value is None else path_problem(value)
+        if problem:
+            raise ValueError(f"not a usable path: {problem}")
+        return value
 
 
 class BackendConfig(_Section):

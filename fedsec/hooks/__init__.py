@@ -14,6 +14,8 @@ from .base import RoundHook, RoundState, RunFacts, ServerContext
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
+from .fedbuff import BufferedAggregation
+from .federation import FederationHook
 from .health import HealthCheck
 from .inversion import InversionAudit
 from .membership import MembershipAudit
@@ -26,6 +28,8 @@ from .sanitization import Sanitization
 
 #: hook name -> hook class, in calling order (the omniscient attacker rewrites replies after the audits read them)
 HOOKS: Registry[type[RoundHook]] = Registry("audit", "hook", ordered=True)
+HOOKS.register("federation", FederationHook)  # first: the others see only the clients that took part
+HOOKS.register("fedbuff", BufferedAggregation)  # or, under FedBuff, only the buffer it hands the strategy
 HOOKS.register("privacy", PrivacyGuard)
 HOOKS.register("evaluation", Evaluation)
 HOOKS.register("participation", Participation)

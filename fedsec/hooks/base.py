@@ -8,6 +8,8 @@ server's audits, sanitization totals) is a :class:`RoundHook` that the run plan 
 ====================  ==========================================================================================
 ``on_start(a, row)``  round 0: the initial model (``a``) and its row
 ``before_round(r)``   a reason to stop before round ``r`` ("privacy_budget"), or ""
+``before_send(rnd)``  the round's sampled clients (``rnd.sampled``), before the model is sent: a hook may take
+                      some out, giving each a status in ``rnd.absent`` (a dropped device)
 ``on_replies(rnd)``   the round's replies, before aggregation (what a curious server holds; an omniscient attacker
                       rewrites the malicious replies here)
 ``after_aggregate``   the new global model and the strategy's decisions: add columns to ``rnd.row``
@@ -39,6 +41,7 @@ from fedsec.config import PoisonConfig, PrivacyConfig, TrainConfig
 from fedsec.data import DatasetSpec
 from fedsec.data.federated import FederatedData
 from fedsec.errors import ConfigError
+from fedsec.federation import BufferSpec, Federation
 from fedsec.models import build_model
 from fedsec.privacy import PrivacyPlan
 from fedsec.registry import NoParams
@@ -66,6 +69,8 @@ class RunFacts:
     privacy_plan: PrivacyPlan | None = None  # central DP
     poison: PoisonConfig = field(default_factory=PoisonConfig)
     encrypted: bool = False
+    federation: Federation | None = None  # [clients] / train.deadline: the simulated devices (None: ideal)
+    buffer: BufferSpec | None = None  # server.aggregation = "fedbuff": asynchronous arrivals, K per server step
 
     @property
     def images(self) -> bool:
@@ -123,6 +128,10 @@ class RoundState:
     decisions: list[Any] = field(default_factory=list)  # the strategy's ClientDecisions
     train_metrics: Any = None  # the strategy's MetricRecord
     row: dict[str, Any] = field(default_factory=dict)
+    sampled: list[int] = field(default_factory=list)  # the partitions the round is sent to
+    absent: dict[int, str] = field(default_factory=dict)  # sampled partitions that took no part -> their status
+    partition_of_node: dict[int, int] = field(default_factory=dict)  # reply's source node id -> partition id
+    skipped_reason: str = ""  # why the strategy skipped the round ("" when it aggregated)
 
 
 class RoundHook:
@@ -162,6 +171,9 @@ class RoundHook:
     def before_round(self, server_round: int) -> str:
         """A reason to stop before ``server_round`` (becomes ``stopped_reason``), or ""."""
         return ""
+
+    def before_send(self, rnd: RoundState) -> None:
+        """The round's sampled partitions (``rnd.sampled``), before the model is sent to them."""
 
     def on_replies(self, rnd: RoundState) -> None:
         """The round's replies, before the strategy aggregates them."""

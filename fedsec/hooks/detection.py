@@ -32,7 +32,8 @@ class Detection(RoundHook):
         schedule = self.ctx.facts.schedule
         malicious = set(schedule.malicious)
         rnd.row["attack_active"] = int(schedule.attack_active(rnd.server_round))
-        rnd.row["malicious_sampled"] = sum(1 for d in rnd.decisions if d.partition_id in malicious)
+        rnd.row["malicious_sampled"] = sum(1 for d in rnd.decisions if d.partition_id in malicious
+                                           and not d.status.startswith(("dropped", "late")))
         rnd.row.update(detection_scores(rnd.decisions, malicious))
 
 

@@ -23,7 +23,8 @@ class Participation(RoundHook):
     name = "participation"
     description = "replies sampled, accepted and failed per round; stops when no client could take part"
     metrics = (
-        Metric("clients_sampled", "replies the round received (one per sampled client)", final=False, integer=True),
+        Metric("clients_sampled", "clients sampled for the round (one row each in clients.csv, the dropped and late "
+               "ones included)", final=False, integer=True),
         Metric("clients_accepted", "replies the strategy gave a weight above 0", final=False, integer=True),
         Metric("clients_failed", "replies that failed, were invalid or refused to train", final=False, integer=True),
         Metric("train_loss", "mean local training loss of the round's clients", final=False, better="lower"),
@@ -53,6 +54,7 @@ class Participation(RoundHook):
 
 def all_failed(decisions: list[Any]) -> str:
     """'' when some client took part; else each failure kind with its count, e.g. "failed: ... x3"."""
+    decisions = [d for d in decisions if not d.status.startswith(("dropped", "late"))]  # the devices, not the run
     if not decisions or any(d.status in ("accepted", "rejected") or d.status.startswith(("refused", "skipped"))
                             for d in decisions):
         return ""

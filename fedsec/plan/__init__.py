@@ -50,6 +50,7 @@ from fedsec.strategies import (
 from fedsec.strategies.pre import resolved_pre
 
 from .checks import check_data_defenses, check_partition, sanitize_params, used_weighting
+from .federation import build_buffer, build_federation
 from .privacy import central_privacy_plan
 
 __all__ = ["HookPlan", "PrivacyPlan", "RunPlan", "ServerPlan", "build_plan", "drop_unused_kind_keys", "load_plan",
@@ -262,10 +263,13 @@ def build_plan(experiment: Experiment) -> RunPlan:
     facts = RunFacts(name=e.name, seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
                      dataset_name=e.data.dataset, dataset=dataset, model_name=e.model.name,
                      schedule=plan_stub.schedule, attack=attack, train=e.train, privacy=e.privacy,
-                     privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None)
+                     privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None,
+                     federation=build_federation(e, plan_stub.schedule.malicious),
+                     buffer=build_buffer(e, strategy.required_updates()))
     hooks = _plan_hooks(e, facts)
     resolved = _resolved(e, attack_params, strategy_params, dataset_params, hooks)
-    resolved["server"] = {"optimizer": e.server.optimizer, **optimizer_params.model_dump()}
+    resolved["server"] = {**e.server.model_dump(exclude_none=True, exclude=set(e.server.kind_keys)),
+                          **optimizer_params.model_dump()}
     return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
                    resolved, tuple(poisoned), facts, hooks, optimizer_params)
 

@@ -337,9 +337,27 @@ RESUME_MAY_CHANGE = frozenset({"backend.address", "tracking"})
 
 def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     """The dotted keys whose values differ between two configs, except those at or under
-    :data:`RESUME_MAY_CHANGE`: a non-empty result means another run, not the same one resumed elsewhere."""
+    :data:`RESUME_MAY_CHANGE`, and keys the old config lacks that the new one holds at their default (a run written
+    before the key existed ran as its default does): a non-empty result means another run, not the same one
+    resumed elsewhere."""
+    from fedsec.config import shared_defaults
+
+    defaults = shared_defaults()
     return {key for key in changed_keys(old, new)
-            if not any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE)}
+            if not any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE)
+            and not (_at(old, key) is _MISSING and _at(new, key) == _at(defaults, key) is not _MISSING)}
+
+
+_MISSING = object()
+
+
+def _at(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> set[str]:

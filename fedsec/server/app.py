@@ -4,7 +4,8 @@
    maps Flower's random node ids to partition ids and warms the workers (data fetched once per worker). In cohort
    mode (:mod:`.cohorts`) the nodes are the few cohort nodes, and logical clients get virtual node ids.
 2. Round 0: evaluate the seeded initial model on the held-out test set.
-3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round); the
+3. Each round: sample ``train.clients_per_round`` partitions with a generator seeded by (seed, round) (the
+   hooks' ``before_send`` takes out the devices that dropped, :mod:`fedsec.federation`); the
    strategy sends the global arrays, checks and aggregates the replies (sorted by partition id); the server
    optimizer (``server.optimizer``, :mod:`fedsec.strategies.server_optimizers`) takes its step on
    (aggregate - global); the server evaluates the new global model (accuracy, loss, per-class recall) and records
@@ -146,7 +147,6 @@ def run_rounds(
     strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
     ctx = ServerContext.build(facts, data, run_dir.path / "plots", resolve_device("auto"))
     hooks, optimizer = [h.build(ctx) for h in plan.hooks], plan.make_optimizer()
-    strategy.node_sampler = lambda server_round: [node_of[p] for p in facts.schedule.sampled(server_round)]
     books = RoundBooks(facts, ray_node_of, {node: pid for pid, node in node_of.items()}, hooks, optimizer)
     arrays = _start(resume_state, strategy, hooks, books, outcome, ctx, run_dir, on_round, t0)
     logger.info("fedsec: %s with %s, server optimizer %s, %d rounds", facts.name, strategy.describe(),
@@ -155,7 +155,9 @@ def run_rounds(
         if reason := next((r for h in hooks if (r := h.before_round(server_round))), ""):
             outcome.stopped_reason = reason
             break
-        rnd, t_round = RoundState(server_round, arrays), time.perf_counter()
+        rnd, t_round = RoundState(server_round, arrays, sampled=facts.schedule.sampled(server_round),
+                                  partition_of_node=books.partition_of_node), time.perf_counter()
+        strategy.node_sampler = _round_sampler(hooks, rnd, node_of)
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         rnd.replies = list(transport.send_and_receive(messages, timeout=plan.round_timeout))
         if outcome.stop.is_set():  # interrupted while the round ran: record nothing of it
@@ -166,7 +168,7 @@ def run_rounds(
         new_arrays, rnd.train_metrics = strategy.aggregate_train(server_round, rnd.replies)
         new_arrays = optimizer.apply(server_round, arrays, new_arrays)  # server.optimizer on (aggregate - global)
         rnd.arrays = arrays = new_arrays if new_arrays is not None else arrays
-        rnd.decisions = books.decisions(strategy.last_report)
+        rnd.decisions, rnd.skipped_reason = books.decisions(strategy.last_report, rnd.absent)
         t_aggregated = time.perf_counter()
         rnd.row = {"round": server_round, "skipped": int(new_arrays is None)}
         for hook in hooks:
@@ -180,6 +182,15 @@ def run_rounds(
             outcome.stopped_reason = reason
             break
     return _finish(outcome, hooks, arrays, books)
+
+
+def _round_sampler(hooks: list[RoundHook], rnd: RoundState, node_of: dict[int, int]) -> Callable[[int], list[int]]:
+    """The nodes the round is sent to: the schedule's sample (``rnd.sampled``) less the partitions the hooks take
+    out before sending (dropped devices)."""
+    for hook in hooks:
+        hook.before_send(rnd)
+    nodes = [node_of[p] for p in rnd.sampled]
+    return lambda _: nodes
 
 
 def _start(resume_state: dict[str, Any] | None, strategy: RobustStrategy, hooks: list[RoundHook], books: RoundBooks,

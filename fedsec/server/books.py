@@ -4,6 +4,7 @@ with the strategy's, the server optimizer's and every hook's state (:mod:`.check
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from fedsec.arrays import record_to_tensors
 from fedsec.hooks import RoundHook, RoundState, RunFacts
 from fedsec.results import RunDirectory
+from fedsec.strategies.base import ClientDecision
 
 from .checkpoint import restore_strategy, strategy_state
 
@@ -28,13 +30,18 @@ class RoundBooks:
         self.node_counts: Counter[str] = Counter()
         self.skipped_rounds: list[int] = []
 
-    def decisions(self, report: Any) -> list[Any]:
-        """The strategy's decisions; a failed reply carries no partition id: the node it came from says whose."""
-        decisions = report.decisions if report else []
+    def decisions(self, report: Any, absent: dict[int, str] | None = None) -> tuple[list[Any], str]:
+        """The strategy's decisions, then one per sampled partition that took no part (``absent``: dropped, late)
+        with its status; and why the strategy skipped the round ("" when it aggregated). A failed reply carries no
+        partition id: the node it came from says whose."""
+        decisions = list(report.decisions) if report else []
         for d in decisions:
             if d.partition_id is None and d.node_id in self.partition_of_node:
                 d.partition_id = self.partition_of_node[d.node_id]
-        return decisions
+        node_of = {pid: node for node, pid in self.partition_of_node.items()}
+        decisions += [ClientDecision(node_of.get(pid, -1), pid, 0, math.nan, 0.0, status)
+                      for pid, status in sorted((absent or {}).items())]
+        return decisions, (report.skipped_reason or "") if report else ""
 
     @staticmethod
     def time(row: dict[str, Any], t_round: float, t_replies: float, t_aggregated: float) -> None:

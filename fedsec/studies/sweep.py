@@ -202,12 +202,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------- Ray heads
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the sweep process dies, even by SIGKILL (no orphaned Ray heads)."""
+def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets `sig` when the sweep process dies, even by SIGKILL (no orphans)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _cell_dies_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """A cell whose sweep died is killed outright: its Ray head goes with the sweep, so a clean stop could hang on
+    the lost head for a minute; the cell resumes from its last checkpoint, as after any kill -9."""
+    _die_with_parent(signal.SIGKILL)
 
 
 def _free_port() -> int:
@@ -410,7 +416,7 @@ class SweepRunner:
                 log.flush()
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        env=env, start_new_session=True,
-                                       preexec_fn=_die_with_parent if _LINUX else None)
+                                       preexec_fn=_cell_dies_with_parent if _LINUX else None)
             with self._lock:
                 self._procs.add(process)
             try:

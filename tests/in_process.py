@@ -1,0 +1,62 @@
+"""fedsec's round loop (:func:`fedsec.server.app.run_rounds`) in the test process, without Ray: the real ServerApp
+code, strategies, hooks and ClientApp, answered message by message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from flwr.app import Context, Message, RecordDict
+
+from fedsec.clients.app import make_client_app
+from fedsec.clients.spec import ClientSpec
+from fedsec.data.federated import build_federated_data
+from fedsec.plan import plan_from_dict
+from fedsec.results import RunDirectory
+from fedsec.server.app import ServerOutcome, run_rounds
+from fedsec.server.checkpoint import load_checkpoint
+
+
+class InProcessGrid:
+    """A Flower Grid for :func:`fedsec.server.app.run_rounds` without Ray: each message is answered by the ClientApp
+    in this process, as node ``1000 + p`` (partition p; cohort node p in cohort mode) with its own state."""
+
+    pull_interval = 0.0
+
+    def __init__(self, client_app, nodes: int) -> None:
+        self.app = client_app
+        self.partition_of = {1000 + p: p for p in range(nodes)}
+        self.states = {node: RecordDict() for node in self.partition_of}
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.partition_of)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            context = Context(run_id=1, node_id=node, node_config={"partition-id": self.partition_of[node]},
+                              state=self.states[node], run_config={})
+            replies.append(self.app(message, context))
+        return replies
+
+
+def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,
+                   resume: bool = False) -> pd.DataFrame:
+    """fedsec's round loop on ``raw`` in this process; rounds.csv without its timing columns. ``stop_after``: stop
+    as a kill would after that round's checkpoint; ``resume``: go on from the directory's checkpoint."""
+    plan = plan_from_dict(raw)
+    data = build_federated_data(plan.data_config, plan.seed)
+    grid = InProcessGrid(make_client_app(ClientSpec.from_plan(plan)), cohort_nodes or plan.facts.num_clients)
+    outcome = ServerOutcome()
+    on_round = None
+    if stop_after is not None:
+        on_round = lambda row: outcome.stop.set() if row["round"] == stop_after else None  # noqa: E731
+    with RunDirectory(out, plan, config_toml=plan.to_toml(), resume=resume) as run_dir:
+        state = None
+        if resume:
+            state = load_checkpoint(out)
+            run_dir.truncate_after(state["round"])
+        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, on_round=on_round, resume_state=state,
+                   cohort_nodes=cohort_nodes)
+    return pd.read_csv(out / "rounds.csv").filter(regex=r"^(?!.*seconds$)")
