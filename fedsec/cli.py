@@ -353,7 +353,7 @@ def sweep(
         TimeRemainingColumn,
     )
 
-    from fedsec.studies.sweep import SweepRunner, load_sweep
+    from fedsec.studies.sweep import SweepRunner, cell_headline, load_sweep
 
     try:
         spec = load_sweep(sweep_file)
@@ -383,8 +383,9 @@ def sweep(
             progress.console.print(f"[red]cell {escape(result.cell.id)} failed[/]: {escape(str(result.error))}",
                                    highlight=False)
         else:
-            progress.console.print(f"cell {result.cell.id}: done in {result.seconds:.0f} s", markup=False,
-                                   highlight=False)
+            headline = cell_headline(runner.out, result.cell)
+            progress.console.print(f"cell {result.cell.id}: done in {result.seconds:.0f} s"
+                                   + (f": {headline}" if headline else ""), markup=False, highlight=False)
 
     try:
         with progress:

@@ -233,3 +233,21 @@ def test_every_shipped_sweep_plans_every_cell(path):
         assert load_worst_case(path).sweep.cells
     else:
         assert load_sweep(path).cells
+
+
+def test_a_finished_cell_says_its_accuracy_and_attack_success_on_the_console(tmp_path):
+    from fedsec.studies.sweep import cell_headline
+
+    sweep = load_sweep(write_sweep(tmp_path, """
+[grid]
+"defense.strategy" = ["fedavg"]
+"""))
+    (cell,) = sweep.cells
+    assert cell_headline(tmp_path, cell) == ""  # not run yet
+    cell_dir = tmp_path / "cells" / cell.id
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "summary.json").write_text(json.dumps({
+        "accuracy": 0.8123456, "attack_success": 0.77, "attack_success_metric": "backdoor_success",
+        "stopped_reason": "privacy_budget"}))
+    assert cell_headline(tmp_path, cell) == ("accuracy 0.8123, attack success 0.7700 (backdoor_success), "
+                                             "stopped: privacy_budget")

@@ -502,6 +502,21 @@ def audit_column_names() -> list[str]:
     return names
 
 
+def cell_headline(sweep_dir: Path, cell: Cell) -> str:
+    """What the console says of a finished cell: its final accuracy, the attack's success (and which metric that
+    is), and how it stopped when it did not complete; "" when its summary.json cannot be read."""
+    try:
+        summary = json.loads((sweep_dir / "cells" / cell.id / "summary.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    parts = [f"accuracy {v:.4f}"] if (v := number(summary.get("accuracy"))) is not None else []
+    if (v := number(summary.get(SUCCESS))) is not None:
+        parts.append(f"attack success {v:.4f} ({summary.get('attack_success_metric', SUCCESS)})")
+    if summary.get("stopped_reason", "completed") != "completed":
+        parts.append(f"stopped: {summary['stopped_reason']}")
+    return ", ".join(parts)
+
+
 def sweep_rows(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per cell: axes, status, run_dir, final metrics, and mean / std of each metric over the seeds of the
     cell's group (cells that are done)."""
