@@ -18,6 +18,7 @@ from .gaussian import Gaussian
 from .ipm import IPM
 from .label_flip import LabelFlip
 from .minmax import MinMax
+from .mimic import Mimic
 from .minsum import MinSum
 from .neurotoxin import Neurotoxin
 from .scale_search import ALIESearch, IPMSearch
@@ -42,3 +43,4 @@ ATTACKS.register("ipm_search", IPMSearch)
 ATTACKS.register("constrained_backdoor", ConstrainedBackdoor)
 ATTACKS.register("neurotoxin", Neurotoxin)
 ATTACKS.register("count_lie", CountLie)
+ATTACKS.register("mimic", Mimic)
