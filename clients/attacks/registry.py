@@ -17,8 +17,8 @@ from .fang import Fang
 from .gaussian import Gaussian
 from .ipm import IPM
 from .label_flip import LabelFlip
-from .minmax import MinMax
 from .mimic import Mimic
+from .minmax import MinMax
 from .minsum import MinSum
 from .neurotoxin import Neurotoxin
 from .scale_search import ALIESearch, IPMSearch
