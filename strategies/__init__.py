@@ -23,6 +23,7 @@ from .foolsgold import FoolsGold, foolsgold_aggregate, foolsgold_weights
 from .geometric_median import GeometricMedian, geometric_median
 from .krum import Krum
 from .median import Median, coordinate_median
+from .multi_metrics import MultiMetrics, multi_metrics_aggregate, multi_metrics_scores
 from .multikrum import MultiKrum, krum_scores, multikrum_aggregate, multikrum_select
 from .norm_clipping import NormClipping, norm_clip
 from .pre import ARC, NNM, Bucketing, PreAggregator, plan_pre_aggregators
@@ -44,6 +45,7 @@ STRATEGIES.register("fltrust", FLTrust)
 STRATEGIES.register("flame", FLAME)
 STRATEGIES.register("foolsgold", FoolsGold)
 STRATEGIES.register("dnc", DnC)
+STRATEGIES.register("multi_metrics", MultiMetrics)
 
 #: defense.pre name -> pre-aggregator class (each declares its ``Params`` and ``description``); one line per step
 PRE_AGGREGATORS: Registry[type[PreAggregator]] = Registry("defense.pre", "pre-aggregator")
@@ -63,6 +65,9 @@ __all__ = [
     "PreAggregator",
     "plan_pre_aggregators",
     "DnC",
+    "MultiMetrics",
+    "multi_metrics_aggregate",
+    "multi_metrics_scores",
     "FLTrust",
     "FoolsGold",
     "dnc_aggregate",
