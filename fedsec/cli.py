@@ -7,7 +7,10 @@ none of them; ``tests/test_cli_startup.py``).
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,6 +66,24 @@ def _print_config_error(error: ConfigError) -> None:
     """``config error: ...``, one line per problem (every section error of a config at once)."""
     for problem in getattr(error, "problems", None) or (str(error),):
         _print_error("config error", problem)
+
+
+@contextmanager
+def _status_from(source: logging.Logger, show: Callable[[str], None]) -> Iterator[None]:
+    """While active, each record ``source`` logs is shown with ``show`` (the progress bar's status)."""
+
+    class Status(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            show(record.getMessage())
+
+    handler, level = Status(), source.level
+    source.addHandler(handler)
+    source.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(level)
 
 
 def _load(config: Path, overrides: list[str] | None) -> RunPlan:
@@ -129,6 +150,7 @@ def run(
     from fedsec.errors import FedsecInputError
     from fedsec.runtime.runner import RunError, console_metrics, health_line, quiet_frameworks, run_experiment
 
+    progress_log = logging.getLogger("fedsec.progress")  # fedsec.hooks.PROGRESS; named here: imports stay lazy
     quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
     if resume is not None:
         if overwrite:
@@ -160,7 +182,7 @@ def run(
     stop = threading.Event()
     signals = _SigtermAsInterrupt()
     try:
-        with signals, progress:
+        with signals, progress, _status_from(progress_log, lambda text: progress.update(task, status=text)):
             result = run_experiment(plan, out, on_round=on_round, verbose=verbose, resume=resume is not None,
                                     overwrite=overwrite, stop=stop)
     except RunError as e:

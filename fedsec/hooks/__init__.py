@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fedsec.registry import Registry
 
-from .base import RoundHook, RoundState, RunFacts, ServerContext
+from .base import PROGRESS, RoundHook, RoundState, RunFacts, ServerContext
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
@@ -43,4 +43,4 @@ HOOKS.register("model_inversion", ModelInversionAudit)
 HOOKS.register("omniscient_attack", OmniscientAttack)
 HOOKS.register("health", HealthCheck)  # last: marks what the other hooks measured on the final model
 
-__all__ = ["HOOKS", "RoundHook", "RoundState", "RunFacts", "ServerContext", "ServerEvaluator"]
+__all__ = ["HOOKS", "PROGRESS", "RoundHook", "RoundState", "RunFacts", "ServerContext", "ServerEvaluator"]

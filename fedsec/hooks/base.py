@@ -28,6 +28,7 @@ e.g. ``[audit.evasion]``), the ``rounds.csv`` columns it writes (``metrics``) an
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,7 +49,10 @@ from fedsec.registry import NoParams
 from fedsec.results.contract import Metric, SummaryMetric
 from fedsec.schedule import Schedule
 
-__all__ = ["RoundHook", "RoundState", "RunFacts", "ServerContext"]
+__all__ = ["PROGRESS", "RoundHook", "RoundState", "RunFacts", "ServerContext"]
+
+#: where the round loop says what it is doing between rounds (the end-of-run audits); the CLI shows it as status
+PROGRESS = logging.getLogger("fedsec.progress")
 
 
 @dataclass(frozen=True)

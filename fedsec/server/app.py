@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedsec.arrays import model_to_record
 from fedsec.data.federated import FederatedData
 from fedsec.errors import FedsecRuntimeError
-from fedsec.hooks import RoundHook, RoundState, ServerContext
+from fedsec.hooks import PROGRESS, RoundHook, RoundState, ServerContext
 from fedsec.models import build_model
 from fedsec.plan import ServerPlan
 from fedsec.protocol import NODE_KEY, PARTITION_ID_KEY
@@ -226,7 +226,11 @@ def _finish(outcome: ServerOutcome, hooks: list[RoundHook], arrays: Any, books: 
     if outcome.stopped_reason in ("not started", "running"):
         outcome.stopped_reason = "completed"
     for hook in hooks:
-        hook.at_end(arrays, outcome.summary)
+        if type(hook).at_end is not RoundHook.at_end:  # end-of-run work (the audits): say so, it can take minutes
+            PROGRESS.info("end of run: %s", hook.name)
+            started = time.perf_counter()
+            hook.at_end(arrays, outcome.summary)
+            logger.info("fedsec: end-of-run %s took %.1f s", hook.name, time.perf_counter() - started)
     return outcome
 
 
