@@ -179,7 +179,7 @@ def test_ciphertext_under_another_ckks_key_is_caught_by_the_authority(handle, ke
 
 def test_overflowing_sum_is_detected_and_recorded(handle, keyring):
     """Three clients each within the headroom 2^18 = 262,144 (2.5e5 per coordinate) sum to 7.5e5: the sum wraps
-    around (it decrypted to -2.99e5 before); the authority refuses the round and says why."""
+    around (it decrypted to -2.99e5 before); the authority excludes two, and refuses the round: one is too few."""
     big = np.full(D, 2.5e5, dtype=np.float32)
     replies = [client_reply(keyring, i, big) for i in range(3)]
     strategy = strategy_for(handle)
@@ -187,7 +187,10 @@ def test_overflowing_sum_is_detected_and_recorded(handle, keyring):
     assert arrays is None and metrics is None
     reason = strategy.last_report.skipped_reason
     assert "key authority refused" in reason and "headroom" in reason
-    assert all(d.status == "skipped: key authority refused" for d in strategy.last_report.decisions)
+    # the two largest are excluded in turn (the sum still overflows after the first); one member is too few
+    statuses = sorted(d.status.split(" (")[0] for d in strategy.last_report.decisions)
+    assert statuses == ["invalid: key authority: excluded: the members' sum was implausible"] * 2 + \
+        ["skipped: key authority refused"]
 
 
 def test_round_without_participants_is_a_recorded_failure(handle, keyring):
@@ -237,3 +240,22 @@ def test_central_dp_authority_releases_every_round_with_at_least_its_noise():
         released = record_to_vector(arrays).double().numpy() * 2  # the noised sum
         assert [d.status for d in low_noise.last_report.decisions] == ["accepted"]
         assert 0.2 < (released - one).std() < 1.0  # the configured 0.5, not the 1e-9 the server asked for
+
+
+def test_two_clients_at_the_overflow_edge_are_excluded_instead_of_stalling_the_round(handle, keyring):
+    """Two signed clients at 0.6x the headroom (2^18) overflow the sum together, each being plausible alone: the
+    authority excludes the largest until the rest fits and releases the sum of the other members."""
+    edge = np.full(D, 0.6 * 2**18, dtype=np.float32)
+    edge_two = edge.copy()
+    edge_two[0] *= 1.01  # the larger of the two goes first
+    honest = updates(3, seed=5)
+    replies = [client_reply(keyring, 0, edge), client_reply(keyring, 1, edge_two)]
+    replies += [client_reply(keyring, 2 + i, u) for i, u in enumerate(honest)]
+    strategy = strategy_for(handle)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None  # the round goes on
+    status = {d.partition_id: d.status for d in strategy.last_report.decisions}
+    assert status[1].startswith("invalid: key authority: excluded")
+    assert all(status[p] == "accepted" for p in (0, 2, 3, 4))
+    expected = np.mean([edge, *honest], axis=0)
+    np.testing.assert_allclose(record_to_vector(arrays).double().numpy(), expected, rtol=1e-4)

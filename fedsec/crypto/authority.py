@@ -16,8 +16,9 @@ up (the runner's case), a ``multiprocessing`` process otherwise (unit tests, too
    the sum wrapped around) and, when clients declared a norm bound, ||sum|| <= members x bound. An implausible
    sum is never released: the authority decrypts each member privately, drops the members whose own vector is
    implausible (a ciphertext made under another key decrypts to values of order 2^(data_bits - scale_bits), an
-   overflowing client beyond the headroom), and releases the sum of the rest if it is plausible and has at least
-   ``min_clients`` members; otherwise it refuses the round and says why (e.g. the honest sum overflowed).
+   overflowing client beyond the headroom), then, while the sum of the rest is still implausible (members each
+   within the headroom whose sum is not), excludes the largest of them, each recorded; it releases the sum of the
+   rest if it has at least ``min_clients`` members, and otherwise refuses the round and says why.
 5. adds the central-DP noise N(0, noise_std^2) to the released vector (seeded), so only a noised sum leaves.
    Under central DP (``dp_noise_std`` set at start) the authority adds at least that noise whatever the server
    asks, and releases every round, whatever its number of members, down to the noise alone for an empty cohort:
@@ -173,6 +174,28 @@ class _Authority:
                 return f"||sum|| = {norm:.4g} exceeds {members} clients x the declared norm bound {bound:g}"
         return None
 
+    def _exclude_until_plausible(self, kept: dict[int, list[bytes]], own: dict[int, np.ndarray],
+                                 result: DecryptionResult) -> None:
+        """Members each plausible whose sum is not (two clients at 0.6x the headroom overflow it together): exclude
+        the largest, relative to the headroom and the declared norm bound, until the sum of the rest is plausible,
+        recording each; the round goes on without them instead of stalling."""
+        limit, bound = self.config.params.max_abs, self.config.client_norm_bound
+
+        def size(pid: int) -> float:
+            vector = own[pid]
+            peak = float(np.max(np.abs(vector))) / limit if vector.size else 0.0
+            return max(peak, float(np.linalg.norm(vector)) / bound if bound else 0.0)
+
+        total = np.sum([own[pid] for pid in kept], axis=0) if kept else np.zeros(0)
+        for pid in sorted(kept, key=lambda p: (-size(p), p)):
+            why = self._implausible(total, len(kept))
+            if why is None:
+                return
+            result.rejected[pid] = (f"excluded: the members' sum was implausible ({why}) and this member's vector was "
+                                    f"the largest left ({size(pid):.3g} x the bound)")
+            total = total - own[pid]
+            del kept[pid]
+
     def _decrypt(self, chunks: list[bytes], length: int) -> np.ndarray:
         return decrypt_chunks(self._context, chunks, length)
 
@@ -225,11 +248,13 @@ class _Authority:
         vector = self._decrypt(total, length)
         why = self._implausible(vector, len(kept))
         if why is not None:  # never release it: find the members whose own vector is implausible
+            own = {pid: self._decrypt(chunks, length) for pid, chunks in kept.items()}
             for pid in list(kept):
-                own = self._implausible(self._decrypt(kept[pid], length), 1)
-                if own is not None:
-                    result.rejected[pid] = f"its ciphertext decrypts to an implausible vector: {own}"
+                bad = self._implausible(own[pid], 1)
+                if bad is not None:
+                    result.rejected[pid] = f"its ciphertext decrypts to an implausible vector: {bad}"
                     del kept[pid]
+            self._exclude_until_plausible(kept, own, result)
             if len(kept) < max(min_clients, 1):
                 result.refused = f"decrypted sum implausible ({why}); {len(kept)} plausible clients remain"
                 result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1
