@@ -70,7 +70,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         if spec.crypto_ref is not None:
             return encrypted_train_reply(message, arrays, metrics, context=worker_context(spec.crypto_ref),
                                          node=current_node(), clip_norm=spec.central_clip_norm,
-                                         weighted=spec.ckks_weighted)
+                                         weighted=spec.ckks_weighted, member_bound=spec.ckks_member_bound)
         return train_reply(message, arrays, metrics, node=current_node(), dp_history=dp_history)
 
     @app.train()

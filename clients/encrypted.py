@@ -75,9 +75,12 @@ def encrypted_train_reply(
     node: str,
     clip_norm: float | None = None,
     weighted: bool = False,
+    member_bound: float | None = None,
 ) -> Message:
     """The train reply under encryption: signed CKKS chunks of w x update, w = num-examples when ``weighted``
-    else 1 (under central DP, ``clip_norm``: the update clipped to it, weight 1), plus plaintext metrics."""
+    else 1 (under central DP, ``clip_norm``: the update clipped to it, weight 1), each coordinate clamped to
+    +-``member_bound`` (this client's share of the CKKS headroom, so that the cohort's sum cannot wrap around;
+    ``ckks_clamped`` counts the coordinates it changed), plus plaintext metrics."""
     global_arrays = message.content[ARRAYS_RECORD]
     update = record_to_vector(arrays).double() - record_to_vector(global_arrays).double()
     if clip_norm is not None:
@@ -86,6 +89,9 @@ def encrypted_train_reply(
     else:
         weight = float(metrics[NUM_EXAMPLES_KEY]) if weighted else 1.0
         vector = update * weight
+    if member_bound is not None:
+        metrics["ckks_clamped"] = int((vector.abs() > member_bound).sum())
+        vector = vector.clamp(-member_bound, member_bound)
     t0 = time.perf_counter()
     material = None
     if isinstance(context, ClientKeyring):

@@ -259,3 +259,22 @@ def test_two_clients_at_the_overflow_edge_are_excluded_instead_of_stalling_the_r
     assert all(status[p] == "accepted" for p in (0, 2, 3, 4))
     expected = np.mean([edge, *honest], axis=0)
     np.testing.assert_allclose(record_to_vector(arrays).double().numpy(), expected, rtol=1e-4)
+
+
+def test_clients_clamp_what_they_encrypt_to_their_share_of_the_headroom(handle, keyring):
+    """With a member bound of 2^18 / 2 each, two clients at the edge sum within the headroom: nothing is excluded."""
+    big = np.full(D, 2.0e5, dtype=np.float32)
+    bound = 2**18 / 2
+    replies = []
+    for pid in (0, 1):
+        instruction = Message(content=RecordDict({"arrays": global_zero(), "config": ConfigRecord({"server-round": 1})}),
+                              dst_node_id=100 + pid, message_type=MessageType.TRAIN)
+        trained = arrays_of({"w": big[:12].reshape(3, 4), "b": big[12:]})
+        metrics = MetricRecord({"num-examples": 50, "partition-id": pid, "train_loss": 0.5})
+        reply = encrypted_train_reply(instruction, trained, metrics, context=keyring, node="n", member_bound=bound)
+        assert reply.content["metrics"]["ckks_clamped"] == D
+        replies.append(reply)
+    strategy = strategy_for(handle)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert all(d.status == "accepted" for d in strategy.last_report.decisions)
+    np.testing.assert_allclose(record_to_vector(arrays).double().numpy(), np.full(D, bound), rtol=1e-4)

@@ -190,10 +190,14 @@ class RunPlan:
         clip = self.privacy.clip_norm if (self.crypto is not None and self.privacy is not None) else None
         weighted = self.crypto is not None and self.privacy is None and e.defense.weighting == "reported"
         sanitize = SanitizeConfig(**_sanitize_table(e)) if e.defense.sanitize.method != "none" else None
+        # each member's share of the CKKS headroom: the sum of the largest cohort fits (fixed sampling: k clients;
+        # Poisson cohorts are unbounded, so every client's share)
+        cohort = e.train.clients_per_round if self.schedule.sampling == "fixed" else e.data.num_clients
+        share = self.crypto.max_abs / cohort if self.crypto is not None else None
         return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
                 "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
-                "ckks_weighted": weighted, "normalisation": self.dataset.normalisation, "poisoned": self.poisoned,
-                "sanitize": sanitize}
+                "ckks_weighted": weighted, "ckks_member_bound": share, "normalisation": self.dataset.normalisation,
+                "poisoned": self.poisoned, "sanitize": sanitize}
 
     def key_authority_args(self) -> dict[str, Any]:
         """How the CKKS key authority is set up for this run (``fedsec.crypto.KeyAuthorityHandle.start``)."""
