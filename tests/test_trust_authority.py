@@ -267,8 +267,8 @@ def test_clients_clamp_what_they_encrypt_to_their_share_of_the_headroom(handle, 
     bound = 2**18 / 2
     replies = []
     for pid in (0, 1):
-        instruction = Message(content=RecordDict({"arrays": global_zero(), "config": ConfigRecord({"server-round": 1})}),
-                              dst_node_id=100 + pid, message_type=MessageType.TRAIN)
+        content = RecordDict({"arrays": global_zero(), "config": ConfigRecord({"server-round": 1})})
+        instruction = Message(content=content, dst_node_id=100 + pid, message_type=MessageType.TRAIN)
         trained = arrays_of({"w": big[:12].reshape(3, 4), "b": big[12:]})
         metrics = MetricRecord({"num-examples": 50, "partition-id": pid, "train_loss": 0.5})
         reply = encrypted_train_reply(instruction, trained, metrics, context=keyring, node="n", member_bound=bound)
