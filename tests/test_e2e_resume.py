@@ -201,6 +201,7 @@ def test_local_dp_run_in_which_every_client_refuses_stops_with_the_privacy_reaso
     assert set(refused["client"]) == {0, 1, 2, 3}
 
 
+@pytest.mark.slow  # a privacy study killed and resumed (~1.5 min): bash scripts/dev.sh slow
 def test_privacy_study_stops_on_ctrl_c_then_resumes_and_reads_back_finished_cells(tmp_path):
     """Ctrl-C in a study's cell exits 130 with that cell's summary `interrupted`; the same command goes on with the
     cell from its checkpoint; run again, the finished cell is read back, not rerun."""

@@ -200,6 +200,7 @@ def test_plugin_kinds_validate_their_own_keys(tmp_path):
     assert "weight_norm_scaled" in {m.name for m in summary_metrics()}
 
 
+@pytest.mark.slow  # sweep, report and worst case of plugin kinds (~2 min): bash scripts/dev.sh slow
 @pytest.mark.e2e
 @pytest.mark.usefixtures("plugin")
 def test_plugin_kinds_reach_sweep_report_and_worst_case(tmp_path):
@@ -236,6 +237,7 @@ def test_plugin_kinds_reach_sweep_report_and_worst_case(tmp_path):
     assert "weight_norm_scaled" in run_report and "global_norm" in run_report
 
 
+@pytest.mark.slow  # a plugin strategy killed and resumed (~2.5 min): bash scripts/dev.sh slow
 @pytest.mark.e2e
 @pytest.mark.usefixtures("plugin")
 def test_plugin_strategy_state_survives_kill_9_and_resume(tmp_path):

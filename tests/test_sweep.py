@@ -113,6 +113,7 @@ def _sweep_processes(sweep_dir: Path) -> list[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # a sweep SIGKILLed and resumed (~4-6 min): bash scripts/dev.sh slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_sweep_resumes_without_losing_or_repeating_cells(tmp_path):
     path = write_sweep(tmp_path, """

@@ -34,6 +34,7 @@ def trained(x: np.ndarray, y: np.ndarray, input_shape) -> torch.nn.Module:
     return net
 
 
+@pytest.mark.slow  # trains poisoned and clean models (~1.5 min): bash scripts/dev.sh slow
 def test_trigger_success_separates_a_poisoned_model_from_a_clean_one(setting):
     plan, data = setting
     evaluator = ServerEvaluator("cnn", plan.attack, data, poison=plan.experiment.data.poison)

@@ -168,6 +168,7 @@ def test_cli_command_tabulates_a_sweep_directory_and_reports(tmp_path):
     assert missing.exit_code == 2 and "config error" in missing.output
 
 
+@pytest.mark.slow  # a real defense x attack grid (~3 min): bash scripts/dev.sh slow
 @pytest.mark.e2e
 def test_tiny_real_grid(tmp_path):
     """2 defenses x (no attack, Fang) on digits with Dirichlet(1.0) label skew, 2 rounds, 3 omniscient attackers of
