@@ -308,3 +308,17 @@ def test_validate_accepts_exactly_the_splits_the_partitioner_can_make(data, acce
 def test_the_run_strategy_gets_backend_aggregate_timeout():
     plan = plan_from_dict({**DIGITS, "backend": {"aggregate_timeout": 5.0}})
     assert plan.server_strategy().aggregate_timeout == 5.0
+
+
+def test_every_section_with_a_bad_kind_key_is_reported_at_once():
+    from fedsec.config import ConfigProblems
+    from fedsec.plan import plan_from_dict
+
+    raw = {"rounds": 2, "data": {"dataset": "digits", "partition": "iid", "num_clients": 4},
+           "model": {"name": "logreg"}, "train": {"clients_per_round": 4},
+           "attack": {"kind": "alie", "fraction": 0.25, "zz": 1}, "defense": {"strategy": "krum", "trim": 0.1},
+           "server": {"optimizer": "fedadam", "lrr": 1.0}}
+    with pytest.raises(ConfigProblems) as info:
+        plan_from_dict(raw, source="x.toml")
+    assert [p.split(":")[1].strip() for p in info.value.problems] == ["attack.zz", "defense.trim", "server.lrr"]
+    assert all(p.startswith("x.toml: ") for p in info.value.problems)

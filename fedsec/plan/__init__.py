@@ -23,6 +23,7 @@ from fedsec.clients.attacks.base import DefenseView
 from fedsec.config import (
     BackendConfig,
     ConfigError,
+    ConfigProblems,
     DataConfig,
     Experiment,
     SanitizeConfig,
@@ -212,9 +213,36 @@ class RunPlan:
         return self.experiment.to_toml(self.resolved)
 
 
+def _kind_problems(e: Experiment) -> list[str]:
+    """Every problem of the kinds' names and their own keys, section by section (each checked on its own, so a
+    config with a typo in [attack] and another in [defense] hears of both at once)."""
+    checks = (
+        lambda: parse_params(DATASETS.get(e.data.dataset).Params, e.data.kind_keys, section="data",
+                             kind=f"data.dataset={e.data.dataset!r}"),
+        lambda: MODELS.get(e.model.name),
+        lambda: parse_params(ATTACKS.get(e.attack.kind).Params, e.attack.kind_keys, section="attack",
+                             kind=f"attack.kind={e.attack.kind!r}"),
+        lambda: parse_params(STRATEGIES.get(e.defense.strategy).Params, e.defense.kind_keys, section="defense",
+                             kind=f"defense.strategy={e.defense.strategy!r}"),
+        lambda: parse_params(SERVER_OPTIMIZERS.get(e.server.optimizer).Params, e.server.kind_keys, section="server",
+                             kind=f"server.optimizer={e.server.optimizer!r}"),
+    )
+    problems: list[str] = []
+    for check in checks:
+        try:
+            check()
+        except ConfigProblems as err:
+            problems += err.problems
+        except ConfigError as err:
+            problems.append(str(err))
+    return problems
+
+
 def build_plan(experiment: Experiment) -> RunPlan:
     """Check every kind-specific rule of ``experiment`` and build its plan (:class:`ConfigError` otherwise)."""
     e = experiment
+    if len(problems := _kind_problems(e)) > 1:
+        raise ConfigProblems(problems)
     dataset = DATASETS.get(e.data.dataset)
     dataset_params = parse_params(dataset.Params, e.data.kind_keys, section="data",
                                   kind=f"data.dataset={e.data.dataset!r}")
@@ -404,6 +432,8 @@ def plan_from_dict(raw: dict[str, Any], *, source: str = "config") -> RunPlan:
     experiment = experiment_from_dict(raw, source=source)
     try:
         return build_plan(experiment)
+    except ConfigProblems as err:
+        raise ConfigProblems([f"{source}: {problem}" for problem in err.problems]) from None
     except ConfigError as err:
         raise ConfigError(one_line(f"{source}: {err}")) from None
 
