@@ -32,6 +32,7 @@ from fedsec.report.collateral import add_collateral, add_collateral_by_defense
 from fedsec.report.document import Document as _Document
 from fedsec.report.worst_case import add_worst_case
 from fedsec.results.contract import number
+from fedsec.results.run_directory import lookup
 
 __all__ = ["ReportError", "final_metric_names", "write_report"]
 
@@ -137,20 +138,11 @@ def _column_is_integer(rows: Sequence[dict[str, float | None]], key: str) -> boo
     return all(float(r[key]).is_integer() for r in rows if r.get(key) is not None)
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 # -------------------------------------------------------------------------------------------------------- a run
 
 
 def _attack_text(config: dict[str, Any], summary: dict[str, Any]) -> str:
-    kind = summary.get("attack") or _get(config, "attack.kind") or "none"
+    kind = summary.get("attack") or lookup(config, "attack.kind") or "none"
     if kind == "none":
         return "none"
     attack = config.get("attack", {})
@@ -221,12 +213,12 @@ def _run_report(root: Path) -> _Document:
         ("name", name), ("model health", _health_text(summary)),
         ("seed", str(summary.get("seed", config.get("seed", "")))),
         ("data", ", ".join(f"{k} {v}" for k, v in config.get("data", {}).items() if k in ("dataset", "partition",
-                           "num_clients") or (k == "alpha" and _get(config, "data.partition") == "dirichlet"))),
-        ("model", str(_get(config, "model.name") or "")),
-        ("strategy", f"`{summary.get('strategy') or _get(config, 'defense.strategy') or '?'}`"),
+                           "num_clients") or (k == "alpha" and lookup(config, "data.partition") == "dirichlet"))),
+        ("model", str(lookup(config, "model.name") or "")),
+        ("strategy", f"`{summary.get('strategy') or lookup(config, 'defense.strategy') or '?'}`"),
         ("attack", _attack_text(config, summary)),
         ("privacy", _privacy_text(config, spent if spent is not None else last.get("epsilon"))),
-        ("encryption", str(_get(config, "encryption.scheme") or "none")),
+        ("encryption", str(lookup(config, "encryption.scheme") or "none")),
         ("stopped_reason", str(summary.get("stopped_reason", "no summary.json: still running or interrupted"))),
         ("rounds", f"{summary.get('rounds_completed', int(last.get('round') or 0))} completed of "
                    f"{summary.get('rounds_planned', config.get('rounds', '?'))} planned"),
@@ -338,7 +330,7 @@ def _run_figures(doc: _Document, root: Path, name: str, rows: list[dict[str, flo
         doc.figure("plots/report_robust_accuracy.png", "Clean test accuracy and robust accuracy (accuracy on the "
                    "evasion audit's adversarial test examples: " + ", ".join(robust) + ") per round.")
     if _present(rows, "epsilon"):
-        budget = _number(_get(config, "privacy.epsilon"))
+        budget = _number(lookup(config, "privacy.epsilon"))
         rp.plot_run_epsilon(rows, plots / "report_epsilon.png", title=name, budget=budget)
         doc.figure("plots/report_epsilon.png", "Privacy spent (epsilon) per round, with the budget.")
     if _present(rows, "detection_precision") or _present(rows, "detection_recall"):
@@ -472,7 +464,7 @@ def _fixed_settings(doc: _Document, done: list[_Cell], axes: list[str]) -> None:
     keys = ["rounds", "data.dataset", "data.partition", "data.num_clients", "train.clients_per_round",
             "model.name", "defense.strategy", "attack.kind", "attack.fraction", "privacy.mode", "privacy.epsilon",
             "encryption.scheme"]
-    rows = [[f"`{k}`", str(_get(config, k))] for k in keys if k not in axes and _get(config, k) is not None]
+    rows = [[f"`{k}`", str(lookup(config, k))] for k in keys if k not in axes and lookup(config, k) is not None]
     if rows:
         doc.paragraph(f"Settings shared by the cells (from `{done[0].name}/config.toml`):")
         doc.table(["key", "value"], rows)

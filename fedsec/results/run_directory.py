@@ -345,17 +345,19 @@ def identity_changes(old: dict[str, Any], new: dict[str, Any]) -> set[str]:
     defaults = shared_defaults()
     return {key for key in changed_keys(old, new)
             if not any(key == free or key.startswith(f"{free}.") for free in RESUME_MAY_CHANGE)
-            and not (_at(old, key) is _MISSING and _at(new, key) == _at(defaults, key) is not _MISSING)}
+            and not (lookup(old, key, _MISSING) is _MISSING
+                     and lookup(new, key) == lookup(defaults, key, _MISSING))}
 
 
 _MISSING = object()
 
 
-def _at(config: dict[str, Any], dotted: str) -> Any:
+def lookup(config: dict[str, Any], dotted: str, missing: Any = None) -> Any:
+    """The value at a dotted key of a nested config (``"defense.strategy"``), or ``missing``."""
     value: Any = config
     for part in dotted.split("."):
         if not isinstance(value, dict) or part not in value:
-            return _MISSING
+            return missing
         value = value[part]
     return value
 
