@@ -20,6 +20,7 @@ from .fedavg import FedAvg, fedavg_aggregate
 from .flame import FLAME, flame_aggregate
 from .fltrust import FLTrust, fltrust_aggregate
 from .foolsgold import FoolsGold, foolsgold_aggregate, foolsgold_weights
+from .freqfed import FreqFed, freqfed_aggregate
 from .geometric_median import GeometricMedian, geometric_median
 from .krum import Krum
 from .median import Median, coordinate_median
@@ -46,6 +47,7 @@ STRATEGIES.register("flame", FLAME)
 STRATEGIES.register("foolsgold", FoolsGold)
 STRATEGIES.register("dnc", DnC)
 STRATEGIES.register("multi_metrics", MultiMetrics)
+STRATEGIES.register("freqfed", FreqFed)
 
 #: defense.pre name -> pre-aggregator class (each declares its ``Params`` and ``description``); one line per step
 PRE_AGGREGATORS: Registry[type[PreAggregator]] = Registry("defense.pre", "pre-aggregator")
@@ -66,6 +68,8 @@ __all__ = [
     "plan_pre_aggregators",
     "DnC",
     "MultiMetrics",
+    "FreqFed",
+    "freqfed_aggregate",
     "multi_metrics_aggregate",
     "multi_metrics_scores",
     "FLTrust",

@@ -60,3 +60,34 @@ def test_the_detector_flags_the_attackers_and_keeps_the_honest_clients_in_a_run(
     rows = run_in_process(raw, tmp_path / "run")
     caught = (rows["detection_precision"].iloc[1:] == 1.0) & (rows["detection_recall"].iloc[1:] == 1.0)
     assert int(caught.sum()) == rounds_caught
+
+
+# ---------------------------------------------------------------------------------------------- FreqFed
+def test_freqfed_keeps_the_majority_cluster_of_low_frequencies():
+    from scipy.fft import dct
+
+    from strategies.freqfed import FreqFed, low_frequencies
+
+    g = torch.Generator().manual_seed(2)
+    smooth = torch.linspace(0, 1, 256)
+    honest = torch.stack([smooth + 0.05 * torch.randn(256, generator=g) for _ in range(7)])
+    poisoned = torch.stack([-smooth + 0.05 * torch.randn(256, generator=g) for _ in range(3)])
+    updates = torch.cat([honest, poisoned])
+    low = low_frequencies(updates, 0.5)
+    assert low.shape == (10, 128)
+    assert torch.allclose(low, torch.from_numpy(dct(updates.double().numpy(), norm="ortho", axis=1)[:, :128]))
+    aggregate, weights = FreqFed().aggregate_updates(updates, torch.ones(10))
+    assert (weights[7:] == 0).all()  # every poisoned update out
+    kept = weights[:7] > 0
+    assert int(kept.sum()) >= 6  # HDBSCAN may call one honest update at the cluster's edge noise
+    assert torch.allclose(aggregate, honest[kept].mean(dim=0), atol=1e-6)
+
+
+def test_freqfed_flags_sign_flippers_in_a_run(tmp_path, server_identity):
+    raw = {"name": "freqfed", "seed": 0, "rounds": 2,
+           "data": {"dataset": "digits", "partition": "iid", "num_clients": 8}, "model": {"name": "logreg"},
+           "train": {"clients_per_round": 8, "lr": 0.1}, "attack": {"kind": "sign_flip", "client_ids": [1, 5]},
+           "defense": {"strategy": "freqfed"}}
+    rows = run_in_process(raw, tmp_path / "run")
+    assert (rows["detection_recall"].iloc[1:] == 1.0).all()  # both attackers flagged in every round
+    assert (rows["detection_precision"].iloc[1:] >= 2 / 3).all()  # and at most one honest client with them
