@@ -356,6 +356,19 @@ def test_the_run_plan_builds_the_rule_with_its_pre_aggregators_and_resolves_them
         plan_from_dict({**RUN, "defense": {"strategy": "median", "pre": [{"name": "nnm", "num_malicious": 2}]}})
 
 
+def test_an_attacker_that_knows_the_defense_simulates_its_pre_aggregators_too():
+    from fedsec.plan import plan_from_dict
+
+    plan = plan_from_dict(RUN)
+    rule = plan.attack.defense.rule()
+    updates = torch.randn(6, 20, generator=torch.Generator().manual_seed(0))
+    updates[0] += 5.0
+    expected, _ = plan.build_strategy(device="cpu").aggregate_with_pre(updates, torch.ones(6))
+    plain, _ = plan.build_strategy(device="cpu").aggregate_updates(updates, torch.ones(6))
+    got, _ = rule(updates)
+    assert torch.equal(got, expected) and not torch.equal(got, plain)
+
+
 @pytest.mark.e2e
 def test_nnm_then_median_runs_end_to_end_and_records_clients(tmp_path: Path):
     import tomllib

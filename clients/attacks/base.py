@@ -40,12 +40,13 @@ class DefenseView:
         return self.family in ("krum", "selection")
 
     def rule(self) -> Rule:
-        """The rule's kernel on stacked updates (n, d), every client weighted alike."""
+        """The deployed pipeline on stacked updates (n, d), every client weighted alike: the pre-aggregators
+        (``defense.pre``), then the rule's kernel, as the server runs them."""
         strategy = self.build()
 
         def aggregate(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             ones = torch.ones(updates.shape[0], dtype=updates.dtype, device=updates.device)
-            return strategy.aggregate_updates(updates, ones)
+            return strategy.aggregate_with_pre(updates, ones)
 
         return aggregate
 
