@@ -20,7 +20,6 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.ensemble import IsolationForest
 from torch import nn
 
 from fedsec.registry import Params
@@ -117,6 +116,8 @@ class IsolationForestFilter(Sanitizer):
             feats = x.reshape(x.shape[0], -1)
         if feats.shape[0] < 2:
             return FilterResult(keep=np.ones(feats.shape[0], bool), scores=np.zeros(feats.shape[0]), method=self.method)
+        from sklearn.ensemble import IsolationForest  # here: scikit-learn costs ~2 s of start-up
+
         forest = IsolationForest(
             n_estimators=self.n_estimators,
             max_samples=self.max_samples,

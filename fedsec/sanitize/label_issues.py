@@ -29,8 +29,6 @@ import warnings
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -52,6 +50,8 @@ def fold_indices(y: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarra
     """(train, held-out) index pairs: stratified when every class has at least ``n_folds`` points."""
     counts = np.bincount(y)
     stratify = counts[counts > 0].min() >= n_folds
+    from sklearn.model_selection import KFold, StratifiedKFold  # here: scikit-learn costs ~2 s of start-up
+
     splitter = (StratifiedKFold if stratify else KFold)(n_splits=n_folds, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(y.size), y))
 
@@ -67,6 +67,8 @@ def logreg_fold_probs(
     x: np.ndarray, y: np.ndarray, train: np.ndarray, held: np.ndarray, *, num_classes: int, c: float, max_iter: int
 ) -> np.ndarray:
     """(len(held), num_classes) probabilities from a logistic regression fit on ``train``."""
+    from sklearn.linear_model import LogisticRegression  # here: scikit-learn costs ~2 s of start-up
+
     out = np.zeros((held.size, num_classes))
     classes = np.unique(y[train])
     if classes.size == 1:
