@@ -16,7 +16,7 @@ re-implementing that method, and their moments live in dicts of numpy arrays tha
 to learn. So each step is a small pure kernel over flat tensors here, tested against Flower's classes on the same
 inputs (``tests/test_fl_algorithms.py``).
 
-Defaults (the ``Params`` below): FedAdam, FedYogi and FedAdagrad take Flower 1.41's (FedAdam: server_lr 0.1,
+Defaults (the ``Params`` below): FedAdam, FedYogi and FedAdagrad take Flower's (1.41 and 1.42 agree) (FedAdam: server_lr 0.1,
 beta_1 0.9, beta_2 0.99, tau 1e-3; FedYogi: server_lr 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3; FedAdagrad:
 server_lr 0.1, beta_1 0.0, tau 1e-3; Reddi et al. tune server_lr and tau per task and fix beta_1 = 0.9,
 beta_2 = 0.99). FedAvgM takes momentum 0.9 and server_lr 0.1: an effective server rate server_lr / (1 - momentum)
@@ -213,7 +213,7 @@ class FedOpt(ServerOptimizer):
 
     Differences
     -----------
-    As Flower 1.41 (the numbers agree on the same inputs): v starts at 0 (the paper: v >= tau^2), and FedAdam's
+    As Flower 1.41 and 1.42 (the numbers agree on the same inputs): v starts at 0 (the paper: v >= tau^2), and FedAdam's
     rate carries Adam's bias correction with t = server round + 1 (the paper has none).
     """
 

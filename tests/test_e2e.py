@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -60,7 +61,7 @@ def test_run_directory_follows_the_results_contract(two_runs):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds_completed"] == 3 and summary["stopped_reason"] == "completed"
-    assert summary["seed"] == 0 and summary["versions"]["flwr"] == "1.41.0"
+    assert summary["seed"] == 0 and summary["versions"]["flwr"] == metadata.version("flwr")
     assert summary["accuracy"] == pytest.approx(rounds["accuracy"].iloc[-1])
     assert "run directory" in output and "accuracy" in output
 
