@@ -248,3 +248,12 @@ def test_fedbuff_refuses_what_it_cannot_keep(patch, message):
     raw = config(**{k: v for k, v in patch.items() if k != "train"}, train=patch.get("train"))
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         plan_from_dict(raw)
+
+
+def test_devices_and_fedbuff_give_the_same_rows_in_cohort_mode(tmp_path, server_identity):
+    for name, raw in (("drop", config(clients={"dropout": 0.3, "failure": 0.2, "speed_sigma": 1.0},
+                                      train={"deadline": 0.5})),
+                      ("fedbuff", fedbuff())):
+        per_client = run_in_process(raw, tmp_path / f"{name}-per-client")
+        cohort = run_in_process(raw, tmp_path / f"{name}-cohort", cohort_nodes=2)
+        pd.testing.assert_frame_equal(cohort, per_client, check_exact=True)
