@@ -16,11 +16,11 @@ re-implementing that method, and their moments live in dicts of numpy arrays tha
 to learn. So each step is a small pure kernel over flat tensors here, tested against Flower's classes on the same
 inputs (``tests/test_fl_algorithms.py``).
 
-Defaults (the ``Params`` below): FedAdam, FedYogi and FedAdagrad take Flower's (1.41 and 1.42 agree) (FedAdam: server_lr 0.1,
-beta_1 0.9, beta_2 0.99, tau 1e-3; FedYogi: server_lr 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3; FedAdagrad:
-server_lr 0.1, beta_1 0.0, tau 1e-3; Reddi et al. tune server_lr and tau per task and fix beta_1 = 0.9,
-beta_2 = 0.99). FedAvgM takes momentum 0.9 and server_lr 0.1: an effective server rate server_lr / (1 - momentum)
-of 1, FedAvg's (Hsu et al. discuss that effective rate); Flower's defaults (1.0 and 0.0) are FedAvg itself.
+Defaults (the ``Params`` below): FedAdam, FedYogi and FedAdagrad take Flower's, the same in 1.41 and 1.42 (FedAdam:
+server_lr 0.1, beta_1 0.9, beta_2 0.99, tau 1e-3; FedYogi: server_lr 0.01, beta_1 0.9, beta_2 0.99, tau 1e-3;
+FedAdagrad: server_lr 0.1, beta_1 0.0, tau 1e-3; Reddi et al. tune server_lr and tau per task and fix beta_1 = 0.9,
+beta_2 = 0.99). FedAvgM takes momentum 0.9 and server_lr 0.1: an effective server rate server_lr / (1 - momentum) of
+1, FedAvg's (Hsu et al. discuss that effective rate); Flower's defaults (1.0 and 0.0) are FedAvg itself.
 """
 
 from __future__ import annotations
