@@ -62,8 +62,13 @@ def test_a_rule_whose_f_no_longer_fits_the_answering_cohort_skips_the_round(tmp_
     trace = tmp_path / "trace.csv"
     trace.write_text("client,round,available\n2,2,0\n3,2,0\n4,2,0\n")  # round 2: 3 of the 6 answer
     raw = config(defense={"strategy": "krum", "num_malicious": 1}, clients={"availability": str(trace)})
-    with caplog.at_level(logging.WARNING):
-        rows = run_in_process(raw, tmp_path / "krum").set_index("round")
+    flwr_log = logging.getLogger("flwr")  # the strategies log through Flower's logger, which may not propagate
+    flwr_log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING):
+            rows = run_in_process(raw, tmp_path / "krum").set_index("round")
+    finally:
+        flwr_log.removeHandler(caplog.handler)
     assert list(rows.loc[[1, 2, 3], "skipped"]) == [0, 1, 0]
     assert rows.loc[2, "accuracy"] == rows.loc[1, "accuracy"]  # the global model stayed
     assert any("round 2 skipped: 3 valid updates" in r.getMessage() and "needs at least 5" in r.getMessage()
