@@ -62,13 +62,19 @@ def test_a_rule_whose_f_no_longer_fits_the_answering_cohort_skips_the_round(tmp_
     trace = tmp_path / "trace.csv"
     trace.write_text("client,round,available\n2,2,0\n3,2,0\n4,2,0\n")  # round 2: 3 of the 6 answer
     raw = config(defense={"strategy": "krum", "num_malicious": 1}, clients={"availability": str(trace)})
-    flwr_log = logging.getLogger("flwr")  # the strategies log through Flower's logger, which may not propagate
+    # the strategies log through Flower's logger, which other tests may have quietened or stopped propagating
+    flwr_log = logging.getLogger("flwr")
+    level, disabled = flwr_log.level, flwr_log.disabled
     flwr_log.addHandler(caplog.handler)
+    flwr_log.setLevel(logging.WARNING)
+    flwr_log.disabled = False
     try:
         with caplog.at_level(logging.WARNING):
             rows = run_in_process(raw, tmp_path / "krum").set_index("round")
     finally:
         flwr_log.removeHandler(caplog.handler)
+        flwr_log.setLevel(level)
+        flwr_log.disabled = disabled
     assert list(rows.loc[[1, 2, 3], "skipped"]) == [0, 1, 0]
     assert rows.loc[2, "accuracy"] == rows.loc[1, "accuracy"]  # the global model stayed
     assert any("round 2 skipped: 3 valid updates" in r.getMessage() and "needs at least 5" in r.getMessage()
