@@ -21,6 +21,7 @@ from fedsec.federation import dispatch, staleness_weight
 from fedsec.results.contract import Metric
 
 from .base import RoundHook, RoundState, RunFacts, ServerContext
+from .federation import client_work
 
 STALENESS_KEY = "staleness"
 
@@ -59,8 +60,7 @@ class BufferedAggregation(RoundHook):
         facts = ctx.facts
         assert facts.buffer is not None and facts.federation is not None, "built only for FedBuff runs"
         self.spec, self.devices = facts.buffer, facts.federation
-        passes = 1 if facts.train.algorithm == "fedsgd" else facts.train.local_epochs
-        self.work = [passes * len(part) for part in ctx.data.partitions]
+        self.work = client_work(ctx)
         self.in_flight: list[InFlight] = []
         self.clock = 0.0
         self._restored: list[dict[str, Any]] = []

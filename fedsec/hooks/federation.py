@@ -11,6 +11,12 @@ from fedsec.results.contract import Metric
 from .base import RoundHook, RoundState, RunFacts, ServerContext
 
 
+def client_work(ctx: ServerContext) -> list[int]:
+    """Examples each client processes in a round: local_epochs x its partition size (one pass under FedSGD)."""
+    passes = 1 if ctx.facts.train.algorithm == "fedsgd" else ctx.facts.train.local_epochs
+    return [passes * len(part) for part in ctx.data.partitions]
+
+
 class FederationHook(RoundHook):
     """Dropouts, the availability trace, mid-round failures and stragglers against a deadline."""
 
@@ -29,8 +35,7 @@ class FederationHook(RoundHook):
         facts = ctx.facts
         assert facts.federation is not None, "built only when the plan has a federation"
         self.federation = facts.federation
-        passes = 1 if facts.train.algorithm == "fedsgd" else facts.train.local_epochs
-        self.work = [passes * len(part) for part in ctx.data.partitions]  # examples each client processes a round
+        self.work = client_work(ctx)
         self.clock = 0.0
         self._arrivals: list[float] = []
         self._lost = self._late = 0
