@@ -279,6 +279,13 @@ def validate(
         if privacy.rounds_within_budget < experiment.rounds:
             line += f"; the budget guard will stop the run after round {privacy.rounds_within_budget}"
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+        if privacy.clipping == "adaptive":
+            console.print(
+                f"adaptive clipping: the bound starts at {privacy.clip_norm:g} and follows the "
+                f"{privacy.target_quantile:g}-quantile of the update norms (clip_lr {privacy.clip_lr:g}); the count "
+                f"gets noise std {privacy.clip_count_std:g}, the updates noise multiplier "
+                f"{privacy.update_noise_multiplier:.4g} (z = {privacy.noise_multiplier:.4g} is what the accountant "
+                "sees)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("privacy-study")

@@ -45,6 +45,7 @@ from flwr.supercore import log
 from pydantic import BaseModel
 
 from fedsec.arrays import record_signature, record_to_vector, stack_updates, vector_to_record
+from fedsec.privacy.one_run_audit import Canaries, CanarySpec
 from fedsec.protocol import (
     NODE_KEY,
     NUM_EXAMPLES_KEY,
@@ -179,6 +180,11 @@ class RobustStrategy(FedAvg):
         w_j is row j's share of the coordinates, the client's share). So a client inside a rejected bucket, or in
         no selected NNM neighbourhood, gets 0, and an ARC-clipped one its clip factor times its row's weight.
         A round needs enough updates for every step and for the rule after them (:meth:`required_updates`).
+    canaries : CanarySpec | None (default: None)
+        The one-run privacy audit's client-level canaries (``[audit.canary]``; :mod:`fedsec.privacy.one_run_audit`):
+        each round the included canaries that take part are added to the aggregate the rule returns (weight 1 / k,
+        size :meth:`canary_scale`), and every canary is scored on the released aggregate. For mean rules only (the
+        run plan refuses others): a robust rule would see canaries as rows, which this does not model.
     """
 
     #: smallest number of valid updates the rule can aggregate
@@ -250,6 +256,7 @@ class RobustStrategy(FedAvg):
         num_partitions: int | None = None,
         pre_aggregators: Sequence[PreAggregator] = (),
         aggregate_timeout: float | None = 600.0,
+        canaries: CanarySpec | None = None,
     ) -> None:
         self.aggregate_timeout = None if aggregate_timeout is None else check_float(
             type(self).__name__, "backend.aggregate_timeout", aggregate_timeout, low=0.0, high=7 * 86400.0,
@@ -288,6 +295,14 @@ class RobustStrategy(FedAvg):
         self.current_clients: list[ClientDecision] = []
         self._global_arrays: ArrayRecord | None = None
         self._stack_storage: torch.Tensor | None = None  # see _stack_buffer
+        #: values a rule reports for the round it aggregated (e.g. DP-FedAvg's adaptive clip bound); they join the
+        #: round's MetricRecord, and the hook that declares them copies them into rounds.csv
+        self.round_metrics: dict[str, float] = {}
+        self.canary_spec = canaries
+        self._canaries: Canaries | None = None  # drawn when the model size is known (the first aggregation)
+        if canaries is not None:  # the audit's state, kept in the checkpoint (tensors and a generator)
+            self.canary_scores = torch.zeros(canaries.canaries, dtype=torch.float64)
+            self.canary_generator = torch.Generator().manual_seed(canaries.seed + 1)
 
     # ------------------------------------------------------------------ the rule
     @abstractmethod
@@ -367,6 +382,7 @@ class RobustStrategy(FedAvg):
         if self._global_arrays is None:
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to compare with")
         global_arrays = self._global_arrays
+        self.round_metrics = {}
         signature = record_signature(global_arrays)
         decisions, candidates = self._checked_replies(replies, lambda m: self._check_reply(m, signature))
         candidates = self._reject_duplicate_ids(candidates)
@@ -448,10 +464,33 @@ class RobustStrategy(FedAvg):
         for d, w in zip(valid, weights.tolist(), strict=True):
             d.weight = float(w)
             d.status = "accepted" if w > 0 else "rejected"
+        if self.canary_spec is not None:
+            aggregate = self._audit_canaries(aggregate)
         new_arrays = vector_to_record(global_vector + aggregate, like=global_arrays)
         metrics = self._weighted_metrics(valid)
         metrics["bytes_up"] = sum(d.metrics["bytes_up"] for d in valid)
+        metrics.update(self.round_metrics)
         return new_arrays, metrics
+
+    # ------------------------------------------------------------------ the one-run privacy audit
+    def canary_scale(self) -> float:
+        """What one canary adds to its coordinate of the aggregate: c / k (``audit.canary.norm`` over the expected
+        cohort); DP-FedAvg uses the round's clip bound as c."""
+        assert self.canary_spec is not None
+        return self.canary_spec.norm / self.canary_spec.expected_clients
+
+    def _audit_canaries(self, aggregate: torch.Tensor) -> torch.Tensor:
+        """Add the round's canaries to the aggregate (a copy), score every canary on the result, and report the
+        audit so far in :attr:`round_metrics`."""
+        assert self.canary_spec is not None
+        if self._canaries is None:
+            self._canaries = Canaries(self.canary_spec, aggregate.numel())
+        released = aggregate.clone()
+        taking_part = self._canaries.insert(released, self.canary_scale(), self.canary_generator)
+        self._canaries.score(self.canary_scores, released)
+        self.round_metrics.update({"canaries_taking_part": float(taking_part),
+                                   **self._canaries.bound(self.canary_scores)})
+        return released
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

@@ -270,7 +270,8 @@ PRIVACY_MODES.register("local", SectionKind(
 PRIVACY_MODES.register("central", SectionKind(
     "user-level DP-FedAvg (McMahan et al. 2018): server clips updates to clip_norm, adds Gaussian noise; RDP/PRV "
     "accounting; the run never spends more than epsilon",
-    ("epsilon", "delta", "clip_norm", "noise_multiplier", "accountant")))
+    ("epsilon", "delta", "clip_norm", "noise_multiplier", "accountant", "clipping", "target_quantile", "clip_lr",
+     "clip_count_std")))
 
 
 class PrivacyConfig(_Section):
@@ -289,6 +290,19 @@ class PrivacyConfig(_Section):
         description="noise std / clip bound (default: calibrated to spend epsilon in the rounds)."
     )
     accountant: Literal["rdp", "prv"] = Field("rdp", description="Opacus accountant.")
+    clipping: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="central: 'fixed' clips every update to clip_norm; 'adaptive' (Andrew et al. 2021) "
+        "starts at clip_norm and moves it each round towards the target_quantile of the update norms, from a "
+        "noised count that the accountant includes."
+    )
+    target_quantile: float = Field(0.5, gt=0, lt=1, description="central, adaptive: the share of updates the clip "
+                                   "bound should leave unclipped.")
+    clip_lr: float = Field(0.2, gt=0, le=10, description="central, adaptive: the geometric learning rate of the clip "
+                           "bound (C <- C exp(-clip_lr (unclipped share - target_quantile))).")
+    clip_count_std: float | None = Field(
+        None, gt=0, le=1e6, description="central, adaptive: std of the noise on the count of unclipped updates "
+        "(default: clients_per_round / 20, the paper's); must exceed noise_multiplier / 2."
+    )
     max_grad_norm: float = Field(1.0, gt=0, le=1e6, description="local: per-sample gradient clipping bound (DP-SGD).")
     grad_sample_mode: Literal["fedsec", "hooks", "ew", "functorch"] = Field(
         "fedsec", description="local: the per-sample-gradient engine of DP-SGD: fedsec's own kernels (ghost norms "

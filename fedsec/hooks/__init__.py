@@ -11,6 +11,7 @@ from __future__ import annotations
 from fedsec.registry import Registry
 
 from .base import PROGRESS, RoundHook, RoundState, RunFacts, ServerContext
+from .canary import CanaryAudit
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
@@ -40,6 +41,7 @@ HOOKS.register("evasion", EvasionAudit)
 HOOKS.register("inversion", InversionAudit)
 HOOKS.register("membership", MembershipAudit)
 HOOKS.register("model_inversion", ModelInversionAudit)
+HOOKS.register("canary", CanaryAudit)  # after the privacy guard: it reads the round's epsilon
 HOOKS.register("omniscient_attack", OmniscientAttack)
 HOOKS.register("health", HealthCheck)  # last: marks what the other hooks measured on the final model
 

@@ -28,7 +28,15 @@ class PrivacyGuard(RoundHook):
     name = "privacy"
     description = "epsilon per round; stops before a round that would spend more than privacy.epsilon"
     client_metrics = ("epsilon", "epsilon_")  # each client's spend, both accountants
-    metrics = (Metric("epsilon", "privacy spent so far (at delta); never above the budget", better="lower"),)
+    metrics = (
+        Metric("epsilon", "privacy spent so far (at delta); never above the budget", better="lower"),
+        Metric("clip_norm", "central DP, adaptive clipping: the L2 bound the round's updates were clipped to",
+               final=False),
+        Metric("unclipped_share", "central DP, adaptive clipping: the noised share of the round's updates within "
+               "the bound (count + N(0, clip_count_std^2)) / clients_per_round", final=False),
+    )
+    #: the DP strategy's round metrics under adaptive clipping (strategies/dp_fedavg.py)
+    strategy_metrics = ("clip_norm", "unclipped_share")
 
     @classmethod
     def applies(cls, facts: RunFacts) -> bool:
@@ -45,6 +53,10 @@ class PrivacyGuard(RoundHook):
                                         "delta": config.delta}
         if self.ledger is not None:
             self.summary.update(self.ledger.summary())
+        if plan is not None and plan.clipping == "adaptive":  # the accounted z; the updates get z_Delta
+            self.summary.update({"clipping": "adaptive", "update_noise_multiplier": plan.update_noise_multiplier,
+                                 "initial_clip_norm": plan.clip_norm, "target_quantile": plan.target_quantile,
+                                 "clip_lr": plan.clip_lr, "clip_count_std": plan.clip_count_std})
 
     def state(self) -> dict[str, Any]:
         return {"steps": self.ledger.steps if self.ledger is not None else 0,
@@ -79,6 +91,9 @@ class PrivacyGuard(RoundHook):
 
     def after_aggregate(self, rnd: RoundState) -> None:
         row = rnd.row
+        for key in self.strategy_metrics:
+            if rnd.train_metrics is not None and key in rnd.train_metrics:
+                row[key] = float(rnd.train_metrics[key])
         if self.ledger is not None:
             self.ledger.spend(1)
             account = self.ledger.account

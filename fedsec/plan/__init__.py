@@ -37,6 +37,7 @@ from fedsec.data import DATASETS, DatasetSpec
 from fedsec.hooks import HOOKS, RoundHook, RunFacts, ServerContext
 from fedsec.models import MODELS, ModelSpec
 from fedsec.privacy import PrivacyError, PrivacyPlan
+from fedsec.privacy.one_run_audit import CanarySpec
 from fedsec.registry import parse_params
 from fedsec.sanitize import SANITIZERS
 from fedsec.schedule import Schedule, draw_malicious
@@ -152,6 +153,11 @@ class RunPlan:
                                     "weighting": used_weighting(e), "weight_cap": e.defense.weight_cap,
                                     "num_partitions": e.data.num_clients,
                                     "aggregate_timeout": e.backend.aggregate_timeout}
+        if (canary := next((h.params for h in self.hooks if h.cls.name == "canary"), None)) is not None:
+            sampling["canaries"] = CanarySpec(
+                canaries=canary.canaries, guesses=canary.guesses, confidence=canary.confidence, norm=canary.norm,
+                sample_rate=e.train.clients_per_round / e.data.num_clients, expected_clients=e.train.clients_per_round,
+                delta=e.privacy.delta, seed=e.seed + 7919)
         dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
                                                                "seed": e.seed}
         if self.crypto is not None:
@@ -163,10 +169,14 @@ class RunPlan:
                 dp["dp_noise_std"] = self.privacy.noise_std
             return EncryptedFedAvg(authority=key_authority.server_view(), **dp, **sampling)
         if self.privacy is not None:
-            from fedsec.strategies.dp_fedavg import DPFedAvg
+            from fedsec.strategies.dp_fedavg import AdaptiveClipping, DPFedAvg
 
-            return DPFedAvg(clip_norm=self.privacy.clip_norm, noise_multiplier=self.privacy.noise_multiplier,
-                            **dp, **sampling)
+            adaptive = None
+            if self.privacy.clipping == "adaptive":
+                adaptive = AdaptiveClipping(target_quantile=self.privacy.target_quantile, lr=self.privacy.clip_lr,
+                                            count_std=self.privacy.clip_count_std)
+            return DPFedAvg(clip_norm=self.privacy.clip_norm, noise_multiplier=self.privacy.update_noise_multiplier,
+                            adaptive=adaptive, **dp, **sampling)
         return self.build_strategy(server_update_fn=server_update_fn, **sampling)
 
     def strategy_context(self, *, server_update_fn: Any = None) -> StrategyContext:
@@ -299,6 +309,18 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      federation=build_federation(e, plan_stub.schedule.malicious),
                      buffer=build_buffer(e, strategy.required_updates()))
     hooks = _plan_hooks(e, facts)
+    if any(h.cls.name == "canary" for h in hooks) and (e.defense.strategy != "fedavg" or e.defense.pre):
+        raise ConfigError(f"audit.canary with defense.strategy={e.defense.strategy!r}"
+                          f"{' and defense.pre' if e.defense.pre else ''}: the canaries enter FedAvg's mean (or "
+                          "DP-FedAvg's clipped sum) as clients with weight 1/k; a robust rule would see them as "
+                          "rows, which the audit does not model; use defense.strategy='fedavg'")
+    if (canary := next((h.params for h in hooks if h.cls.name == "canary"), None)) is not None:
+        from fedsec.models.zoo import build_model
+
+        size = sum(p.numel() for p in build_model(e.model.name, dataset.input_shape, dataset.num_classes).parameters())
+        if canary.canaries > size:
+            raise ConfigError(f"audit.canary.canaries={canary.canaries}: each canary needs a coordinate of its own "
+                              f"and model {e.model.name!r} has {size} parameters; use at most {size}")
     resolved = _resolved(e, attack_params, strategy_params, dataset_params, hooks)
     resolved["server"] = {**e.server.model_dump(exclude_none=True, exclude=set(e.server.kind_keys)),
                           **optimizer_params.model_dump()}
@@ -355,6 +377,11 @@ def _check_privacy(e: Experiment, dataset: DatasetSpec) -> PrivacyPlan | None:
         return None
     if privacy.mode != "central":
         return None
+    if privacy.clipping == "adaptive" and e.encryption.scheme != "none":
+        raise ConfigError(
+            f"privacy.clipping='adaptive' with encryption.scheme={e.encryption.scheme!r}: adaptive clipping counts the "
+            "updates within the clip bound, and under encryption the server sees no update norm (clients clip to a "
+            "fixed privacy.clip_norm); use privacy.clipping='fixed'")
     if e.defense.strategy != "fedavg":
         raise ConfigError(
             f"privacy.mode='central' with defense.strategy={e.defense.strategy!r}: DP-FedAvg's guarantee "

@@ -8,7 +8,7 @@ from .accounting import (
     epsilon_after_history,
 )
 from .errors import AccountantDisagreement, PrivacyError, PrivacyInputError
-from .plan import PrivacyPlan
+from .plan import PrivacyPlan, adaptive_update_noise_multiplier
 from .sampling import fixed_cohort, poisson_cohort
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "PrivacyPlan",
     "Step",
     "account",
+    "adaptive_update_noise_multiplier",
     "calibrate_noise",
     "epsilon_after",
     "epsilon_after_history",
