@@ -18,6 +18,7 @@ from .centered_clipping import CenteredClipping, centered_clip
 from .dnc import DnC, dnc_aggregate, dnc_select
 from .fedavg import FedAvg, fedavg_aggregate
 from .flame import FLAME, flame_aggregate
+from .fldetector import FLDetector
 from .fltrust import FLTrust, fltrust_aggregate
 from .foolsgold import FoolsGold, foolsgold_aggregate, foolsgold_weights
 from .freqfed import FreqFed, freqfed_aggregate
@@ -48,6 +49,7 @@ STRATEGIES.register("foolsgold", FoolsGold)
 STRATEGIES.register("dnc", DnC)
 STRATEGIES.register("multi_metrics", MultiMetrics)
 STRATEGIES.register("freqfed", FreqFed)
+STRATEGIES.register("fldetector", FLDetector)
 
 #: defense.pre name -> pre-aggregator class (each declares its ``Params`` and ``description``); one line per step
 PRE_AGGREGATORS: Registry[type[PreAggregator]] = Registry("defense.pre", "pre-aggregator")
@@ -68,6 +70,7 @@ __all__ = [
     "plan_pre_aggregators",
     "DnC",
     "MultiMetrics",
+    "FLDetector",
     "FreqFed",
     "freqfed_aggregate",
     "multi_metrics_aggregate",
