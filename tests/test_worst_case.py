@@ -16,8 +16,10 @@ from fedsec.config import ConfigError
 from fedsec.report import write_report
 from fedsec.studies.worst_case import (
     load_worst_case,
+    parse_tune,
     register,
     run_worst_case,
+    tuned_table,
     worst_case_tables,
     write_worst_case,
 )
@@ -217,3 +219,59 @@ def test_shipped_worst_case_grids_plan_every_cell_they_keep(name):
         from fedsec.strategies import STRATEGIES
 
         assert defenses == set(STRATEGIES)  # every shipped defense has its worst case
+
+
+def test_tune_parses_values_and_refuses_what_it_cannot_tune():
+    assert parse_tune(["defense.trim_ratio=0.1, 0.3", "defense.num_malicious=1,2"]) == {
+        "defense.trim_ratio": [0.1, 0.3], "defense.num_malicious": [1, 2]}
+    for spec, fragment in (("defense.trim_ratio", "expected KEY=v1,v2"), ("attack.z=1,2", "a defense's own key"),
+                           ("defense.strategy=krum", "a defense's own key"), ("defense.trim_ratio=0.1,0.1", "repeat")):
+        with pytest.raises(ConfigError, match=fragment):
+            parse_tune([spec])
+
+
+def test_tuned_cells_vary_the_key_only_for_the_defenses_that_read_it(tmp_path):
+    write_base(tmp_path)
+    sweep = tmp_path / "wc.toml"
+    sweep.write_text('base = "base.toml"\n[grid]\n"defense.strategy" = ["trimmed_mean", "krum"]\n'
+                     '"attack.kind" = ["alie"]\n')
+    study = load_worst_case(sweep, tune=parse_tune(["defense.trim_ratio=0.1,0.3"]))
+    assert [c.id for c in study.sweep.cells] == [
+        "strategy-trimmed_mean__kind-alie", "strategy-trimmed_mean__kind-alie__trim_ratio-0.1",
+        "strategy-trimmed_mean__kind-alie__trim_ratio-0.3", "strategy-krum__kind-alie"]
+    assert study.sweep.cells[2].plan.resolved["defense"]["trim_ratio"] == 0.3
+    assert study.sweep.axes["defense.trim_ratio"] == [0.1, 0.3]
+    with pytest.raises(ConfigError, match=r"--tune defense\.keep: none of the grid's defenses"):
+        load_worst_case(sweep, tune={"defense.keep": [0.2]})
+
+
+def test_the_tuned_table_picks_the_highest_worst_case_per_defense(tmp_path):
+    axes = ["defense.strategy", "attack.kind", "defense.trim_ratio"]
+    results = {("trimmed_mean", "alie", ""): 0.50, ("trimmed_mean", "ipm", ""): 0.60,
+               ("trimmed_mean", "alie", "0.1"): 0.40, ("trimmed_mean", "ipm", "0.1"): 0.70,
+               ("trimmed_mean", "alie", "0.3"): 0.65, ("trimmed_mean", "ipm", "0.3"): 0.55,
+               ("krum", "alie", ""): 0.45, ("krum", "ipm", ""): 0.30}
+    rows = [{"defense.strategy": d, "attack.kind": a, "defense.trim_ratio": t, "status": "done", "accuracy": str(acc)}
+            for (d, a, t), acc in results.items()]
+    table = {r["defense"]: r for r in tuned_table(rows, axes, ["defense.trim_ratio"])}
+    assert set(table) == {"trimmed_mean"}  # krum reads no tuned key
+    row = table["trimmed_mean"]
+    assert row["tuned"] == "trim_ratio=0.3" and row["tuned_worst_accuracy"] == 0.55
+    assert row["tuned_worst_attack"] == "ipm" and row["default_worst_accuracy"] == 0.50
+    assert row["gain"] == pytest.approx(0.05) and row["settings"] == 3
+    root = tmp_path / "tuned"
+    root.mkdir()
+    (root / "sweep.toml").write_text('base = "x.toml"\n[grid]\n"defense.strategy" = ["trimmed_mean", "krum"]\n'
+                                     '"attack.kind" = ["alie", "ipm"]\n')
+    (root / "tune.json").write_text('["defense.trim_ratio"]\n')
+    with (root / "sweep.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["defense.strategy", "attack.kind", "defense.trim_ratio", "status",
+                                               "accuracy"])
+        writer.writeheader()
+        writer.writerows(rows)
+    from fedsec.cli import app as fedsec_app
+
+    result = CliRunner().invoke(fedsec_app, ["worst-case", str(root), "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert "trimmed_mean: trim_ratio=0.3: worst accuracy 0.55 (ipm); default 0.5 (alie)" in result.output
+    assert "trimmed_mean, trim_ratio=0.1: worst accuracy 0.4 (alie)" in result.output

@@ -16,7 +16,7 @@ from pathlib import Path
 from fedsec.report import plots as rp
 from fedsec.report.document import Document
 
-TABLE_FILE, GRID_FILE = "worst_case.csv", "worst_case_grid.csv"
+TABLE_FILE, GRID_FILE, TUNED_FILE = "worst_case.csv", "worst_case_grid.csv", "worst_case_tuned.csv"
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -61,6 +61,16 @@ def add_worst_case(doc: Document, root: Path) -> bool:
                                                  else ""),
                 r.get("worst_success_attack") or "-", f"{r.get('attacks_done', '')}/{r.get('attacks_total', '')}",
                 r.get("skipped") or "0"] for r in table])
+    if (root / TUNED_FILE).is_file():
+        doc.paragraph("Tuned (`--tune`): per defense that reads a tuned key, the setting whose worst accuracy over "
+                      "the attacks is highest, next to the setting the grid file gives (the default). Table: "
+                      "`worst_case_tuned.csv`.")
+        doc.table(["defense", "tuned setting", "its worst accuracy", "its worst attack", "default's worst accuracy",
+                   "default's worst attack", "settings tried"],
+                  [[f"`{r['defense']}`", r.get("tuned") or "-", _fmt(r.get("tuned_worst_accuracy")),
+                    r.get("tuned_worst_attack") or "-", _fmt(r.get("default_worst_accuracy")),
+                    r.get("default_worst_attack") or "-", r.get("settings") or ""]
+                   for r in _rows(root / TUNED_FILE)])
     if grid:
         _heatmaps(doc, root, table, grid)
     return True
