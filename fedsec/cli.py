@@ -148,6 +148,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedsec.errors import FedsecInputError
+    from fedsec.results.contract import round_status
     from fedsec.runtime.runner import RunError, console_metrics, health_line, quiet_frameworks, run_experiment
 
     progress_log = logging.getLogger("fedsec.progress")  # fedsec.hooks.PROGRESS; named here: imports stay lazy
@@ -176,8 +177,7 @@ def run(
     task = progress.add_task(experiment.name, total=experiment.rounds, status="starting Ray and clients...")
 
     def on_round(row: dict) -> None:
-        status = f"round {row['round']}: accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}"
-        progress.update(task, completed=int(row["round"]), status=status)
+        progress.update(task, completed=int(row["round"]), status=round_status(row))
 
     stop = threading.Event()
     signals = _SigtermAsInterrupt()

@@ -43,7 +43,8 @@ class InProcessGrid:
 
 def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,
                    resume: bool = False) -> pd.DataFrame:
-    """fedsec's round loop on ``raw`` in this process; rounds.csv without its timing columns. ``stop_after``: stop
+    """fedsec's round loop on ``raw`` in this process; rounds.csv without its timing columns (``attrs``: the hooks'
+    ``summary`` blocks and the ``stopped_reason``). ``stop_after``: stop
     as a kill would after that round's checkpoint; ``resume``: go on from the directory's checkpoint."""
     plan = plan_from_dict(raw)
     data = build_federated_data(plan.data_config, plan.seed)
@@ -59,4 +60,7 @@ def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: i
             run_dir.truncate_after(state["round"])
         run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, on_round=on_round, resume_state=state,
                    cohort_nodes=cohort_nodes)
-    return pd.read_csv(out / "rounds.csv").filter(regex=r"^(?!.*seconds$)")
+    rows = pd.read_csv(out / "rounds.csv").filter(regex=r"^(?!.*seconds$)")
+    rows.attrs["summary"] = outcome.summary  # the hooks' summary blocks (what summary.json adds to the last row)
+    rows.attrs["stopped_reason"] = outcome.stopped_reason
+    return rows

@@ -20,6 +20,7 @@ from .sections import (
     DataConfig,
     DefenseConfig,
     EncryptionConfig,
+    EvalConfig,
     ModelConfig,
     PrivacyConfig,
     ServerConfig,
@@ -47,6 +48,7 @@ class Experiment(_Section):
     clients: ClientsConfig = Field(default_factory=ClientsConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig | None = Field(None, description="[tracking]: MLflow / TensorBoard exports.")
 
     @model_validator(mode="after")

@@ -445,6 +445,16 @@ class AuditConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class EvalConfig(_Section):
+    """``[eval]``: how often and on how much of the test set the server evaluates the global model. Rounds between
+    evaluations have no accuracy in ``rounds.csv``; round 0 and the last planned round are always evaluated on the
+    whole test set, and a run that stops early is evaluated on it at the end (``summary.json``)."""
+
+    every: int = Field(1, ge=1, le=100_000, description="Evaluate after every this many rounds (1: every round).")
+    examples: int = Field(0, ge=0, le=100_000_000, description="Evaluate between-rounds on a seeded, stratified "
+                          "subset of this many test examples (0: the whole test set every time).")
+
+
 class TrackingConfig(_Section):
     """``[tracking]``: export the run to experiment trackers as well (:mod:`fedsec.results.exports`); the run
     directory stays the record."""

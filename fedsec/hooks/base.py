@@ -75,6 +75,8 @@ class RunFacts:
     encrypted: bool = False
     federation: Federation | None = None  # [clients] / train.deadline: the simulated devices (None: ideal)
     buffer: BufferSpec | None = None  # server.aggregation = "fedbuff": asynchronous arrivals, K per server step
+    eval_every: int = 1  # [eval] every: rounds between evaluations of the global model
+    eval_examples: int = 0  # [eval] examples: the between-rounds subset of the test set (0: all of it)
 
     @property
     def images(self) -> bool:

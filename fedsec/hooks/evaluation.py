@@ -1,9 +1,14 @@
-"""Server-side evaluation of the global model after every round: accuracy, loss, per-class recall, the attack's own
-metrics (declared by the attack: ``Attack.metrics``) and, with a trigger planted in honest clients' data, the
-trigger's success."""
+"""Server-side evaluation of the global model: accuracy, loss, per-class recall, the attack's own metrics (declared by
+the attack: ``Attack.metrics``) and, with a trigger planted in honest clients' data, the trigger's success.
+
+``[eval]`` sets how often and on how much: every ``every`` rounds, on a seeded, stratified subset of ``examples``
+test examples (:func:`stratified_subset`); round 0 and the last planned round always on the whole test set, and when a
+run ends (a budget stop, a failure, ...) after a round that was skipped or evaluated on the subset, the final model
+is evaluated on the whole test set into ``summary.json`` (``final_evaluation`` says after which round)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -76,8 +81,31 @@ class ServerEvaluator:
         return row
 
 
+def stratified_subset(labels: torch.Tensor, size: int, *, seed: int) -> torch.Tensor:
+    """Indices of ``size`` of the ``labels`` (sorted), each class keeping its share (largest remainders first),
+    drawn from a permutation seeded by ``seed``.
+
+    >>> labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    >>> labels[stratified_subset(labels, 5, seed=0)].bincount().tolist()
+    [2, 3]
+    """
+    n = labels.numel()
+    if size >= n:
+        return torch.arange(n)
+    labels = labels.cpu()
+    classes, counts = labels.unique(return_counts=True)
+    exact = counts.double() * size / n
+    take = exact.floor().long()
+    for i in torch.argsort(exact - take, descending=True, stable=True)[: size - int(take.sum())]:
+        take[i] += 1
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    chosen = [order[labels[order] == c][:k] for c, k in zip(classes.tolist(), take.tolist(), strict=True)]
+    return torch.cat(chosen).sort().values
+
+
 class Evaluation(RoundHook):
-    """Evaluates the initial model and every round's new global model on the held-out test set."""
+    """Evaluates the initial model and the new global model of the rounds ``[eval]`` picks on the held-out test set
+    (or its subset); the final model always on all of it."""
 
     name = "evaluation"
     description = "accuracy, loss, per-class recall and the attack's own metrics of the global model"
@@ -86,6 +114,8 @@ class Evaluation(RoundHook):
         Metric("loss", "test cross-entropy of the global model", better="lower"),
         Metric("trigger_success_rate", "planted trigger: stamped non-target test inputs classified as the "
                "poison's target", better="lower"),
+        Metric("eval_examples", "[eval] examples: test examples the round was evaluated on, when a subset",
+               final=False, integer=True),
     )
 
     def __init__(self, params: Any, ctx: ServerContext) -> None:
@@ -93,9 +123,35 @@ class Evaluation(RoundHook):
         facts = ctx.facts
         self.evaluator = ServerEvaluator(facts.model_name, facts.attack, ctx.data, poison=facts.poison,
                                          model=ctx.model, x_test=ctx.x_test, y_test=ctx.y_test)
+        self.every, self.last_round = facts.eval_every, facts.rounds
+        self.subset: ServerEvaluator | None = None
+        if 0 < facts.eval_examples < ctx.y_test.shape[0]:
+            index = stratified_subset(ctx.y_test, facts.eval_examples, seed=facts.seed).to(ctx.y_test.device)
+            self.subset = ServerEvaluator(facts.model_name, facts.attack, ctx.data, poison=facts.poison,
+                                          model=ctx.model, x_test=ctx.x_test[index], y_test=ctx.y_test[index])
+        self.unevaluated: tuple[int, Any] | None = None  # (round, arrays) of a newest model not evaluated in full
 
     def on_start(self, arrays: Any, row: dict[str, Any]) -> None:
         row.update(self.evaluator(arrays))
 
     def after_aggregate(self, rnd: RoundState) -> None:
-        rnd.row.update(self.evaluator(rnd.arrays))
+        r, t0 = rnd.server_round, time.perf_counter()
+        if r >= self.last_round or (r % self.every == 0 and self.subset is None):
+            rnd.row.update(self.evaluator(rnd.arrays))
+            self.unevaluated = None
+        else:
+            self.unevaluated = (r, rnd.arrays)
+            if r % self.every == 0 and self.subset is not None:
+                rnd.row.update(self.subset(rnd.arrays))
+                rnd.row["eval_examples"] = int(self.subset.y.shape[0])
+        rnd.row["eval_seconds"] = time.perf_counter() - t0
+
+    def on_stop(self, summary: dict[str, Any]) -> None:
+        """The run ended after a round without a full evaluation: evaluate its model on the whole test set, so the
+        summary's final metrics are the final model's."""
+        if self.unevaluated is None:
+            return
+        r, arrays = self.unevaluated
+        summary.update({k: v for k, v in self.evaluator(arrays).items() if not k.startswith("recall_")})
+        summary["final_evaluation"] = f"the whole test set, after round {r} ([eval] had not evaluated it in full)"
+        self.unevaluated = None

@@ -307,7 +307,8 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      schedule=plan_stub.schedule, attack=attack, train=e.train, privacy=e.privacy,
                      privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None,
                      federation=build_federation(e, plan_stub.schedule.malicious),
-                     buffer=build_buffer(e, strategy.required_updates()))
+                     buffer=build_buffer(e, strategy.required_updates()), eval_every=e.eval.every,
+                     eval_examples=e.eval.examples)
     hooks = _plan_hooks(e, facts)
     if any(h.cls.name == "canary" for h in hooks) and (e.defense.strategy != "fedavg" or e.defense.pre):
         raise ConfigError(f"audit.canary with defense.strategy={e.defense.strategy!r}"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ROUND_METRICS", "AttackSuccess", "Metric", "SummaryMetric", "number"]
+__all__ = ["ROUND_METRICS", "AttackSuccess", "Metric", "SummaryMetric", "number", "round_status"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,20 @@ ROUND_METRICS: tuple[Metric, ...] = (
     Metric("seconds", "wall time of the round", final=False),
     Metric("train_seconds", "clients' training and messaging through Flower and Ray", final=False),
     Metric("aggregate_seconds", "the strategy's checks and aggregation", final=False),
-    Metric("eval_seconds", "evaluation and audits of the new global model", final=False),
+    Metric("eval_seconds", "evaluation of the new global model on the test set (0 in a round [eval] skips)",
+           final=False),
+    Metric("audit_seconds", "the per-round audits and the other hooks after aggregation (evasion's robust "
+           "accuracy, detection, ...)", final=False),
     Metric("skipped", "1 when the round produced no new global model", final=False, integer=True),
 )
+
+
+def round_status(row: dict[str, Any]) -> str:
+    """A round's line for progress bars: ``round 3: accuracy 0.8123  loss 0.5100``; a round that ``[eval]`` did not
+    evaluate says so, one evaluated on the subset names its size."""
+    accuracy, loss = number(row.get("accuracy")), number(row.get("loss"))
+    if accuracy is None:
+        return f"round {int(row['round'])}: not evaluated ([eval] every)"
+    subset = number(row.get("eval_examples"))
+    text = f"round {int(row['round'])}: accuracy {accuracy:.4f}" + (f"  loss {loss:.4f}" if loss is not None else "")
+    return text + (f" (on {int(subset)} test examples)" if subset is not None else "")

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_rounds(rounds: list[dict[str, Any]], out_dir: Path, *, title: str) -> list[Path]:
     """Accuracy and test loss per round (``plots/accuracy.png``)."""
+    from .contract import number
+
+    rounds = [r for r in rounds if number(r.get("accuracy")) is not None]  # [eval] every: the evaluated rounds
     xs = [int(r["round"]) for r in rounds]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     ax_acc.plot(xs, [float(r["accuracy"]) for r in rounds], marker="o", label="test accuracy")

@@ -50,7 +50,9 @@ class RoundBooks:
         row["seconds"] = time.perf_counter() - t_round
         row["train_seconds"] = t_replies - t_round  # clients' training, messaging through Flower and Ray
         row["aggregate_seconds"] = t_aggregated - t_replies
-        row["eval_seconds"] = row["seconds"] - (t_aggregated - t_round)
+        hooks = row["seconds"] - (t_aggregated - t_round)  # every hook after aggregation
+        row["eval_seconds"] = evaluation = min(float(row.get("eval_seconds", 0.0)), hooks)  # the evaluation hook's
+        row["audit_seconds"] = hooks - evaluation
 
     def client_row(self, server_round: int, d: Any) -> dict[str, Any]:
         """One row of clients.csv: the contract's columns, then the reply metrics the hooks declare."""

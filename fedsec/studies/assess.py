@@ -306,8 +306,9 @@ def _train(loaded: Loaded, run_dir: Path, command: str, steps: Steps, console: A
                              status="starting Ray and clients...")
 
     def on_round(row: dict[str, Any]) -> None:
-        progress.update(task, completed=int(row["round"]),
-                        status=f"round {row['round']}: accuracy {row['accuracy']:.4f}")
+        from fedsec.results.contract import round_status
+
+        progress.update(task, completed=int(row["round"]), status=round_status(row))
 
     t0 = time.perf_counter()
     with progress:
