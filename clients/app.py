@@ -41,6 +41,7 @@ from .encrypted import encrypted_train_reply, worker_context
 from .honest import client_data, honest_train, local_model
 from .malicious import malicious_train
 from .spec import ClientSpec, current_node, partition_of
+from .vectorized import Trained, train_cohort_stacked
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
     """The ClientApp for ``spec``: honest clients train; malicious ones run the configured attack."""
     app = ClientApp()
 
-    def train_one(message: Message, context: Context) -> Message:
+    def train_one(message: Message, context: Context, stacked: Trained | None = None) -> Message:
         partition_id = partition_of(context)
         server_round = server_round_of(message)
         global_arrays = message.content[ARRAYS_RECORD]
@@ -64,9 +65,13 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
             except PrivacyBudgetExhausted as e:
                 return refusal_reply(message, partition_id=partition_id, reason=str(e), node=current_node())
             arrays = model_to_record(model)
+        elif stacked and partition_id in stacked:  # trained with its cohort (train.vectorize)
+            arrays, metrics = stacked[partition_id]
         else:
             model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)
+        if spec.train.vectorize and "vectorized" not in metrics:  # the per-client path (clients.csv says which)
+            metrics["vectorized"] = 0.0
         if spec.crypto_ref is not None:
             return encrypted_train_reply(message, arrays, metrics, context=worker_context(spec.crypto_ref),
                                          node=current_node(), clip_norm=spec.central_clip_norm,
@@ -78,7 +83,13 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         partition_ids = cohort_ids(message)
         if partition_ids is None:
             return train_one(message, context)
-        return train_cohort(train_one, message, context, partition_ids)
+        stacked: Trained = {}
+        if spec.train.vectorize:
+            try:
+                stacked = train_cohort_stacked(spec, message, partition_ids)
+            except Exception:  # noqa: BLE001 - the per-client path still trains every client
+                logger.error("vectorized cohort failed, training client by client: %s", traceback.format_exc())
+        return train_cohort(lambda m, c: train_one(m, c, stacked), message, context, partition_ids)
 
     @app.evaluate()
     def evaluate_local(message: Message, context: Context) -> Message:

@@ -156,6 +156,9 @@ class TrainConfig(_Section):
     lr: float = Field(0.01, gt=0, le=100, description="Local SGD learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
     weight_decay: float = Field(0.0, ge=0, le=100, description="Local SGD weight decay.")
+    vectorize: bool = Field(False, description="Cohort messages: the honest clients of a cohort that run plain "
+                            "local SGD train together, parameters stacked (torch.func.vmap; equal to one after "
+                            "another within 1e-5); others, and models with BatchNorm or Dropout, fall back.")
     sampling: Literal["auto", "fixed", "poisson"] = Field(
         "auto", description="How each round's clients are drawn: fixed = exactly clients_per_round (without "
         "replacement); poisson = each client with probability clients_per_round / num_clients; auto = poisson under "
@@ -252,7 +255,7 @@ class SectionKind:
 TRAIN_ALGORITHMS: Registry[SectionKind] = Registry("train.algorithm", "client algorithm")
 TRAIN_ALGORITHMS.register("fedavg", SectionKind(
     "FedAvg's client (McMahan et al. 2017): local_epochs shuffled passes of SGD mini-batches of batch_size",
-    ("local_epochs", "batch_size", "lr", "momentum", "weight_decay")))
+    ("local_epochs", "batch_size", "lr", "momentum", "weight_decay", "vectorize")))
 TRAIN_ALGORITHMS.register("fedprox", SectionKind(
     "FedProx's client (Li et al., MLSys 2020): FedAvg's, with (proximal_mu/2)||w - w_global||^2 added to the local "
     "loss", ("proximal_mu", "local_epochs", "batch_size", "lr", "momentum", "weight_decay")))

@@ -22,6 +22,7 @@ class Participation(RoundHook):
 
     name = "participation"
     description = "replies sampled, accepted and failed per round; stops when no client could take part"
+    client_metrics = ("vectorized",)  # train.vectorize: 1 = trained with its cohort, 0 = on its own
     metrics = (
         Metric("clients_sampled", "clients sampled for the round (one row each in clients.csv, the dropped and late "
                "ones included)", final=False, integer=True),

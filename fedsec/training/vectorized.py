@@ -1,0 +1,144 @@
+"""Several clients' local SGD in one pass: their parameters stacked, one ``torch.func`` forward and backward for all.
+
+The per-client loop (:func:`fedsec.training.local.train_local`) runs a small model's forward and backward once per
+client and mini-batch, which leaves a CPU (or GPU) mostly idle for FL-sized models. Here the clients of a cohort
+that share the architecture and the local recipe train together: each parameter is stacked to (clients, ...),
+``torch.func.vmap`` over ``torch.func.grad`` of :func:`torch.func.functional_call` gives every client's gradient
+of its own mini-batch at once, and the SGD update (momentum, weight decay: PyTorch's ``torch.optim.SGD``
+semantics, dampening 0, no Nesterov) is applied to the stacks. Each client draws its own batches exactly as the
+per-client path does (a ``torch.randperm`` of its examples from its own generator, every epoch, sliced into
+``batch_size``), so the two paths see the same batches in the same order; clients with fewer examples run out of
+steps earlier and are masked: a padded example has weight 0, and a client without a batch at a step keeps its
+parameters and momentum. The results equal the per-client path's up to floating-point summation order
+(``tests/test_vectorized_training.py``: within 1e-5 per parameter).
+
+Why written here: Opacus' and functorch's examples vmap one model over examples, not several models over clients
+with their own optimiser state and batch schedules; this is that loop, small enough to read.
+
+What it does not cover (:func:`why_not_vectorized` says why, and the caller falls back to the per-client path):
+modules that keep running statistics or draw randomness in training (BatchNorm, Dropout), and recipes other than
+plain local SGD (FedProx's proximal term, FedSGD, DP-SGD, adversarial training, data filters, attacks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["StackedResult", "train_stacked", "why_not_vectorized"]
+
+_STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+             nn.AlphaDropout)
+
+
+def why_not_vectorized(model: nn.Module) -> str:
+    """'' when the model can train stacked; otherwise the reason (a module with running statistics or randomness
+    in training mode, or buffers)."""
+    for name, module in model.named_modules():
+        if isinstance(module, _STATEFUL):
+            return f"{type(module).__name__} at {name or 'the model'} (running statistics or randomness in training)"
+    if any(True for _ in model.buffers()):
+        return "the model has buffers"
+    return ""
+
+
+@dataclass
+class StackedResult:
+    """Each client's trained parameters (name -> (clients, ...)) and its training loss (the example-weighted mean
+    over the last epoch, as :class:`fedsec.training.local.LossMeter` reports it)."""
+
+    params: dict[str, torch.Tensor]
+    losses: list[float]
+    num_steps: list[int]
+
+
+def train_stacked(
+    model: nn.Module,
+    xs: list[torch.Tensor],
+    ys: list[torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    generators: list[torch.Generator],
+) -> StackedResult:
+    """Train one copy of ``model``'s current parameters per client on ``(xs[i], ys[i])``, all at once.
+
+    ``model`` only supplies the architecture and the starting parameters (it is not changed). Every client needs
+    at least one example. Returns the stacked trained parameters and each client's loss.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    clients = len(xs)
+    if not (clients == len(ys) == len(generators)) or clients == 0:
+        raise ValueError("train_stacked: one (x, y, generator) per client, at least one client")
+    if reason := why_not_vectorized(model):
+        raise ValueError(f"train_stacked: {reason}")
+    device = xs[0].device
+    sizes = [int(x.shape[0]) for x in xs]
+    if min(sizes) < 1:
+        raise ValueError("train_stacked: every client needs at least one example")
+    start = {name: p.detach() for name, p in model.named_parameters()}
+    params = {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())).clone() for name, p in start.items()}
+    momenta: dict[str, torch.Tensor] | None = None
+    longest = max(sizes)
+    data = xs[0].new_zeros((clients, longest, *xs[0].shape[1:]))
+    labels = ys[0].new_zeros((clients, longest))
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        data[i, : sizes[i]], labels[i, : sizes[i]] = x, y
+
+    def batch_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        per_example = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none") * w
+        total = per_example.sum()
+        return total / w.sum().clamp_min(1.0), total
+
+    gradients = vmap(grad(batch_loss, has_aux=True))
+    rows = torch.arange(clients, device=device)[:, None]
+    steps_of = [-(-n // batch_size) for n in sizes]
+    losses = torch.zeros(clients, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.train()
+    try:
+        for _ in range(epochs):
+            orders = [torch.randperm(n, generator=g).to(device) for n, g in zip(sizes, generators, strict=True)]
+            losses.zero_()
+            for step in range(max(steps_of)):
+                index = torch.zeros((clients, batch_size), dtype=torch.long, device=device)
+                weight = torch.zeros((clients, batch_size), dtype=data.dtype, device=device)
+                for i, order in enumerate(orders):
+                    part = order[step * batch_size: (step + 1) * batch_size]
+                    index[i, : part.numel()], weight[i, : part.numel()] = part, 1.0
+                active = weight.sum(dim=1) > 0
+                grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
+                losses += totals.detach().double()
+                momenta = _sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
+                                    weight_decay=weight_decay)
+    finally:
+        model.train(was_training)
+    per_client = (losses / torch.tensor(sizes, dtype=torch.float64, device=device)).tolist()
+    return StackedResult(params={k: v.detach() for k, v in params.items()}, losses=per_client,
+                         num_steps=[s * epochs for s in steps_of])
+
+
+def _sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], momenta: dict[str, torch.Tensor] | None,
+              active: torch.Tensor, *, lr: float, momentum: float, weight_decay: float
+              ) -> dict[str, torch.Tensor] | None:
+    """``torch.optim.SGD``'s step on the stacks, for the active clients only (the others keep parameters and
+    momentum): d = g + wd p; b = d on a client's first step, else momentum b + d; p -= lr b. Every client takes
+    its first step at the run's first step (each has at least one batch), so one "first" flag serves all."""
+    first = momenta is None
+    new_momenta: dict[str, torch.Tensor] = {}
+    for name, p in params.items():
+        mask = active.view(-1, *([1] * (p.dim() - 1)))
+        d = grads[name] + weight_decay * p if weight_decay else grads[name]
+        if momentum:
+            b = d if first else torch.where(mask, momentum * momenta[name] + d, momenta[name])
+            new_momenta[name] = b
+            d = b
+        params[name] = torch.where(mask, p - lr * d, p)
+    return new_momenta if momentum else None
