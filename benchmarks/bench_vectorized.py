@@ -51,7 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}")
-    print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} {'max diff':>9}")
+    print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} "
+          f"{'max diff':>9}")
     for name, clients, examples in ROWS:
         shape = (1, 28, 28) if name == "cnn" else (784,)
         g = torch.Generator().manual_seed(0)
