@@ -472,6 +472,15 @@ class RobustStrategy(FedAvg):
         metrics.update(self.round_metrics)
         return new_arrays, metrics
 
+    def client_keys(self, n: int) -> list[tuple[str, int]]:
+        """The client of each row of this round's ``n`` updates (("partition", id), else ("node", id)), for rules
+        that follow clients across rounds (``needs_client_histories``); only inside :meth:`aggregate_train`."""
+        clients = self.current_clients
+        if len(clients) != n:
+            raise RuntimeError(f"{type(self).__name__}: {n} updates but {len(clients)} known clients; call it "
+                               "through aggregate_train")
+        return [("partition", d.partition_id) if d.partition_id is not None else ("node", d.node_id) for d in clients]
+
     # ------------------------------------------------------------------ the one-run privacy audit
     def canary_scale(self) -> float:
         """What one canary adds to its coordinate of the aggregate: c / k (``audit.canary.norm`` over the expected

@@ -165,17 +165,10 @@ class FLDetector(RobustStrategy):
     def describe(self) -> str:
         return f"FLDetector(window={self.window})"
 
-    def _keys(self, n: int) -> list[Hashable]:
-        clients = self.current_clients
-        if len(clients) != n:
-            raise RuntimeError(f"FLDetector: {n} updates but {len(clients)} known clients; call it through "
-                               "aggregate_train")
-        return [("partition", d.partition_id) if d.partition_id is not None else ("node", d.node_id) for d in clients]
-
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self._global_arrays is None:
             raise RuntimeError("FLDetector needs the round's global model: call it through aggregate_train")
-        keys = self._keys(updates.shape[0])
+        keys = self.client_keys(updates.shape[0])
         w = record_to_vector(self._global_arrays).to(updates.device, updates.dtype)
         if self.previous_global is not None and self.previous_global.shape != w.shape:
             self._reset()  # the model changed: nothing of the old one predicts the new one

@@ -131,17 +131,8 @@ class FoolsGold(RobustStrategy):
     def describe(self) -> str:
         return f"FoolsGold(kappa={self.kappa:g})"
 
-    def _client_keys(self, n: int) -> list[Hashable]:
-        """The client of each row of this round's updates (partition id, else node id), from the base class."""
-        clients = self.current_clients
-        if len(clients) != n:
-            raise RuntimeError(
-                f"FoolsGold: {n} updates but {len(clients)} known clients; call it through aggregate_train"
-            )
-        return [("partition", d.partition_id) if d.partition_id is not None else ("node", d.node_id) for d in clients]
-
     def aggregate_updates(self, updates: torch.Tensor, num_examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.aggregate_with_keys(updates, self._client_keys(updates.shape[0]))
+        return self.aggregate_with_keys(updates, self.client_keys(updates.shape[0]))
 
     def aggregate_with_keys(self, updates: torch.Tensor, keys: list[Hashable]) -> tuple[torch.Tensor, torch.Tensor]:
         """Add each update to its client's history, then aggregate; ``keys[i]`` names the client of row i."""

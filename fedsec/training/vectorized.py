@@ -100,20 +100,21 @@ def train_stacked(
     gradients = vmap(grad(batch_loss, has_aux=True))
     rows = torch.arange(clients, device=device)[:, None]
     steps_of = [-(-n // batch_size) for n in sizes]
+    width = max(steps_of) * batch_size  # every client's permutation, padded to whole batches
+    real = torch.arange(width, device=device)[None, :] < torch.tensor(sizes, device=device)[:, None]
     losses = torch.zeros(clients, dtype=torch.float64, device=device)
     was_training = model.training
     model.train()
     try:
         for _ in range(epochs):
-            orders = [torch.randperm(n, generator=g).to(device) for n, g in zip(sizes, generators, strict=True)]
+            orders = torch.zeros((clients, width), dtype=torch.long, device=device)
+            for i, (n, g) in enumerate(zip(sizes, generators, strict=True)):
+                orders[i, :n] = torch.randperm(n, generator=g).to(device)
             losses.zero_()
             for step in range(max(steps_of)):
-                index = torch.zeros((clients, batch_size), dtype=torch.long, device=device)
-                weight = torch.zeros((clients, batch_size), dtype=data.dtype, device=device)
-                for i, order in enumerate(orders):
-                    part = order[step * batch_size: (step + 1) * batch_size]
-                    index[i, : part.numel()], weight[i, : part.numel()] = part, 1.0
-                active = weight.sum(dim=1) > 0
+                columns = slice(step * batch_size, (step + 1) * batch_size)
+                index, weight = orders[:, columns], real[:, columns].to(data.dtype)
+                active = real[:, columns].any(dim=1)
                 grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
                 losses += totals.detach().double()
                 momenta = _sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
