@@ -88,7 +88,7 @@ def dp_train(
     data = client_data(spec)
     x, y = data.client_tensors(partition_id)
     extra: dict[str, float] = {}
-    if spec.poisoned or spec.sanitize is not None:
+    if spec.poisoned or spec.sanitize is not None or spec.example_canaries is not None:
         local = honest_client_data(spec, partition_id, x, y, num_classes=data.data.num_classes,
                                    model=local_model(spec, data, arrays), server_round=server_round)
         x, y, extra = local.x, local.y, local.metrics or {}

@@ -18,6 +18,7 @@ from fedsec.data.federated import WorkerData, worker_data
 from fedsec.models import build_model
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 from fedsec.training import BatchHook, train_local
+from fedsec.training.local import Objective
 
 from .local_data import honest_client_data
 from .spec import ClientSpec
@@ -99,12 +100,14 @@ def honest_train(
     server_round: int,
     partition_id: int,
     poison: DataPoison | None = None,
+    objective: Objective | None = None,
 ) -> tuple[torch.nn.Module, MetricRecord]:
     """Train the global ``arrays`` on partition ``partition_id``'s data; returns the trained model and metrics.
 
     Deterministic in (seed, round, partition id). ``poison(x, y, generator)`` (a malicious client's data
-    poisoning) replaces the local data before training. The returned model is this process's reused model
-    (:func:`local_model`): read it before the next call.
+    poisoning) replaces the local data before training, and ``objective`` (an attacker's own loss term,
+    :func:`fedsec.training.local.objective_gradient`) joins the data loss. The returned model is this process's
+    reused model (:func:`local_model`): read it before the next call.
     """
     train = spec.train
     data = client_data(spec)
@@ -134,6 +137,7 @@ def honest_train(
         hook=hook,
         algorithm=train.algorithm,  # malicious clients that train (poison above) use the run's algorithm too
         proximal_mu=train.proximal_mu or 0.0,
+        objective=objective,
     )
     metrics = MetricRecord(
         {NUM_EXAMPLES_KEY: result.num_examples, "train_loss": result.loss, PARTITION_ID_KEY: partition_id, **extra}

@@ -1,5 +1,6 @@
-"""What an honest client trains on: its partition, poisoned where ``[data.poison]`` says so (the ground truth kept),
-then filtered by ``[defense.sanitize]``, with the filter's counts against that ground truth.
+"""What an honest client trains on: its partition (with the one-run audit's example canaries at the audited client,
+``[audit.canary] level = "example"``), poisoned where ``[data.poison]`` says so (the ground truth kept), then filtered
+by ``[defense.sanitize]``, with the filter's counts against that ground truth.
 
 Poisoning is a property of the client's data source, not of the client: it is applied once per worker and client
 (seeded by (seed, partition id), so every worker that holds the client poisons the same points) and the client
@@ -17,6 +18,7 @@ from torch import nn
 
 from fedsec.data.poison import poison_client_data
 from fedsec.metrics.filtering import filter_quality
+from fedsec.privacy.one_run_audit import draw_example_canaries, with_example_canaries
 from fedsec.sanitize import SANITIZERS, build_sanitizer
 
 from .spec import ClientSpec
@@ -39,7 +41,7 @@ _FILTERS: dict[tuple[str, int], np.ndarray] = {}
 
 
 def _poisoned_copy(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: torch.Tensor, num_classes: int):
-    key = (f"{spec.seed}:{spec.data.model_dump_json()}", partition_id)
+    key = (f"{spec.seed}:{spec.data.model_dump_json()}:{spec.example_canaries}", partition_id)  # canaries change x, y
     if key not in _POISONED:
         poison = spec.data.poison
         keys = {k: getattr(poison, k) for k in ("source", "target") if getattr(poison, k) is not None}
@@ -58,7 +60,12 @@ def _poisoned_copy(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: torc
 
 def honest_client_data(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: torch.Tensor, *,
                        num_classes: int, model: nn.Module, server_round: int) -> ClientData:
-    """The client's data after poisoning (if it is a poisoned client) and sanitization (if configured)."""
+    """The client's data with its example canaries (if it is the audited client), after poisoning (if it is a
+    poisoned client) and sanitization (if configured)."""
+    audit = spec.example_canaries
+    if audit is not None and partition_id == audit.client:
+        canaries = draw_example_canaries(y, canaries=audit.canaries, num_classes=num_classes, seed=audit.seed)
+        x, y = with_example_canaries(x, y, canaries)
     truth = None
     if partition_id in spec.poisoned:
         x, y, truth = _poisoned_copy(spec, partition_id, x, y, num_classes)
@@ -79,7 +86,8 @@ def _filter(spec: ClientSpec, partition_id: int, x: torch.Tensor, y: torch.Tenso
     config = spec.sanitize  # the plan's resolved table: the method and its filter's keys
     keys = config.kind_keys
     static = not SANITIZERS.get(config.method).per_round(keys)
-    key = (f"{spec.seed}:{spec.data.model_dump_json()}:{config.model_dump_json()}", partition_id)
+    key = (f"{spec.seed}:{spec.data.model_dump_json()}:{spec.example_canaries}:{config.model_dump_json()}",
+           partition_id)
     if static and key in _FILTERS:
         return _FILTERS[key]
     sanitizer = build_sanitizer(config.method, **keys)

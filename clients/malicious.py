@@ -6,6 +6,10 @@
 - Crafting attacks (ALIE, IPM, min-max, min-sum) that collude build the update from the honest updates of the
   round's sampled attackers (:mod:`fedsec.clients.attacks.collusion`); omniscient ones train honestly and the
   server swaps in the crafted update before aggregation (:mod:`fedsec.clients.attacks.omniscient`).
+- Attacks that adapt to a benign reference (``needs_benign_reference``: the constrained backdoor, Neurotoxin,
+  constrain-and-scale) first train a clean update on their own data and get their sampled colluders' (the same
+  board), train with their own objective term (:meth:`Attack.local_objective`) and finish with
+  :meth:`poison_with_reference`.
 
 The reply carries full arrays (global + malicious update), like an honest one.
 """
@@ -74,12 +78,18 @@ def malicious_train(
         data_max=data.data_max,
         generator=torch.Generator().manual_seed(seed ^ 0xBAD),
     )
+    benign = None
+    if getattr(attack, "needs_benign_reference", False):  # the honest updates it knows: its own clean one, and its
+        own = honest_update(spec, arrays, server_round, partition_id)  # sampled colluders' (from the board)
+        colluders = schedule.sampled_attackers(server_round) or [partition_id]
+        benign = colluders_updates(spec, arrays, server_round, colluders, (partition_id, own))
     model, metrics = honest_train(
         spec,
         arrays,
         server_round=server_round,
         partition_id=partition_id,
         poison=lambda x, y, _g: attack.poison_data(x, y, ctx),
+        objective=attack.local_objective(benign),
     )
     global_vector = record_to_vector(arrays)
     update = record_to_vector(model_to_record(model)) - global_vector
@@ -93,5 +103,8 @@ def malicious_train(
         benign = colluders_updates(spec, arrays, server_round, colluders, (partition_id, update))
         crafted = attack.craft(benign, num_clients=schedule.clients_per_round, num_attackers=len(colluders))
         return vector_to_record(global_vector + crafted, like=arrays), metrics
-    poisoned = attack.poison_update(update, ctx)
+    if benign is not None:
+        poisoned = attack.poison_with_reference(update, ctx, benign=benign)
+    else:
+        poisoned = attack.poison_update(update, ctx)
     return vector_to_record(global_vector + poisoned, like=arrays), metrics

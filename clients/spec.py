@@ -15,6 +15,7 @@ from flwr.app import Context
 
 from fedsec.clients.attacks import Attack
 from fedsec.config import DataConfig, PrivacyConfig, SanitizeConfig, TrainConfig
+from fedsec.privacy.one_run_audit import ExampleCanarySpec
 from fedsec.schedule import Schedule
 
 
@@ -38,6 +39,7 @@ class ClientSpec:
     poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
     sanitize: SanitizeConfig | None = None  # [defense.sanitize], None when off
     dp_histories: dict[int, list[tuple[float, float, int]]] | None = None  # resumed run: each DP client's history
+    example_canaries: ExampleCanarySpec | None = None  # [audit.canary] level = "example": who and which canaries
 
     @property
     def seed(self) -> int:

@@ -15,6 +15,7 @@ from fedsec.registry import Registry
 from .base import ClientDecision, RobustStrategy, RoundReport, StrategyConfigError, StrategyContext
 from .bulyan import Bulyan, bulyan_aggregate
 from .centered_clipping import CenteredClipping, centered_clip
+from .crfl import CRFL, CrflSchedule, clip_and_perturb, crfl_clip_bound
 from .dnc import DnC, dnc_aggregate, dnc_select
 from .fedavg import FedAvg, fedavg_aggregate
 from .flame import FLAME, flame_aggregate
@@ -50,6 +51,7 @@ STRATEGIES.register("dnc", DnC)
 STRATEGIES.register("multi_metrics", MultiMetrics)
 STRATEGIES.register("freqfed", FreqFed)
 STRATEGIES.register("fldetector", FLDetector)
+STRATEGIES.register("crfl", CRFL)
 
 #: defense.pre name -> pre-aggregator class (each declares its ``Params`` and ``description``); one line per step
 PRE_AGGREGATORS: Registry[type[PreAggregator]] = Registry("defense.pre", "pre-aggregator")
@@ -85,6 +87,8 @@ __all__ = [
     "foolsgold_weights",
     "Bulyan",
     "CenteredClipping",
+    "CRFL",
+    "CrflSchedule",
     "ClientDecision",
     "FedAvg",
     "GeometricMedian",
@@ -99,6 +103,8 @@ __all__ = [
     "TrimmedMean",
     "bulyan_aggregate",
     "centered_clip",
+    "clip_and_perturb",
+    "crfl_clip_bound",
     "coordinate_median",
     "fedavg_aggregate",
     "geometric_median",

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from fedsec.errors import ConfigError
 from fedsec.registry import NoParams
 from fedsec.results.contract import AttackSuccess, Metric
+from fedsec.training.local import Objective
 
 Predict = Callable[[torch.Tensor], torch.Tensor]  # inputs -> predicted labels
 Rule = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # updates (n, d) -> (aggregate, weights)
@@ -132,6 +133,12 @@ class Attack:
     def report_examples(self, num_examples: float) -> float:
         """The ``num-examples`` the attacker reports for a round in which it trained on ``num_examples``."""
         return num_examples
+
+    def local_objective(self, benign: torch.Tensor | None) -> Objective | None:
+        """An extra term of the attacker's local training objective, given the honest updates it knows (``benign``,
+        (m, d), for attacks with ``needs_benign_reference``): (weight of the data loss, penalty of the flat update
+        delta), :func:`fedsec.training.local.objective_gradient`; None (default): train on the data loss alone."""
+        return None
 
     def poison_update(self, update: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         """The update (trained - global arrays, flattened) the attacker sends."""

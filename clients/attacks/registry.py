@@ -11,6 +11,7 @@ from .agr_tailored import AGRTailored
 from .alie import ALIE
 from .backdoor import Backdoor
 from .base import Attack
+from .constrain_and_scale import ConstrainAndScale
 from .constrained_backdoor import ConstrainedBackdoor
 from .count_lie import CountLie
 from .fang import Fang
@@ -42,5 +43,6 @@ ATTACKS.register("alie_search", ALIESearch)
 ATTACKS.register("ipm_search", IPMSearch)
 ATTACKS.register("constrained_backdoor", ConstrainedBackdoor)
 ATTACKS.register("neurotoxin", Neurotoxin)
+ATTACKS.register("constrain_and_scale", ConstrainAndScale)
 ATTACKS.register("count_lie", CountLie)
 ATTACKS.register("mimic", Mimic)

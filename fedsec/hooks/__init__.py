@@ -12,6 +12,7 @@ from fedsec.registry import Registry
 
 from .base import PROGRESS, RoundHook, RoundState, RunFacts, ServerContext
 from .canary import CanaryAudit
+from .certify import CertifyAudit
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
@@ -41,6 +42,7 @@ HOOKS.register("evasion", EvasionAudit)
 HOOKS.register("inversion", InversionAudit)
 HOOKS.register("membership", MembershipAudit)
 HOOKS.register("model_inversion", ModelInversionAudit)
+HOOKS.register("certify", CertifyAudit)
 HOOKS.register("canary", CanaryAudit)  # after the privacy guard: it reads the round's epsilon
 HOOKS.register("omniscient_attack", OmniscientAttack)
 HOOKS.register("health", HealthCheck)  # last: marks what the other hooks measured on the final model

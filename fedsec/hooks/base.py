@@ -77,6 +77,7 @@ class RunFacts:
     buffer: BufferSpec | None = None  # server.aggregation = "fedbuff": asynchronous arrivals, K per server step
     eval_every: int = 1  # [eval] every: rounds between evaluations of the global model
     eval_examples: int = 0  # [eval] examples: the between-rounds subset of the test set (0: all of it)
+    smoothing: Any = None  # defense.strategy = "crfl": its CrflSchedule (clip bound per round, sigma); else None
 
     @property
     def images(self) -> bool:

@@ -37,7 +37,7 @@ from fedsec.data import DATASETS, DatasetSpec
 from fedsec.hooks import HOOKS, RoundHook, RunFacts, ServerContext
 from fedsec.models import MODELS, ModelSpec
 from fedsec.privacy import PrivacyError, PrivacyPlan
-from fedsec.privacy.one_run_audit import CanarySpec
+from fedsec.privacy.one_run_audit import SEED_OFFSET, CanarySpec, ExampleCanarySpec
 from fedsec.registry import parse_params
 from fedsec.sanitize import SANITIZERS
 from fedsec.schedule import Schedule, draw_malicious
@@ -153,11 +153,12 @@ class RunPlan:
                                     "weighting": used_weighting(e), "weight_cap": e.defense.weight_cap,
                                     "num_partitions": e.data.num_clients,
                                     "aggregate_timeout": e.backend.aggregate_timeout}
-        if (canary := next((h.params for h in self.hooks if h.cls.name == "canary"), None)) is not None:
+        canary = next((h.params for h in self.hooks if h.cls.name == "canary"), None)
+        if canary is not None and canary.level == "client":
             sampling["canaries"] = CanarySpec(
                 canaries=canary.canaries, guesses=canary.guesses, confidence=canary.confidence, norm=canary.norm,
                 sample_rate=e.train.clients_per_round / e.data.num_clients, expected_clients=e.train.clients_per_round,
-                delta=e.privacy.delta, seed=e.seed + 7919)
+                delta=e.privacy.delta, seed=e.seed + SEED_OFFSET)
         dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
                                                                "seed": e.seed}
         if self.crypto is not None:
@@ -208,7 +209,15 @@ class RunPlan:
         return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
                 "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
                 "ckks_weighted": weighted, "ckks_member_bound": share, "normalisation": self.dataset.normalisation,
-                "poisoned": self.poisoned, "sanitize": sanitize}
+                "poisoned": self.poisoned, "sanitize": sanitize, "example_canaries": self.example_canaries()}
+
+    def example_canaries(self) -> ExampleCanarySpec | None:
+        """``[audit.canary]`` with ``level = "example"``: the audited client and the seed of its canaries."""
+        canary = next((h.params for h in self.hooks if h.cls.name == "canary"), None)
+        if canary is None or canary.level != "example":
+            return None
+        return ExampleCanarySpec(client=canary.client, canaries=canary.canaries,
+                                 seed=self.experiment.seed + SEED_OFFSET)
 
     def key_authority_args(self) -> dict[str, Any]:
         """How the CKKS key authority is set up for this run (``fedsec.crypto.KeyAuthorityHandle.start``)."""
@@ -297,6 +306,10 @@ def build_plan(experiment: Experiment) -> RunPlan:
     crypto = _check_encryption(e, attack)
     # a server optimizer only post-processes what the server already holds: DP-FedAvg's noisy aggregate (central DP
     # is kept: post-processing) or the CKKS sum the key authority released (no per-client value is revealed)
+    if e.defense.strategy == "crfl" and e.server.optimizer != "none":
+        raise ConfigError(f"server.optimizer={e.server.optimizer!r} with defense.strategy='crfl': CRFL clips and "
+                          "perturbs the global model itself, and an optimizer step after it would release a model "
+                          "outside the clip bound its certificate assumes; use server.optimizer='none'")
     optimizer_cls = SERVER_OPTIMIZERS.get(e.server.optimizer)
     optimizer_params = parse_params(optimizer_cls.Params, e.server.kind_keys, section="server",
                                     kind=f"server.optimizer={e.server.optimizer!r}")
@@ -308,14 +321,19 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None,
                      federation=build_federation(e, plan_stub.schedule.malicious),
                      buffer=build_buffer(e, strategy.required_updates()), eval_every=e.eval.every,
-                     eval_examples=e.eval.examples)
+                     eval_examples=e.eval.examples,
+                     smoothing=getattr(strategy, "schedule", None) if e.defense.strategy == "crfl" else None)
     hooks = _plan_hooks(e, facts)
-    if any(h.cls.name == "canary" for h in hooks) and (e.defense.strategy != "fedavg" or e.defense.pre):
+    canary = next((h.params for h in hooks if h.cls.name == "canary"), None)
+    if canary is not None and canary.level == "client" and (e.defense.strategy != "fedavg" or e.defense.pre):
         raise ConfigError(f"audit.canary with defense.strategy={e.defense.strategy!r}"
                           f"{' and defense.pre' if e.defense.pre else ''}: the canaries enter FedAvg's mean (or "
                           "DP-FedAvg's clipped sum) as clients with weight 1/k; a robust rule would see them as "
-                          "rows, which the audit does not model; use defense.strategy='fedavg'")
-    if (canary := next((h.params for h in hooks if h.cls.name == "canary"), None)) is not None:
+                          "rows, which the audit does not model; use defense.strategy='fedavg' (or "
+                          "audit.canary.level='example')")
+    if canary is not None and canary.level == "example":
+        _check_example_canaries(e, dataset, canary)
+    elif canary is not None:
         from fedsec.models.zoo import build_model
 
         size = sum(p.numel() for p in build_model(e.model.name, dataset.input_shape, dataset.num_classes).parameters())
@@ -327,6 +345,20 @@ def build_plan(experiment: Experiment) -> RunPlan:
                           **optimizer_params.model_dump()}
     return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
                    resolved, tuple(poisoned), facts, hooks, optimizer_params)
+
+
+def _check_example_canaries(e: Experiment, dataset: DatasetSpec, canary: Any) -> None:
+    """Refuse example canaries the audited client cannot hold, where its partition's size is known before the data
+    are loaded (iid, sampled, size); the canary hook checks the loaded partition again at start."""
+    sizes = {"iid": dataset.train_size // e.data.num_clients if dataset.train_size else None,
+             "sampled": e.data.samples_per_client,
+             "size": (e.data.partition_sizes[canary.client]
+                      if e.data.partition_sizes and canary.client < len(e.data.partition_sizes) else None)}
+    size = sizes.get(e.data.partition)
+    if size is not None and canary.canaries > size:
+        raise ConfigError(f"audit.canary.canaries={canary.canaries}: the canaries are examples of client "
+                          f"{canary.client}, which holds about {size} with data.partition={e.data.partition!r}; "
+                          f"use at most {size} canaries or fewer clients")
 
 
 def _plan_hooks(e: Experiment, facts: RunFacts) -> tuple[HookPlan, ...]:

@@ -1,4 +1,4 @@
-"""A privacy audit from one training run, with client-level canaries.
+"""A privacy audit from one training run, with client-level or example-level canaries.
 
 Steinke, Nasr and Jagielski, "Privacy Auditing with One (1) Training Run", NeurIPS 2023
 (https://arxiv.org/abs/2305.08846). m canaries, each included in the run independently with probability 1/2; after
@@ -19,6 +19,19 @@ intermediate releases) and scores canary i by sum_t s_i aggregate_t[j_i]. Depart
 clients, not examples or steps; with fixed-size sampling under central DP the accountant analyses replace-one, which
 added canary clients do not fit, so the audit is refused there (:mod:`fedsec.plan`).
 
+*Example-level canaries* (``audit.canary.level = "example"``) follow the paper's black-box audit of DP-SGD (its
+Algorithm 1 with input-space canaries: m auditing examples, each kept in the training set with probability 1/2, the
+others always kept, scored on the final model). fedsec's canaries are training examples given a wrong label, scored
+by the negative loss on the canary's (input, wrong label): a common choice for black-box canaries, not checked
+against the paper's own experiments. Here they live at one audited client: m of its own examples get a label re-drawn
+uniformly from the other classes, and the client trains, under local DP-SGD or without DP, on its non-canary
+examples plus its included canaries (:func:`with_example_canaries`); the excluded canaries leave its data
+altogether. The auditor sees only the global model and scores canary i by -loss(model(x_i), label_i)
+(:func:`example_canary_scores`). Departures from the paper: the canaries sit at one client, not spread over the
+whole training set, and the model they are scored on is the federated average, in which that client's update is one
+of several (so the audit of local DP-SGD's per-example epsilon is weaker than on a model the client trained alone,
+never invalid: averaging is post-processing).
+
 Why written here: the paper's appendix gives the p-value and the binary search as a few lines of Python over SciPy's
 binomial distribution; Google's ``jax_privacy.auditing`` has them too, but pulls JAX into a PyTorch project. This
 module vectorises the appendix's loop (alpha is the running maximum of the cumulative pmf over i).
@@ -32,7 +45,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["CanarySpec", "Canaries", "audit_guesses", "epsilon_lower_bound", "p_value"]
+__all__ = ["SEED_OFFSET", "CanarySpec", "Canaries", "ExampleCanaries", "ExampleCanarySpec", "audit_bound",
+           "audit_guesses", "draw_example_canaries", "epsilon_lower_bound", "example_canary_scores", "p_value",
+           "with_example_canaries"]
+
+
+#: the canaries' stream: drawn from run seed + SEED_OFFSET (the plan, the clients and the auditor agree on it)
+SEED_OFFSET = 7919
 
 
 def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
@@ -93,6 +112,15 @@ def audit_guesses(scores: torch.Tensor, included: torch.Tensor, guesses: int) ->
     return 2 * guesses, correct
 
 
+def audit_bound(scores: torch.Tensor, included: torch.Tensor, *, guesses: int, delta: float,
+                confidence: float) -> dict[str, float]:
+    """The audit of ``scores`` (m,) against the truth ``included`` (m,) bool: guesses, correct guesses and the
+    epsilon lower bound they imply, under the names ``rounds.csv`` uses."""
+    r, v = audit_guesses(scores, included, guesses)
+    lower = epsilon_lower_bound(int(included.numel()), r, v, delta=delta, confidence=confidence)
+    return {"canary_guesses": float(r), "canary_correct": float(v), "canary_epsilon_lower_bound": lower}
+
+
 @dataclass(frozen=True)
 class CanarySpec:
     """``[audit.canary]`` as the strategy needs it."""
@@ -137,6 +165,77 @@ class Canaries:
 
     def bound(self, scores: torch.Tensor) -> dict[str, float]:
         """The audit so far: guesses, correct guesses, and the epsilon lower bound they imply."""
-        r, v = audit_guesses(scores, self.included, self.spec.guesses)
-        lower = epsilon_lower_bound(self.spec.canaries, r, v, delta=self.spec.delta, confidence=self.spec.confidence)
-        return {"canary_guesses": float(r), "canary_correct": float(v), "canary_epsilon_lower_bound": lower}
+        return audit_bound(scores, self.included, guesses=self.spec.guesses, delta=self.spec.delta,
+                           confidence=self.spec.confidence)
+
+
+@dataclass(frozen=True)
+class ExampleCanarySpec:
+    """``[audit.canary]`` with ``level = "example"`` as the audited client needs it (it travels in every message's
+    client spec, so it holds only numbers; the canaries are redrawn from them wherever they are needed)."""
+
+    client: int  # the audited client's partition id
+    canaries: int  # m
+    seed: int
+
+
+@dataclass(frozen=True)
+class ExampleCanaries:
+    """m example canaries of one client: ``index`` (m,) into its partition (distinct), the wrong ``label`` (m,) each
+    is trained with, and ``included`` (m,) bool, the membership the auditor must guess."""
+
+    index: torch.Tensor
+    label: torch.Tensor
+    included: torch.Tensor
+
+
+def draw_example_canaries(y: torch.Tensor, *, canaries: int, num_classes: int, seed: int) -> ExampleCanaries:
+    """Draw the canaries of a client whose labels are ``y`` (n,): m distinct examples, each relabelled uniformly
+    among the other ``num_classes - 1`` classes and included with probability 1/2, all from ``seed``.
+
+    >>> c = draw_example_canaries(torch.arange(10) % 3, canaries=4, num_classes=3, seed=0)
+    >>> bool((c.label != (torch.arange(10) % 3)[c.index]).all()), len(set(c.index.tolist()))
+    (True, 4)
+    """
+    n = int(y.shape[0])
+    if not 1 <= canaries <= n:
+        raise ValueError(f"need 1 <= canaries ({canaries}) <= the client's examples ({n})")
+    if num_classes < 2:
+        raise ValueError(f"a wrong label needs at least 2 classes, got {num_classes}")
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(n, generator=g)[:canaries]
+    shift = torch.randint(1, num_classes, (canaries,), generator=g)
+    label = (y.cpu()[index].to(torch.int64) + shift) % num_classes
+    included = torch.rand(canaries, generator=g, dtype=torch.float64) < 0.5
+    return ExampleCanaries(index, label, included)
+
+
+def with_example_canaries(x: torch.Tensor, y: torch.Tensor, canaries: ExampleCanaries
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The client's training set: its non-canary examples as they are, plus its included canaries with their wrong
+    labels; the excluded canaries are left out. Order kept (x: (n, ...), y: (n,)).
+
+    >>> c = ExampleCanaries(torch.tensor([1, 3]), torch.tensor([9, 8]), torch.tensor([True, False]))
+    >>> with_example_canaries(torch.arange(5.0), torch.arange(5), c)
+    (tensor([0., 1., 2., 4.]), tensor([0, 9, 2, 4]))
+    """
+    index = canaries.index.to(y.device)
+    keep = torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+    keep[index[~canaries.included.to(y.device)]] = False
+    relabelled = y.clone()
+    relabelled[index] = canaries.label.to(y.device, y.dtype)
+    return x[keep], relabelled[keep]
+
+
+@torch.no_grad()
+def example_canary_scores(model: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, *,
+                          batch_size: int = 1024) -> torch.Tensor:
+    """The black-box score of each canary: -cross-entropy of ``model`` on (x_i, label_i); x (m, ...), label (m,);
+    returns (m,) float64 on the CPU (higher: more likely trained on)."""
+    was_training = model.training
+    model.eval()
+    parts = [-torch.nn.functional.cross_entropy(model(x[i:i + batch_size]), label[i:i + batch_size].to(x.device),
+                                                reduction="none")
+             for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(parts).to("cpu", torch.float64)

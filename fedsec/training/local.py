@@ -13,7 +13,9 @@ The client's algorithm (``train.algorithm``, :func:`train_local`): FedAvg's clie
 AISTATS 2017); FedProx's (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020,
 https://arxiv.org/abs/1812.06127) is the same loop with the gradient of (mu/2)||w - w_global||^2 added after each
 backward pass (:func:`proximal_gradient`; mu = 0 adds exactly zero, so it trains exactly as FedAvg); FedSGD's
-(McMahan et al. 2017, B = all, E = 1) is one step on the full-batch gradient (:func:`full_batch_step`).
+(McMahan et al. 2017, B = all, E = 1) is one step on the full-batch gradient (:func:`full_batch_step`). An
+attacker's own objective (constrain-and-scale's anomaly term, ``clients/attacks/constrain_and_scale.py``) enters the
+same way (:func:`objective_gradient`).
 """
 
 from __future__ import annotations
@@ -133,6 +135,44 @@ def proximal_gradient(model: nn.Module, mu: float) -> GradHook:
     return add
 
 
+#: an extra term of the local objective: (weight of the data loss, penalty(delta) with delta = w - w_global flat)
+Objective = tuple[float, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def objective_gradient(model: nn.Module, objective: Objective) -> GradHook:
+    """A function that turns each step's data-loss gradient g into the gradient of ``weight * loss + penalty(delta)``:
+    g <- weight * g + d penalty / d w, with delta = w - w_0 flattened in the order of the model's state dict (the
+    order of the arrays a client sends) and w_0 the parameters as they are now (the global model the client
+    received). Buffers are not trained and stay out of delta (their entries are zero)."""
+    weight, penalty = objective
+    state = model.state_dict(keep_vars=True)
+    params = {id(p): p for p in model.parameters() if p.requires_grad}
+    layout: list[tuple[torch.Tensor | None, torch.Tensor, int, int]] = []  # (param or None, anchor, start, size)
+    offset = 0
+    for value in state.values():
+        size = value.numel()
+        trained = params.get(id(value))
+        layout.append((trained, value.detach().clone(), offset, size))
+        offset += size
+
+    def add() -> None:
+        pieces = [(p.detach() - anchor).flatten() if p is not None else torch.zeros_like(anchor).flatten()
+                  for p, anchor, _, _ in layout]
+        delta = torch.cat(pieces).requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(penalty(delta), delta)
+        for p, _, start, size in layout:
+            if p is None:
+                continue
+            extra = grad[start:start + size].view_as(p)
+            if p.grad is None:
+                p.grad = extra.clone()
+            else:
+                p.grad.mul_(weight).add_(extra)
+
+    return add
+
+
 def full_batch_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -175,11 +215,13 @@ def train_local(
     hook: BatchHook | None = None,
     algorithm: str = "fedavg",
     proximal_mu: float = 0.0,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD (momentum) on ``(x, y)``: ``algorithm`` "fedavg" = ``epochs`` shuffled
     passes of mini-batches; "fedprox" = the same with the proximal term of ``proximal_mu`` around the starting
-    weights (:func:`proximal_gradient`); "fedsgd" = one full-batch step (:func:`full_batch_step`; ``epochs`` must
-    be 1, ``batch_size`` is the chunk the gradient is accumulated over)."""
+    weights (:func:`proximal_gradient`), and ``objective`` an attacker's extra term (:func:`objective_gradient`);
+    "fedsgd" = one full-batch step (:func:`full_batch_step`; ``epochs`` must be 1, ``batch_size`` is the chunk the
+    gradient is accumulated over; neither extra term applies)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = x.shape[0]
     if algorithm == "fedsgd":
@@ -188,7 +230,14 @@ def train_local(
         return full_batch_step(model, optimizer, x, y, chunk_size=batch_size, hook=hook)
     if algorithm not in ("fedavg", "fedprox"):
         raise ValueError(f"train.algorithm={algorithm!r}: use 'fedavg', 'fedprox' or 'fedsgd'")
-    after_backward = proximal_gradient(model, proximal_mu) if algorithm == "fedprox" else None
+    hooks = [proximal_gradient(model, proximal_mu)] if algorithm == "fedprox" else []
+    if objective is not None:  # after the proximal term: it weighs the whole data-side gradient
+        hooks.append(objective_gradient(model, objective))
+
+    def after_backward() -> None:
+        for add in hooks:
+            add()
+
     return local_sgd(model, optimizer, shuffled_batches(x, y, batch_size=batch_size, generator=generator),
                      epochs=epochs, meter=LossMeter(over="last_epoch", num_examples=n), device=x.device, hook=hook,
-                     num_examples=n, after_backward=after_backward)
+                     num_examples=n, after_backward=after_backward if hooks else None)
