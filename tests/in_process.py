@@ -43,12 +43,21 @@ class InProcessGrid:
 
 def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,
                    resume: bool = False) -> pd.DataFrame:
-    """fedsec's round loop on ``raw`` in this process; rounds.csv without its timing columns (``attrs``: the hooks'
+    """fedsec's round loop on ``raw`` in this process (under CKKS with the key authority in a child process);
+    rounds.csv without its timing columns (``attrs``: the hooks'
     ``summary`` blocks and the ``stopped_reason``). ``stop_after``: stop
     as a kill would after that round's checkpoint; ``resume``: go on from the directory's checkpoint."""
     plan = plan_from_dict(raw)
     data = build_federated_data(plan.data_config, plan.seed)
-    grid = InProcessGrid(make_client_app(ClientSpec.from_plan(plan)), cohort_nodes or plan.facts.num_clients)
+    key_authority = keyring = None
+    if plan.crypto is not None:  # the key authority in a process of its own, each client's material handed over
+        from fedsec.clients.encrypted import ClientKeyring
+        from fedsec.crypto import KeyAuthorityHandle
+
+        key_authority = KeyAuthorityHandle.start(plan.crypto, backend="process", **plan.key_authority_args())
+        keyring = ClientKeyring({p: key_authority.client_material(p) for p in range(plan.facts.num_clients)})
+    spec = ClientSpec.from_plan(plan, crypto_ref=keyring)
+    grid = InProcessGrid(make_client_app(spec), cohort_nodes or plan.facts.num_clients)
     outcome = ServerOutcome()
     on_round = None
     if stop_after is not None:
@@ -58,8 +67,12 @@ def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: i
         if resume:
             state = load_checkpoint(out)
             run_dir.truncate_after(state["round"])
-        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, on_round=on_round, resume_state=state,
-                   cohort_nodes=cohort_nodes)
+        try:
+            run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, on_round=on_round,
+                       resume_state=state, cohort_nodes=cohort_nodes, key_authority=key_authority)
+        finally:
+            if key_authority is not None:
+                key_authority.stop()
     rows = pd.read_csv(out / "rounds.csv").filter(regex=r"^(?!.*seconds$)")
     rows.attrs["summary"] = outcome.summary  # the hooks' summary blocks (what summary.json adds to the last row)
     rows.attrs["stopped_reason"] = outcome.stopped_reason

@@ -11,6 +11,7 @@ from .agr_tailored import AGRTailored
 from .alie import ALIE
 from .backdoor import Backdoor
 from .base import Attack
+from .collude_with_server import ColludeWithServer
 from .constrain_and_scale import ConstrainAndScale
 from .constrained_backdoor import ConstrainedBackdoor
 from .count_lie import CountLie
@@ -46,3 +47,4 @@ ATTACKS.register("neurotoxin", Neurotoxin)
 ATTACKS.register("constrain_and_scale", ConstrainAndScale)
 ATTACKS.register("count_lie", CountLie)
 ATTACKS.register("mimic", Mimic)
+ATTACKS.register("collude_with_server", ColludeWithServer)

@@ -13,6 +13,7 @@ from fedsec.registry import Registry
 from .base import PROGRESS, RoundHook, RoundState, RunFacts, ServerContext
 from .canary import CanaryAudit
 from .certify import CertifyAudit
+from .collusion import CuriousServer
 from .detection import Detection
 from .evaluation import Evaluation, ServerEvaluator
 from .evasion import EvasionAudit
@@ -32,6 +33,7 @@ from .sanitization import Sanitization
 HOOKS: Registry[type[RoundHook]] = Registry("audit", "hook", ordered=True)
 HOOKS.register("federation", FederationHook)  # first: the others see only the clients that took part
 HOOKS.register("fedbuff", BufferedAggregation)  # or, under FedBuff, only the buffer it hands the strategy
+HOOKS.register("collusion", CuriousServer)  # a curious server withholds replies before anything else reads them
 HOOKS.register("privacy", PrivacyGuard)
 HOOKS.register("evaluation", Evaluation)
 HOOKS.register("participation", Participation)

@@ -10,6 +10,7 @@ what combines with what. The server and the clients receive the pieces they need
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,7 +223,7 @@ class RunPlan:
     def key_authority_args(self) -> dict[str, Any]:
         """How the CKKS key authority is set up for this run (``fedsec.crypto.KeyAuthorityHandle.start``)."""
         e = self.experiment
-        return {"num_clients": e.data.num_clients, "min_clients": min(2, e.train.clients_per_round),
+        return {"num_clients": e.data.num_clients, "min_clients": _authority_min_clients(e),
                 "client_norm_bound": self.privacy.clip_norm if self.privacy is not None else None,
                 "seed": e.seed, "dp_noise_std": (self.privacy.noise_std if self.privacy is not None
                                                  and self.privacy.noise_multiplier > 0 else None)}
@@ -322,7 +323,8 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      federation=build_federation(e, plan_stub.schedule.malicious),
                      buffer=build_buffer(e, strategy.required_updates()), eval_every=e.eval.every,
                      eval_examples=e.eval.examples,
-                     smoothing=getattr(strategy, "schedule", None) if e.defense.strategy == "crfl" else None)
+                     smoothing=getattr(strategy, "schedule", None) if e.defense.strategy == "crfl" else None,
+                     authority_min_clients=_authority_min_clients(e) if crypto is not None else 0)
     hooks = _plan_hooks(e, facts)
     canary = next((h.params for h in hooks if h.cls.name == "canary"), None)
     if canary is not None and canary.level == "client" and (e.defense.strategy != "fedavg" or e.defense.pre):
@@ -343,8 +345,21 @@ def build_plan(experiment: Experiment) -> RunPlan:
     resolved = _resolved(e, attack_params, strategy_params, dataset_params, hooks)
     resolved["server"] = {**e.server.model_dump(exclude_none=True, exclude=set(e.server.kind_keys)),
                           **optimizer_params.model_dump()}
-    return RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
+    plan = RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
                    resolved, tuple(poisoned), facts, hooks, optimizer_params)
+    if e.attack.kind == "collude_with_server":  # the experimenter's ground truth for what the curious server recovers
+        from fedsec.clients.malicious import honest_update
+        from fedsec.clients.spec import ClientSpec
+
+        truth = functools.partial(honest_update, ClientSpec.from_plan(plan))
+        plan = dataclasses.replace(plan, facts=dataclasses.replace(facts, victim_update=truth))
+    return plan
+
+
+def _authority_min_clients(e: Experiment) -> int:
+    """The fewest signed members of a sum the CKKS key authority releases: 2 (1 would reveal a single update), or the
+    cohort when it is smaller."""
+    return min(2, e.train.clients_per_round)
 
 
 def _check_example_canaries(e: Experiment, dataset: DatasetSpec, canary: Any) -> None:
