@@ -3,8 +3,9 @@
 
 ``level = "client"`` (default): client-level gradient canaries for FedAvg without DP and central DP-FedAvg; the
 strategy inserts and scores them as it aggregates (``strategies/base.py``) and this hook copies the audit into each
-row of ``rounds.csv``. ``level = "example"``: the paper's black-box example canaries, for local DP-SGD (its unit of
-privacy is one example of one client) and runs without DP: m examples of client ``audit.canary.client`` get a wrong
+row of ``rounds.csv``. ``level = "example"``: example canaries audited black-box (the paper's setting;
+mislabelled examples are fedsec's choice of canary), for local DP-SGD (its unit of privacy is one example of one
+client) and runs without DP: m examples of client ``audit.canary.client`` get a wrong
 label, each stays in its training data with probability 1/2 (:mod:`clients.local_data`), and after every round this
 hook scores every canary by the new global model's negative loss on it. Either way ``rounds.csv`` gets
 ``canary_epsilon_lower_bound``, ``canary_correct`` of ``canary_guesses`` and ``canaries_taking_part``, and the
