@@ -52,3 +52,10 @@ def test_central_dp_noise_is_what_the_server_is_left_with(tmp_path, server_ident
 def test_the_victim_must_be_honest():
     with pytest.raises(ConfigError, match="attack.victim=3: the victim must be an honest client"):
         plan_from_dict({**RAW, "attack": {**RAW["attack"], "victim": 3}})
+
+
+def test_trust_models_not_built_are_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"encryption\.trust: 'threshold': threshold CKKS needs OpenFHE"):
+        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold"}})
+    with pytest.raises(ConfigError, match=r"encryption\.trust: 'clients'"):
+        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "clients"}})
