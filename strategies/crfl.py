@@ -11,8 +11,8 @@ Defaults: the released code's MNIST configuration (``configs/mnist_params.yaml``
 15``, rho_t = 0.1 t + 2, ``sigma = 0.01``; its aggregation ``mean_param`` (FedAvg over the clients' weights).
 
 Differences: the released code clips ``named_parameters`` and adds noise to the whole state dict; here the vector
-is every array the clients are sent (the same for fedsec's models, which keep no BatchNorm statistics unless their
-name says so). The paper also certifies a geometric-median aggregation (RFA); here the rule is FedAvg. A round the
+is every array the clients are sent (the same for fedsec's models: none has BatchNorm statistics or other
+buffers). The paper also certifies a geometric-median aggregation (RFA); here the rule is FedAvg. A round the
 server skips (too few valid updates) is neither clipped nor perturbed: the global model does not change.
 """
 
