@@ -92,9 +92,6 @@ class CRFLParams(Params):
     sigma: float = Field(0.01, ge=0, le=10, description="std of the Gaussian noise added to every parameter of the "
                          "global model each round (sigma_param), in [0, 10].")
 
-    def schedule(self) -> CrflSchedule:
-        return CrflSchedule(self.param_clip, self.clip_slope, self.clip_intercept, self.sigma)
-
 
 class CRFL(RobustStrategy):
     """FedAvg, then the global model clipped to rho_t and perturbed with N(0, sigma^2 I) (Xie et al., ICML 2021).
@@ -129,11 +126,8 @@ class CRFL(RobustStrategy):
         self.sigma = check_float("CRFL", "sigma", sigma, low=0.0)
         self.seed = check_int("CRFL", "seed", seed, low=0)
         self.generator = torch.Generator().manual_seed(self.seed)
+        self.schedule = CrflSchedule(self.param_clip, self.clip_slope, self.clip_intercept, self.sigma)
         super().__init__(**kwargs)
-
-    @property
-    def schedule(self) -> CrflSchedule:
-        return CrflSchedule(self.param_clip, self.clip_slope, self.clip_intercept, self.sigma)
 
     def describe(self) -> str:
         return (f"CRFL(rho_t = min({self.param_clip:g}, {self.clip_slope:g} t + {self.clip_intercept:g}), "
