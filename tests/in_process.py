@@ -4,9 +4,12 @@ code, strategies, hooks and ClientApp, answered message by message."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import message_from_proto, message_to_proto
 
 from fedsec.clients.app import make_client_app
 from fedsec.clients.spec import ClientSpec
@@ -22,23 +25,39 @@ class InProcessGrid:
     in this process, as node ``1000 + p`` (partition p; cohort node p in cohort mode) with its own state."""
 
     pull_interval = 0.0
+    run = SimpleNamespace(run_id=1)
 
     def __init__(self, client_app, nodes: int) -> None:
         self.app = client_app
         self.partition_of = {1000 + p: p for p in range(nodes)}
         self.states = {node: RecordDict() for node in self.partition_of}
+        self._replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.partition_of)
 
-    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        replies = []
+    def push_messages(self, messages) -> list[str]:
+        """Answer each message at once (ids as Flower's link state gives them: the message's object id)."""
+        ids = []
         for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
             node = message.metadata.dst_node_id
             context = Context(run_id=1, node_id=node, node_config={"partition-id": self.partition_of[node]},
                               state=self.states[node], run_config={})
-            replies.append(self.app(message, context))
-        return replies
+            copied = message_from_proto(message_to_proto(message))  # each node its own, as over the wire
+            try:
+                self._replies[message.metadata.message_id] = self.app(copied, context)
+            except Exception as e:  # noqa: BLE001 - as Flower's engine: the node answers with an error
+                self._replies[message.metadata.message_id] = Message(
+                    Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=repr(e)), reply_to=message)
+            ids.append(message.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
 
 
 def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,

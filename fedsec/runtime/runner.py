@@ -29,6 +29,8 @@ from fedsec.config import BackendConfig
 from fedsec.errors import FedsecRuntimeError
 from fedsec.plan import RunPlan
 
+from .signals import StopOnSignal
+
 logger = logging.getLogger(__name__)
 
 
@@ -373,15 +375,16 @@ def run_experiment(
             "client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
         }
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=cohort_nodes or num_clients,
-            backend_name="ray",
-            backend_config=backend_config,
-            verbose_logging=verbose,
-        )
-    except KeyboardInterrupt as e:
+        with StopOnSignal(outcome.stop):  # Ctrl-C ends the run through the server, never inside Flower
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=cohort_nodes or num_clients,
+                backend_name="ray",
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
+    except KeyboardInterrupt as e:  # before the simulation started, or a second Ctrl-C inside it
         outcome.stop.set()  # the server thread records nothing more
         outcome.error = e
         outcome.stopped_reason = "interrupted"

@@ -41,6 +41,7 @@ from fedsec.strategies.base import resolve_device
 from .books import RoundBooks, emit
 from .checkpoint import save_checkpoint, state_to_arrays
 from .cohorts import CohortTransport, virtual_node
+from .stop_aware_grid import StopAwareGrid
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +84,15 @@ def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any 
     return plan.make_strategy(key_authority=key_authority, server_update_fn=server_update_fn)
 
 
-def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int, int], dict[int, str]]:
-    """Wait for ``num_clients`` nodes, ask each for its partition id; return partition -> node id and -> Ray node."""
+def handshake(grid: Grid | StopAwareGrid, num_clients: int, *, timeout: float,
+              stop: threading.Event | None = None) -> tuple[dict[int, int], dict[int, str]]:
+    """Wait for ``num_clients`` nodes, ask each for its partition id; return partition -> node id and -> Ray node.
+    ``stop`` set while waiting (Ctrl-C): ``KeyboardInterrupt``, which the ServerApp records as "interrupted"."""
+    stop = stop or threading.Event()
     deadline = time.monotonic() + timeout
     while len(node_ids := list(grid.get_node_ids())) < num_clients:
+        if stop.is_set():
+            raise KeyboardInterrupt
         if time.monotonic() > deadline:
             raise ServerError(f"only {len(node_ids)} of {num_clients} client nodes registered within {timeout:.0f} s")
         time.sleep(0.05)
@@ -95,6 +101,8 @@ def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int
         for n in node_ids
     ]
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if stop.is_set():
+        raise KeyboardInterrupt
     node_of: dict[int, int] = {}
     ray_node_of: dict[int, str] = {}
     for reply in replies:
@@ -110,14 +118,16 @@ def handshake(grid: Grid, num_clients: int, *, timeout: float) -> tuple[dict[int
 
 def connect(grid: Grid, num_clients: int, cohort_nodes: int, *, timeout: float,
             outcome: ServerOutcome) -> tuple[Any, dict[int, int], dict[int, str]]:
-    """The handshake; returns the transport to send through, partition -> node id and partition -> Ray node."""
+    """The handshake; returns the transport to send through (it stops waiting for replies once ``outcome.stop`` is
+    set), partition -> node id and partition -> Ray node."""
     if isinstance(getattr(grid, "pull_interval", None), float):  # Flower's InMemoryGrid polls for replies every
         grid.pull_interval = min(grid.pull_interval, 0.01)  # 0.1 s by default: idle wait in every round
+    waiting = StopAwareGrid(grid, outcome.stop)
     if not cohort_nodes:
         outcome.messages = "per_client"
-        return grid, *handshake(grid, num_clients, timeout=timeout)
-    cohort_node_of, ray_node_of_cohort = handshake(grid, cohort_nodes, timeout=timeout)
-    transport = CohortTransport(grid, [cohort_node_of[c] for c in range(cohort_nodes)])
+        return waiting, *handshake(waiting, num_clients, timeout=timeout, stop=outcome.stop)
+    cohort_node_of, ray_node_of_cohort = handshake(waiting, cohort_nodes, timeout=timeout, stop=outcome.stop)
+    transport = CohortTransport(waiting, [cohort_node_of[c] for c in range(cohort_nodes)])
     node_of = {pid: virtual_node(pid) for pid in range(num_clients)}
     outcome.messages = f"cohort ({cohort_nodes} nodes)"
     return transport, node_of, {pid: ray_node_of_cohort[transport.cohort_of(pid)] for pid in node_of}

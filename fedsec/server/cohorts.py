@@ -21,9 +21,9 @@ fails all of its clients of that round (each gets the error); a client that rais
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from flwr.app import ConfigRecord, Error, Message, RecordDict
-from flwr.serverapp import Grid
 
 from fedsec.errors import FedsecRuntimeError
 from fedsec.protocol import COHORT_IDS_KEY, COHORT_RECORD, split_cohort_reply
@@ -64,7 +64,7 @@ class CohortTransport:
 
     ``nodes[c]`` is the Flower node id of cohort node ``c`` (0..len(nodes)-1)."""
 
-    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+    def __init__(self, grid: Any, nodes: list[int]) -> None:  # a Grid, or the StopAwareGrid around one
         if not nodes:
             raise CohortError("cohort mode needs at least one cohort node")
         self.grid = grid
