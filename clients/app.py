@@ -40,6 +40,7 @@ from .dp import PrivacyBudgetExhausted, dp_train
 from .encrypted import encrypted_train_reply, worker_context
 from .honest import client_data, honest_train, local_model
 from .malicious import malicious_train
+from .secaggplus import secaggplus_mods
 from .spec import ClientSpec, current_node, partition_of
 from .vectorized import Trained, train_cohort_stacked
 
@@ -47,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 
 def make_client_app(spec: ClientSpec) -> ClientApp:
-    """The ClientApp for ``spec``: honest clients train; malicious ones run the configured attack."""
-    app = ClientApp()
+    """The ClientApp for ``spec``: honest clients train; malicious ones run the configured attack (under SecAgg+,
+    behind Flower's ``secaggplus_mod``, :mod:`.secaggplus`)."""
+    app = ClientApp() if spec.secagg_weighted is None else ClientApp(mods=secaggplus_mods(spec.secagg_weighted))
 
     def train_one(message: Message, context: Context, stacked: Trained | None = None) -> Message:
         partition_id = partition_of(context)

@@ -35,6 +35,7 @@ class ClientSpec:
     central_clip_norm: float | None = None  # under CKKS with central DP: clients clip their update to this
     ckks_weighted: bool = False  # under CKKS with defense.weighting="reported": encrypt num-examples x update
     ckks_member_bound: float | None = None  # under CKKS: each coordinate encrypted is clamped to +-this share
+    secagg_weighted: bool | None = None  # under SecAgg+: whether clients weigh their model by num-examples
     normalisation: tuple[float, float] | None = None  # (mean, std) of pixel inputs; None: inputs are [0, 1] pixels
     poisoned: tuple[int, ...] = ()  # honest clients whose data is poisoned ([data.poison])
     sanitize: SanitizeConfig | None = None  # [defense.sanitize], None when off

@@ -45,7 +45,7 @@ class InProcessGrid:
             context = Context(run_id=1, node_id=node, node_config={"partition-id": self.partition_of[node]},
                               state=self.states[node], run_config={})
             copied = message_from_proto(message_to_proto(message))  # each node its own, as over the wire
-            try:
+            try:  # (SecAgg+'s client mod edits what it receives)
                 self._replies[message.metadata.message_id] = self.app(copied, context)
             except Exception as e:  # noqa: BLE001 - as Flower's engine: the node answers with an error
                 self._replies[message.metadata.message_id] = Message(

@@ -320,6 +320,10 @@ ENCRYPTION_SCHEMES.register("none", SectionKind("plaintext aggregation"))
 ENCRYPTION_SCHEMES.register("ckks", SectionKind(
     "CKKS (TenSEAL): clients encrypt weighted updates, the server adds ciphertexts it cannot decrypt",
     ("poly_modulus_degree", "coeff_mod_bit_sizes", "global_scale_bits")))
+ENCRYPTION_SCHEMES.register("secagg+", SectionKind(
+    "Flower's SecAgg+ (Bell et al., CCS 2020): clients mask quantized weighted models, the server sums the masks "
+    "away and learns only the aggregate, surviving dropouts through Shamir shares",
+    ("num_shares", "reconstruction_threshold", "clipping_range", "quantization_range")))
 
 
 class EncryptionConfig(_Section):
@@ -347,6 +351,15 @@ class EncryptionConfig(_Section):
     coeff_mod_bit_sizes: list[Annotated[int, Field(ge=1, le=60)]] = Field(
         [60, 40], min_length=1, max_length=30, description="ckks: coefficient-modulus prime sizes (bits, 1..60 each).")
     global_scale_bits: int = Field(40, ge=1, le=60, description="ckks: log2 of the encoding scale.")
+    num_shares: float = Field(1.0, gt=0, le=1, description="secagg+: the share of the round's clients each client "
+                              "exchanges masks and key shares with (1: all of them, as in SecAgg).")
+    reconstruction_threshold: float = Field(0.5, gt=0, le=1, description="secagg+: the share of a client's "
+                                            "neighbours needed to rebuild its masks if it drops (at least 2).")
+    clipping_range: float = Field(8.0, gt=0, le=1e4, description="secagg+: each weighted model coordinate is "
+                                  "clipped to +-this before quantization (Flower's default 8).")
+    quantization_range: int = Field(2**22, ge=2, le=2**26, description="secagg+: quantization levels over "
+                                    "[-clipping_range, clipping_range] (Flower's default 2^22; the sum is taken "
+                                    "modulo 2^32).")
 
 
 class ServerConfig(_KindSection):

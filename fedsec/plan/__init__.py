@@ -34,6 +34,7 @@ from fedsec.config import (
 )
 from fedsec.config.loading import one_line
 from fedsec.crypto import CkksParams, CryptoError
+from fedsec.crypto.secaggplus import SecAggPlusParams
 from fedsec.data import DATASETS, DatasetSpec
 from fedsec.hooks import HOOKS, RoundHook, RunFacts, ServerContext
 from fedsec.models import MODELS, ModelSpec
@@ -55,6 +56,7 @@ from fedsec.strategies.pre import resolved_pre
 from .checks import check_data_defenses, check_partition, sanitize_params, used_weighting
 from .federation import build_buffer, build_federation
 from .privacy import central_privacy_plan
+from .secagg import check_secagg
 
 __all__ = ["HookPlan", "PrivacyPlan", "RunPlan", "ServerPlan", "build_plan", "drop_unused_kind_keys", "load_plan",
            "plan_from_dict"]
@@ -83,6 +85,7 @@ class ServerPlan:
     needs_server_update: bool = False  # FLTrust: the rule trusts an update the server computes on root data
     root_size: int = 0
     make_optimizer: Callable[[], ServerOptimizer] = ServerOptimizer  # server.optimizer, applied to the aggregate
+    secagg: SecAggPlusParams | None = None  # encryption.scheme = "secagg+": rounds go through Flower's SecAgg+
 
 _COMMON_ATTACK_KEYS = {"kind", "fraction", "client_ids", "start_round", "end_round", "knowledge"}
 
@@ -105,6 +108,7 @@ class RunPlan:
     facts: RunFacts | None = None
     hooks: tuple[HookPlan, ...] = ()
     optimizer_params: BaseModel | None = None  # server.optimizer's validated keys
+    secagg: SecAggPlusParams | None = None  # Flower's SecAgg+
 
     @property
     def strategy_name(self) -> str:
@@ -136,7 +140,7 @@ class RunPlan:
         root_size = getattr(self.strategy_params, "root_size", 0) or 0
         return ServerPlan(self.facts, self.hooks, self.server_strategy, self.backend.round_timeout,
                           needs_server_update=self.strategy_cls.needs_server_update, root_size=int(root_size),
-                          make_optimizer=self.server_optimizer)
+                          make_optimizer=self.server_optimizer, secagg=self.secagg)
 
     def server_optimizer(self) -> ServerOptimizer:
         """The run's ``server.optimizer``, fresh (its state starts empty; a resumed run restores it)."""
@@ -162,6 +166,10 @@ class RunPlan:
                 delta=e.privacy.delta, seed=e.seed + SEED_OFFSET)
         dp: dict[str, Any] = {} if self.privacy is None else {"expected_clients": e.train.clients_per_round,
                                                                "seed": e.seed}
+        if self.secagg is not None:
+            from fedsec.strategies.secaggplus_fedavg import SecAggPlusFedAvg
+
+            return SecAggPlusFedAvg(**sampling)
         if self.crypto is not None:
             from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 
@@ -210,6 +218,7 @@ class RunPlan:
         return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
                 "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
                 "ckks_weighted": weighted, "ckks_member_bound": share, "normalisation": self.dataset.normalisation,
+                "secagg_weighted": self.secagg.weighted if self.secagg is not None else None,
                 "poisoned": self.poisoned, "sanitize": sanitize, "example_canaries": self.example_canaries()}
 
     def example_canaries(self) -> ExampleCanarySpec | None:
@@ -305,6 +314,7 @@ def build_plan(experiment: Experiment) -> RunPlan:
                                     family=strategy_cls.family))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
+    secagg = check_secagg(e, attack)
     # a server optimizer only post-processes what the server already holds: DP-FedAvg's noisy aggregate (central DP
     # is kept: post-processing) or the CKKS sum the key authority released (no per-client value is revealed)
     if e.defense.strategy == "crfl" and e.server.optimizer != "none":
@@ -319,7 +329,7 @@ def build_plan(experiment: Experiment) -> RunPlan:
     facts = RunFacts(name=e.name, seed=e.seed, rounds=e.rounds, num_clients=e.data.num_clients,
                      dataset_name=e.data.dataset, dataset=dataset, model_name=e.model.name,
                      schedule=plan_stub.schedule, attack=attack, train=e.train, privacy=e.privacy,
-                     privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None,
+                     privacy_plan=privacy, poison=e.data.poison, encrypted=crypto is not None or secagg is not None,
                      federation=build_federation(e, plan_stub.schedule.malicious),
                      buffer=build_buffer(e, strategy.required_updates()), eval_every=e.eval.every,
                      eval_examples=e.eval.examples,
@@ -346,7 +356,7 @@ def build_plan(experiment: Experiment) -> RunPlan:
     resolved["server"] = {**e.server.model_dump(exclude_none=True, exclude=set(e.server.kind_keys)),
                           **optimizer_params.model_dump()}
     plan = RunPlan(e, plan_stub.schedule, dataset, model, attack, strategy_cls, strategy_params, privacy, crypto,
-                   resolved, tuple(poisoned), facts, hooks, optimizer_params)
+                   resolved, tuple(poisoned), facts, hooks, optimizer_params, secagg)
     if e.attack.kind == "collude_with_server":  # the experimenter's ground truth for what the curious server recovers
         from fedsec.clients.malicious import honest_update
         from fedsec.clients.spec import ClientSpec
@@ -468,7 +478,7 @@ def _check_privacy(e: Experiment, dataset: DatasetSpec) -> PrivacyPlan | None:
 
 def _check_encryption(e: Experiment, attack: Attack) -> CkksParams | None:
     enc = e.encryption
-    if enc.scheme == "none":
+    if enc.scheme != "ckks":
         return None
     params = CkksParams(poly_modulus_degree=enc.poly_modulus_degree, coeff_mod_bit_sizes=tuple(enc.coeff_mod_bit_sizes),
                         global_scale_bits=enc.global_scale_bits)

@@ -139,9 +139,10 @@ def used_weighting(e: Experiment) -> str:
     asked = e.defense.weighting
     if e.privacy.mode == "central":
         used, why = "uniform", "central DP weights every client 1 (user-level DP)"
-    elif e.encryption.scheme == "ckks" and asked == "capped":
-        used, why = "uniform", ("under encryption.scheme='ckks' the server cannot cap a count inside a ciphertext; "
-                                "CKKS supports 'reported' (clients encrypt count x update) or 'uniform'")
+    elif e.encryption.scheme in ("ckks", "secagg+") and asked == "capped":
+        used, why = "uniform", (f"under encryption.scheme={e.encryption.scheme!r} the server cannot cap a count it "
+                                "never sees next to the update; it supports 'reported' (clients weigh their update by "
+                                "their count) or 'uniform'")
     else:
         return asked
     if asked != used and "weighting" in e.defense.model_fields_set:

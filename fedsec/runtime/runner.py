@@ -362,8 +362,8 @@ def run_experiment(
                                     dp_histories=dp_histories_of(resume_state) if resume_state else None)
         client_app = make_client_app(spec)
         num_clients = plan.facts.num_clients
-        cohort_nodes = cohort_node_count(backend.messages, backend.cohort_nodes, num_clients=num_clients,
-                                         client_slots=sum(slots.values()))
+        cohort_nodes = 0 if plan.secagg is not None else cohort_node_count(  # SecAgg+ runs between nodes
+            backend.messages, backend.cohort_nodes, num_clients=num_clients, client_slots=sum(slots.values()))
         if exporter is not None:
             exporter.start(plan.resolved)
             on_round = _also(exporter.round, on_round)

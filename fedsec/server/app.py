@@ -41,6 +41,7 @@ from fedsec.strategies.base import resolve_device
 from .books import RoundBooks, emit
 from .checkpoint import save_checkpoint, state_to_arrays
 from .cohorts import CohortTransport, virtual_node
+from .secaggplus import SecAggPlusTransport
 from .stop_aware_grid import StopAwareGrid
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,12 @@ def run_rounds(
     outcome, facts, t0 = outcome or ServerOutcome(), plan.facts, time.perf_counter()
     transport, node_of, ray_node_of = connect(grid, facts.num_clients, cohort_nodes, timeout=plan.round_timeout,
                                               outcome=outcome)
+    if plan.secagg is not None:  # every round through Flower's SecAgg+ workflow (fedsec.server.secaggplus)
+        fails = facts.federation.fails if facts.federation is not None else None
+        max_weight = max(len(p) for p in data.partitions) if plan.secagg.weighted else 1
+        transport = SecAggPlusTransport(transport, plan.secagg, {n: p for p, n in node_of.items()}, fails,
+                                        max_weight=max_weight)
+        outcome.messages = "per_client (SecAgg+)"
     outcome.partition_nodes, outcome.malicious_clients = ray_node_of, sorted(facts.schedule.malicious)
     start = resume_state["round"] + 1 if resume_state else 1
     strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
