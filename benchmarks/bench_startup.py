@@ -1,0 +1,120 @@
+"""Where a small run's start-up goes: imports, the plan, the data, Ray, Flower's engine with its actors, round 0.
+
+    nice -n 10 python benchmarks/bench_startup.py [--config experiments/digits_smoke.toml] [--repeats 2]
+
+Each part is timed on its own, in a fresh process where it matters (imports and ``ray.init`` are cached after the
+first time in a process):
+
+- ``import X``: a fresh interpreter importing only X (``fedsec.cli`` is what ``fedsec --help`` loads first);
+- ``fedsec --help``: the whole command, as a user runs it;
+- ``plan`` and ``data``: ``load_plan`` and ``build_federated_data`` in this process;
+- ``ray.init``: a fresh local Ray (``fedsec.runtime.runner.init_ray``), then its shutdown, in a fresh process;
+- ``run to round 0``: ``run_experiment`` from its call to round 0's row (Ray, data into the object store, Flower's
+  engine, the actors importing torch and fedsec, the handshake, the initial evaluation); ``handshake + eval``: the
+  part inside the ServerApp (round 0's ``seconds``); ``whole run``: to the summary.
+
+Prints one line per part (best of ``--repeats``); asserts nothing. Numbers depend on what else runs on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_INIT = """
+import time
+from fedsec.config import BackendConfig
+from fedsec.runtime.runner import init_ray, shutdown_ray
+t = time.perf_counter()
+init_ray(BackendConfig())
+print(time.perf_counter() - t)
+shutdown_ray()
+"""
+
+
+def fresh(code: str) -> float:
+    """Wall seconds of a fresh interpreter running ``code``."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - started
+
+
+def command(args: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(args, check=True, cwd=ROOT, capture_output=True)
+    return time.perf_counter() - started
+
+
+def ray_init_seconds() -> float:
+    out = subprocess.run([sys.executable, "-c", RAY_INIT], check=True, cwd=ROOT, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_parts(config: Path) -> dict[str, float]:
+    """plan, data, and run_experiment's parts, in this process (run once per fresh process: call it in one)."""
+    from fedsec.config.loading import load_experiment
+    from fedsec.data.federated import build_federated_data
+    from fedsec.plan import build_plan
+    from fedsec.runtime.runner import run_experiment
+
+    t = time.perf_counter()
+    plan = build_plan(load_experiment(config))
+    parts = {"plan": time.perf_counter() - t}
+    t = time.perf_counter()
+    build_federated_data(plan.data_config, plan.seed)
+    parts["data"] = time.perf_counter() - t
+    round0: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+
+        def on_round(row: dict) -> None:
+            if int(row["round"]) == 0:
+                round0["at"] = time.perf_counter() - started
+                round0["inside"] = float(row["seconds"])
+
+        run_experiment(plan, Path(out) / "run", on_round=on_round)
+        parts["whole run"] = time.perf_counter() - started
+    parts["run to round 0"] = round0["at"]
+    parts["handshake + eval (inside the ServerApp)"] = round0["inside"]
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "experiments/digits_smoke.toml"))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's job
+    args = parser.parse_args()
+    if args.run_parts:
+        for key, value in run_parts(Path(args.config)).items():
+            print(f"{key}\t{value}")
+        return
+    best: dict[str, float] = {}
+
+    def keep(key: str, value: float) -> None:
+        best[key] = min(value, best.get(key, float("inf")))
+
+    fedsec = str(Path(sys.executable).with_name("fedsec"))
+    for _ in range(args.repeats):
+        for module in ("torch", "flwr.simulation", "ray", "fedsec.cli"):
+            keep(f"import {module}", fresh(f"import {module}"))
+        keep("fedsec --help", command([fedsec, "--help"]))
+        keep("ray.init (local) alone", ray_init_seconds())
+        out = subprocess.run([sys.executable, __file__, "--run-parts", "--config", args.config], check=True,
+                             cwd=ROOT, capture_output=True, text=True)
+        for line in out.stdout.strip().splitlines():
+            key, value = line.rsplit("\t", 1)
+            keep(key, float(value))
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(f"start-up of {args.config} (best of {args.repeats}; load average {load})")
+    for key, value in best.items():
+        print(f"  {key:<42} {value:7.2f} s")
+
+
+if __name__ == "__main__":
+    main()
