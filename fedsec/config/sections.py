@@ -26,7 +26,7 @@ __all__ = [
 
 
 _STRICT = {"strict": True, "allow_inf_nan": False}  # no "3" for 3, no true for 1, every number finite
-MAX_CLIENTS = 100_000
+MAX_CLIENTS = 1_000_000
 """The most logical clients a run has (``data.num_clients``): the bound of every partition id in a config."""
 NAME_MAX = 255
 """Longest file-name component of a path, in bytes (Linux's NAME_MAX)."""
@@ -100,7 +100,7 @@ class DataConfig(_KindSection):
         "'sampled': samples_per_client random examples per client, drawn independently (more clients than data).",
     )
     alpha: float = Field(0.5, gt=0, le=1e6, description="Dirichlet concentration (smaller = more skewed).")
-    num_clients: int = Field(20, ge=2, le=100_000, description="Number of logical clients (partitions).")
+    num_clients: int = Field(20, ge=2, le=MAX_CLIENTS, description="Number of logical clients (partitions).")
     samples_per_client: int = Field(10, ge=1, le=1_000_000,
                                     description="Examples per client for partition = 'sampled'.")
     shards_per_client: int = Field(2, ge=1, le=1000, description="Label shards per client for partition = 'shards'.")
