@@ -117,13 +117,22 @@ def handshake(grid: Grid | StopAwareGrid, num_clients: int, *, timeout: float,
     return node_of, ray_node_of
 
 
-def connect(grid: Grid, num_clients: int, cohort_nodes: int, *, timeout: float,
+def connect(grid: Grid, plan: ServerPlan, data: FederatedData, cohort_nodes: int, *,
             outcome: ServerOutcome) -> tuple[Any, dict[int, int], dict[int, str]]:
     """The handshake; returns the transport to send through (it stops waiting for replies once ``outcome.stop`` is
-    set), partition -> node id and partition -> Ray node."""
+    set; under ``encryption.scheme = "secagg+"`` every round goes through Flower's SecAgg+ workflow,
+    :mod:`.secaggplus`), partition -> node id and partition -> Ray node."""
     if isinstance(getattr(grid, "pull_interval", None), float):  # Flower's InMemoryGrid polls for replies every
         grid.pull_interval = min(grid.pull_interval, 0.01)  # 0.1 s by default: idle wait in every round
-    waiting = StopAwareGrid(grid, outcome.stop)
+    waiting, num_clients, timeout = StopAwareGrid(grid, outcome.stop), plan.facts.num_clients, plan.round_timeout
+    if plan.secagg is not None:  # SecAgg+ runs between Flower nodes: one per client (the runner registers them)
+        node_of, ray_node_of = handshake(waiting, num_clients, timeout=timeout, stop=outcome.stop)
+        fed = plan.facts.federation
+        transport = SecAggPlusTransport(waiting, plan.secagg, {n: p for p, n in node_of.items()},
+                                        fed.fails if fed is not None else None,
+                                        max_weight=max(len(p) for p in data.partitions) if plan.secagg.weighted else 1)
+        outcome.messages = "per_client (SecAgg+)"
+        return transport, node_of, ray_node_of
     if not cohort_nodes:
         outcome.messages = "per_client"
         return waiting, *handshake(waiting, num_clients, timeout=timeout, stop=outcome.stop)
@@ -151,14 +160,7 @@ def run_rounds(
     many nodes, each training a cohort of logical clients per message (:mod:`.cohorts`); 0: one node per client.
     Everything but sending, aggregating and recording is a round hook (:mod:`fedsec.hooks`), run in plan order."""
     outcome, facts, t0 = outcome or ServerOutcome(), plan.facts, time.perf_counter()
-    transport, node_of, ray_node_of = connect(grid, facts.num_clients, cohort_nodes, timeout=plan.round_timeout,
-                                              outcome=outcome)
-    if plan.secagg is not None:  # every round through Flower's SecAgg+ workflow (fedsec.server.secaggplus)
-        fails = facts.federation.fails if facts.federation is not None else None
-        max_weight = max(len(p) for p in data.partitions) if plan.secagg.weighted else 1
-        transport = SecAggPlusTransport(transport, plan.secagg, {n: p for p, n in node_of.items()}, fails,
-                                        max_weight=max_weight)
-        outcome.messages = "per_client (SecAgg+)"
+    transport, node_of, ray_node_of = connect(grid, plan, data, cohort_nodes, outcome=outcome)
     outcome.partition_nodes, outcome.malicious_clients = ray_node_of, sorted(facts.schedule.malicious)
     start = resume_state["round"] + 1 if resume_state else 1
     strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
