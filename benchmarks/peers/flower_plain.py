@@ -131,16 +131,10 @@ def run(recipe_path: str) -> dict[str, Any]:
     rounds = int(work.recipe["rounds"])
     if rounds not in accuracy:
         raise RuntimeError(f"Flower's run ended after {len(marks) - 1} of {rounds} rounds")
-    return {
-        "framework": "flower",
-        "setting": f"{work.num_clients} supernodes, 1 CPU per actor",
-        "startup_s": marks[0] - t0,
-        "round_s": [b - a for a, b in zip(marks, marks[1:], strict=False)],
-        "accuracy": {str(k): v for k, v in sorted(accuracy.items())},
-        "final_accuracy": accuracy[rounds],
-        "wall_s": t_end - t0,
-        "notes": f"plain Flower: {work.num_clients} nodes, one message per client; FedAvg's own sampling",
-    }
+    return models.run_result(
+        "flower", f"{work.num_clients} supernodes, 1 CPU per actor", t0=t0, marks=marks, t_end=t_end,
+        accuracy=accuracy, rounds=rounds,
+        notes=f"plain Flower: {work.num_clients} nodes, one message per client; FedAvg's own sampling")
 
 
 def main() -> None:

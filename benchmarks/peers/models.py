@@ -146,3 +146,18 @@ def local_sgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[s
             optimizer.step()
             loss_sum += float(loss) * len(idx)
     return loss_sum / max(n, 1)
+
+
+def run_result(framework: str, setting: str, *, t0: float, marks: list[float], t_end: float,
+               accuracy: dict[int, float], rounds: int, **extra: Any) -> dict[str, Any]:
+    """One peer run's JSON line: start-up (to the first round mark), each round's seconds, accuracies by round."""
+    return {
+        "framework": framework,
+        "setting": setting,
+        "startup_s": marks[0] - t0,
+        "round_s": [b - a for a, b in zip(marks, marks[1:], strict=False)],
+        "accuracy": {str(k): v for k, v in sorted(accuracy.items())},
+        "final_accuracy": accuracy[rounds],
+        "wall_s": t_end - t0,
+        **extra,
+    }

@@ -162,17 +162,10 @@ def run(recipe_path: str, threads: int = 0) -> dict[str, Any]:
     t_end = time.perf_counter()
     if rounds not in accuracy:
         accuracy[rounds] = models.accuracy(net, work.x_test, work.y_test)
-    return {
-        "framework": "pfl",
-        "setting": f"SimulatedBackend, {torch.get_num_threads()} thread(s)",
-        "startup_s": marks[0] - t0,
-        "round_s": [b - a for a, b in zip(marks, marks[1:], strict=False)],
-        "accuracy": {str(k): v for k, v in sorted(accuracy.items())},
-        "final_accuracy": accuracy[rounds],
-        "wall_s": t_end - t0,
-        "torch_threads": torch.get_num_threads(),
-        "notes": f"pfl single process, {torch.get_num_threads()} torch threads; fedsec's schedule",
-    }
+    threads = torch.get_num_threads()
+    return models.run_result(
+        "pfl", f"SimulatedBackend, {threads} thread(s)", t0=t0, marks=marks, t_end=t_end, accuracy=accuracy,
+        rounds=rounds, torch_threads=threads, notes=f"pfl single process, {threads} torch threads; fedsec's schedule")
 
 
 def main() -> None:

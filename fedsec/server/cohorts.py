@@ -59,6 +59,13 @@ def cohort_node_count(messages: str, cohort_nodes: int, *, num_clients: int, cli
     return count
 
 
+def shared_content(messages: list[Message]) -> RecordDict | None:
+    """The one content object every message of a round carries (strategies build them so), or None if they differ:
+    transports that send the round's model once per node or protocol (cohorts, SecAgg+) need it."""
+    content = messages[0].content
+    return content if all(m.content is content for m in messages) else None
+
+
 class CohortTransport:
     """``send_and_receive`` of per-client messages (to virtual node ids) through cohort nodes.
 
@@ -80,8 +87,8 @@ class CohortTransport:
         messages = list(messages)
         if not messages:
             return []
-        content = messages[0].content
-        if any(m.content is not content for m in messages):
+        content = shared_content(messages)
+        if content is None:
             raise CohortError("cohort mode sends every client of a round the same content, but the strategy built "
                               "different messages per client; set backend.messages='per_client'")
         groups: dict[int, list[tuple[int, Message]]] = {}

@@ -16,7 +16,6 @@ workflow must recover its pairwise masks from the survivors' Shamir shares, as w
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -44,6 +43,8 @@ from fedsec.crypto.secaggplus import (
 )
 from fedsec.errors import FedsecRuntimeError
 from fedsec.protocol import ARRAYS_RECORD, CONFIG_RECORD, INFO_RECORD, METRICS_RECORD, ROUND_KEY
+
+from .cohorts import shared_content
 
 LOST_REASON = "reply lost mid-round: its masked vector never reached the server (SecAgg+ recovers its masks)"
 
@@ -86,7 +87,6 @@ class _Wire:
     def __init__(self, grid: Any, lost: set[int]) -> None:
         self.grid, self.lost = grid, lost
         self.bytes_up: dict[int, int] = {}
-        self.stage_seconds: dict[str, float] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
@@ -94,9 +94,7 @@ class _Wire:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
         stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, "")) if messages else ""
-        started = time.perf_counter()
         replies = self.grid.send_and_receive(messages, timeout=timeout)
-        self.stage_seconds[stage] = time.perf_counter() - started
         kept = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -125,8 +123,8 @@ class SecAggPlusTransport:
         messages = list(messages)
         if not messages:
             return []
-        content = messages[0].content
-        if any(m.content is not content for m in messages):
+        content = shared_content(messages)
+        if content is None:
             raise SecAggError("SecAgg+ sends every client of a round the same model; the strategy built different "
                               "messages per client")
         global_arrays: ArrayRecord = content[ARRAYS_RECORD]
@@ -143,10 +141,8 @@ class SecAggPlusTransport:
                             MAIN_PARAMS_RECORD: global_arrays})
         context = LegacyContext(Context(run_id=self.grid.run.run_id, node_id=0, node_config={}, state=state,
                                         run_config={}), strategy=relay)
-        started = time.perf_counter()
         workflow = SecAggPlusWorkflow(**self.params.workflow_args(), max_weight=self.max_weight, timeout=timeout)
         workflow(wire, context)  # type: ignore[arg-type]
-        seconds = time.perf_counter() - started
         if relay.results is None:  # too few survivors to unmask: Flower's workflow halted
             reason = (f"SecAgg+ halted in round {server_round}: fewer survivors than the reconstruction threshold "
                       f"({len(by_node) - len(lost)} of {len(by_node)} sent their masked vectors)")
@@ -154,7 +150,7 @@ class SecAggPlusTransport:
                     for m in messages]
         aggregate = self._aggregate(relay.results[0][1].parameters, global_arrays)
         members = sorted(self.partition_of.get(proxy.node_id, -1) for proxy, _ in relay.results)
-        record = ConfigRecord({MEMBERS_KEY: members, "seconds": seconds, "clients": len(by_node)})
+        record = ConfigRecord({MEMBERS_KEY: members})
         replies: list[Message] = []
         answered = set()
         for proxy, fitres in relay.results:
