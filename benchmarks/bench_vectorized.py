@@ -1,7 +1,9 @@
 """One cohort's local training: one client after another (fedsec's per-client path) against all of them stacked
-(``train.vectorize``, :func:`fedsec.training.vectorized.train_stacked`).
+(``train.vectorize``, :func:`fedsec.training.vectorized.train_stacked`); with ``--dp``, local DP-SGD
+(:func:`fedsec.privacy.dp_sgd.dp_sgd_epoch` per client against
+:func:`fedsec.training.stacked_dp_sgd.dp_train_stacked`; noise multiplier 1, clip 1).
 
-    nice -n 10 .venv/bin/python benchmarks/bench_vectorized.py [--threads 2] [--repeats 3]
+    nice -n 10 .venv/bin/python benchmarks/bench_vectorized.py [--threads 2] [--repeats 3] [--dp]
 
 Rows (the cohorts of issue-sized workloads, Fashion-MNIST-shaped data, one local epoch of SGD with momentum 0.9,
 batch 32): the CNN with 100 clients of 60 examples (1,000 registered / 100 per round), logreg with 1,000 clients of 6
@@ -18,29 +20,40 @@ import time
 import torch
 
 from fedsec.models import build_model
+from fedsec.privacy.dp_sgd import dp_sgd_epoch
 from fedsec.training.local import train_local
+from fedsec.training.stacked_dp_sgd import dp_train_stacked
 from fedsec.training.vectorized import train_stacked
 
 ROWS = (("cnn", 100, 60), ("logreg", 1000, 6), ("cnn", 10, 600))
 
 
-def one_after_another(model: torch.nn.Module, xs, ys, seeds) -> tuple[float, list[dict[str, torch.Tensor]]]:
+def one_after_another(model: torch.nn.Module, xs, ys, seeds, dp: bool = False
+                      ) -> tuple[float, list[dict[str, torch.Tensor]]]:
     start = {k: v.clone() for k, v in model.state_dict().items()}
     t0, out = time.perf_counter(), []
     for x, y, seed in zip(xs, ys, seeds, strict=True):
         model.load_state_dict(start)
-        train_local(model, x, y, epochs=1, batch_size=32, lr=0.05, momentum=0.9,
-                    generator=torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(seed)
+        if dp:
+            dp_sgd_epoch(model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), x, y, batch_size=32,
+                         max_grad_norm=1.0, noise_multiplier=1.0, generator=generator)
+        else:
+            train_local(model, x, y, epochs=1, batch_size=32, lr=0.05, momentum=0.9, generator=generator)
         out.append({k: v.detach().clone() for k, v in model.named_parameters()})
     seconds = time.perf_counter() - t0
     model.load_state_dict(start)
     return seconds, out
 
 
-def stacked(model: torch.nn.Module, xs, ys, seeds) -> tuple[float, dict[str, torch.Tensor]]:
+def stacked(model: torch.nn.Module, xs, ys, seeds, dp: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
     t0 = time.perf_counter()
-    result = train_stacked(model, xs, ys, epochs=1, batch_size=32, lr=0.05, momentum=0.9,
-                           generators=[torch.Generator().manual_seed(s) for s in seeds])
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if dp:
+        result = dp_train_stacked(model, xs, ys, epochs=1, batch_size=32, lr=0.05, momentum=0.9, max_grad_norm=1.0,
+                                  noise_multipliers=[1.0] * len(xs), generators=generators)
+    else:
+        result = train_stacked(model, xs, ys, epochs=1, batch_size=32, lr=0.05, momentum=0.9, generators=generators)
     return time.perf_counter() - t0, result.params
 
 
@@ -48,9 +61,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dp", action="store_true", help="local DP-SGD (noise multiplier 1, clip 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}")
+    print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}{', DP-SGD' if args.dp else ''}")
     print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} "
           f"{'max diff':>9}")
     for name, clients, examples in ROWS:
@@ -60,11 +74,11 @@ def main() -> None:
         ys = [torch.randint(0, 10, (examples,), generator=g) for _ in range(clients)]
         seeds = list(range(clients))
         model = build_model(name, shape, 10, seed=0)
-        stacked(model, xs[:2], ys[:2], seeds[:2])  # warm-up: torch.func's first call
-        loop = min(one_after_another(model, xs, ys, seeds)[0] for _ in range(args.repeats))
-        runs = [stacked(model, xs, ys, seeds) for _ in range(args.repeats)]
+        stacked(model, xs[:2], ys[:2], seeds[:2], args.dp)  # warm-up: torch.func's first call
+        loop = min(one_after_another(model, xs, ys, seeds, args.dp)[0] for _ in range(args.repeats))
+        runs = [stacked(model, xs, ys, seeds, args.dp) for _ in range(args.repeats)]
         fast = min(r[0] for r in runs)
-        _, reference = one_after_another(model, xs, ys, seeds)
+        _, reference = one_after_another(model, xs, ys, seeds, args.dp)
         diff = max(float((runs[0][1][k][i] - reference[i][k]).abs().max()) for i in range(clients)
                    for k in reference[i])
         print(f"{name:8} {clients:7d} {examples:8d} {loop:13.3f} {fast:10.3f} {fast / loop:6.2f} {diff:9.1e}")

@@ -36,7 +36,7 @@ from fedsec.protocol import (
 )
 from fedsec.training import evaluate
 
-from .dp import PrivacyBudgetExhausted, dp_train
+from .dp import PrivacyBudgetExhausted, dp_from_stacked, dp_train
 from .encrypted import encrypted_train_reply, worker_context
 from .honest import client_data, honest_train, local_model
 from .malicious import malicious_train
@@ -62,13 +62,18 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
                                               partition_id=partition_id)
         elif spec.privacy.mode == "local":
             try:
-                model, metrics, dp_history = dp_train(spec, global_arrays, server_round=server_round,
-                                                      partition_id=partition_id, state=context.state)
+                if stacked and partition_id in stacked:  # trained with its cohort (train.vectorize)
+                    arrays, metrics, dp_history = dp_from_stacked(spec, stacked[partition_id],
+                                                                  server_round=server_round,
+                                                                  partition_id=partition_id, state=context.state)
+                else:
+                    model, metrics, dp_history = dp_train(spec, global_arrays, server_round=server_round,
+                                                          partition_id=partition_id, state=context.state)
+                    arrays = model_to_record(model)
             except PrivacyBudgetExhausted as e:
                 return refusal_reply(message, partition_id=partition_id, reason=str(e), node=current_node())
-            arrays = model_to_record(model)
         elif stacked and partition_id in stacked:  # trained with its cohort (train.vectorize)
-            arrays, metrics = stacked[partition_id]
+            arrays, metrics = stacked[partition_id].arrays, stacked[partition_id].metrics
         else:
             model, metrics = honest_train(spec, global_arrays, server_round=server_round, partition_id=partition_id)
             arrays = model_to_record(model)

@@ -20,6 +20,8 @@ overspends.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -33,6 +35,9 @@ from fedsec.training import LossMeter, local_sgd
 from .honest import adversarial_hook, client_data, local_model, seed_torch
 from .local_data import honest_client_data
 from .spec import ClientSpec
+
+if TYPE_CHECKING:
+    from .vectorized import StackedReply
 
 STATE_KEY = "fedsec.dp"
 
@@ -77,6 +82,64 @@ def _dp_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(output, target, reduction="sum") / max(len(target), 1)
 
 
+@dataclass
+class DPRound:
+    """What one client's DP round will use, checked against its budget before it trains: the noise multiplier, the
+    sample rate and steps the accountant is given, and the accountant history so far."""
+
+    noise: float
+    sample_rate: float
+    steps_per_round: int
+    history: list[tuple[float, float, int]]
+
+
+def plan_dp_round(spec: ClientSpec, *, n: int, server_round: int, partition_id: int, state: RecordDict) -> DPRound:
+    """The client's noise and sampling for a round on ``n`` examples, and its history (from ``state``, or the
+    checkpoint's on a resumed run). Raises :class:`PrivacyBudgetExhausted` when the round would overspend."""
+    train, privacy = spec.train, spec.privacy
+    sample_rate, steps_per_epoch = epoch_sampling(n, train.batch_size)  # what the accountant is given
+    steps_per_round = train.local_epochs * steps_per_epoch
+    noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
+    history = load_history(state)
+    if not history and spec.dp_histories and partition_id in spec.dp_histories:  # a resumed run: the checkpoint's
+        history = list(spec.dp_histories[partition_id])
+    after = epsilon_after_history(
+        [*history, (noise, sample_rate, steps_per_round)], delta=privacy.delta, accountant=privacy.accountant
+    )
+    if after > privacy.epsilon:
+        raise PrivacyBudgetExhausted(
+            f"privacy budget exhausted: round {server_round} would raise client {partition_id}'s epsilon to "
+            f"{after:.3f} > {privacy.epsilon}"
+        )
+    return DPRound(noise, sample_rate, steps_per_round, history)
+
+
+def add_entry(history: list[tuple[float, float, int]], z: float, q: float, steps: int) -> None:
+    """Append one epoch's (noise, rate, steps); one entry per (noise, rate) run, as Opacus' accountant keeps."""
+    if history and history[-1][:2] == (z, q):
+        history[-1] = (z, q, history[-1][2] + steps)
+    else:
+        history.append((z, q, steps))
+
+
+def dp_metrics(spec: ClientSpec, dp: DPRound, *, n: int, loss: float, partition_id: int, state: RecordDict,
+               extra: dict[str, float]) -> tuple[MetricRecord, list[tuple[float, float, int]]]:
+    """Account the round (``dp.history`` now holds it), store the history in ``state``; the reply's metrics and
+    the stored history."""
+    spent = account(dp.history, delta=spec.privacy.delta, primary=spec.privacy.accountant)
+    save_history(state, dp.history)
+    metrics = MetricRecord({
+        NUM_EXAMPLES_KEY: n,
+        "train_loss": loss,
+        PARTITION_ID_KEY: partition_id,
+        "epsilon": spent.epsilon,
+        **{f"epsilon_{name.replace('.', '_')}": value for name, value in spent.epsilons.items()},
+        "noise_multiplier": dp.noise,
+        **extra,
+    })
+    return metrics, load_history(state)
+
+
 def dp_train(
     spec: ClientSpec, arrays: ArrayRecord, *, server_round: int, partition_id: int, state: RecordDict
 ) -> tuple[torch.nn.Module, MetricRecord, list[tuple[float, float, int]]]:
@@ -93,20 +156,7 @@ def dp_train(
                                    model=local_model(spec, data, arrays), server_round=server_round)
         x, y, extra = local.x, local.y, local.metrics or {}
     n = x.shape[0]
-    sample_rate, steps_per_epoch = epoch_sampling(n, train.batch_size)  # what the accountant is given
-    steps_per_round = train.local_epochs * steps_per_epoch
-    noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
-    history = load_history(state)
-    if not history and spec.dp_histories and partition_id in spec.dp_histories:  # a resumed run: the checkpoint's
-        history = list(spec.dp_histories[partition_id])
-    after = epsilon_after_history(
-        [*history, (noise, sample_rate, steps_per_round)], delta=privacy.delta, accountant=privacy.accountant
-    )
-    if after > privacy.epsilon:
-        raise PrivacyBudgetExhausted(
-            f"privacy budget exhausted: round {server_round} would raise client {partition_id}'s epsilon to "
-            f"{after:.3f} > {privacy.epsilon}"
-        )
+    dp = plan_dp_round(spec, n=n, server_round=server_round, partition_id=partition_id, state=state)
     seed = spec.schedule.client_seed(server_round, partition_id)
     seed_torch(seed, data.device)
     model = local_model(spec, data, arrays)
@@ -117,30 +167,15 @@ def dp_train(
         hook = adversarial_hook(spec, seed)
         losses: list[tuple[float, int]] = []
         for _ in range(train.local_epochs):
-            z, q, steps = dp_sgd_epoch(model, optimizer, x, y, batch_size=train.batch_size,
-                                       max_grad_norm=privacy.max_grad_norm, noise_multiplier=noise,
-                                       generator=generator, hook=hook, losses=losses)
-            if history and history[-1][:2] == (z, q):  # one entry per (noise, rate), as Opacus' accountant keeps
-                history[-1] = (z, q, history[-1][2] + steps)
-            else:
-                history.append((z, q, steps))
+            add_entry(dp.history, *dp_sgd_epoch(model, optimizer, x, y, batch_size=train.batch_size,
+                                                max_grad_norm=privacy.max_grad_norm, noise_multiplier=dp.noise,
+                                                generator=generator, hook=hook, losses=losses))
         seen = sum(b for _, b in losses)
         loss = sum(s for s, _ in losses) / seen if seen else float("nan")
     else:
-        history, loss = _opacus_train(spec, model, optimizer, x, y, history=history, noise=noise, seed=seed)
-    spent = account(history, delta=privacy.delta, primary=privacy.accountant)
-    save_history(state, history)
-    state_history = load_history(state)
-    metrics = MetricRecord({
-        NUM_EXAMPLES_KEY: n,
-        "train_loss": loss,
-        PARTITION_ID_KEY: partition_id,
-        "epsilon": spent.epsilon,
-        **{f"epsilon_{name.replace('.', '_')}": value for name, value in spent.epsilons.items()},
-        "noise_multiplier": noise,
-        **extra,
-    })
-    return model, metrics, state_history
+        dp.history, loss = _opacus_train(spec, model, optimizer, x, y, history=dp.history, noise=dp.noise, seed=seed)
+    metrics, history = dp_metrics(spec, dp, n=n, loss=loss, partition_id=partition_id, state=state, extra=extra)
+    return model, metrics, history
 
 
 def _opacus_train(spec: ClientSpec, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -166,3 +201,18 @@ def _opacus_train(spec: ClientSpec, model: torch.nn.Module, optimizer: torch.opt
                            epochs=train.local_epochs, meter=LossMeter(over="all"), device=x.device, loss_fn=_dp_loss,
                            hook=adversarial_hook(spec, seed), num_examples=n)
     return list(engine.accountant.history), result.loss
+
+
+def dp_from_stacked(spec: ClientSpec, trained: StackedReply, *, server_round: int, partition_id: int,
+                    state: RecordDict) -> tuple[ArrayRecord, MetricRecord, list[tuple[float, float, int]]]:
+    """A client trained with its cohort (:mod:`.vectorized`): the same budget check as :func:`dp_train` (raises
+    :class:`PrivacyBudgetExhausted`, and the stacked result is dropped), then its own accounting of the epochs it
+    ran. Returns arrays, metrics and the history."""
+    n = int(trained.metrics[NUM_EXAMPLES_KEY])
+    dp = plan_dp_round(spec, n=n, server_round=server_round, partition_id=partition_id, state=state)
+    for z, q, steps in trained.dp_entries or []:
+        add_entry(dp.history, z, q, steps)
+    extra = {k: v for k, v in trained.metrics.items() if k not in (NUM_EXAMPLES_KEY, "train_loss", PARTITION_ID_KEY)}
+    metrics, history = dp_metrics(spec, dp, n=n, loss=float(trained.metrics["train_loss"]),
+                                  partition_id=partition_id, state=state, extra=extra)
+    return trained.arrays, metrics, history

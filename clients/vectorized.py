@@ -1,37 +1,57 @@
 """Vectorized cohorts (``train.vectorize``): the honest clients of a cohort message that run plain local SGD train
 together (:func:`fedsec.training.vectorized.train_stacked`); the others keep the per-client path.
 
+Under local DP the honest clients run DP-SGD together (:func:`fedsec.training.stacked_dp_sgd.dp_train_stacked`, the
+same Poisson batches and noise draws as fedsec's per-client kernels); each client's budget check and accounting stay
+its own (:func:`.dp.dp_from_stacked`), and a client whose round would overspend still refuses.
+
 Who falls back, with the reason logged once per message: attackers in an attacking round (their attack decides what
-they send), every client under local DP (Opacus' per-sample clipping and accounting), FedProx / FedSGD, adversarial
-training, client-side data filters, and models with BatchNorm or Dropout. A client trained here reports
+they send), local DP through Opacus' engine (``privacy.grad_sample_mode`` other than "fedsec"), FedProx / FedSGD,
+adversarial training, client-side data filters, and models with BatchNorm or Dropout. A client trained here reports
 ``vectorized = 1`` in its metrics (``clients.csv``), one on the per-client path ``vectorized = 0``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedsec.arrays import model_to_record
+from fedsec.privacy.dp_sgd import epoch_sampling
 from fedsec.protocol import ARRAYS_RECORD, NUM_EXAMPLES_KEY, PARTITION_ID_KEY, server_round_of
+from fedsec.training.stacked_dp_sgd import dp_train_stacked
 from fedsec.training.vectorized import train_stacked, why_not_vectorized
 
+from .dp import client_noise
 from .honest import client_data, local_model
 from .local_data import honest_client_data
 from .spec import ClientSpec
 
 logger = logging.getLogger(__name__)
 
-Trained = dict[int, tuple[ArrayRecord, MetricRecord]]
+
+
+@dataclass
+class StackedReply:
+    """One client's result from its cohort's stacked training: its arrays and reply metrics, and under local DP its
+    accountant entries (one (noise multiplier, q, steps) per epoch), accounted by the client itself afterwards."""
+
+    arrays: ArrayRecord
+    metrics: MetricRecord
+    dp_entries: list[tuple[float, float, int]] | None = None
+
+
+Trained = dict[int, StackedReply]
 
 
 def recipe_reason(spec: ClientSpec) -> str:
     """'' when the run's honest clients train with plain local SGD; otherwise why they cannot train stacked."""
     train = spec.train
-    if spec.privacy.mode == "local":
-        return "local DP-SGD (per-sample clipping and accounting per client)"
+    if spec.privacy.mode == "local" and spec.privacy.grad_sample_mode != "fedsec":
+        return f"local DP through Opacus' engine (privacy.grad_sample_mode={spec.privacy.grad_sample_mode!r})"
     if train.algorithm != "fedavg":
         return f"train.algorithm={train.algorithm!r}"
     if train.adversarial.attack != "none":
@@ -69,9 +89,20 @@ def train_cohort_stacked(spec: ClientSpec, message: Message, partition_ids: list
         chosen.append(p)
     if len(chosen) < 2:
         return {}
-    train = spec.train
-    result = train_stacked(model, xs, ys, epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr,
-                           momentum=train.momentum, weight_decay=train.weight_decay, generators=generators)
+    train, privacy = spec.train, spec.privacy
+    recipe = dict(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr, momentum=train.momentum,
+                  weight_decay=train.weight_decay, generators=generators)
+    if privacy.mode == "local":
+        noises = []
+        for p, x in zip(chosen, xs, strict=True):
+            rate, steps = epoch_sampling(int(x.shape[0]), train.batch_size)
+            noises.append(client_noise(spec, p, sample_rate=rate, steps_per_round=train.local_epochs * steps))
+        result = dp_train_stacked(model, xs, ys, max_grad_norm=privacy.max_grad_norm, noise_multipliers=noises,
+                                  **recipe)
+        entries = result.entries
+    else:
+        result = train_stacked(model, xs, ys, **recipe)
+        entries = [None] * len(chosen)
     out: Trained = {}
     with torch.no_grad():
         for i, p in enumerate(chosen):
@@ -79,5 +110,5 @@ def train_cohort_stacked(spec: ClientSpec, message: Message, partition_ids: list
                 param.copy_(result.params[name][i])
             metrics = MetricRecord({NUM_EXAMPLES_KEY: int(xs[i].shape[0]), "train_loss": result.losses[i],
                                     PARTITION_ID_KEY: p, "vectorized": 1.0, **extras[i]})
-            out[p] = (model_to_record(model), metrics)
+            out[p] = StackedReply(model_to_record(model), metrics, entries[i])
     return out

@@ -157,8 +157,9 @@ class TrainConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
     weight_decay: float = Field(0.0, ge=0, le=100, description="Local SGD weight decay.")
     vectorize: bool = Field(False, description="Cohort messages: the honest clients of a cohort that run plain "
-                            "local SGD train together, parameters stacked (torch.func.vmap; equal to one after "
-                            "another within 1e-5); others, and models with BatchNorm or Dropout, fall back.")
+                            "local SGD or fedsec's local DP-SGD train together, parameters stacked (torch.func.vmap; "
+                            "equal to one after another within 1e-5); others, and models with BatchNorm or Dropout, "
+                            "fall back.")
     sampling: Literal["auto", "fixed", "poisson"] = Field(
         "auto", description="How each round's clients are drawn: fixed = exactly clients_per_round (without "
         "replacement); poisson = each client with probability clients_per_round / num_clients; auto = poisson under "

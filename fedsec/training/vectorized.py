@@ -17,7 +17,8 @@ with their own optimiser state and batch schedules; this is that loop, small eno
 
 What it does not cover (:func:`why_not_vectorized` says why, and the caller falls back to the per-client path):
 modules that keep running statistics or draw randomness in training (BatchNorm, Dropout), and recipes other than
-plain local SGD (FedProx's proximal term, FedSGD, DP-SGD, adversarial training, data filters, attacks).
+plain local SGD (FedProx's proximal term, FedSGD, adversarial training, data filters, attacks). Local DP-SGD has
+its own stacked loop on these pieces, :mod:`.stacked_dp_sgd`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StackedResult", "train_stacked", "why_not_vectorized"]
+__all__ = ["StackedResult", "stack_params", "stacked_sgd_step", "train_stacked", "why_not_vectorized"]
 
 _STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
              nn.AlphaDropout)
@@ -83,14 +84,8 @@ def train_stacked(
     sizes = [int(x.shape[0]) for x in xs]
     if min(sizes) < 1:
         raise ValueError("train_stacked: every client needs at least one example")
-    start = {name: p.detach() for name, p in model.named_parameters()}
-    params = {name: p.unsqueeze(0).repeat(clients, *([1] * p.dim())).clone() for name, p in start.items()}
+    params, data, labels = stack_params(model, xs, ys)
     momenta: dict[str, torch.Tensor] | None = None
-    longest = max(sizes)
-    data = xs[0].new_zeros((clients, longest, *xs[0].shape[1:]))
-    labels = ys[0].new_zeros((clients, longest))
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        data[i, : sizes[i]], labels[i, : sizes[i]] = x, y
 
     def batch_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
         per_example = F.cross_entropy(functional_call(model, p, (x,)), y, reduction="none") * w
@@ -117,7 +112,7 @@ def train_stacked(
                 active = real[:, columns].any(dim=1)
                 grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
                 losses += totals.detach().double()
-                momenta = _sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
+                momenta = stacked_sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
                                     weight_decay=weight_decay)
     finally:
         model.train(was_training)
@@ -126,9 +121,23 @@ def train_stacked(
                          num_steps=[s * epochs for s in steps_of])
 
 
-def _sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], momenta: dict[str, torch.Tensor] | None,
-              active: torch.Tensor, *, lr: float, momentum: float, weight_decay: float
-              ) -> dict[str, torch.Tensor] | None:
+def stack_params(model: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """``model``'s parameters repeated once per client (name -> (clients, ...)), and the clients' examples and
+    labels zero-padded to the longest client: (clients, longest, ...) and (clients, longest)."""
+    clients, sizes = len(xs), [int(x.shape[0]) for x in xs]
+    params = {name: p.detach().unsqueeze(0).repeat(clients, *([1] * p.dim())).clone()
+              for name, p in model.named_parameters()}
+    data = xs[0].new_zeros((clients, max(sizes), *xs[0].shape[1:]))
+    labels = ys[0].new_zeros((clients, max(sizes)))
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        data[i, : sizes[i]], labels[i, : sizes[i]] = x, y
+    return params, data, labels
+
+
+def stacked_sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+                     momenta: dict[str, torch.Tensor] | None, active: torch.Tensor, *, lr: float, momentum: float,
+                     weight_decay: float) -> dict[str, torch.Tensor] | None:
     """``torch.optim.SGD``'s step on the stacks, for the active clients only (the others keep parameters and
     momentum): d = g + wd p; b = d on a client's first step, else momentum b + d; p -= lr b. Every client takes
     its first step at the run's first step (each has at least one batch), so one "first" flag serves all."""
