@@ -132,6 +132,18 @@ def test_real_fashion_mnist():
 # --- digits and synthetic -----------------------------------------------------------------------------------------
 
 
+def test_the_digits_split_read_back_from_the_cache_equals_a_fresh_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = load_digits(seed=7)
+    [cached_file] = (tmp_path / "fedsec" / "digits").glob("*seed-7.npz")
+    again = load_digits(seed=7)  # read back
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        assert np.array_equal(getattr(fresh, key), getattr(again, key))
+    cached_file.write_bytes(b"not an npz")  # a damaged cache is ignored and rewritten
+    assert np.array_equal(load_digits(seed=7).y_test, fresh.y_test)
+    assert np.array_equal(np.load(cached_file)["y_test"], fresh.y_test)
+
+
 def test_digits_split_is_stratified_and_seeded():
     a, b, c = load_digits(seed=0), load_digits(seed=0), load_dataset("digits", seed=1)
     assert a.name == "digits" and a.input_shape == (1, 8, 8) and a.num_classes == 10
