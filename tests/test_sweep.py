@@ -90,6 +90,32 @@ def test_parallel_cells_are_refused_on_a_shared_cluster(tmp_path):
     assert result.exit_code == 2 and "--parallel 2 with a Ray cluster" in result.output
 
 
+def test_a_cell_worker_runs_commands_one_after_another_and_is_replaced_when_it_dies(tmp_path):
+    """The sweep's cell worker (fedsec/studies/cell_worker.py) without Ray: `fedsec validate` as cells, each with its
+    own log and exit code, in one process; a killed worker is started again for the next cell."""
+    from fedsec.studies.cell_worker import CellWorker
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nrounds = 0\n')
+    worker = CellWorker([sys.executable, "-m", "fedsec.studies.cell_worker", str(tmp_path)],
+                        log=tmp_path / "worker.log", env={**os.environ, "COLUMNS": "120"})
+    try:
+        assert worker.run(["validate", str(SMOKE)], log=tmp_path / "a.txt", append=False) == 0
+        first = worker.process.pid
+        assert worker.run(["validate", str(bad)], log=tmp_path / "b.txt", append=False) == 2
+        assert worker.run(["validate", str(SMOKE)], log=tmp_path / "a.txt", append=True) == 0
+        assert worker.process.pid == first  # one process for all three
+        assert (tmp_path / "a.txt").read_text().count("valid: digits-smoke") == 2
+        assert "rounds" in (tmp_path / "b.txt").read_text() and "Traceback" not in (tmp_path / "b.txt").read_text()
+        worker.process.kill()
+        worker.process.wait()
+        assert worker.run(["validate", str(SMOKE)], log=tmp_path / "c.txt", append=False) == 0
+        assert worker.process.pid != first
+    finally:
+        worker.stop()
+    assert worker.process is None
+
+
 def _listening(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1.0):

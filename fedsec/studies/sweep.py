@@ -11,21 +11,23 @@ A sweep file names a base experiment and grid axes (dotted config keys, as ``--s
     [set]                                    # optional: overrides applied to every cell
     rounds = 5
 
-Every cell (one point of the grid, seeds included) is validated before any runs, then run as its own
-``fedsec run`` process writing a run directory under ``SWEEP_DIR/cells/<cell>/``. Ray is started once for the
+Every cell (one point of the grid, seeds included) is validated before any runs, then run as ``fedsec run`` would
+run it, writing a run directory under ``SWEEP_DIR/cells/<cell>/``, in the slot's cell worker (:mod:`.cell_worker`:
+one process per parallel slot that imports torch, Flower and Ray once and runs its cells one after another). Ray is started once for the
 whole sweep (one head node per parallel slot; each cell's driver joins it), or the sweep joins the cluster at
 ``--address`` / the base config's ``backend.address``. Kind-specific keys that a cell's attack or strategy does not
 use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies) are dropped for that cell. A cell is
-done when its process exited 0 and its ``cell.json`` says so; a rerun skips done cells, goes on with an interrupted
+done when its run exited 0 and its ``cell.json`` says so; a rerun skips done cells, goes on with an interrupted
 cell from its last checkpoint (``fedsec run --resume``, on the new sweep's Ray head) when it has one and its config
 is unchanged, and reruns any other (failed, or killed before its first round ended) from scratch, so no cell is lost
 or counted twice. ``sweep.csv`` (one row per cell: axes, status, final metrics, and their mean / std over the seeds
 of the cell's group) is rewritten after every cell.
 
-Why one process per cell: Flower's Ray backend shuts Ray down at the end of each simulation and sizes its actor
-pool from the whole cluster, so cells cannot share one driver, and two simulations on one cluster at the same time
-would wait on each other's actors. A cell process joins the running head instead (about a second), and parallel
-cells each get their own head with ``cpus / parallel`` CPUs.
+Why a Ray head of the sweep's own and cells one after another per slot: Flower's Ray backend shuts Ray down at the
+end of each simulation (``ray.shutdown``) and sizes its actor pool from the whole cluster, so two simulations on one
+cluster at the same time would wait on each other's actors. Each cell joins the running head again (about a second),
+and parallel slots each get their own head with ``cpus / parallel`` CPUs. A cell that ends its worker (an
+interrupted or crashed run) is recorded from the worker's exit status, and the slot starts a new worker.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
 from fedsec.plan.results import final_metrics, summary_metrics
 from fedsec.results.contract import number
+
+from .cell_worker import CellWorker
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +310,7 @@ class SweepRunner:
                 "every cell already spreads its clients over all nodes: use --parallel 1"
             )
         self.verbose = verbose
-        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._workers: list[CellWorker] = []
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -333,14 +337,19 @@ class SweepRunner:
         slots = min(self.parallel, todo.qsize())
         cpus = max(1, (os.cpu_count() or 1) // slots)
         with ExitStack() as stack:
+            self._workers = [self._cell_worker(i) for i in range(1 if self.address else slots)]
+            for cell_worker in self._workers:
+                cell_worker.start()  # it imports while the Ray heads start
+            stack.callback(self._stop_workers)  # also when a head fails to start
             if self.address:
                 addresses = [self.address]
             else:
                 addresses = [stack.enter_context(local_ray_head(cpus, log_path=self.out / f"ray-head-{i}.log"))
                              for i in range(slots)]
+            stack.callback(self._stop_workers)  # before the heads stop: a worker's cell never loses its head
             errors: list[BaseException] = []
 
-            def worker(address: str) -> None:
+            def worker(address: str, cell_worker: CellWorker) -> None:
                 while not errors:
                     try:
                         cell = todo.get_nowait()
@@ -349,7 +358,7 @@ class SweepRunner:
                     if on_start:
                         on_start(cell)
                     try:
-                        result = self._run_cell(cell, address)
+                        result = self._run_cell(cell, address, cell_worker)
                     except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
                         errors.append(e)
                         return
@@ -359,7 +368,8 @@ class SweepRunner:
                     if on_done:
                         on_done(result)
 
-            threads = [threading.Thread(target=worker, args=(a,), daemon=True) for a in addresses]
+            threads = [threading.Thread(target=worker, args=(a, w), daemon=True)
+                       for a, w in zip(addresses, self._workers, strict=True)]
             for t in threads:
                 t.start()
             try:
@@ -377,53 +387,52 @@ class SweepRunner:
         return results
 
     def _stop_all(self) -> None:
-        with self._lock:
-            for p in self._procs:
-                if p.poll() is None:
-                    p.terminate()
+        for cell_worker in self._workers:
+            cell_worker.terminate()
 
-    def _run_cell(self, cell: Cell, address: str) -> CellResult:
-        """Run one cell in its own process; an interrupted cell with a checkpoint goes on from it (``--resume``),
-        and starts again if the resume is refused (exit 2: e.g. an unreadable checkpoint)."""
+    def _stop_workers(self) -> None:
+        for cell_worker in self._workers:
+            cell_worker.stop()
+
+    def _cell_worker(self, slot: int) -> CellWorker:
+        """The process that runs slot ``slot``'s cells (:mod:`.cell_worker`), killed if the sweep dies."""
+        env = {**os.environ, "COLUMNS": "120"}
+        env.pop("RAY_ADDRESS", None)
+        return CellWorker([sys.executable, "-m", "fedsec.studies.cell_worker", str(self.out.resolve())],
+                          log=self.out / f"cell-worker-{slot}.log", env=env,
+                          preexec_fn=_cell_dies_with_parent if _LINUX else None)
+
+    def _run_cell(self, cell: Cell, address: str, cell_worker: CellWorker) -> CellResult:
+        """Run one cell in the slot's cell worker; an interrupted cell with a checkpoint goes on from it
+        (``--resume``), and starts again if the resume is refused (exit 2: e.g. an unreadable checkpoint)."""
         cell_dir = self.out / "cells" / cell.id
         if _resumable(cell_dir, cell.plan.to_toml()):
             t0 = time.perf_counter()
-            code = self._cell_process(cell_dir, address, resume=True)
+            code = self._cell_run(cell_worker, cell_dir, address, resume=True)
             if code != 2:
                 return self._finish_cell(cell, cell_dir, code, time.perf_counter() - t0)
             logger.warning("cell %s: could not resume from its checkpoint; starting it again", cell.id)
         t0 = time.perf_counter()
-        code = self._cell_process(cell_dir, address, resume=False, config_toml=cell.plan.to_toml())
+        code = self._cell_run(cell_worker, cell_dir, address, resume=False, config_toml=cell.plan.to_toml())
         return self._finish_cell(cell, cell_dir, code, time.perf_counter() - t0)
 
-    def _cell_process(self, cell_dir: Path, address: str, *, resume: bool, config_toml: str = "") -> int:
+    def _cell_run(self, cell_worker: CellWorker, cell_dir: Path, address: str, *, resume: bool,
+                  config_toml: str = "") -> int:
         if cell_dir.exists() and not resume:
             shutil.rmtree(cell_dir)  # a failed attempt, or one killed before its first checkpoint: start clean
         cell_dir.mkdir(parents=True, exist_ok=True)
         config = cell_dir / "experiment.toml"
         if not resume:
             config.write_text(config_toml)
-        command = [sys.executable, "-m", "fedsec.cli", "run",
-                   *(["--resume", str(cell_dir)] if resume else [str(config), "--out", str(cell_dir)]),
-                   "--set", f"backend.address={json.dumps(address)}"]
+        argv = ["run", *(["--resume", str(cell_dir)] if resume else [str(config), "--out", str(cell_dir)]),
+                "--set", f"backend.address={json.dumps(address)}"]
         if self.verbose:
-            command.append("--verbose")
-        env = {**os.environ, "COLUMNS": "120"}
-        env.pop("RAY_ADDRESS", None)
-        with (cell_dir / "log.txt").open("ab" if resume else "wb") as log:
-            if resume:
-                log.write(b"--- resumed from checkpoints/latest.pt ---\n")
-                log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       env=env, start_new_session=True,
-                                       preexec_fn=_cell_dies_with_parent if _LINUX else None)
-            with self._lock:
-                self._procs.add(process)
-            try:
-                return process.wait()
-            finally:
-                with self._lock:
-                    self._procs.discard(process)
+            argv.append("--verbose")
+        log = cell_dir / "log.txt"
+        if resume:
+            with log.open("ab") as f:
+                f.write(b"--- resumed from checkpoints/latest.pt ---\n")
+        return cell_worker.run(argv, log=log, append=resume)
 
     def _finish_cell(self, cell: Cell, cell_dir: Path, code: int, seconds: float) -> CellResult:
         if code < 0 or _stopped_reason(cell_dir) == "interrupted":  # stopped by the sweep's Ctrl-C: stays pending
