@@ -91,13 +91,13 @@ def test_parallel_cells_are_refused_on_a_shared_cluster(tmp_path):
 
 
 def test_a_cell_worker_runs_commands_one_after_another_and_is_replaced_when_it_dies(tmp_path):
-    """The sweep's cell worker (fedsec/studies/cell_worker.py) without Ray: `fedsec validate` as cells, each with its
-    own log and exit code, in one process; a killed worker is started again for the next cell."""
+    """The sweep's cell worker (fedsec/studies/cell_worker.py, fedsec/sweep_worker.py) without Ray: `fedsec
+    validate` as cells, each with its own log and exit code, in one process; a killed worker is started again."""
     from fedsec.studies.cell_worker import CellWorker
 
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\nrounds = 0\n')
-    worker = CellWorker([sys.executable, "-m", "fedsec.studies.cell_worker", str(tmp_path)],
+    worker = CellWorker([sys.executable, "-m", "fedsec.sweep_worker", str(tmp_path)],
                         log=tmp_path / "worker.log", env={**os.environ, "COLUMNS": "120"})
     try:
         assert worker.run(["validate", str(SMOKE)], log=tmp_path / "a.txt", append=False) == 0
@@ -114,6 +114,24 @@ def test_a_cell_worker_runs_commands_one_after_another_and_is_replaced_when_it_d
     finally:
         worker.stop()
     assert worker.process is None
+
+
+@pytest.mark.e2e
+@pytest.mark.slow  # a two-cell sweep and the same two runs alone (~2 min): bash scripts/dev.sh slow
+def test_cells_run_in_a_cell_worker_equal_the_same_runs_of_fedsec_run(tmp_path):
+    path = write_sweep(tmp_path, '[grid]\n"defense.strategy" = ["fedavg", "median"]\n[set]\nrounds = 2\n')
+    out = tmp_path / "out"
+    swept = subprocess.run([sys.executable, "-m", "fedsec.cli", "sweep", str(path), "--out", str(out), "--no-report"],
+                           capture_output=True, text=True, timeout=600)
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    for cell in sorted((out / "cells").iterdir()):
+        alone = tmp_path / "alone" / cell.name
+        ran = subprocess.run([sys.executable, "-m", "fedsec.cli", "run", str(cell / "experiment.toml"), "--out",
+                              str(alone)], capture_output=True, text=True, timeout=600)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        for table in ("rounds.csv", "clients.csv"):
+            a, b = (pd.read_csv(d / table).filter(regex=r"^(?!.*seconds$)(?!node$)") for d in (cell, alone))
+            pd.testing.assert_frame_equal(a, b)
 
 
 def _listening(host: str, port: int) -> bool:

@@ -6,29 +6,26 @@ starting: importing torch, Flower, Ray and fedsec (about 5 s here) before joinin
 imports them once, while the sweep starts its Ray head, and keeps them for every cell of its slot
 (docs/performance.md, "Start-up", has the before and after).
 
-Protocol (``python -m fedsec.studies.cell_worker SWEEP_DIR``; the sweep directory is named so a leftover worker can
-be found by its command line): the sweep writes one JSON line per cell on the worker's stdin, ``{"argv": [...],
-"log": path, "append": bool}``; the worker points its file descriptors 1 and 2 at the cell's log (so Ray's,
-Flower's and the CLI's output all land there, as with a cell process of its own), runs the ``fedsec`` command line
-``argv`` in process, and answers ``{"code": exit code}`` on the stdout it was started with. Nothing of one cell is
-kept for the next but imported modules: each run builds its plan, data, Ray connection and actors anew, so a cell's
-rows are those of ``fedsec run`` (tests/test_sweep.py compares them). A run that ends its process (an interrupted
-run exits at once; a crash) ends the worker: :class:`CellWorker` reads the exit status as the cell's and starts a
-new worker for the next cell.
+Protocol (the worker is ``python -m fedsec.sweep_worker SWEEP_DIR``, :mod:`fedsec.sweep_worker`; the sweep
+directory is named so a leftover worker can be found by its command line): the sweep writes one JSON line per cell
+on the worker's stdin, ``{"argv": [...], "log": path, "append": bool}``; the worker points its file descriptors 1
+and 2 at the cell's log (so Ray's, Flower's and the CLI's output all land there, as with a cell process of its
+own), runs the ``fedsec`` command line ``argv`` in process, and answers ``{"code": exit code}`` on the stdout it
+was started with. Nothing of one cell is kept for the next but imported modules: each run builds its plan, data,
+Ray connection and actors anew, so a cell's rows are those of ``fedsec run`` (tests/test_sweep.py compares them). A
+run that ends its process (an interrupted run exits at once; a crash) ends the worker: :class:`CellWorker` reads
+the exit status as the cell's and starts a new worker for the next cell.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CellWorker", "main"]
+__all__ = ["CellWorker"]
 
 
 class CellWorker:
@@ -86,61 +83,3 @@ class CellWorker:
         process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
-
-
-def _exit_code(error: SystemExit) -> int:
-    if error.code is None:
-        return 0
-    return error.code if isinstance(error.code, int) else 1
-
-
-def run_cell(argv: list[str], log: Path, *, append: bool, base_fd: int) -> int:
-    """``fedsec argv`` in this process with descriptors 1 and 2 on ``log``; back on ``base_fd`` afterwards."""
-    from fedsec.cli import app
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with log.open("ab" if append else "wb") as out:
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        try:
-            app(args=argv, prog_name="fedsec")
-            code = 0
-        except SystemExit as e:
-            code = _exit_code(e)
-        except BaseException:  # noqa: BLE001 - what a cell process would have printed before dying
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(base_fd, 1)
-            os.dup2(base_fd, 2)
-    return code
-
-
-def main() -> None:
-    """The worker's loop (see the module docstring)."""
-    replies = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's pipe; fd 1 itself follows the cells' logs
-    base_fd = os.dup(2)  # the worker's own log, between cells
-    os.dup2(base_fd, 1)
-    import flwr.simulation  # noqa: F401 - what every cell imports, once: Flower, Ray, torch, fedsec's run path
-    import ray  # noqa: F401
-    import torch  # noqa: F401
-
-    import fedsec.cli  # noqa: F401
-    import fedsec.clients.app  # noqa: F401
-    import fedsec.runtime.runner  # noqa: F401
-    import fedsec.server.app  # noqa: F401
-    from fedsec.plugins import load_plugins
-
-    load_plugins()
-    for line in sys.stdin:
-        request = json.loads(line)
-        code = run_cell(list(request["argv"]), Path(request["log"]), append=bool(request["append"]),
-                        base_fd=base_fd)
-        replies.write(json.dumps({"code": code}) + "\n")
-
-
-if __name__ == "__main__":
-    main()

@@ -13,15 +13,15 @@ A sweep file names a base experiment and grid axes (dotted config keys, as ``--s
 
 Every cell (one point of the grid, seeds included) is validated before any runs, then run as ``fedsec run`` would
 run it, writing a run directory under ``SWEEP_DIR/cells/<cell>/``, in the slot's cell worker (:mod:`.cell_worker`:
-one process per parallel slot that imports torch, Flower and Ray once and runs its cells one after another). Ray is started once for the
-whole sweep (one head node per parallel slot; each cell's driver joins it), or the sweep joins the cluster at
-``--address`` / the base config's ``backend.address``. Kind-specific keys that a cell's attack or strategy does not
-use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies) are dropped for that cell. A cell is
-done when its run exited 0 and its ``cell.json`` says so; a rerun skips done cells, goes on with an interrupted
-cell from its last checkpoint (``fedsec run --resume``, on the new sweep's Ray head) when it has one and its config
-is unchanged, and reruns any other (failed, or killed before its first round ended) from scratch, so no cell is lost
-or counted twice. ``sweep.csv`` (one row per cell: axes, status, final metrics, and their mean / std over the seeds
-of the cell's group) is rewritten after every cell.
+one process per parallel slot that imports torch, Flower and Ray once and runs its cells one after another). Ray is
+started once for the whole sweep (one head node per parallel slot; each cell's driver joins it), or the sweep joins
+the cluster at ``--address`` / the base config's ``backend.address``. Kind-specific keys that a cell's attack or
+strategy does not use (``defense.num_malicious`` in a FedAvg cell of a grid over strategies) are dropped for that
+cell. A cell is done when its run exited 0 and its ``cell.json`` says so; a rerun skips done cells, goes on with an
+interrupted cell from its last checkpoint (``fedsec run --resume``, on the new sweep's Ray head) when it has one and
+its config is unchanged, and reruns any other (failed, or killed before its first round ended) from scratch, so no
+cell is lost or counted twice. ``sweep.csv`` (one row per cell: axes, status, final metrics, and their mean / std
+over the seeds of the cell's group) is rewritten after every cell.
 
 Why a Ray head of the sweep's own and cells one after another per slot: Flower's Ray backend shuts Ray down at the
 end of each simulation (``ray.shutdown``) and sizes its actor pool from the whole cluster, so two simulations on one
@@ -398,7 +398,7 @@ class SweepRunner:
         """The process that runs slot ``slot``'s cells (:mod:`.cell_worker`), killed if the sweep dies."""
         env = {**os.environ, "COLUMNS": "120"}
         env.pop("RAY_ADDRESS", None)
-        return CellWorker([sys.executable, "-m", "fedsec.studies.cell_worker", str(self.out.resolve())],
+        return CellWorker([sys.executable, "-m", "fedsec.sweep_worker", str(self.out.resolve())],
                           log=self.out / f"cell-worker-{slot}.log", env=env,
                           preexec_fn=_cell_dies_with_parent if _LINUX else None)
 
