@@ -76,3 +76,50 @@ def test_capped_weighting_runs_as_uniform_under_secagg():
     plan = plan_from_dict(raw)
     assert plan.secagg is not None and not plan.secagg.weighted
     assert plan.resolved["defense"]["weighting"] == "uniform"
+
+
+def _secagg_replies(claims: dict[int, dict], summed: dict[int, int], aggregate) -> list:
+    """The replies SecAgg+'s transport hands the strategy: each survivor's node, its claimed metrics, the one
+    unmasked aggregate and the record of which node the protocol summed as which partition."""
+    from flower_messages import _instruction
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedsec.crypto.secaggplus import MEMBER_NODES_KEY, MEMBERS_KEY, SECAGG_RECORD
+
+    pairs = sorted((pid, str(node)) for node, pid in summed.items())
+    record = ConfigRecord({MEMBERS_KEY: [p for p, _ in pairs], MEMBER_NODES_KEY: [n for _, n in pairs]})
+    return [Message(RecordDict({"arrays": aggregate, "metrics": MetricRecord(metrics), SECAGG_RECORD: record}),
+                    reply_to=_instruction(node)) for node, metrics in claims.items()]
+
+
+@pytest.mark.usefixtures("server_identity")
+def test_a_client_that_lies_about_its_partition_is_recorded_and_the_round_still_applies_the_aggregate():
+    import numpy as np
+    from flower_messages import arrays_of, started
+
+    from fedsec.strategies.secaggplus_fedavg import SecAggPlusFedAvg
+
+    aggregate = arrays_of({"w": np.full((2, 2), 0.5)})
+    summed = {101: 0, 102: 1, 103: 2}
+    honest = {node: {"num-examples": 10, "partition-id": pid} for node, pid in summed.items()}
+    for lie in ({"num-examples": 10, "partition-id": 0},  # another member's id
+                {"num-examples": 10, "partition-id": -3},  # an invalid one
+                {"num-examples": float("nan"), "partition-id": 2}):  # an invalid count
+        strategy = started(SecAggPlusFedAvg(weighting="uniform", num_partitions=6),
+                           arrays_of({"w": np.zeros((2, 2))}))
+        arrays, _ = strategy.aggregate_train(1, _secagg_replies({**honest, 103: lie}, summed, aggregate))
+        assert arrays is aggregate, lie  # applied: the protocol fixed the sum before any claim was read
+        decisions = {d.node_id: d for d in strategy.last_report.decisions}
+        assert decisions[103].partition_id == 2 and "its node holds partition 2" in decisions[103].status
+        assert decisions[101].status == "accepted" and decisions[101].partition_id == 0
+
+    # a member's reply missing (taken out after the sum) still skips the round: the aggregate includes it
+    strategy = started(SecAggPlusFedAvg(weighting="uniform", num_partitions=6), arrays_of({"w": np.zeros((2, 2))}))
+    arrays, _ = strategy.aggregate_train(1, _secagg_replies({101: honest[101], 102: honest[102]}, summed, aggregate))
+    assert arrays is None and "taken out after the sum" in strategy.last_report.skipped_reason
+    # a reply from a node the protocol did not sum is refused
+    strategy = started(SecAggPlusFedAvg(weighting="uniform", num_partitions=6), arrays_of({"w": np.zeros((2, 2))}))
+    extra = {**honest, 104: {"num-examples": 10, "partition-id": 3}}
+    arrays, _ = strategy.aggregate_train(1, _secagg_replies(extra, summed, aggregate))
+    decisions = {d.node_id: d for d in strategy.last_report.decisions}
+    assert arrays is aggregate and "not in the SecAgg+ sum" in decisions[104].status

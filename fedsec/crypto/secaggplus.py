@@ -30,6 +30,8 @@ REPLY_KEY = "fedsec-reply"
 #: in the replies the server's transport hands the round: ConfigRecord with the protocol's members and costs
 SECAGG_RECORD = "secaggplus"
 MEMBERS_KEY = "members"
+#: the members' node ids (as strings, in the order of MEMBERS_KEY): which node the protocol summed as which client
+MEMBER_NODES_KEY = "member-nodes"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from fedsec.arrays import vector_to_record
 from fedsec.crypto.secaggplus import (
     ARRAY_NAMES_KEY,
+    MEMBER_NODES_KEY,
     MEMBERS_KEY,
     REPLY_KEY,
     SECAGG_RECORD,
@@ -149,8 +150,8 @@ class SecAggPlusTransport:
             return [Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=m)
                     for m in messages]
         aggregate = self._aggregate(relay.results[0][1].parameters, global_arrays)
-        members = sorted(self.partition_of.get(proxy.node_id, -1) for proxy, _ in relay.results)
-        record = ConfigRecord({MEMBERS_KEY: members})
+        summed = sorted((self.partition_of.get(proxy.node_id, -1), str(proxy.node_id)) for proxy, _ in relay.results)
+        record = ConfigRecord({MEMBERS_KEY: [pid for pid, _ in summed], MEMBER_NODES_KEY: [n for _, n in summed]})
         replies: list[Message] = []
         answered = set()
         for proxy, fitres in relay.results:
