@@ -33,7 +33,6 @@ from .spec import ClientSpec
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class StackedReply:
     """One client's result from its cohort's stacked training: its arrays and reply metrics, and under local DP its
