@@ -17,14 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tomllib
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from fedsec.config import ConfigError, apply_overrides
 from fedsec.plan import RunPlan, plan_from_dict
 from fedsec.results.run_directory import identity_changes
+
+from .sweep import local_ray_head
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +83,10 @@ def parse_seeds(text: str | None) -> list[int] | None:
     return seeds
 
 
-def study_experiments(base: RunPlan, epsilons: list[float], seeds: list[int] | None = None
+def study_experiments(base: RunPlan, epsilons: list[float], seeds: list[int] | None = None, *, address: str = ""
                       ) -> list[tuple[float, RunPlan]]:
-    """One validated run plan per budget (inf: privacy.mode = none) and seed (None: the config's seed only)."""
+    """One validated run plan per budget (inf: privacy.mode = none) and seed (None: the config's seed only);
+    ``address``: the Ray cluster every run joins (``backend.address``; "" keeps the config's)."""
     if base.facts is None or base.facts.privacy.mode == "none":
         raise ConfigError("privacy.mode='none': a privacy study needs privacy.mode = 'local' or 'central'")
     raw = base.resolved
@@ -94,6 +99,8 @@ def study_experiments(base: RunPlan, epsilons: list[float], seeds: list[int] | N
                 sets.append(f"seed={seed}")
                 name += f"-seed-{seed}"
             sets.append(f"name={name}")
+            if address:
+                sets.append(f"backend.address={json.dumps(address)}")
             out.append((eps, plan_from_dict(apply_overrides(raw, sets), source=f"epsilon {eps:g}")))
     return out
 
@@ -129,14 +136,35 @@ def run_study(
 
     ``stop``: a ``threading.Event`` passed to every run (Ctrl-C, SIGTERM); a cell that ends interrupted raises
     :class:`StudyInterrupted` after its summary is written, so no later cell starts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = study_experiments(base, epsilons, seeds)
+    by_seed = seeds is not None
+    with ExitStack() as stack:
+        pending = any(finished_summary(out_dir / cell_name(eps, plan, by_seed), plan) is None for eps, plan in cells)
+        if pending and not (base.backend.address or os.environ.get("RAY_ADDRESS")):
+            # one local Ray for the whole study, each cell joins it (a local Ray costs ~5 s to start here)
+            address = stack.enter_context(local_ray_head(os.cpu_count() or 1, log_path=out_dir / "ray-head.log"))
+            cells = study_experiments(base, epsilons, seeds, address=address)
+        rows = _run_cells(cells, out_dir, on_cell, stop, by_seed=by_seed)
+    plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
+    return rows
+
+
+def cell_name(eps: float, plan: RunPlan, by_seed: bool) -> str:
+    """A study cell's directory name: ``eps-<budget>`` (or ``eps-<budget>-seed-<seed>`` with ``--seeds``)."""
+    return f"eps-{eps:g}-seed-{plan.seed}" if by_seed else f"eps-{eps:g}"
+
+
+def _run_cells(cells: list[tuple[float, RunPlan]], out_dir: Path, on_cell: Callable[[float, dict], None] | None,
+               stop: Any, *, by_seed: bool) -> list[dict[str, Any]]:
+    """Run (or read back) each cell in turn; write study.csv and study_summary.csv after each; the rows."""
     import pandas as pd
 
     from fedsec.runtime.runner import run_experiment
 
     rows = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for eps, plan in study_experiments(base, epsilons, seeds):
-        cell = f"eps-{eps:g}" if seeds is None else f"eps-{eps:g}-seed-{plan.seed}"
+    for eps, plan in cells:
+        cell = cell_name(eps, plan, by_seed)
         summary = finished_summary(out_dir / cell, plan)
         if summary is None:
             resume = (out_dir / cell / "checkpoints" / "latest.pt").is_file()
@@ -156,7 +184,6 @@ def run_study(
         pd.DataFrame(summarize(rows)).to_csv(out_dir / "study_summary.csv", index=False)
         if on_cell is not None:
             on_cell(eps, row)
-    plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
     return rows
 
 
