@@ -50,6 +50,12 @@ setup_python() {
     "$VENV/bin/python" -m pip install -q -e ".[test,mlflow]"
     touch "$stamp"
   fi
+  # ByzFL, the reference the pre-aggregator kernels are tested against (tests/test_pre_aggregators.py), without its
+  # dependencies: they pull torchvision and with it another torch build; its pre-aggregators need only numpy, scipy
+  # and torch
+  if ! "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('byzfl') is None)"; then
+    "$VENV/bin/python" -m pip install -q --no-deps "byzfl==0.0.11"
+  fi
 }
 
 # The layer contract in pyproject.toml, checked on the installed layout: grimp walks the fedsec package folder,
