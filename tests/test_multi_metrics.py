@@ -60,6 +60,12 @@ def test_the_detector_flags_the_attackers_and_keeps_the_honest_clients_in_a_run(
     rows = run_in_process(raw, tmp_path / "run")
     caught = (rows["detection_precision"].iloc[1:] == 1.0) & (rows["detection_recall"].iloc[1:] == 1.0)
     assert int(caught.sum()) == rounds_caught
+    # the summary's means over the attacked rounds (fedsec/hooks/detection.py) are those of rounds.csv
+    block = rows.attrs["summary"]["detection"]
+    attacked = rows[(rows["attack_active"] == 1) & rows["detection_recall"].notna()]
+    assert block["rounds"] == len(attacked) == 3
+    assert block["recall_mean"] == pytest.approx(attacked["detection_recall"].mean())
+    assert block["precision_mean"] == pytest.approx(attacked["detection_precision"].dropna().mean())
 
 
 # ---------------------------------------------------------------------------------------------- FreqFed
@@ -91,3 +97,14 @@ def test_freqfed_flags_sign_flippers_in_a_run(tmp_path, server_identity):
     rows = run_in_process(raw, tmp_path / "run")
     assert (rows["detection_recall"].iloc[1:] == 1.0).all()  # both attackers flagged in every round
     assert (rows["detection_precision"].iloc[1:] >= 2 / 3).all()  # and at most one honest client with them
+
+
+def test_the_summarys_detection_means_survive_a_stop_and_resume(tmp_path, server_identity):
+    raw = {"name": "detection-resume", "seed": 0, "rounds": 3,
+           "data": {"dataset": "digits", "partition": "iid", "num_clients": 8}, "model": {"name": "logreg"},
+           "train": {"clients_per_round": 6, "lr": 0.1}, "attack": {"kind": "gaussian", "client_ids": [2, 6]},
+           "defense": {"strategy": "multi_metrics", "keep": 0.75}}
+    whole = run_in_process(raw, tmp_path / "whole").attrs["summary"]["detection"]
+    run_in_process(raw, tmp_path / "cut", stop_after=1)
+    resumed = run_in_process(raw, tmp_path / "cut", resume=True).attrs["summary"]["detection"]
+    assert whole["rounds"] >= 2 and resumed == whole

@@ -3,15 +3,21 @@ when the run has malicious clients)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from fedsec.results.contract import Metric
+from fedsec.results.contract import Metric, SummaryMetric
 
 from .base import RoundHook, RoundState, RunFacts
 
 
 class Detection(RoundHook):
-    """Scores the strategy's decisions against the recorded malicious ids."""
+    """Scores the strategy's decisions against the recorded malicious ids.
+
+    ``rounds.csv`` holds each round's scores; the last round's are the run's final ``detection_precision`` /
+    ``detection_recall``, which say little when the last round sampled no attacker. The ``detection`` summary block
+    therefore also holds their means over the *attacked* rounds (the attack acted and at least one malicious reply
+    was scored; precision only where something was flagged): ``precision_mean``, ``recall_mean``, ``rounds``."""
 
     name = "detection"
     description = "detection precision and recall of the strategy's rejections against the malicious ids"
@@ -23,6 +29,16 @@ class Detection(RoundHook):
         Metric("attack_active", "1 in the rounds the attack acts in", final=False, integer=True),
         Metric("malicious_sampled", "malicious clients among the round's replies", final=False, integer=True),
     )
+    summary_metrics = (
+        SummaryMetric("detection_precision_mean", "detection", "precision_mean",
+                      "mean detection precision over the attacked rounds where something was flagged"),
+        SummaryMetric("detection_recall_mean", "detection", "recall_mean",
+                      "mean detection recall over the attacked rounds (an attacker's reply was scored)"),
+    )
+
+    def __init__(self, params: Any, ctx: Any) -> None:
+        super().__init__(params, ctx)
+        self._attacked: list[tuple[float, float]] = []  # (precision, recall) of each attacked round
 
     @classmethod
     def applies(cls, facts: RunFacts) -> bool:
@@ -34,7 +50,26 @@ class Detection(RoundHook):
         rnd.row["attack_active"] = int(schedule.attack_active(rnd.server_round))
         rnd.row["malicious_sampled"] = sum(1 for d in rnd.decisions if d.partition_id in malicious
                                            and not d.status.startswith(("dropped", "late")))
-        rnd.row.update(detection_scores(rnd.decisions, malicious))
+        scores = detection_scores(rnd.decisions, malicious)
+        rnd.row.update(scores)
+        if rnd.row["attack_active"] and not math.isnan(scores["detection_recall"]):
+            self._attacked.append((scores["detection_precision"], scores["detection_recall"]))
+
+    def on_stop(self, summary: dict[str, Any]) -> None:
+        precisions = [p for p, _ in self._attacked if not math.isnan(p)]
+        recalls = [r for _, r in self._attacked]
+        summary["detection"] = {
+            "precision_mean": sum(precisions) / len(precisions) if precisions else None,
+            "recall_mean": sum(recalls) / len(recalls) if recalls else None,
+            "rounds": len(self._attacked),
+            "over": "rounds where the attack acted and an attacker's reply was scored",
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"attacked": [list(pair) for pair in self._attacked]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._attacked = [(float(p), float(r)) for p, r in state.get("attacked", [])]
 
 
 def detection_scores(decisions: list[Any], malicious: set[int]) -> dict[str, float]:
