@@ -6,6 +6,7 @@ replies and turn an aggregate vector back into an ``ArrayRecord`` with the globa
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import warnings
@@ -36,23 +37,56 @@ def record_signature(record: ArrayRecord) -> list[tuple[str, tuple[int, ...]]]:
     return [(k, tuple(a.shape)) for k, a in record.items()]
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER = 100_000  # bytes of .npy header read at most (numpy's own default limit is 10,000)
+
+
+def npy_layout(data: bytes | bytearray) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) of serialized .npy bytes holding a C-order array without Python objects, or None
+    when they are not such a file.
+
+    The header is read with numpy's own parser, once per distinct header: every reply of a round carries the same
+    few headers (one per model array), and parsing one costs about as much as copying a small array, twice per
+    array and reply (the trust checks, then the stacking)."""
+    if len(data) < 10 or bytes(data[:6]) != _NPY_MAGIC:
+        return None
+    major = data[6]
+    if major == 1:
+        start, length = 10, int.from_bytes(data[8:10], "little")
+    elif major in (2, 3) and len(data) >= 12:
+        start, length = 12, int.from_bytes(data[8:12], "little")
+    else:
+        return None
+    if length > NPY_MAX_HEADER or len(data) < start + length:
+        return None
+    return _parse_npy_header(bytes(data[: start + length]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_npy_header(header: bytes) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    buffer = io.BytesIO(header)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(buffer, max_header_size=NPY_MAX_HEADER)
+    except (ValueError, TypeError, EOFError):
+        return None
+    if fortran_order or dtype.hasobject:
+        return None
+    return tuple(shape), dtype, buffer.tell()
+
+
 def array_view(array: Array) -> np.ndarray:
     """The array's values without copying: a read-only view into its serialized .npy bytes.
 
     Flower's ``Array.numpy()`` runs ``np.load`` on a BytesIO, which copies every value; at 100 clients x 1.6M
-    parameters that copy is a large share of aggregation time. This parses the .npy header and maps the data in
-    place (C-order arrays; anything else falls back to ``Array.numpy()``)."""
-    buffer = io.BytesIO(array.data)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(buffer, max_header_size=100_000)
-    except (ValueError, TypeError):
+    parameters that copy is a large share of aggregation time. This reads the .npy header (:func:`npy_layout`) and
+    maps the data in place (C-order arrays; anything else falls back to ``Array.numpy()``)."""
+    layout = npy_layout(array.data) if isinstance(array.data, bytes | bytearray) else None
+    if layout is None:
         return array.numpy()
-    if fortran_order or dtype.hasobject:
-        return array.numpy()
-    count = int(np.prod(shape))
-    return np.frombuffer(array.data, dtype=dtype, count=count, offset=buffer.tell()).reshape(shape)
+    shape, dtype, offset = layout
+    return np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
 
 
 def record_size(record: ArrayRecord) -> int:

@@ -88,9 +88,16 @@ def parse_reply(message: Message) -> ParsedReply:
         return ParsedReply(node_id, ClientStatus.FAILED, reason=lines[-1] if lines else "unknown error")
     content = message.content
     metrics: dict[str, float] = {}
-    for record in content.metric_records.values():
-        metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
-    info = {k: v for r in content.config_records.values() for k, v in r.items()}
+    info: dict = {}
+    partition_id = None
+    for record in content.values():  # one pass (RecordDict's typed views rebuild a dict on every access)
+        if isinstance(record, MetricRecord):
+            value = record.get(PARTITION_ID_KEY)
+            if partition_id is None and isinstance(value, int | float) and math.isfinite(value):
+                partition_id = int(value)  # the first finite one, as partition_of_reply reads it
+            metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
+        elif isinstance(record, ConfigRecord):
+            info.update(record)
     node = info.get(NODE_KEY)
     status = info.get(STATUS_KEY, ClientStatus.TRAINED.value)
     try:
@@ -100,7 +107,7 @@ def parse_reply(message: Message) -> ParsedReply:
     return ParsedReply(
         node_id=node_id,
         status=status,
-        partition_id=partition_of_reply(message),
+        partition_id=partition_id,
         node=node if isinstance(node, str) else "",
         reason=str(info.get(REASON_KEY, "")),
         metrics=metrics,

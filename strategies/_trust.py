@@ -12,13 +12,14 @@ that claims 1e9 examples among clients that claim 50 owns the aggregate (the cou
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Literal
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
+
+from fedsec.arrays import npy_layout
 
 Weighting = Literal["reported", "capped", "uniform"]
 WEIGHTINGS: tuple[str, ...] = ("reported", "capped", "uniform")
@@ -64,19 +65,11 @@ def check_partition_id(value: object, *, num_partitions: int | None, key: str) -
 
 
 def npy_header(array: Array) -> tuple[tuple[int, ...], np.dtype, int] | None:
-    """(shape, dtype, data offset) of the array's serialized .npy bytes, or None if they are not a .npy file."""
+    """(shape, dtype, data offset) of the array's serialized .npy bytes, or None if they are not a .npy file of a
+    C-order array without Python objects (:func:`fedsec.arrays.npy_layout`)."""
     if array.stype != "numpy.ndarray" or not isinstance(array.data, bytes | bytearray):
         return None
-    buffer = io.BytesIO(array.data)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(buffer, max_header_size=100_000)
-    except (ValueError, TypeError, EOFError):
-        return None
-    if fortran_order or dtype.hasobject:
-        return None
-    return tuple(shape), dtype, buffer.tell()
+    return npy_layout(array.data)
 
 
 def check_arrays(arrays: ArrayRecord, like: ArrayRecord) -> str | None:
@@ -95,7 +88,7 @@ def check_arrays(arrays: ArrayRecord, like: ArrayRecord) -> str | None:
             return "arrays do not match the global model's keys/shapes"
         if dtype != want_dtype or str(array.dtype) != str(want_dtype):
             return f"array {key!r} has dtype {dtype} (declared {array.dtype}), the model's is {want_dtype}"
-        expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = offset + math.prod(shape) * dtype.itemsize
         if len(array.data) != expected:
             return f"array {key!r} carries {len(array.data)} bytes, its shape and dtype need {expected}"
     return None

@@ -558,7 +558,9 @@ class RobustStrategy(FedAvg):
         node_id = message.metadata.src_node_id
         num_examples = metrics.get(NUM_EXAMPLES_KEY)
         bad = lambda why: (self._bad(node_id, partition_id, "invalid: " + why, node, metrics), None)  # noqa: E731
-        claimed = [r[PARTITION_ID_KEY] for r in content.metric_records.values() if PARTITION_ID_KEY in r]
+        records = list(content.values())  # one pass (RecordDict's typed views rebuild a dict on every access)
+        claimed = [r[PARTITION_ID_KEY] for r in records if isinstance(r, MetricRecord) and PARTITION_ID_KEY in r]
+        array_records = [r for r in records if isinstance(r, ArrayRecord)]
         if len(claimed) != 1:  # without exactly one id the server cannot tell which client sent the reply
             partition_id = None
             return bad(f"no '{PARTITION_ID_KEY}' in the reply's metrics" if not claimed else
@@ -568,12 +570,12 @@ class RobustStrategy(FedAvg):
             partition_id = None  # never record an id the client could not have
             return bad(why)
         partition_id = int(claimed[0])
-        if len(content.array_records) != 1:
-            return bad(f"expected one ArrayRecord, got {len(content.array_records)}")
+        if len(array_records) != 1:
+            return bad(f"expected one ArrayRecord, got {len(array_records)}")
         why = check_count(num_examples, max_examples=self.max_examples, key=NUM_EXAMPLES_KEY)
         if why is not None:
             return bad(why)
-        arrays = next(iter(content.array_records.values()))
+        arrays = array_records[0]
         got = record_signature(arrays)
         if got != signature:
             return bad("arrays do not match the global model's keys/shapes")
