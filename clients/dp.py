@@ -93,13 +93,20 @@ class DPRound:
     history: list[tuple[float, float, int]]
 
 
+def round_noise(spec: ClientSpec, partition_id: int, n: int) -> tuple[float, float, int]:
+    """(noise multiplier, sample rate, steps) of the client's round on ``n`` examples: the rate and steps the
+    accountant is given (:func:`fedsec.privacy.dp_sgd.epoch_sampling`, times the local epochs)."""
+    sample_rate, steps_per_epoch = epoch_sampling(n, spec.train.batch_size)
+    steps_per_round = spec.train.local_epochs * steps_per_epoch
+    noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
+    return noise, sample_rate, steps_per_round
+
+
 def plan_dp_round(spec: ClientSpec, *, n: int, server_round: int, partition_id: int, state: RecordDict) -> DPRound:
     """The client's noise and sampling for a round on ``n`` examples, and its history (from ``state``, or the
     checkpoint's on a resumed run). Raises :class:`PrivacyBudgetExhausted` when the round would overspend."""
-    train, privacy = spec.train, spec.privacy
-    sample_rate, steps_per_epoch = epoch_sampling(n, train.batch_size)  # what the accountant is given
-    steps_per_round = train.local_epochs * steps_per_epoch
-    noise = client_noise(spec, partition_id, sample_rate=sample_rate, steps_per_round=steps_per_round)
+    privacy = spec.privacy
+    noise, sample_rate, steps_per_round = round_noise(spec, partition_id, n)
     history = load_history(state)
     if not history and spec.dp_histories and partition_id in spec.dp_histories:  # a resumed run: the checkpoint's
         history = list(spec.dp_histories[partition_id])

@@ -20,12 +20,11 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedsec.arrays import model_to_record
-from fedsec.privacy.dp_sgd import epoch_sampling
 from fedsec.protocol import ARRAYS_RECORD, NUM_EXAMPLES_KEY, PARTITION_ID_KEY, server_round_of
 from fedsec.training.stacked_dp_sgd import dp_train_stacked
 from fedsec.training.vectorized import train_stacked, why_not_vectorized
 
-from .dp import client_noise
+from .dp import round_noise
 from .honest import client_data, local_model
 from .local_data import honest_client_data
 from .spec import ClientSpec
@@ -92,10 +91,7 @@ def train_cohort_stacked(spec: ClientSpec, message: Message, partition_ids: list
     recipe = dict(epochs=train.local_epochs, batch_size=train.batch_size, lr=train.lr, momentum=train.momentum,
                   weight_decay=train.weight_decay, generators=generators)
     if privacy.mode == "local":
-        noises = []
-        for p, x in zip(chosen, xs, strict=True):
-            rate, steps = epoch_sampling(int(x.shape[0]), train.batch_size)
-            noises.append(client_noise(spec, p, sample_rate=rate, steps_per_round=train.local_epochs * steps))
+        noises = [round_noise(spec, p, int(x.shape[0]))[0] for p, x in zip(chosen, xs, strict=True)]
         result = dp_train_stacked(model, xs, ys, max_grad_norm=privacy.max_grad_norm, noise_multipliers=noises,
                                   **recipe)
         entries = result.entries

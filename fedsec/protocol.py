@@ -15,8 +15,10 @@ A client that declines to train (its next round would overspend its privacy budg
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
@@ -65,12 +67,17 @@ class ParsedReply:
 
 def partition_of_reply(message: Message) -> int | None:
     """The finite partition id a reply reports, else None."""
-    if message.has_error():
-        return None
-    for metrics in message.content.metric_records.values():
-        value = metrics.get(PARTITION_ID_KEY)
-        if isinstance(value, int | float) and math.isfinite(value):
-            return int(value)
+    return None if message.has_error() else _partition_in(message.content.values())
+
+
+def _partition_in(records: Iterable[Any]) -> int | None:
+    """The first finite partition id among the MetricRecords of ``records`` (a RecordDict's values, in order; one
+    pass: RecordDict's typed views rebuild a dict on every access)."""
+    for record in records:
+        if isinstance(record, MetricRecord):
+            value = record.get(PARTITION_ID_KEY)
+            if isinstance(value, int | float) and math.isfinite(value):
+                return int(value)
     return None
 
 
@@ -87,14 +94,11 @@ def parse_reply(message: Message) -> ParsedReply:
         lines = message.error.reason.strip().splitlines()
         return ParsedReply(node_id, ClientStatus.FAILED, reason=lines[-1] if lines else "unknown error")
     content = message.content
+    records = list(content.values())  # read once: RecordDict's typed views rebuild a dict on every access
     metrics: dict[str, float] = {}
     info: dict = {}
-    partition_id = None
-    for record in content.values():  # one pass (RecordDict's typed views rebuild a dict on every access)
+    for record in records:
         if isinstance(record, MetricRecord):
-            value = record.get(PARTITION_ID_KEY)
-            if partition_id is None and isinstance(value, int | float) and math.isfinite(value):
-                partition_id = int(value)  # the first finite one, as partition_of_reply reads it
             metrics.update({k: v for k, v in record.items() if isinstance(v, int | float)})
         elif isinstance(record, ConfigRecord):
             info.update(record)
@@ -107,7 +111,7 @@ def parse_reply(message: Message) -> ParsedReply:
     return ParsedReply(
         node_id=node_id,
         status=status,
-        partition_id=partition_id,
+        partition_id=_partition_in(records),
         node=node if isinstance(node, str) else "",
         reason=str(info.get(REASON_KEY, "")),
         metrics=metrics,

@@ -139,13 +139,13 @@ def run_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = study_experiments(base, epsilons, seeds)
     by_seed = seeds is not None
+    finished = [finished_summary(out_dir / cell_name(eps, plan, by_seed), plan) for eps, plan in cells]
     with ExitStack() as stack:
-        pending = any(finished_summary(out_dir / cell_name(eps, plan, by_seed), plan) is None for eps, plan in cells)
-        if pending and not (base.backend.address or os.environ.get("RAY_ADDRESS")):
+        if None in finished and not (base.backend.address or os.environ.get("RAY_ADDRESS")):
             # one local Ray for the whole study, each cell joins it (a local Ray costs ~5 s to start here)
             address = stack.enter_context(local_ray_head(os.cpu_count() or 1, log_path=out_dir / "ray-head.log"))
             cells = study_experiments(base, epsilons, seeds, address=address)
-        rows = _run_cells(cells, out_dir, on_cell, stop, by_seed=by_seed)
+        rows = _run_cells(cells, finished, out_dir, on_cell, stop, by_seed=by_seed)
     plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
     return rows
 
@@ -155,17 +155,17 @@ def cell_name(eps: float, plan: RunPlan, by_seed: bool) -> str:
     return f"eps-{eps:g}-seed-{plan.seed}" if by_seed else f"eps-{eps:g}"
 
 
-def _run_cells(cells: list[tuple[float, RunPlan]], out_dir: Path, on_cell: Callable[[float, dict], None] | None,
-               stop: Any, *, by_seed: bool) -> list[dict[str, Any]]:
-    """Run (or read back) each cell in turn; write study.csv and study_summary.csv after each; the rows."""
+def _run_cells(cells: list[tuple[float, RunPlan]], finished: list[dict[str, Any] | None], out_dir: Path,
+               on_cell: Callable[[float, dict], None] | None, stop: Any, *, by_seed: bool) -> list[dict[str, Any]]:
+    """Run each cell in turn, or read back the summary ``finished`` holds for it (a cell finished before with the
+    same config: :func:`finished_summary`); write study.csv and study_summary.csv after each; the rows."""
     import pandas as pd
 
     from fedsec.runtime.runner import run_experiment
 
     rows = []
-    for eps, plan in cells:
+    for (eps, plan), summary in zip(cells, finished, strict=True):
         cell = cell_name(eps, plan, by_seed)
-        summary = finished_summary(out_dir / cell, plan)
         if summary is None:
             resume = (out_dir / cell / "checkpoints" / "latest.pt").is_file()
             if resume:

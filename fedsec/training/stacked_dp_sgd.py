@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from fedsec.privacy.dp_sgd import add_noise, epoch_sampling
 
-from .vectorized import StackedResult, stack_params, stacked_sgd_step, why_not_vectorized
+from .vectorized import StackedResult, checked_sizes, stack_params, stacked_sgd_step
 
 __all__ = ["StackedDPResult", "dp_train_stacked"]
 
@@ -62,15 +62,9 @@ def dp_train_stacked(
     ``noise_multipliers[i]``, all at once (``model`` is not changed). Every client needs at least one example."""
     from torch.func import functional_call, grad_and_value, vmap
 
-    clients = len(xs)
-    if not (clients == len(ys) == len(generators) == len(noise_multipliers)) or clients == 0:
-        raise ValueError("dp_train_stacked: one (x, y, noise multiplier, generator) per client, at least one client")
-    if reason := why_not_vectorized(model):
-        raise ValueError(f"dp_train_stacked: {reason}")
-    sizes = [int(x.shape[0]) for x in xs]
-    if min(sizes) < 1:
-        raise ValueError("dp_train_stacked: every client needs at least one example")
-    device = xs[0].device
+    sizes = checked_sizes("dp_train_stacked", model, xs, [ys, noise_multipliers, generators],
+                          "x, y, noise multiplier, generator")
+    clients, device = len(xs), xs[0].device
     sampling = [epoch_sampling(n, batch_size) for n in sizes]  # (q, steps) per client, what the accountant gets
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     params, data, labels = stack_params(model, xs, ys)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["StackedResult", "stack_params", "stacked_sgd_step", "train_stacked", "why_not_vectorized"]
+__all__ = ["StackedResult", "checked_sizes", "stack_params", "stacked_sgd_step", "train_stacked", "why_not_vectorized"]
 
 _STATEFUL = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
              nn.AlphaDropout)
@@ -75,15 +75,8 @@ def train_stacked(
     """
     from torch.func import functional_call, grad, vmap
 
-    clients = len(xs)
-    if not (clients == len(ys) == len(generators)) or clients == 0:
-        raise ValueError("train_stacked: one (x, y, generator) per client, at least one client")
-    if reason := why_not_vectorized(model):
-        raise ValueError(f"train_stacked: {reason}")
-    device = xs[0].device
-    sizes = [int(x.shape[0]) for x in xs]
-    if min(sizes) < 1:
-        raise ValueError("train_stacked: every client needs at least one example")
+    sizes = checked_sizes("train_stacked", model, xs, [ys, generators], "x, y, generator")
+    clients, device = len(xs), xs[0].device
     params, data, labels = stack_params(model, xs, ys)
     momenta: dict[str, torch.Tensor] | None = None
 
@@ -119,6 +112,21 @@ def train_stacked(
     per_client = (losses / torch.tensor(sizes, dtype=torch.float64, device=device)).tolist()
     return StackedResult(params={k: v.detach() for k, v in params.items()}, losses=per_client,
                          num_steps=[s * epochs for s in steps_of])
+
+
+def checked_sizes(caller: str, model: nn.Module, xs: list[torch.Tensor], per_client: list[list], what: str
+                  ) -> list[int]:
+    """Each client's number of examples, after checking the stacked loops' inputs: one entry of ``xs`` and of each
+    list in ``per_client`` per client (``what`` names them), at least one client, each with an example, and a model
+    that can train stacked (:func:`why_not_vectorized`). Raises ``ValueError`` naming ``caller``."""
+    if not xs or any(len(values) != len(xs) for values in per_client):
+        raise ValueError(f"{caller}: one ({what}) per client, at least one client")
+    if reason := why_not_vectorized(model):
+        raise ValueError(f"{caller}: {reason}")
+    sizes = [int(x.shape[0]) for x in xs]
+    if min(sizes) < 1:
+        raise ValueError(f"{caller}: every client needs at least one example")
+    return sizes
 
 
 def stack_params(model: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]
