@@ -61,11 +61,12 @@ def main() -> None:
     from fedsec.plugins import load_plugins
 
     load_plugins()
-    for line in sys.stdin:
-        request = json.loads(line)
-        code = run_cell(list(request["argv"]), Path(request["log"]), append=bool(request["append"]),
-                        base_fd=base_fd)
-        replies.write(json.dumps({"code": code}) + "\n")
+    with fedsec.runtime.runner.one_ray_for_many_runs():  # the slot's cells share one Ray connection and its actors
+        for line in sys.stdin:
+            request = json.loads(line)
+            code = run_cell(list(request["argv"]), Path(request["log"]), append=bool(request["append"]),
+                            base_fd=base_fd)
+            replies.write(json.dumps({"code": code}) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -184,9 +186,12 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     """Start a local Ray, or join the cluster at ``backend.address`` (or ``RAY_ADDRESS``)."""
     import ray
 
-    if ray.is_initialized():
-        return
     address = backend.address or os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized():
+        if _RAY["kept"] and _RAY["address"] != address:  # a kept connection to another cluster: leave it
+            shutdown_ray()
+        else:
+            return
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": verbose,
@@ -209,10 +214,15 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
     if callable(on_sigterm):  # Ray's core worker installs a C++ SIGTERM handler that aborts the driver (exit -6):
         signal.signal(signal.SIGTERM, on_sigterm)  # put back the caller's (the CLI's: a clean stop, exit 143)
+    _RAY["address"] = address
     if not address:
         session = getattr(context, "address_info", {}).get("session_dir")
         if session:
             record_session(session)
+
+
+#: this process's Ray connection: the address it joined, and whether runs keep it (:func:`one_ray_for_many_runs`)
+_RAY: dict[str, Any] = {"address": None, "kept": False}
 
 
 def shutdown_ray() -> None:
@@ -222,8 +232,41 @@ def shutdown_ray() -> None:
     from .orphans import forget_session
 
     if ray.is_initialized():
+        if "fedsec.runtime.warm_actors" in sys.modules:
+            from .warm_actors import release_kept_actors
+
+            release_kept_actors()
         ray.shutdown()
+    _RAY["address"] = None
     forget_session()
+
+
+def _end_run_ray() -> None:
+    """After a run: stop Ray, unless the run is one of many that share it (:func:`one_ray_for_many_runs`)."""
+    if not _RAY["kept"]:
+        shutdown_ray()
+
+
+def _actors_scope() -> contextlib.AbstractContextManager[None]:
+    """Kept client actors for runs that share this process's Ray (:mod:`.warm_actors`), Flower's own otherwise."""
+    if not _RAY["kept"]:
+        return contextlib.nullcontext()
+    from .warm_actors import kept_actors
+
+    return kept_actors()
+
+
+@contextlib.contextmanager
+def one_ray_for_many_runs() -> Iterator[None]:
+    """Within: :func:`run_experiment` keeps this process's Ray connection and its client actors for the next run
+    (:mod:`.warm_actors`) instead of starting and stopping both per run; Ray stops when the block ends. For a
+    process that runs many runs one after another against one cluster (a sweep's cell worker, a privacy study)."""
+    _RAY["kept"] = True
+    try:
+        yield
+    finally:
+        _RAY["kept"] = False
+        shutdown_ray()
 
 
 def client_slots(nodes: list[dict[str, Any]], num_cpus: float, num_gpus: float) -> dict[str, int]:
@@ -314,7 +357,7 @@ def run_experiment(
         run_dir = RunDirectory(out_dir or default_run_dir(plan.name), plan, config_toml=plan.to_toml(),
                                resume=resume, overwrite=overwrite)
     except BaseException:
-        shutdown_ray()
+        _end_run_ray()
         raise
     resume_state = exporter = None
     try:
@@ -333,11 +376,11 @@ def run_experiment(
         data = build_federated_data(plan.data_config, plan.seed)
     except (DatasetError, PartitionError) as e:
         run_dir.close()
-        shutdown_ray()
+        _end_run_ray()
         raise RunError(str(e)) from e
     except BaseException:
         run_dir.close()
-        shutdown_ray()
+        _end_run_ray()
         raise
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
@@ -375,7 +418,7 @@ def run_experiment(
             "client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
         }
-        with StopOnSignal(outcome.stop):  # Ctrl-C ends the run through the server, never inside Flower
+        with StopOnSignal(outcome.stop), _actors_scope():  # Ctrl-C ends the run through the server, not in Flower
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
@@ -391,7 +434,7 @@ def run_experiment(
     finally:
         if key_authority is not None:
             key_authority.stop()
-        shutdown_ray()
+        _end_run_ray()
     if outcome.stop.is_set():
         outcome.stopped_reason = "interrupted"
     save_model(plan, data, outcome, run_dir.path)

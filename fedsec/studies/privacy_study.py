@@ -145,6 +145,10 @@ def run_study(
             # one local Ray for the whole study, each cell joins it (a local Ray costs ~5 s to start here)
             address = stack.enter_context(local_ray_head(os.cpu_count() or 1, log_path=out_dir / "ray-head.log"))
             cells = study_experiments(base, epsilons, seeds, address=address)
+        if None in finished:  # the cells share this process's Ray connection and client actors (stopped first)
+            from fedsec.runtime.runner import one_ray_for_many_runs
+
+            stack.enter_context(one_ray_for_many_runs())
         rows = _run_cells(cells, finished, out_dir, on_cell, stop, by_seed=by_seed)
     plot_study(rows, out_dir / "plots" / "privacy_study.png", title=base.name)
     return rows

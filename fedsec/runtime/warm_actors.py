@@ -1,0 +1,124 @@
+"""Client actors kept warm from one run to the next in a process that runs many runs (a sweep's cell worker, a
+privacy study): Flower's simulation engine gets the actors the previous run used instead of starting new ones.
+
+Why: Flower 1.42's engine (``flwr/server/superlink/fleet/vce/vce_api.py``) builds a ``RayBackend`` for every
+``run_simulation``; its ``BasicActorPool`` starts fresh actors (each a new process that imports torch, Flower and
+fedsec, about 8 s of a small digits cell's round 0 on this project's 2-core machine) and its ``terminate()`` kills
+them and shuts Ray down. A Flower actor holds nothing of a run between messages (``ClientAppActor.run`` loads the
+ClientApp the message came with); what fedsec's clients cache per process is keyed by what it is computed from
+(the data's object ref, the config's JSON, the model's shape), so a kept actor serves the next run as a fresh one
+would (``tests/test_warm_actors.py`` compares the rows).
+
+Flower has no setting that chooses the backend class (``vce_api`` imports ``RayBackend`` by name when the engine
+starts), so :func:`kept_actors` swaps that module attribute for ``WarmRayBackend`` while one
+``run_simulation`` runs and puts Flower's back afterwards. Only runs inside
+:func:`fedsec.runtime.runner.one_ray_for_many_runs` use it; a single ``fedsec run`` is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["kept_actors", "kept_actor_count", "release_kept_actors", "warm_backend_class"]
+
+logger = logging.getLogger(__name__)
+
+#: the actors kept in this process, by the client resources they were started with
+_KEPT: dict[tuple[tuple[str, float], ...], list[Any]] = {}
+_SWAP_LOCK = threading.Lock()
+_ALIVE_TIMEOUT_S = 30.0
+
+
+def kept_actor_count() -> int:
+    """How many client actors this process keeps for its next run."""
+    return sum(len(actors) for actors in _KEPT.values())
+
+
+def release_kept_actors() -> None:
+    """Kill the kept actors (when this process leaves Ray; they die with its Ray connection anyway)."""
+    import ray
+
+    actors = [a for kept in _KEPT.values() for a in kept]
+    _KEPT.clear()
+    if ray.is_initialized():
+        for actor in actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - an actor already gone
+                pass
+
+
+def _all_alive(actors: list[Any]) -> bool:
+    import ray
+
+    try:
+        ray.get([a.__ray_ready__.remote() for a in actors], timeout=_ALIVE_TIMEOUT_S)
+        return True
+    except Exception:  # noqa: BLE001 - a dead or stuck actor: the pool is started anew
+        return False
+
+
+@functools.cache
+def warm_backend_class() -> type:
+    """:class:`WarmRayBackend`, defined on first use (importing Flower's engine costs seconds)."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+    class WarmRayBackend(RayBackend):  # type: ignore[misc, valid-type]
+        """Flower's ``RayBackend`` whose actor pool outlives the simulation: ``build`` takes the actors kept from
+        the previous run when they are still alive and as many as the cluster fits now; ``terminate`` keeps them
+        (and Ray) for the next run."""
+
+        def build(self, app_fn: Callable[[], Any]) -> None:
+            key = tuple(sorted((k, float(v)) for k, v in self.client_resources.items()))
+            pool = BasicActorPool(actor_type=ClientAppActor, client_resources=self.client_resources,
+                                  actor_kwargs=self.actor_kwargs)
+            kept = _KEPT.pop(key, None)
+            for other in list(_KEPT):  # actors of other resources hold the CPUs this pool needs
+                for actor in _KEPT.pop(other):
+                    _kill_quietly(actor)
+            if kept is not None and len(kept) == pool.actors_capacity and _all_alive(kept):
+                pool.pool = list(kept)
+                pool.num_actors = len(kept)
+                logger.info("reusing %d warm client actor(s)", len(kept))
+            else:
+                if kept is not None:  # the cluster changed or an actor died: start them anew
+                    for actor in kept:
+                        _kill_quietly(actor)
+                pool.add_actors_to_pool(pool.actors_capacity)
+            _KEPT[key] = list(pool.pool)
+            self.pool = pool
+            self.app_fn = app_fn
+
+        def terminate(self) -> None:
+            """Keep the actors and Ray (Flower's kills both)."""
+
+    return WarmRayBackend
+
+
+def _kill_quietly(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+
+
+@contextmanager
+def kept_actors() -> Iterator[None]:
+    """While inside, Flower's simulation engine builds :class:`WarmRayBackend` instead of its ``RayBackend``."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    with _SWAP_LOCK:
+        original = raybackend.RayBackend
+        raybackend.RayBackend = warm_backend_class()
+        try:
+            yield
+        finally:
+            raybackend.RayBackend = original
