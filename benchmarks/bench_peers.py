@@ -156,6 +156,7 @@ def write_workload(args: Args, name: str, row: Row, directory: Path) -> Path:
     from fedsec.data.federated import build_federated_data
     from fedsec.models import build_model, count_parameters
     from fedsec.plan import load_plan
+    from fedsec.training import EVAL_BATCH_SIZE
 
     overrides = overrides_for(args, name, row)
     plan = load_plan(args.config, overrides)
@@ -179,6 +180,7 @@ def write_workload(args: Args, name: str, row: Row, directory: Path) -> Path:
         "batch_size": train.batch_size, "lr": train.lr, "momentum": train.momentum,
         "weight_decay": train.weight_decay, "seed": e.seed, "examples_per_client": [min(sizes), max(sizes)],
         "num_train": int(len(data.y_train)), "num_test": int(len(data.y_test)),
+        "eval_batch_size": EVAL_BATCH_SIZE,  # the peers evaluate in batches of fedsec's size
     }
     path = directory / f"{name}.json"
     path.write_text(json.dumps(recipe, indent=1))

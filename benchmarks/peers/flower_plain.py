@@ -12,7 +12,8 @@ initial weights (:mod:`models`). What a plain Flower user writes, no more:
 
 - ServerApp: ``flwr.serverapp.strategy.FedAvg(fraction_train = clients per round / registered clients,
   min_train_nodes = clients per round, fraction_evaluate = 0)`` started from fedsec's initial weights for ``rounds``
-  rounds with an ``evaluate_fn`` that evaluates the global model on the test set (batches of 2,048) before the
+  rounds with an ``evaluate_fn`` that evaluates the global model on the test set (batches of the recipe's
+  ``eval_batch_size``, fedsec's) before the
   first round and after each round. FedAvg draws its own clients (``random.sample`` over the node ids), not
   fedsec's schedule: same number per round, other clients. Replies are averaged weighted by ``num-examples``.
   Flower's in-memory grid polls for replies every 0.1 s (its default; fedsec lowers it to 0.01 s).
@@ -94,7 +95,8 @@ def make_server_app(recipe_path: str, marks: list[float], accuracy: dict[int, fl
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         eval_model.load_state_dict(arrays.to_torch_state_dict())
-        accuracy[server_round] = acc = models.accuracy(eval_model, work.x_test, work.y_test)
+        acc = models.accuracy(eval_model, work.x_test, work.y_test, batch_size=int(recipe.get("eval_batch_size", 2048)))
+        accuracy[server_round] = acc
         marks.append(time.perf_counter())
         return MetricRecord({"accuracy": acc})
 

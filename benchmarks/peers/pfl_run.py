@@ -22,7 +22,8 @@ initial weights (:mod:`models`). This script builds, the way pfl's examples do:
   round, val_cohort_size=0)`` on a ``SimulatedBackend`` with the ``WeightByDatapoints`` postprocessor (each update
   weighted by the client's number of examples, as Flower's and fedsec's FedAvg do; pfl's default is one weight
   per user);
-- a ``CentralEvaluationCallback`` on the test set (batches of 2,048) and a timing callback after it.
+- a ``CentralEvaluationCallback`` on the test set (batches of the recipe's ``eval_batch_size``, fedsec's) and a
+  timing callback after it.
 
 Single process, pfl's default: ``world_size`` 1, no Horovod or ``torch.distributed`` workers; the clients of a round
 train one after another in this process with PyTorch's default thread count (the machine's cores) or ``--threads``,
@@ -153,7 +154,7 @@ def run(recipe_path: str, threads: int = 0) -> dict[str, Any]:
     train_params = NNTrainHyperParams(local_num_epochs=int(recipe["local_epochs"]),
                                       local_learning_rate=float(recipe["lr"]),
                                       local_batch_size=int(recipe["batch_size"]))
-    eval_params = NNEvalHyperParams(local_batch_size=2048)
+    eval_params = NNEvalHyperParams(local_batch_size=int(recipe.get("eval_batch_size", 2048)))
     test = Dataset((work.x_test, work.y_test))
     callbacks = [CentralEvaluationCallback(test, model_eval_params=eval_params, frequency=1), Timer()]
     FederatedAveraging().run(algorithm_params=algorithm_params, backend=backend, model=model,
@@ -161,7 +162,8 @@ def run(recipe_path: str, threads: int = 0) -> dict[str, Any]:
                              send_metrics_to_platform=False)
     t_end = time.perf_counter()
     if rounds not in accuracy:
-        accuracy[rounds] = models.accuracy(net, work.x_test, work.y_test)
+        accuracy[rounds] = models.accuracy(net, work.x_test, work.y_test,
+                                           batch_size=int(recipe.get("eval_batch_size", 2048)))
     threads = torch.get_num_threads()
     return models.run_result(
         "pfl", f"SimulatedBackend, {threads} thread(s)", t0=t0, marks=marks, t_end=t_end, accuracy=accuracy,

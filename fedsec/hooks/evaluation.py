@@ -20,7 +20,7 @@ from fedsec.data.federated import FederatedData
 from fedsec.data.poison import DEFAULT_TRIGGER_SIZE, square_trigger_mask
 from fedsec.results.contract import Metric
 from fedsec.strategies.base import resolve_device
-from fedsec.training import evaluate
+from fedsec.training import EVAL_BATCH_SIZE, evaluate
 
 from .base import RoundHook, RoundState, ServerContext
 
@@ -65,9 +65,10 @@ class ServerEvaluator:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels the current model predicts for ``x`` (batches of 2048)."""
+        """Labels the current model predicts for ``x`` (batches of :data:`EVAL_BATCH_SIZE`)."""
         self.model.eval()
-        return torch.cat([self.model(x[i : i + 2048]).argmax(dim=1) for i in range(0, x.shape[0], 2048)])
+        step = EVAL_BATCH_SIZE
+        return torch.cat([self.model(x[i : i + step]).argmax(dim=1) for i in range(0, x.shape[0], step)])
 
     def __call__(self, arrays: Any) -> dict[str, float]:
         load_record(self.model, arrays)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from fedsec.arrays import load_record
+from fedsec.training import EVAL_BATCH_SIZE
 
 from .base import RoundHook
 
@@ -131,8 +132,9 @@ class HealthCheck(RoundHook):
         load_record(ctx.model, arrays)
         ctx.model.eval()
         with torch.no_grad():
-            predictions = torch.cat([ctx.model(ctx.x_test[i:i + 2048]).argmax(dim=1)
-                                     for i in range(0, ctx.x_test.shape[0], 2048)])
+            step = EVAL_BATCH_SIZE
+            predictions = torch.cat([ctx.model(ctx.x_test[i:i + step]).argmax(dim=1)
+                                     for i in range(0, ctx.x_test.shape[0], step)])
         health = model_health(predictions, ctx.y_test, num_classes=ctx.data.num_classes)
         block = health.as_dict()
         if health.status != "ok":

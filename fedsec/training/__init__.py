@@ -1,7 +1,7 @@
 """Local training and evaluation in plain PyTorch (no Flower types): one local-SGD loop that honest, DP-SGD and
 adversarial-training clients share (:func:`local_sgd`), and the evaluation of a model on a labelled set."""
 
-from .evaluation import EvalResult, evaluate
+from .evaluation import EVAL_BATCH_SIZE, EvalResult, evaluate
 from .local import (
     BatchHook,
     LossMeter,
@@ -13,5 +13,6 @@ from .local import (
     train_local,
 )
 
-__all__ = ["BatchHook", "EvalResult", "LossMeter", "TrainResult", "evaluate", "full_batch_step", "local_sgd",
+__all__ = ["EVAL_BATCH_SIZE", "BatchHook", "EvalResult", "LossMeter", "TrainResult", "evaluate", "full_batch_step",
+           "local_sgd",
            "proximal_gradient", "shuffled_batches", "train_local"]
