@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -27,3 +29,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def shared_ray():
+    """Runs in the test keep the test process's local Ray and its client actors for the next test that asks for
+    them too (fedsec.runtime.runner.keep_ray, fedsec/runtime/warm_actors.py): one Ray start and one pair of actors
+    importing torch and fedsec instead of one per run. Only for runs on a local Ray (a run joined to another
+    cluster would leave its connection open); a run in a test without it stops the kept Ray and starts its own."""
+    from fedsec.runtime.runner import keep_ray
+
+    with keep_ray():
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_the_shared_ray():
+    """The Ray that tests with ``shared_ray`` kept ends with the session."""
+    yield
+    runner = sys.modules.get("fedsec.runtime.runner")
+    if runner is not None:
+        runner.shutdown_ray()

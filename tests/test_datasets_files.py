@@ -312,6 +312,7 @@ def test_plans_validate_against_the_files(tmp_path):
         plan("femnist", tmp_path / "fem", femnist_writers=-1)
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.e2e
 def test_tiny_cifar10_run_end_to_end(tmp_path):
     from fedsec.runtime.runner import run_experiment

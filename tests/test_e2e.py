@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from fedsec.cli import app
 from fedsec.clients.attacks import ATTACKS, Attack, AttackContext
 from fedsec.plan import load_plan as load_experiment
-from fedsec.runtime.runner import run_experiment
+from fedsec.runtime.runner import keep_ray, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "experiments" / "digits_smoke.toml"
@@ -27,9 +27,10 @@ pytestmark = pytest.mark.e2e
 def two_runs(tmp_path_factory):
     """The same config and seed run twice: once through `fedsec run`, once through the Python API."""
     base = tmp_path_factory.mktemp("runs")
-    result = CliRunner().invoke(app, ["run", str(SMOKE), "--out", str(base / "a"), "--set", "rounds=3"])
-    assert result.exit_code == 0, result.output
-    second = run_experiment(load_experiment(SMOKE, ["rounds=3"]), base / "b")
+    with keep_ray():  # the second run takes the first's client actors (the "shared_ray" fixture's way)
+        result = CliRunner().invoke(app, ["run", str(SMOKE), "--out", str(base / "a"), "--set", "rounds=3"])
+        assert result.exit_code == 0, result.output
+        second = run_experiment(load_experiment(SMOKE, ["rounds=3"]), base / "b")
     return base / "a", second.run_dir, result.output
 
 
@@ -85,6 +86,7 @@ class NaNUpdate(Attack):
         return torch.full_like(update, float("nan"))
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, two_runs):
     """Two clients send NaN updates: rejected, recorded, never aggregated; training goes on; the honest clients'
     updates are exactly those of the clean run."""
@@ -121,6 +123,7 @@ class CrashingClient(Attack):
         raise RuntimeError("injected client failure")
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_failed_client_under_ckks_keeps_its_identity(tmp_path):
     """Under CKKS a failed client's row keeps its partition id, malicious flag and node (it was client = -1,
     malicious = 0, no node, and detection metrics NaN); the round goes on with the others."""
@@ -141,6 +144,7 @@ def test_failed_client_under_ckks_keeps_its_identity(tmp_path):
     assert result.summary["stopped_reason"] == "completed"
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
     """Noise 2, all 4 clients each round, delta 1e-3: rounds 1..4 would spend 1.546, 2.330, 2.971, 3.537;
     with a budget of 3.0 the run stops before round 4."""
@@ -159,6 +163,7 @@ def test_central_dp_budget_guard_stops_the_run_before_overspending(tmp_path):
     assert (clients["accepted"] <= 0.25 + 1e-9).all()  # DP-FedAvg: uniform weights, clipped, divided by k=4
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_ckks_encrypted_run_matches_the_plaintext_run(tmp_path, two_runs):
     """The same run under CKKS: the server sums ciphertexts only; accuracy equals the plaintext run's. Run in
     cohort mode (two Flower nodes of two clients each, every client encrypting its own update), against the
@@ -176,6 +181,7 @@ def test_ckks_encrypted_run_matches_the_plaintext_run(tmp_path, two_runs):
     assert clients["update_norm"].isna().all()  # the server never sees a plaintext update
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_local_dp_accountants_accumulate_and_the_guard_refuses_overspending(tmp_path):
     """DP-SGD on every client with noise 1.0 (about 2.4, 3.1, 3.6 epsilon after 1, 2, 3 rounds here): with a
     budget of 3.3 every client trains twice, refuses round 3, and the run stops with the privacy reason."""

@@ -26,6 +26,7 @@ def base(**extra) -> dict:
     return raw
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_adversarial_training_raises_robust_accuracy(tmp_path):
     clean = run_experiment(plan_from_dict(base()), tmp_path / "clean").summary
     adversarial = {"attack": "pgd", "epsilon": 0.2, "steps": 3}
@@ -39,6 +40,7 @@ def test_adversarial_training_raises_robust_accuracy(tmp_path):
     assert clean["seed_metrics"]["R"]["inputs"] == f"{clean['evasion']['pgd']['correct']} / 300"
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_poisoned_clients_and_their_filter_are_recorded(tmp_path):
     raw = base(data={"poison": {"kind": "label_noise", "clients": [1, 2], "rate": 0.3}},
                defense={"strategy": "fedavg", "sanitize": {"method": "label_issues", "n_folds": 3}})

@@ -36,6 +36,7 @@ def test_auto_mode_uses_cohorts_only_when_there_are_more_clients_than_cohort_nod
     assert cohort_node_count("per_client", 5, num_clients=10_000, client_slots=2) == 0
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.e2e
 def test_cohort_and_per_client_messages_give_identical_runs(tmp_path):
     runs = {}

@@ -37,6 +37,7 @@ def dp_accounting_rdp(rounds: int) -> float:
     return accountant.get_epsilon(DELTA)
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.e2e
 def test_central_dp_samples_poisson_cohorts_and_records_both_accountants_round_by_round(tmp_path):
     plan = load_plan(SMOKE, OVERRIDES)

@@ -273,6 +273,7 @@ def test_membership_bound_is_compared_only_with_what_covered_the_model(tmp_path,
         assert block["bound_compared_with"] == "client 0's own epsilon (local DP)"
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.e2e
 def test_e2e_collapsed_backdoor_run_says_so_everywhere(tmp_path, monkeypatch):
     """Every client poisons all its data towards class 0 (the issue's collapsed FedAvg): the model answers one class,

@@ -369,6 +369,7 @@ def test_an_attacker_that_knows_the_defense_simulates_its_pre_aggregators_too():
     assert torch.equal(got, expected) and not torch.equal(got, plain)
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.e2e
 def test_nnm_then_median_runs_end_to_end_and_records_clients(tmp_path: Path):
     import tomllib

@@ -16,6 +16,7 @@ from fedsec.runtime.runner import run_experiment
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_ckks_run_with_a_count_liar_is_signed_verified_and_bounded(tmp_path):
     from fedsec.config import Experiment
 

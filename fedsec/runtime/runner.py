@@ -188,10 +188,11 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
 
     address = backend.address or os.environ.get("RAY_ADDRESS", "")
     if ray.is_initialized():
-        if _RAY["kept"] and _RAY["address"] != address:  # a kept connection to another cluster: leave it
-            shutdown_ray()
-        else:
+        if _RAY["address"] is None:  # started outside fedsec (a notebook, a test): used as it is
             return
+        if _RAY["kept"] and _RAY["address"] == address:  # kept by the runs before this one (:func:`keep_ray`)
+            return
+        shutdown_ray()  # kept for other runs, or joined to another cluster: this run starts as a lone run would
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": verbose,
@@ -221,7 +222,8 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
             record_session(session)
 
 
-#: this process's Ray connection: the address it joined, and whether runs keep it (:func:`one_ray_for_many_runs`)
+#: this process's Ray connection: the address fedsec started or joined it with (None: not fedsec's), and whether
+#: runs keep it for the next run (:func:`keep_ray`)
 _RAY: dict[str, Any] = {"address": None, "kept": False}
 
 
@@ -257,15 +259,27 @@ def _actors_scope() -> contextlib.AbstractContextManager[None]:
 
 
 @contextlib.contextmanager
-def one_ray_for_many_runs() -> Iterator[None]:
+def keep_ray() -> Iterator[None]:
     """Within: :func:`run_experiment` keeps this process's Ray connection and its client actors for the next run
-    (:mod:`.warm_actors`) instead of starting and stopping both per run; Ray stops when the block ends. For a
-    process that runs many runs one after another against one cluster (a sweep's cell worker, a privacy study)."""
+    that is also within a ``keep_ray`` block (:mod:`.warm_actors`) instead of starting and stopping both per run.
+    Ray stays up after the block; a run outside one stops it and starts its own, and :func:`shutdown_ray` ends it.
+    """
+    before = _RAY["kept"]
     _RAY["kept"] = True
     try:
         yield
     finally:
-        _RAY["kept"] = False
+        _RAY["kept"] = before
+
+
+@contextlib.contextmanager
+def one_ray_for_many_runs() -> Iterator[None]:
+    """:func:`keep_ray`, and Ray stopped when the block ends: for a process that runs many runs one after another
+    against one cluster (a sweep's cell worker, a privacy study)."""
+    try:
+        with keep_ray():
+            yield
+    finally:
         shutdown_ray()
 
 
