@@ -259,6 +259,27 @@ def test_dirichlet_min_size_and_retries():
         partition_indices(SHUFFLED, kind="dirichlet", num_clients=100, seed=0, alpha=0.01, min_size=10)
 
 
+def test_flwr_datasets_splits_read_back_from_the_cache_equal_fresh_ones(tmp_path, monkeypatch):
+    from fedsec.data import partition
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fresh = partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=3, alpha=0.5)
+    [kept] = (tmp_path / "fedsec" / "partitions").glob("dirichlet-*.npz")
+    with monkeypatch.context() as m:  # read back without flwr-datasets
+        m.setattr(partition, "_dirichlet", lambda *a: pytest.fail("split again instead of read back"))
+        again = partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=3, alpha=0.5)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=True))
+    other = partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=4, alpha=0.5)  # another seed: its own
+    assert len(list(kept.parent.glob("*.npz"))) == 2 and not np.array_equal(other[0], fresh[0])
+    kept.write_bytes(b"not an npz")  # a damaged entry is ignored and rewritten
+    assert all(np.array_equal(a, b) for a, b in zip(
+        fresh, partition_indices(SHUFFLED, kind="dirichlet", num_clients=10, seed=3, alpha=0.5), strict=True))
+    assert np.array_equal(np.load(kept)["offsets"][1:], np.cumsum([p.size for p in fresh]))
+    sized = dict(kind="size", num_clients=3, seed=0, partition_sizes=[10, 20, 30])
+    assert [p.size for p in partition_indices(SHUFFLED, **sized)] == [10, 20, 30]
+    assert [p.size for p in partition_indices(SHUFFLED, **sized)] == [10, 20, 30]  # read back
+
+
 def test_shards_give_each_client_at_most_shards_per_client_classes():
     parts = partition_indices(LABELS, kind="shards", num_clients=10, seed=0, shards_per_client=2)
     assert all(len(np.unique(LABELS[p])) <= 2 for p in parts)

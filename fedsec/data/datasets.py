@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,6 +34,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from fedsec.registry import NoParams, Params
+
+from .cache import cache_file, read_arrays, write_arrays
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 DEFAULT_FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -153,7 +154,7 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0) -> ArrayDataset:
     y = bunch.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     if cache is not None:
-        _write_digits(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+        write_arrays(cache, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return ArrayDataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
 
 
@@ -164,15 +165,12 @@ def _digits_cache(test_fraction: float, seed: int) -> Path | None:
         sklearn = version("scikit-learn")
     except PackageNotFoundError:
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fedsec" / "digits" / f"sklearn-{sklearn}-test-{test_fraction!r}-seed-{seed}.npz"
+    return cache_file("digits", f"sklearn-{sklearn}-test-{test_fraction!r}-seed-{seed}.npz")
 
 
 def _read_digits(path: Path) -> ArrayDataset | None:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, zlib.error):
+    arrays = read_arrays(path, ("x_train", "y_train", "x_test", "y_test"))
+    if arrays is None:
         return None
     x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
     shapes_ok = (x_train.shape[1:] == x_test.shape[1:] == (1, 8, 8) and len(x_train) == len(y_train)
@@ -180,16 +178,6 @@ def _read_digits(path: Path) -> ArrayDataset | None:
     if not shapes_ok or x_train.dtype != np.float32 or y_train.dtype != np.int64:
         return None
     return ArrayDataset("digits", x_train, y_train, x_test, y_test, num_classes=10)
-
-
-def _write_digits(path: Path, **arrays: np.ndarray) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
-        np.savez(partial, **arrays)
-        os.replace(partial, path)  # atomic: a concurrent reader sees the whole file or none
-    except OSError:
-        pass
 
 
 def make_synthetic(

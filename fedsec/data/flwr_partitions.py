@@ -61,14 +61,21 @@ def pathological(labels: np.ndarray, num_clients: int, classes_per_client: int, 
         raise PartitionError(f"pathological: {num_clients} clients x {classes_per_client} classes cannot be dealt "
                              f"({e}); use fewer clients or classes_per_client, or class_assignment = "
                              "'deterministic'") from e
+    return parts
+
+
+def warn_unused_classes(labels: np.ndarray, parts: list[np.ndarray], classes_per_client: int,
+                        assignment: str) -> None:
+    """Warn when :func:`pathological`'s split gave some class to no client (checked on every split, made now or
+    read back from the cache)."""
+    classes = np.unique(labels)
     used = np.unique(labels[np.concatenate(parts)]) if parts else classes
     unused = np.setdiff1d(classes, used)
     if unused.size:
         left = int(np.isin(labels, unused).sum())
-        warnings.warn(f"pathological: classes {unused.tolist()} went to no client ({num_clients} clients x "
+        warnings.warn(f"pathological: classes {unused.tolist()} went to no client ({len(parts)} clients x "
                       f"{classes_per_client} classes, class_assignment={assignment!r}); their {left} samples are "
                       "left out", stacklevel=3)
-    return parts
 
 
 def by_size(labels: np.ndarray, kind: str, num_clients: int, seed: int,

@@ -35,6 +35,11 @@
   ``square`` and ``exponential`` (sizes growing with the client id): flwr-datasets' partitioners, seeded; see
   :mod:`fedsec.data.flwr_partitions`.
 
+The kinds made by flwr-datasets keep their result in fedsec's cache (:mod:`fedsec.data.cache`, ``partitions/``),
+named by a digest of the labels, the kind, its keys, the seed and the versions of flwr-datasets and ``datasets``: a
+Dirichlet split of Fashion-MNIST into 20 clients took 4.1 s here (2.6 s of it importing flwr-datasets, which imports
+``datasets``, seaborn and SciPy), reading it back a few milliseconds. A failed split is not kept.
+
 Every partitioner returns one sorted ``int64`` index array per client, non-empty; for ``iid``, ``dirichlet``,
 ``shards``, ``linear``, ``square`` and ``exponential`` the arrays are disjoint and together cover every sample exactly
 once; ``pathological`` and ``size`` may leave samples out (a class no client was given; sizes summing below the
@@ -43,8 +48,10 @@ training set's).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -60,6 +67,9 @@ PARTITIONS: dict[str, str] = {
     "square": "client i (1..n) gets a share proportional to i^2, via flwr-datasets",
     "exponential": "client i (1..n) gets a share proportional to e^i (at most ~ln(samples) clients), via flwr-datasets",
 }
+
+#: the kinds flwr-datasets makes (slow to import and to run), whose splits are kept in the cache
+VIA_FLWR_DATASETS = frozenset({"dirichlet", "pathological", "size", "linear", "square", "exponential"})
 
 DIRICHLET_MAX_TRIES = 11  # flwr-datasets' DirichletPartitioner: a first draw and 10 retries
 
@@ -189,15 +199,21 @@ def partition_indices(
     elif kind == "shards":
         parts = _shards(labels, num_clients, shards_per_client, rng)
     elif kind == "dirichlet":
-        parts = _dirichlet(labels, num_clients, alpha, min_size, seed)
+        parts = _cached(labels, kind, num_clients, seed, {"alpha": alpha, "min_size": min_size},
+                        lambda: _dirichlet(labels, num_clients, alpha, min_size, seed))
     elif kind == "pathological":
-        from .flwr_partitions import pathological
+        from .flwr_partitions import pathological, warn_unused_classes
 
-        parts = pathological(labels, num_clients, classes_per_client, class_assignment, seed)
+        keys = {"classes_per_client": classes_per_client, "class_assignment": class_assignment}
+        parts = _cached(labels, kind, num_clients, seed, keys,
+                        lambda: pathological(labels, num_clients, classes_per_client, class_assignment, seed))
+        warn_unused_classes(labels, parts, classes_per_client, class_assignment)
     elif kind in ("size", "linear", "square", "exponential"):
         from .flwr_partitions import by_size
 
-        parts = by_size(labels, kind, num_clients, seed, partition_sizes)
+        sizes = None if partition_sizes is None else [int(s) for s in partition_sizes]
+        parts = _cached(labels, kind, num_clients, seed, {"partition_sizes": sizes},
+                        lambda: by_size(labels, kind, num_clients, seed, partition_sizes))
     else:
         parts = _natural(natural, num_clients, labels.size)
     out = [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
@@ -206,3 +222,30 @@ def partition_indices(
         raise PartitionError(f"{kind}: clients {empty} got no data; use fewer clients"
                              + (" or a larger alpha" if kind == "dirichlet" else ""))
     return out
+
+
+def _cached(labels: np.ndarray, kind: str, num_clients: int, seed: int, keys: dict[str, object],
+            split: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+    """``split()``'s partition of ``labels``, from fedsec's cache when it holds it (see the module docstring)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .cache import cache_file, read_arrays, write_arrays
+
+    try:
+        versions = [version("flwr-datasets"), version("datasets")]
+    except PackageNotFoundError:
+        return split()
+    digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+    digest.update(json.dumps([str(labels.dtype), kind, num_clients, seed, keys, versions], sort_keys=True).encode())
+    path = cache_file("partitions", f"{kind}-{digest.hexdigest()[:32]}.npz")
+    kept = read_arrays(path, ("indices", "offsets"))
+    if kept is not None:
+        indices, offsets = kept["indices"], kept["offsets"]
+        if (offsets.shape == (num_clients + 1,) and offsets[0] == 0 and offsets[-1] == indices.size
+                and (np.diff(offsets) >= 0).all() and (indices.size == 0 or (0 <= indices.min()
+                                                                              and indices.max() < labels.size))):
+            return list(np.split(indices.astype(np.int64), offsets[1:-1]))
+    parts = [np.asarray(p, dtype=np.int64) for p in split()]
+    write_arrays(path, indices=np.concatenate(parts) if parts else np.zeros(0, np.int64),
+                 offsets=np.concatenate([[0], np.cumsum([p.size for p in parts])]).astype(np.int64))
+    return parts
