@@ -33,7 +33,15 @@ def test_runs_in_one_ray_reuse_their_actors_with_the_rows_of_fresh_ones(tmp_path
         first = run_experiment(load_plan(SMOKE, fedavg), tmp_path / "a")  # fresh actors
         started = _actor_ids()
         assert started and warm_actors.kept_actor_count() == len(started)
-        other = run_experiment(load_plan(SMOKE, [*fedavg, "seed=1", "defense.strategy='median'"]), tmp_path / "b")
+        colluding = ["seed=1", "defense.strategy='median'", "attack.kind='alie'", "attack.client_ids=[0]"]
+        boards: list[list[str]] = []
+
+        def seen(row: dict) -> None:
+            boards.append([n for n in ray.util.list_named_actors() if n.startswith("fedsec-collusion-")])
+
+        other = run_experiment(load_plan(SMOKE, [*fedavg, *colluding]), tmp_path / "b", on_round=seen)
+        assert boards and all(len(b) == 1 for b in boards)  # the colluders' board lived through the run
+        assert not [n for n in ray.util.list_named_actors() if n.startswith("fedsec-collusion-")]  # and ended with it
         again = run_experiment(load_plan(SMOKE, fedavg), tmp_path / "c")  # after another config's run
         assert _actor_ids() == started  # no actor started for the second and third runs
         ray.kill(next(a for kept in warm_actors._KEPT.values() for a in kept))  # an actor dies between runs

@@ -31,7 +31,8 @@ class CollusionBoard:
 
 
 def start_board(name: str):
-    """Create the named board actor (from the driver); it ends with the Ray session."""
+    """Create the named board actor (from the driver); the driver kills it when the run ends (or it ends with the Ray
+    session)."""
     import ray
 
     return ray.remote(num_cpus=0)(CollusionBoard).options(name=name, lifetime=None).remote()

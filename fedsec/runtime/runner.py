@@ -400,7 +400,7 @@ def run_experiment(
     outcome = ServerOutcome()
     if stop is not None:
         outcome.stop = stop
-    key_authority = None
+    key_authority = board = None
     try:
         data_ref = ray.put(data.without_test())
         board_name = None
@@ -408,7 +408,7 @@ def run_experiment(
             from fedsec.clients.attacks.collusion import start_board
 
             board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
-            start_board(board_name)
+            board = start_board(board_name)
         key_authority = crypto_ref = None
         if plan.crypto is not None:  # the secret key lives in a Ray actor of its own (fedsec.crypto.authority)
             from fedsec.crypto import KeyAuthorityHandle
@@ -448,6 +448,8 @@ def run_experiment(
     finally:
         if key_authority is not None:
             key_authority.stop()
+        if board is not None:  # a Ray kept for the next run (keep_ray) would keep it too
+            ray.kill(board)
         _end_run_ray()
     if outcome.stop.is_set():
         outcome.stopped_reason = "interrupted"
