@@ -68,9 +68,6 @@ PARTITIONS: dict[str, str] = {
     "exponential": "client i (1..n) gets a share proportional to e^i (at most ~ln(samples) clients), via flwr-datasets",
 }
 
-#: the kinds flwr-datasets makes (slow to import and to run), whose splits are kept in the cache
-VIA_FLWR_DATASETS = frozenset({"dirichlet", "pathological", "size", "linear", "square", "exponential"})
-
 DIRICHLET_MAX_TRIES = 11  # flwr-datasets' DirichletPartitioner: a first draw and 10 retries
 
 

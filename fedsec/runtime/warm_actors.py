@@ -47,10 +47,7 @@ def release_kept_actors() -> None:
     _KEPT.clear()
     if ray.is_initialized():
         for actor in actors:
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - an actor already gone
-                pass
+            _kill_quietly(actor)
 
 
 def _all_alive(actors: list[Any]) -> bool:
