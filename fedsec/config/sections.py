@@ -340,8 +340,9 @@ class EncryptionConfig(_Section):
         if trust == "authority":
             return trust
         why = {"clients": "clients holding the CKKS secret key (the server only the public context) is not built yet",
-               "threshold": "threshold CKKS needs OpenFHE, whose PyPI wheel imports only on CPython 3.10 "
-                            "(benchmarks/bench_threshold_ckks.py measures it apart); not built yet"}
+               "threshold": "threshold CKKS needs OpenFHE, whose PyPI wheels are built for CPython 3.10 and >= 3.12, "
+                            "not this project's 3.11 (benchmarks/bench_threshold_ckks.py measures it apart in 3.10); "
+                            "not built yet"}
         raise ValueError(f"{trust!r}: {why.get(trust, 'unknown trust model')}; the model built is 'authority' "
                          "(docs/encryption.md, who can decrypt what)")
 
