@@ -37,6 +37,7 @@ def cases(slow: bool) -> list[str]:
     return [name for name, (_, _, is_slow) in CASES.items() if is_slow == slow and name != "resumed"]
 
 
+@pytest.mark.usefixtures("shared_ray")
 @pytest.mark.parametrize("name", cases(slow=False))
 def test_golden_run(name, tmp_path):
     path, _, _ = CASES[name]
@@ -51,6 +52,7 @@ def test_golden_run_slow(name, tmp_path):
     test_golden_run(name, tmp_path)
 
 
+@pytest.mark.usefixtures("shared_ray")
 def test_resumed_run_equals_the_uninterrupted_recording(tmp_path):
     """Stopped after round 1 (centered clipping's momentum, the omniscient attack, the membership audit and the
     checkpoint in between), then resumed: the rows are those of the uninterrupted run recorded on the old code."""
