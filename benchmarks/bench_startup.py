@@ -12,6 +12,9 @@ first time in a process):
 - ``run to round 0``: ``run_experiment`` from its call to round 0's row (Ray, data into the object store, Flower's
   engine, the actors importing torch and fedsec, the handshake, the initial evaluation); ``handshake + eval``: the
   part inside the ServerApp (round 0's ``seconds``); ``whole run``: to the summary.
+- ``warm run``: the same two parts for a second run of the config in one process that keeps its Ray and client
+  actors between runs (``fedsec.runtime.runner.one_ray_for_many_runs``: what a sweep's cell worker and a privacy
+  study do for every cell after the first).
 
 Prints one line per part (best of ``--repeats``); asserts nothing. Numbers depend on what else runs on the machine.
 """
@@ -84,14 +87,36 @@ def run_parts(config: Path) -> dict[str, float]:
     return parts
 
 
+def warm_parts(config: Path) -> dict[str, float]:
+    """The second of two runs of ``config`` in one keep-Ray block: to round 0, and whole."""
+    from fedsec.config.loading import load_experiment
+    from fedsec.plan import build_plan
+    from fedsec.runtime.runner import one_ray_for_many_runs, run_experiment
+
+    plan = build_plan(load_experiment(config))
+    round0: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as out, one_ray_for_many_runs():
+        run_experiment(plan, Path(out) / "first")
+        started = time.perf_counter()
+
+        def on_round(row: dict) -> None:
+            if int(row["round"]) == 0:
+                round0["at"] = time.perf_counter() - started
+
+        run_experiment(plan, Path(out) / "second", on_round=on_round)
+        whole = time.perf_counter() - started
+    return {"warm run to round 0": round0["at"], "warm whole run": whole}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "experiments/digits_smoke.toml"))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's job
+    parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's jobs
+    parser.add_argument("--warm-parts", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.run_parts:
-        for key, value in run_parts(Path(args.config)).items():
+    if args.run_parts or args.warm_parts:
+        for key, value in (run_parts if args.run_parts else warm_parts)(Path(args.config)).items():
             print(f"{key}\t{value}")
         return
     best: dict[str, float] = {}
@@ -105,11 +130,12 @@ def main() -> None:
             keep(f"import {module}", fresh(f"import {module}"))
         keep("fedsec --help", command([fedsec, "--help"]))
         keep("ray.init (local) alone", ray_init_seconds())
-        out = subprocess.run([sys.executable, __file__, "--run-parts", "--config", args.config], check=True,
-                             cwd=ROOT, capture_output=True, text=True)
-        for line in out.stdout.strip().splitlines():
-            key, value = line.rsplit("\t", 1)
-            keep(key, float(value))
+        for child in ("--run-parts", "--warm-parts"):
+            out = subprocess.run([sys.executable, __file__, child, "--config", args.config], check=True,
+                                 cwd=ROOT, capture_output=True, text=True)
+            for line in out.stdout.strip().splitlines():
+                key, value = line.rsplit("\t", 1)
+                keep(key, float(value))
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"start-up of {args.config} (best of {args.repeats}; load average {load})")
     for key, value in best.items():
