@@ -18,6 +18,16 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_idle_ray_beside_the_signal_tests():
+    """The Ray that earlier tests kept (the ``shared_ray`` fixture) is stopped first: a process-group SIGTERM races
+    the run's Ray processes against its driver (docs/runs.md), and no idle Ray of the test process should load the
+    machine meanwhile."""
+    from fedsec.runtime.runner import shutdown_ray
+
+    shutdown_ray()
+
 FEDSEC = [sys.executable, "-m", "fedsec.cli"]
 CONFIG = """name = "resume"
 seed = 3
