@@ -63,7 +63,6 @@ def run_parts(config: Path) -> dict[str, float]:
     from fedsec.config.loading import load_experiment
     from fedsec.data.federated import build_federated_data
     from fedsec.plan import build_plan
-    from fedsec.runtime.runner import run_experiment
 
     t = time.perf_counter()
     plan = build_plan(load_experiment(config))
@@ -71,19 +70,11 @@ def run_parts(config: Path) -> dict[str, float]:
     t = time.perf_counter()
     build_federated_data(plan.data_config, plan.seed)
     parts["data"] = time.perf_counter() - t
-    round0: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-
-        def on_round(row: dict) -> None:
-            if int(row["round"]) == 0:
-                round0["at"] = time.perf_counter() - started
-                round0["inside"] = float(row["seconds"])
-
-        run_experiment(plan, Path(out) / "run", on_round=on_round)
-        parts["whole run"] = time.perf_counter() - started
-    parts["run to round 0"] = round0["at"]
-    parts["handshake + eval (inside the ServerApp)"] = round0["inside"]
+        to_round0, inside, whole = timed_run(plan, Path(out) / "run")
+    parts["whole run"] = whole
+    parts["run to round 0"] = to_round0
+    parts["handshake + eval (inside the ServerApp)"] = inside
     return parts
 
 
@@ -91,21 +82,30 @@ def warm_parts(config: Path) -> dict[str, float]:
     """The second of two runs of ``config`` in one keep-Ray block: to round 0, and whole."""
     from fedsec.config.loading import load_experiment
     from fedsec.plan import build_plan
-    from fedsec.runtime.runner import one_ray_for_many_runs, run_experiment
+    from fedsec.runtime.runner import one_ray_for_many_runs
 
     plan = build_plan(load_experiment(config))
-    round0: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as out, one_ray_for_many_runs():
-        run_experiment(plan, Path(out) / "first")
-        started = time.perf_counter()
+        timed_run(plan, Path(out) / "first")
+        to_round0, _, whole = timed_run(plan, Path(out) / "second")
+    return {"warm run to round 0": to_round0, "warm whole run": whole}
 
-        def on_round(row: dict) -> None:
-            if int(row["round"]) == 0:
-                round0["at"] = time.perf_counter() - started
 
-        run_experiment(plan, Path(out) / "second", on_round=on_round)
-        whole = time.perf_counter() - started
-    return {"warm run to round 0": round0["at"], "warm whole run": whole}
+def timed_run(plan, out: Path) -> tuple[float, float, float]:
+    """``run_experiment(plan, out)``: seconds from its call to round 0's row, round 0's own ``seconds`` (inside the
+    ServerApp), and seconds from its call to its return."""
+    from fedsec.runtime.runner import run_experiment
+
+    round0: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def on_round(row: dict) -> None:
+        if int(row["round"]) == 0:
+            round0["at"] = time.perf_counter() - started
+            round0["inside"] = float(row["seconds"])
+
+    run_experiment(plan, out, on_round=on_round)
+    return round0["at"], round0["inside"], time.perf_counter() - started
 
 
 def main() -> None:

@@ -95,8 +95,8 @@ def make_server_app(recipe_path: str, marks: list[float], accuracy: dict[int, fl
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         eval_model.load_state_dict(arrays.to_torch_state_dict())
-        acc = models.accuracy(eval_model, work.x_test, work.y_test, batch_size=int(recipe.get("eval_batch_size", 2048)))
-        accuracy[server_round] = acc
+        accuracy[server_round] = acc = models.accuracy(eval_model, work.x_test, work.y_test,
+                                                        batch_size=work.eval_batch_size)
         marks.append(time.perf_counter())
         return MetricRecord({"accuracy": acc})
 

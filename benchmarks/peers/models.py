@@ -78,6 +78,11 @@ class Workload:
     initial: dict[str, np.ndarray]
 
     @property
+    def eval_batch_size(self) -> int:
+        """fedsec's evaluation batch size, which the peers evaluate in too (2,048 in recipes written before it)."""
+        return int(self.recipe.get("eval_batch_size", 2048))
+
+    @property
     def num_clients(self) -> int:
         return len(self.part_offsets) - 1
 
@@ -116,7 +121,8 @@ def build_model(workload: Workload) -> nn.Module:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, *, batch_size: int = 2048) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)`` in batches of ``batch_size`` (fedsec's evaluation batch)."""
+    """Top-1 accuracy of ``model`` on ``(x, y)`` in batches of ``batch_size`` (pass the workload's
+    ``eval_batch_size``, fedsec's)."""
     model.eval()
     correct = 0
     for start in range(0, len(y), batch_size):

@@ -154,7 +154,7 @@ def run(recipe_path: str, threads: int = 0) -> dict[str, Any]:
     train_params = NNTrainHyperParams(local_num_epochs=int(recipe["local_epochs"]),
                                       local_learning_rate=float(recipe["lr"]),
                                       local_batch_size=int(recipe["batch_size"]))
-    eval_params = NNEvalHyperParams(local_batch_size=int(recipe.get("eval_batch_size", 2048)))
+    eval_params = NNEvalHyperParams(local_batch_size=work.eval_batch_size)
     test = Dataset((work.x_test, work.y_test))
     callbacks = [CentralEvaluationCallback(test, model_eval_params=eval_params, frequency=1), Timer()]
     FederatedAveraging().run(algorithm_params=algorithm_params, backend=backend, model=model,
@@ -162,8 +162,7 @@ def run(recipe_path: str, threads: int = 0) -> dict[str, Any]:
                              send_metrics_to_platform=False)
     t_end = time.perf_counter()
     if rounds not in accuracy:
-        accuracy[rounds] = models.accuracy(net, work.x_test, work.y_test,
-                                           batch_size=int(recipe.get("eval_batch_size", 2048)))
+        accuracy[rounds] = models.accuracy(net, work.x_test, work.y_test, batch_size=work.eval_batch_size)
     threads = torch.get_num_threads()
     return models.run_result(
         "pfl", f"SimulatedBackend, {threads} thread(s)", t0=t0, marks=marks, t_end=t_end, accuracy=accuracy,

@@ -20,7 +20,7 @@ from fedsec.data.federated import FederatedData
 from fedsec.data.poison import DEFAULT_TRIGGER_SIZE, square_trigger_mask
 from fedsec.results.contract import Metric
 from fedsec.strategies.base import resolve_device
-from fedsec.training import EVAL_BATCH_SIZE, evaluate
+from fedsec.training import evaluate, predict
 
 from .base import RoundHook, RoundState, ServerContext
 
@@ -63,12 +63,9 @@ class ServerEvaluator:
             keep = self.y != self.trigger_target
             self.triggered = torch.where(mask.to(self.x.device), data_max, self.x[keep])
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels the current model predicts for ``x`` (batches of :data:`EVAL_BATCH_SIZE`)."""
-        self.model.eval()
-        step = EVAL_BATCH_SIZE
-        return torch.cat([self.model(x[i : i + step]).argmax(dim=1) for i in range(0, x.shape[0], step)])
+        """Labels the current model predicts for ``x`` (:func:`fedsec.training.predict`)."""
+        return predict(self.model, x)
 
     def __call__(self, arrays: Any) -> dict[str, float]:
         load_record(self.model, arrays)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import torch
 
 from fedsec.arrays import load_record
-from fedsec.training import EVAL_BATCH_SIZE
+from fedsec.training import predict
 
 from .base import RoundHook
 
@@ -130,11 +130,7 @@ class HealthCheck(RoundHook):
     def at_end(self, arrays: Any, summary: dict[str, Any]) -> None:
         ctx = self.ctx
         load_record(ctx.model, arrays)
-        ctx.model.eval()
-        with torch.no_grad():
-            step = EVAL_BATCH_SIZE
-            predictions = torch.cat([ctx.model(ctx.x_test[i:i + step]).argmax(dim=1)
-                                     for i in range(0, ctx.x_test.shape[0], step)])
+        predictions = predict(ctx.model, ctx.x_test)
         health = model_health(predictions, ctx.y_test, num_classes=ctx.data.num_classes)
         block = health.as_dict()
         if health.status != "ok":

@@ -25,6 +25,13 @@ class EvalResult:
 
 
 @torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, *, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
+    """The labels ``model`` predicts for ``x``, in batches of ``batch_size``."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]).argmax(dim=1) for i in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int, batch_size: int = EVAL_BATCH_SIZE
 ) -> EvalResult:
