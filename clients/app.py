@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsec.arrays import model_to_record
+from fedsec.crypto.client_keys import DECRYPT_RECORD
 from fedsec.protocol import (
     ARRAYS_RECORD,
     COHORT_SEP,
@@ -37,7 +38,7 @@ from fedsec.protocol import (
 from fedsec.training import evaluate
 
 from .dp import PrivacyBudgetExhausted, dp_from_stacked, dp_train
-from .encrypted import encrypted_train_reply, worker_context
+from .encrypted import decrypt_reply, encrypted_train_reply, worker_context
 from .honest import client_data, honest_train, local_model
 from .malicious import malicious_train
 from .secaggplus import secaggplus_mods
@@ -115,8 +116,16 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
 
+    def decrypt_one(message: Message, context: Context) -> Message:
+        return decrypt_reply(message, spec.crypto_ref, partition_id=partition_of(context), state=context.state)
+
     @app.query()
     def query(message: Message, context: Context) -> Message:
+        if message.has_content() and DECRYPT_RECORD in message.content:  # trust = "clients": the round's decryptor
+            partition_ids = cohort_ids(message)
+            if partition_ids is None:
+                return decrypt_one(message, context)
+            return train_cohort(decrypt_one, message, context, partition_ids)
         client_data(spec)  # warm the worker: fetch the data once, here
         info = ConfigRecord({NODE_KEY: current_node()})
         metrics = MetricRecord({PARTITION_ID_KEY: partition_of(context)})

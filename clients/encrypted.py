@@ -13,10 +13,19 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsec.arrays import record_to_vector
-from fedsec.crypto import AuthorityRef, ClientMaterial, ciphertext_bytes, encrypt_vector
+from fedsec.crypto import AuthorityRef, ClientMaterial, CryptoError, DecryptionResult, ciphertext_bytes, encrypt_vector
+from fedsec.crypto.client_keys import (
+    DECRYPT_RECORD,
+    RELEASE_RECORD,
+    RELEASED_STATE,
+    ClientKeyDir,
+    decryptor_of,
+    parse_decrypt_request,
+    release_record,
+)
 from fedsec.protocol import (
     ARRAYS_RECORD,
     CKKS_RECORD,
@@ -30,16 +39,17 @@ from fedsec.protocol import (
 
 
 class ClientKeyring:
-    """A worker's view of the key authority: each partition's material (public context, signing key), fetched
-    once from the authority actor (``AuthorityRef``) or given directly (tests, tools)."""
+    """A worker's view of its clients' keys: each partition's material (context, signing key), fetched once from
+    the authority actor (``AuthorityRef``), read from the clients' key directory (``ClientKeyDir``, under
+    ``encryption.trust = "clients"``) or given directly (tests, tools)."""
 
-    def __init__(self, source: AuthorityRef | dict[int, ClientMaterial]) -> None:
+    def __init__(self, source: AuthorityRef | ClientKeyDir | dict[int, ClientMaterial]) -> None:
         self._source = source
         self._materials: dict[int, ClientMaterial] = dict(source) if isinstance(source, dict) else {}
 
     def material(self, partition_id: int) -> ClientMaterial:
         if partition_id not in self._materials:
-            if not isinstance(self._source, AuthorityRef):
+            if not isinstance(self._source, AuthorityRef | ClientKeyDir):
                 raise KeyError(f"no CKKS client material for partition {partition_id}")
             self._materials[partition_id] = self._source.client_material(partition_id)
         return self._materials[partition_id]
@@ -54,10 +64,10 @@ def worker_context(crypto_ref: Any) -> ClientKeyring | bytes:
     (its replies are unsigned and a signature-checking server rejects them)."""
     if isinstance(crypto_ref, ClientKeyring | bytes):
         return crypto_ref
-    key = crypto_ref if isinstance(crypto_ref, AuthorityRef) else crypto_ref.hex()
+    key = crypto_ref if isinstance(crypto_ref, AuthorityRef | ClientKeyDir) else crypto_ref.hex()
     if key not in _KEYRINGS:
         _KEYRINGS.clear()
-        if isinstance(crypto_ref, AuthorityRef):
+        if isinstance(crypto_ref, AuthorityRef | ClientKeyDir):
             _KEYRINGS[key] = ClientKeyring(crypto_ref)
         else:
             import ray
@@ -109,3 +119,23 @@ def encrypted_train_reply(
     if signature is not None:
         reply.content[CKKS_RECORD][SIGNATURE_KEY] = signature
     return reply
+
+
+def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int, state: RecordDict) -> Message:
+    """Under ``encryption.trust = "clients"``: answer the server's request to decrypt a round's sum
+    (:mod:`fedsec.crypto.client_keys`). Refused unless this client is the round's decryptor; the release rules are
+    the key authority's; the rounds released are kept in ``state`` so that a round is released once."""
+    if not isinstance(crypto_ref, ClientKeyDir):
+        raise CryptoError("a decryption request reached a client that holds no secret key (encryption.trust is "
+                          "not 'clients')")
+    server_round, members, length, noise_std = parse_decrypt_request(message.content[DECRYPT_RECORD])
+    run_id, num_clients = crypto_ref.run_facts()
+    turn = decryptor_of(run_id, server_round, num_clients)
+    released = set(state.config_records.get(RELEASED_STATE, ConfigRecord({"rounds": [0]}))["rounds"])
+    if turn != partition_id:
+        result = DecryptionResult(server_round, None, [], {}, refused=f"client {partition_id} is not round "
+                                  f"{server_round}'s decryptor (client {turn} is)")
+    else:
+        result = crypto_ref.decryptor(released).decrypt_round(server_round, members, length, noise_std)
+        state[RELEASED_STATE] = ConfigRecord({"rounds": sorted(released)})
+    return Message(content=RecordDict({RELEASE_RECORD: release_record(result)}), reply_to=message)

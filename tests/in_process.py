@@ -62,14 +62,18 @@ class InProcessGrid:
 
 def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: int | None = None,
                    resume: bool = False) -> pd.DataFrame:
-    """fedsec's round loop on ``raw`` in this process (under CKKS with the key authority in a child process);
+    """fedsec's round loop on ``raw`` in this process (under CKKS: keys provisioned to the clients, or the key
+    authority in a child process);
     rounds.csv without its timing columns (``attrs``: the hooks'
     ``summary`` blocks and the ``stopped_reason``). ``stop_after``: stop
     as a kill would after that round's checkpoint; ``resume``: go on from the directory's checkpoint."""
     plan = plan_from_dict(raw)
     data = build_federated_data(plan.data_config, plan.seed)
     key_authority = keyring = None
-    if plan.crypto is not None:  # the key authority in a process of its own, each client's material handed over
+    if plan.crypto is not None and plan.facts.trust == "clients":  # the clients' key directory, as under Ray
+        key_authority = plan.start_keys()
+        keyring = key_authority.client_ref()
+    elif plan.crypto is not None:  # the key authority in a process of its own, each client's material handed over
         from fedsec.clients.encrypted import ClientKeyring
         from fedsec.crypto import KeyAuthorityHandle
 

@@ -1,6 +1,7 @@
 """A curious server with colluding clients (attack.kind = "collude_with_server", fedsec/hooks/collusion.py) through
 fedsec's real round loop (in process): in plaintext it reads the victim's update alone; under the CKKS key
-authority one colluder sending Enc(0) and the withheld honest replies give it the victim's exact update; central DP
+authority, and with the key held by the clients, one colluder sending Enc(0) and the withheld honest replies give it
+the victim's exact update (both release sums of two signed members); central DP
 noise on the released sum leaves it the update plus the noise. The recovery is checked against the victim's update
 computed here, outside the run."""
 
@@ -29,8 +30,9 @@ def test_plaintext_gives_the_victims_update_without_withholding(tmp_path, server
     assert rows.attrs["summary"]["collusion"]["trust_model"].startswith("plaintext")
 
 
-def test_the_key_authority_releases_the_victims_update_to_one_colluder(tmp_path, server_identity):
-    rows = run_in_process({**RAW, "encryption": {"scheme": "ckks"}}, tmp_path / "ckks")
+@pytest.mark.parametrize(("trust", "named"), [("authority", "key authority"), ("clients", "clients hold the key")])
+def test_a_sum_of_two_released_gives_the_victims_update_to_one_colluder(tmp_path, server_identity, trust, named):
+    rows = run_in_process({**RAW, "encryption": {"scheme": "ckks", "trust": trust}}, tmp_path / "ckks")
     assert (rows.loc[1:, "collusion_error"] < 1e-6).all()  # CKKS's own error only
     assert (rows.loc[1:, "collusion_psnr"] > 100).all()
     assert (rows.loc[1:, "collusion_withheld"] == 2).all()  # clients 0 and 2
@@ -38,11 +40,12 @@ def test_the_key_authority_releases_the_victims_update_to_one_colluder(tmp_path,
     assert set(clients.loc[clients["client"].isin([0, 2]), "status"].str[:8]) == {"withheld"}
     block = rows.attrs["summary"]["collusion"]
     assert block["victim"] == 1 and block["colluders"] == [3] and block["colluders_needed_per_round"] == 1
-    assert block["rounds_recovered"] == 2 and "key authority" in block["trust_model"]
+    assert block["rounds_recovered"] == 2 and named in block["trust_model"]
 
 
-def test_central_dp_noise_is_what_the_server_is_left_with(tmp_path, server_identity):
-    raw = {**RAW, "encryption": {"scheme": "ckks"}, "train": {**RAW["train"], "sampling": "poisson"},
+@pytest.mark.parametrize("trust", ["authority", "clients"])
+def test_central_dp_noise_is_what_the_server_is_left_with(tmp_path, server_identity, trust):
+    raw = {**RAW, "encryption": {"scheme": "ckks", "trust": trust}, "train": {**RAW["train"], "sampling": "poisson"},
            "privacy": {"mode": "central", "epsilon": 50.0, "delta": 1e-5, "clip_norm": 1.0}}
     rows = run_in_process(raw, tmp_path / "dp")
     recovered = rows["collusion_error"].dropna()
@@ -57,5 +60,3 @@ def test_the_victim_must_be_honest():
 def test_trust_models_not_built_are_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"encryption\.trust: 'threshold': threshold CKKS needs OpenFHE"):
         plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold"}})
-    with pytest.raises(ConfigError, match=r"encryption\.trust: 'clients'"):
-        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "clients"}})

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -74,7 +75,9 @@ class AuthorityConfig:
         The L2 bound clients declare for the vector they encrypt (under central DP: ``privacy.clip_norm``); the
         released sum must satisfy ||sum|| <= members x bound. None: only the headroom check.
     seed : int (default: 0)
-        Seeds the central-DP noise the authority adds to a released sum.
+        Kept for callers; not the noise's seed: the central-DP noise on a released sum is drawn from a secret seed
+        made inside the authority, since a server that knows the experiment's seed could otherwise regenerate the
+        noise and subtract it (so CKKS runs under central DP are not reproducible noise for noise).
     dp_noise_std : float | None (default: None)
         Central DP: the least noise std on every released sum (the server cannot ask for less); releases then need
         no minimum number of members (step 5 of the module docstring).
@@ -137,19 +140,28 @@ class DecryptionResult:
 
 
 class _Authority:
-    """The secret side; instantiated only inside the authority's process."""
+    """The secret side; instantiated only inside the authority's process (or, under ``encryption.trust =
+    "clients"``, as :class:`fedsec.crypto.client_keys.ClientDecryptor` inside a client)."""
 
     def __init__(self, config: AuthorityConfig) -> None:
         self.config = config
         self._context = config.params.make_context()
+        self._setup_keys()
+        self._signing, self._verify = make_signing_keys(range(config.num_clients))
+        self._released: set[int] = set()
+        self._rng = np.random.default_rng(secrets.randbits(128))  # not config.seed: the server knows that
+
+    def _setup_keys(self) -> None:
+        """The public contexts derived from ``self._context`` (server: no secret key; clients: encryption only)."""
         public = self._context.copy()
         public.make_context_public()
         self._server_context = public.serialize(save_galois_keys=False, save_relin_keys=False)
         self._client_context = self._context.serialize(save_secret_key=False, save_galois_keys=False,
                                                        save_relin_keys=False)
-        self._signing, self._verify = make_signing_keys(range(config.num_clients))
-        self._released: set[int] = set()
-        self._rng = np.random.default_rng(config.seed)
+
+    def _noise(self, server_round: int, size: int, std: float) -> np.ndarray:
+        """Central-DP noise for a released sum of ``server_round``."""
+        return self._rng.normal(0.0, std, size=size)
 
     def server_info(self) -> dict[str, Any]:
         return {"context": self._server_context, "verify_keys": dict(self._verify), "run_id": self.config.run_id,
@@ -227,7 +239,7 @@ class _Authority:
             return result
         if not kept:  # central DP, empty cohort: the mechanism still runs, and releases the noise alone
             self._released.add(server_round)
-            result.vector, result.accepted = self._rng.normal(0.0, noise_std, size=length), []
+            result.vector, result.accepted = self._noise(server_round, length, noise_std), []
             return result
         t0 = time.perf_counter()
         try:
@@ -266,7 +278,7 @@ class _Authority:
                 result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1
                 return result
         if noise_std > 0:
-            vector = vector + self._rng.normal(0.0, noise_std, size=vector.size)
+            vector = vector + self._noise(server_round, vector.size, noise_std)
         self._released.add(server_round)
         result.vector, result.accepted = vector, sorted(kept)
         result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1

@@ -79,6 +79,7 @@ class RunFacts:
     eval_examples: int = 0  # [eval] examples: the between-rounds subset of the test set (0: all of it)
     smoothing: Any = None  # defense.strategy = "crfl": its CrflSchedule (clip bound per round, sigma); else None
     authority_min_clients: int = 0  # encryption.scheme = "ckks": the fewest members of a sum the authority releases
+    trust: str = ""  # encryption.scheme = "ckks": encryption.trust (who holds the secret key), else ""
     # attack.kind = "collude_with_server": (global arrays, round, partition) -> that client's true update, the
     # experimenter's ground truth for what the curious server recovers (never the server's knowledge)
     victim_update: Any = None

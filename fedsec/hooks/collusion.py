@@ -161,6 +161,8 @@ class CuriousServer(RoundHook):
     def on_stop(self, summary: dict[str, Any]) -> None:
         facts = self.ctx.facts
         model = ("plaintext (the server reads every reply)" if not facts.encrypted else
+                 "CKKS, clients hold the key (the round's decryptor client releases sums of >= min_clients signed "
+                 "members, once per round)" if facts.trust == "clients" else
                  "CKKS, key authority (trusted third party; sums of >= min_clients signed members, once per round)")
         if facts.encrypted and facts.privacy_plan is not None:
             model += ", central DP noise on the released sum"

@@ -229,6 +229,21 @@ class RunPlan:
         return ExampleCanarySpec(client=canary.client, canaries=canary.canaries,
                                  seed=self.experiment.seed + SEED_OFFSET)
 
+    def start_keys(self) -> Any:
+        """Set up this run's CKKS keys for its trust model: a key authority in a Ray actor of its own
+        (``trust = "authority"``, :class:`fedsec.crypto.KeyAuthorityHandle`; needs ``ray.init`` first) or keys
+        provisioned to the clients (``"clients"``, :class:`fedsec.crypto.client_keys.ClientHeldKeys`). The handle's
+        ``server_view()`` goes to the strategy, ``client_ref()`` to the clients, ``stop()`` ends it."""
+        if self.crypto is None:
+            raise ConfigError("start_keys: encryption.scheme is not 'ckks'")
+        if self.experiment.encryption.trust == "clients":
+            from fedsec.crypto.client_keys import ClientHeldKeys
+
+            return ClientHeldKeys.start(self.crypto, **self.key_authority_args())
+        from fedsec.crypto import KeyAuthorityHandle
+
+        return KeyAuthorityHandle.start(self.crypto, backend="ray", **self.key_authority_args())
+
     def key_authority_args(self) -> dict[str, Any]:
         """How the CKKS key authority is set up for this run (``fedsec.crypto.KeyAuthorityHandle.start``)."""
         e = self.experiment
@@ -334,7 +349,8 @@ def build_plan(experiment: Experiment) -> RunPlan:
                      buffer=build_buffer(e, strategy.required_updates()), eval_every=e.eval.every,
                      eval_examples=e.eval.examples,
                      smoothing=getattr(strategy, "schedule", None) if e.defense.strategy == "crfl" else None,
-                     authority_min_clients=_authority_min_clients(e) if crypto is not None else 0)
+                     authority_min_clients=_authority_min_clients(e) if crypto is not None else 0,
+                     trust=e.encryption.trust if crypto is not None else "")
     hooks = _plan_hooks(e, facts)
     canary = next((h.params for h in hooks if h.cls.name == "canary"), None)
     if canary is not None and canary.level == "client" and (e.defense.strategy != "fedavg" or e.defense.pre):

@@ -410,10 +410,8 @@ def run_experiment(
             board_name = f"fedsec-collusion-{uuid.uuid4().hex[:12]}"
             board = start_board(board_name)
         key_authority = crypto_ref = None
-        if plan.crypto is not None:  # the secret key lives in a Ray actor of its own (fedsec.crypto.authority)
-            from fedsec.crypto import KeyAuthorityHandle
-
-            key_authority = KeyAuthorityHandle.start(plan.crypto, backend="ray", **plan.key_authority_args())
+        if plan.crypto is not None:  # the secret key: in the clients' key directory or the authority's actor
+            key_authority = plan.start_keys()
             crypto_ref = key_authority.client_ref()
         spec = ClientSpec.from_plan(plan, data_ref=data_ref, board_name=board_name, crypto_ref=crypto_ref,
                                     dp_histories=dp_histories_of(resume_state) if resume_state else None)

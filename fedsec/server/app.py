@@ -164,6 +164,8 @@ def run_rounds(
     outcome.partition_nodes, outcome.malicious_clients = ray_node_of, sorted(facts.schedule.malicious)
     start = resume_state["round"] + 1 if resume_state else 1
     strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
+    if hasattr(decryption := getattr(strategy, "authority", None), "connect"):  # trust = "clients": the decryptor
+        decryption.connect(transport, node_of, plan.round_timeout)  # clients answer through the run's transport
     ctx = ServerContext.build(facts, data, run_dir.path / "plots", resolve_device("auto"))
     hooks, optimizer = [h.build(ctx) for h in plan.hooks], plan.make_optimizer()
     books = RoundBooks(facts, ray_node_of, {node: pid for pid, node in node_of.items()}, hooks, optimizer)

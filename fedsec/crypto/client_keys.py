@@ -1,0 +1,333 @@
+"""``encryption.trust = "clients"``: the clients hold the CKKS secret key; the server holds the public context only.
+
+The model of NVIDIA FLARE's homomorphic encryption (its provisioning tool writes a TenSEAL context with the secret
+key for the clients and one without it for the server; https://nvflare.readthedocs.io, "Homomorphic Encryption"),
+with fedsec's release rules (:mod:`.authority`, steps 1-5) moved into a client:
+
+- **Provisioning** runs in a spawned process of its own: it makes the CKKS keys, one Ed25519 signing key pair per
+  client and a secret noise seed, writes them to a key directory for the clients (``group.key``: the secret
+  context, every verification key, the release settings; ``sign-<id>.key``: one client's signing key; the
+  directory is created 0700 and removed when the run ends) and hands the caller only :class:`ServerKeyInfo` (public
+  context, verification keys, run id, ``min_clients``). The process that starts a run, which under Ray is also the
+  server's, never holds a key that decrypts or signs.
+- **Clients** encrypt and sign as under the key authority (:mod:`fedsec.clients.encrypted`).
+- **Decryption**: the server adds nothing itself; it sends the round's signed ciphertexts to the round's
+  *decryptor*, the client :func:`decryptor_of` names from the run id and the round (the server cannot pick a
+  friendlier one, nor ask a second client about the same round), which verifies every signature, adds the
+  ciphertexts itself, decrypts the sum only if it holds at least ``min_clients`` distinct signed members, checks
+  its plausibility, adds the central-DP noise drawn from the secret noise seed, and releases it once per round
+  (the released rounds are kept in that client's ``context.state``).
+
+Differences from FLARE: FLARE's server never sees the global model (clients decrypt it for themselves); here the
+decryptor releases the (noised) sum to the server, which applies it, so that the server evaluates, audits and
+serves the global model as under the other models. What the server learns is the sum, as under SecAgg+ and the key
+authority; a single client's update needs a colluding client (``attack.kind = "collude_with_server"`` measures it).
+
+What holds against code in the server's own process: no object the server's code is handed holds a key that
+decrypts or signs, there is no named actor to find, and the only decryption it can obtain is a plausible sum of
+``min_clients`` signed members of the current round, once. Not against code that reaches the clients' processes:
+under Flower's simulation engine the client actors are Ray actors the driver (the server's process) holds handles
+to, and each node's ``context.state`` lives in the driver between messages; and the key directory is readable by
+the operating-system account that runs the clients. On Flower's deployment engine (SuperNodes on the clients'
+machines) only the clients can read them (docs/encryption.md, "Trust model").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import secrets
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from .authority import AuthorityConfig, ClientMaterial, DecryptionResult, SignedCiphertext, _Authority
+from .ckks import CkksParams, CryptoError, load_context
+from .signing import make_signing_keys
+
+__all__ = ["ClientDecryption", "ClientDecryptor", "ClientHeldKeys", "ClientKeyDir", "DECRYPT_RECORD",
+           "RELEASE_RECORD", "ServerKeyInfo", "decryptor_of", "provision_client_keys"]
+
+logger = logging.getLogger(__name__)
+
+GROUP_FILE = "group.key"
+SERVER_FILE = "server.info"
+DECRYPT_RECORD = "ckks-decrypt"  # QUERY message content: the round's signed members for the decryptor client
+RELEASE_RECORD = "ckks-release"  # its reply: the released sum (float64 bytes) and what was dropped
+RELEASED_STATE = "ckks-released"  # the decryptor's context.state: rounds it released
+
+
+def decryptor_of(run_id: str, server_round: int, num_clients: int) -> int:
+    """The partition that decrypts round ``server_round``'s sum: fixed by the run id and the round, so the server
+    cannot choose it, nor ask two clients about one round.
+
+    >>> decryptor_of("run", 1, 4) == decryptor_of("run", 1, 4)
+    True
+    >>> sorted({decryptor_of("run", r, 4) for r in range(1, 41)})
+    [0, 1, 2, 3]
+    """
+    digest = hashlib.sha256(f"{run_id}|{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % num_clients
+
+
+@dataclass(frozen=True)
+class ServerKeyInfo:
+    """What the server gets from provisioning: nothing that decrypts or signs."""
+
+    public_context: bytes
+    verify_keys: dict[int, bytes]
+    run_id: str
+    min_clients: int
+    max_abs: float
+    num_clients: int
+
+
+def _write(path: Path, payload: Any) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _provision(config: AuthorityConfig, directory: str, conn: Any) -> None:  # pragma: no cover - child process
+    """The provisioning process: make the keys, write the clients' files, send back the server's info."""
+    try:
+        context = config.params.make_context()
+        public = context.copy()
+        public.make_context_public()
+        signing, verify = make_signing_keys(range(config.num_clients))
+        path = Path(directory)
+        _write(path / GROUP_FILE, {"config": config, "verify_keys": verify, "noise_seed": secrets.randbits(128),
+                                   "context": context.serialize(save_secret_key=True, save_galois_keys=False,
+                                                                save_relin_keys=False)})
+        for pid, key in signing.items():
+            _write(path / f"sign-{pid}.key", key)
+        info = ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
+                             config.run_id, config.min_clients, config.params.max_abs, config.num_clients)
+        _write(path / SERVER_FILE, info)
+        conn.send(("ok", info))
+    except Exception as e:  # noqa: BLE001 - report it to the parent
+        conn.send(("error", e))
+
+
+def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
+                          client_norm_bound: float | None = None, dp_noise_std: float | None = None,
+                          directory: str | Path | None = None) -> tuple[ServerKeyInfo, Path]:
+    """Make the clients' keys in a spawned process; write them to ``directory`` (default: a fresh 0700 temporary
+    directory); return the server's info and the directory."""
+    params.validate()
+    config = AuthorityConfig(params=params, num_clients=num_clients, min_clients=min_clients,
+                             run_id=run_id or uuid.uuid4().hex, client_norm_bound=client_norm_bound,
+                             dp_noise_std=dp_noise_std)
+    path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="fedsec-client-keys-"))
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    process = mp.Process(target=_provision, args=(config, str(path), child), name="fedsec-provision-keys")
+    process.start()
+    child.close()
+    try:
+        status, value = parent.recv()
+    except EOFError as e:
+        raise CryptoError("provisioning the clients' CKKS keys failed: the process ended without an answer") from e
+    finally:
+        process.join(timeout=30)
+    if status == "error":
+        raise value
+    logger.info("CKKS keys held by the clients: %s (%d clients, min_clients=%d)", path, num_clients, min_clients)
+    return value, path
+
+
+class ClientDecryptor(_Authority):
+    """The release rules of :class:`fedsec.crypto.authority._Authority` in the round's decryptor client, over the
+    shared secret context; ``released``: the rounds this client already released (from its ``context.state``)."""
+
+    def __init__(self, config: AuthorityConfig, context: bytes, verify_keys: dict[int, bytes], noise_seed: int,
+                 released: set[int]) -> None:
+        self.config = config
+        self._context = load_context(context)
+        self._setup_keys()
+        self._signing, self._verify = {}, dict(verify_keys)
+        self._released = released
+        self._noise_seed = noise_seed
+
+    def _noise(self, server_round: int, size: int, std: float) -> np.ndarray:
+        """Seeded by the secret noise seed and the round: the server, which knows the experiment's seed, cannot
+        regenerate it."""
+        return np.random.default_rng([self._noise_seed, server_round]).normal(0.0, std, size=size)
+
+
+@dataclass(frozen=True)
+class ClientKeyDir:
+    """What travels to the clients (``ClientSpec.crypto_ref``): the key directory's path; each worker reads its
+    files once."""
+
+    path: str
+
+    def _group(self) -> dict[str, Any]:
+        return _load(Path(self.path) / GROUP_FILE)
+
+    def client_material(self, partition_id: int) -> ClientMaterial:
+        group = self._group()
+        file = Path(self.path) / f"sign-{partition_id}.key"
+        if not file.is_file():
+            raise CryptoError(f"no CKKS signing key for partition {partition_id} in {self.path}")
+        return ClientMaterial(partition_id, group["config"].run_id, group["context"], _load(file))
+
+    def decryptor(self, released: set[int]) -> ClientDecryptor:
+        group = self._group()
+        return ClientDecryptor(group["config"], group["context"], group["verify_keys"], group["noise_seed"], released)
+
+    def run_facts(self) -> tuple[str, int]:
+        """(run id, number of clients): what a client needs to know whose turn a round's decryption is."""
+        config = self._group()["config"]
+        return config.run_id, config.num_clients
+
+
+_LOADED: dict[Path, Any] = {}
+
+
+def _load(path: Path) -> Any:
+    if path not in _LOADED:
+        if any(p.parent != path.parent for p in _LOADED):  # another run's keys: keep one run's in a worker
+            _LOADED.clear()
+        try:
+            with path.open("rb") as f:
+                _LOADED[path] = pickle.load(f)  # noqa: S301 - files this run's provisioning wrote, mode 0600
+        except OSError as e:
+            raise CryptoError(f"cannot read the clients' CKKS keys at {path}: {e}") from e
+    return _LOADED[path]
+
+
+def decrypt_request(server_round: int, members: list[SignedCiphertext], length: int, noise_std: float) -> ConfigRecord:
+    """The content of a decryption request (one ConfigRecord)."""
+    return ConfigRecord({
+        "round": server_round, "length": length, "noise-std": float(noise_std),
+        "members": json.dumps([[m.partition_id, len(m.chunks)] for m in members]),
+        "chunks": [c for m in members for c in m.chunks] or [b""],
+        "signatures": [m.signature for m in members] or [b""],
+    })
+
+
+def parse_decrypt_request(record: ConfigRecord) -> tuple[int, list[SignedCiphertext], int, float]:
+    """(round, members, length, noise std) of a decryption request; raises :class:`CryptoError` when malformed."""
+    try:
+        layout = json.loads(str(record["members"]))
+        chunks, signatures = list(record["chunks"]), list(record["signatures"])
+        members, start = [], 0
+        for (pid, count), signature in zip(layout, signatures, strict=False):
+            members.append(SignedCiphertext(int(pid), [bytes(c) for c in chunks[start:start + int(count)]],
+                                            bytes(signature)))
+            start += int(count)
+        return int(record["round"]), members, int(record["length"]), float(record["noise-std"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CryptoError(f"malformed decryption request: {e}") from e
+
+
+def release_record(result: DecryptionResult) -> ConfigRecord:
+    """The decryptor's answer: the sum as float64 bytes (empty when refused) and what it dropped."""
+    vector = b"" if result.vector is None else np.asarray(result.vector, dtype=np.float64).tobytes()
+    return ConfigRecord({"vector": vector, "result": json.dumps({
+        "accepted": result.accepted, "rejected": {str(k): v for k, v in result.rejected.items()},
+        "refused": result.refused, "add_seconds": result.add_seconds, "decrypt_seconds": result.decrypt_seconds})})
+
+
+def parse_release(server_round: int, record: ConfigRecord, length: int) -> DecryptionResult:
+    meta = json.loads(str(record["result"]))
+    raw = bytes(record["vector"])
+    vector = np.frombuffer(raw, dtype=np.float64).copy() if raw else None
+    if vector is not None and vector.size != length:
+        return DecryptionResult(server_round, None, [], {}, refused=f"the decryptor released {vector.size} values, "
+                                f"the model has {length}")
+    return DecryptionResult(server_round, vector, [int(p) for p in meta["accepted"]],
+                            {int(k): str(v) for k, v in meta["rejected"].items()}, refused=meta["refused"],
+                            add_seconds=float(meta["add_seconds"]), decrypt_seconds=float(meta["decrypt_seconds"]))
+
+
+class ClientDecryption:
+    """The server's side under ``trust = "clients"``: the public context, the verification keys and
+    :meth:`decrypt_round`, which asks the round's decryptor client (the same interface as the key authority's
+    :class:`fedsec.crypto.DecryptionService`). :meth:`connect` gives it the transport and the partitions' nodes once
+    the federation is up."""
+
+    def __init__(self, info: ServerKeyInfo) -> None:
+        if load_context(info.public_context).has_secret_key():
+            raise CryptoError("ClientDecryption: the server's context holds the secret key; provisioning is broken")
+        self.public_context = info.public_context
+        self.verify_keys = dict(info.verify_keys)
+        self.run_id, self.min_clients, self.max_abs = info.run_id, info.min_clients, info.max_abs
+        self.num_clients = info.num_clients
+        self._transport: Any = None
+        self._node_of: dict[int, int] = {}
+        self._timeout: float | None = None
+
+    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None) -> None:
+        self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
+
+    def decrypt_round(self, server_round: int, members: list[SignedCiphertext], length: int, *,
+                      noise_std: float = 0.0) -> DecryptionResult:
+        """Send ``members`` to the round's decryptor client; its release, or a refusal that says why."""
+        if self._transport is None:
+            raise CryptoError("ClientDecryption.decrypt_round before connect(): the federation is not up")
+        pid = decryptor_of(self.run_id, server_round, self.num_clients)
+        message = Message(content=RecordDict({DECRYPT_RECORD: decrypt_request(server_round, members, length,
+                                                                              noise_std)}),
+                          dst_node_id=self._node_of[pid], message_type=MessageType.QUERY)
+        replies = list(self._transport.send_and_receive([message], timeout=self._timeout))
+        if not replies:
+            return DecryptionResult(server_round, None, [], {}, refused=f"the decryptor client {pid} did not answer")
+        reply = replies[0]
+        if reply.has_error():
+            return DecryptionResult(server_round, None, [], {},
+                                    refused=f"the decryptor client {pid} failed: {reply.error.reason}")
+        record = reply.content.config_records.get(RELEASE_RECORD)
+        if record is None:
+            return DecryptionResult(server_round, None, [], {},
+                                    refused=f"the decryptor client {pid} answered without a release")
+        return parse_release(server_round, record, length)
+
+
+class ClientHeldKeys:
+    """The runner's handle under ``trust = "clients"``, shaped like :class:`fedsec.crypto.KeyAuthorityHandle`:
+    :meth:`start` provisions, :meth:`server_view` is the server's :class:`ClientDecryption`, :meth:`client_ref` the
+    clients' :class:`ClientKeyDir`, :meth:`stop` removes the key directory."""
+
+    def __init__(self, info: ServerKeyInfo, path: Path) -> None:
+        self.info, self.path = info, path
+        self._view: ClientDecryption | None = None
+
+    @classmethod
+    def start(cls, params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
+              client_norm_bound: float | None = None, seed: int = 0, backend: str = "auto",
+              dp_noise_std: float | None = None) -> ClientHeldKeys:
+        """Provision (``seed`` and ``backend`` are the key authority's and unused: the noise seed is a secret drawn
+        at provisioning)."""
+        info, path = provision_client_keys(params, num_clients=num_clients, min_clients=min_clients, run_id=run_id,
+                                           client_norm_bound=client_norm_bound, dp_noise_std=dp_noise_std)
+        return cls(info, path)
+
+    def server_view(self) -> ClientDecryption:
+        if self._view is None:
+            self._view = ClientDecryption(self.info)
+        return self._view
+
+    def client_ref(self) -> ClientKeyDir:
+        return ClientKeyDir(str(self.path))
+
+    def stop(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> ClientHeldKeys:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
