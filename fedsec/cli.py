@@ -208,6 +208,52 @@ def run(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def deploy(
+    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    set_: SetOption = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=10, max=86_400,
+                                           help="Seconds the run may take before it is stopped.")] = 3600.0,
+) -> None:
+    """Run an experiment on Flower's deployment engine on this machine: a SuperLink, one SuperNode process per
+    client, the server in a process of its own, no Ray (slow: every message starts a client process).
+    docs/runs.md, "Server and clients in separate processes"."""
+    import json
+
+    from fedsec.runtime.deployment import DeploymentError, run_deployment
+    from fedsec.runtime.runner import console_metrics, default_run_dir
+
+    plan = _load(config, set_)
+    run_dir = out or Path(default_run_dir(plan.name))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        _fail_input(f"--out {run_dir}: the directory is not empty; choose another")
+    err_console.print(f"{plan.name}: a SuperLink and {plan.facts.num_clients} SuperNodes on this machine; every "
+                      "message starts a client process, so rounds take seconds to minutes", markup=False,
+                      highlight=False, soft_wrap=True)
+    try:
+        result = run_deployment(plan, config, list(set_ or []), run_dir, timeout=timeout)
+    except DeploymentError as e:
+        _print_error("deploy failed", e)
+        raise typer.Exit(code=1) from None
+    summary_file = result.run_dir / "summary.json"
+    if not summary_file.is_file():
+        _print_error("deploy failed", f"the run ended with status {result.status!r} and wrote no summary; logs in "
+                     f"{result.log_dir}")
+        raise typer.Exit(code=1)
+    summary = json.loads(summary_file.read_text())
+    table = Table(title=f"{plan.name}: final metrics (Flower deployment engine)", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in console_metrics(summary):
+        table.add_row(key, _fmt(value))
+    console.print(table)
+    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/] ({result.wall_seconds:.0f} s; Flower's "
+                  f"logs: {escape(str(result.log_dir))})")
+    if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
+        raise typer.Exit(code=1)
+
+
 def _fail_input(message: str) -> None:
     _print_error("error", message)
     raise typer.Exit(code=2)

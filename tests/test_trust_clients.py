@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_provisioning_leaves_the_starting_process_without_a_key_that_decrypts_or
         assert not load_context(view.public_context).has_secret_key()
         assert stat.S_IMODE(handle.path.stat().st_mode) == 0o700
         files = sorted(p.name for p in handle.path.iterdir())
-        assert files == ["group.key", "server.info", "sign-0.key", "sign-1.key", "sign-2.key"]
+        assert files == ["group.key", "sign-0.key", "sign-1.key", "sign-2.key"]
         assert all(stat.S_IMODE((handle.path / f).stat().st_mode) == 0o600 for f in files)
         signing = {ClientKeyring(handle.client_ref()).material(p).signing_key for p in range(3)}
         held = [v for v in vars(view).values() if isinstance(v, bytes)] + list(view.verify_keys.values())
@@ -133,3 +134,26 @@ def test_central_dp_noise_is_drawn_from_a_secret_not_the_experiments_seed():
             result = view.decrypt_round(1, members(ring, [0, 1], ups), 16)
             noise.append(result.vector - (ups[0] + ups[1]))
     assert 0.2 < float(np.std(noise[0])) < 1.0 and not np.allclose(noise[0], noise[1])
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "digits_smoke.toml"
+COLLUDE = ["rounds=2", "encryption.scheme=ckks", "attack.kind=collude_with_server", "attack.client_ids=[3]"]
+
+
+@pytest.mark.e2e
+@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.parametrize("trust", ["clients", "authority"])
+def test_what_the_servers_process_reaches_under_ray(tmp_path, trust):
+    """Under Flower's simulation engine (the driver is the server's process): with the key authority the named
+    actor decrypts the victim alone; with the clients' keys the driver holds their key directory handle (the
+    ClientApp lives there) and the key files are readable: docs/encryption.md says neither holds there."""
+    from fedsec.plan import load_plan
+    from fedsec.runtime.runner import run_experiment
+
+    result = run_experiment(load_plan(SMOKE, [*COLLUDE, f"encryption.trust={trust!r}"]), tmp_path / "run")
+    block = result.summary["collusion"]
+    routes = {name: r["victim_update_error"] for name, r in block["routes"].items()}
+    reached = {"authority": {"ray_named_actor"}, "clients": {"objects_in_process", "key_files"}}[trust]
+    # the victim's update alone, to CKKS's precision (other tests' keys left in this process decrypt to noise)
+    assert {name for name, error in routes.items() if error is not None and error < 1e-6} == reached
+    assert block["best_error"] < 1e-6  # and one colluder with the withheld replies gets it under both models

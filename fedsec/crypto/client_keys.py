@@ -56,12 +56,11 @@ from .ckks import CkksParams, CryptoError, load_context
 from .signing import make_signing_keys
 
 __all__ = ["ClientDecryption", "ClientDecryptor", "ClientHeldKeys", "ClientKeyDir", "DECRYPT_RECORD",
-           "RELEASE_RECORD", "ServerKeyInfo", "decryptor_of", "provision_client_keys"]
+           "RELEASE_RECORD", "ServerKeyInfo", "ServerKeys", "decryptor_of", "provision_client_keys"]
 
 logger = logging.getLogger(__name__)
 
 GROUP_FILE = "group.key"
-SERVER_FILE = "server.info"
 DECRYPT_RECORD = "ckks-decrypt"  # QUERY message content: the round's signed members for the decryptor client
 RELEASE_RECORD = "ckks-release"  # its reply: the released sum (float64 bytes) and what was dropped
 RELEASED_STATE = "ckks-released"  # the decryptor's context.state: rounds it released
@@ -113,7 +112,6 @@ def _provision(config: AuthorityConfig, directory: str, conn: Any) -> None:  # p
             _write(path / f"sign-{pid}.key", key)
         info = ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
                              config.run_id, config.min_clients, config.params.max_abs, config.num_clients)
-        _write(path / SERVER_FILE, info)
         conn.send(("ok", info))
     except Exception as e:  # noqa: BLE001 - report it to the parent
         conn.send(("error", e))
@@ -296,6 +294,28 @@ class ClientDecryption:
         return parse_release(server_round, record, length)
 
 
+class ServerKeys:
+    """The server's handle when the key info comes from a file (``fedsec deploy``: the ServerApp runs in a process
+    of its own); only :meth:`server_view`, as the other handles."""
+
+    def __init__(self, info: ServerKeyInfo) -> None:
+        self.info = info
+        self._view: ClientDecryption | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> ServerKeys:
+        with Path(path).open("rb") as f:
+            info = pickle.load(f)  # noqa: S301 - written by this run's `fedsec deploy`
+        if not isinstance(info, ServerKeyInfo):
+            raise CryptoError(f"{path} does not hold the server's CKKS key info")
+        return cls(info)
+
+    def server_view(self) -> ClientDecryption:
+        if self._view is None:
+            self._view = ClientDecryption(self.info)
+        return self._view
+
+
 class ClientHeldKeys:
     """The runner's handle under ``trust = "clients"``, shaped like :class:`fedsec.crypto.KeyAuthorityHandle`:
     :meth:`start` provisions, :meth:`server_view` is the server's :class:`ClientDecryption`, :meth:`client_ref` the
@@ -322,6 +342,10 @@ class ClientHeldKeys:
 
     def client_ref(self) -> ClientKeyDir:
         return ClientKeyDir(str(self.path))
+
+    def write_server_info(self, path: Path) -> None:
+        """The server's public info to a file of its own (outside the clients' key directory)."""
+        _write(Path(path), self.info)
 
     def stop(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

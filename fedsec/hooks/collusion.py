@@ -17,14 +17,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedsec.arrays import record_to_vector
 from fedsec.errors import ConfigError
-from fedsec.protocol import ARRAYS_RECORD
+from fedsec.protocol import ARRAYS_RECORD, CHUNKS_KEY, CKKS_RECORD, CKKS_WEIGHT_KEY
 from fedsec.results.contract import Metric
 
 from .base import RoundHook, RoundState, RunFacts, ServerContext
+from .key_routes import try_routes
 
 WITHHELD = "withheld: the curious server kept only the victim's and the colluders' replies (collude_with_server)"
 
@@ -96,12 +98,14 @@ class CuriousServer(RoundHook):
         self.pending: torch.Tensor | bool | None = None
         self.withheld = 0
         self.results: list[dict[str, float]] = []
+        self.routes: dict[str, dict[str, Any]] | None = None  # what the server's process reached (key_routes)
+        self.probe: tuple[list[bytes], float] | None = None  # the victim's ciphertext and weight, to try them on
 
     def state(self) -> dict[str, Any]:
-        return {"results": list(self.results)}
+        return {"results": list(self.results), "routes": self.routes}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.results = list(state["results"])
+        self.results, self.routes = list(state["results"]), state.get("routes")
 
     def on_replies(self, rnd: RoundState) -> None:
         self.pending, self.withheld = None, 0
@@ -114,6 +118,11 @@ class CuriousServer(RoundHook):
             if arrays is not None:
                 self.pending = record_to_vector(arrays).double() - record_to_vector(rnd.sent).double()
             return
+        if self.routes is None and self.ctx.facts.trust:  # CKKS: try the key routes on this ciphertext, once
+            record = victim.content.config_records.get(CKKS_RECORD, {})
+            chunks, weight = record.get(CHUNKS_KEY), victim.content.metric_records.get("metrics", {})
+            if isinstance(chunks, list) and chunks:
+                self.probe = ([bytes(c) for c in chunks], float(weight.get(CKKS_WEIGHT_KEY, 1.0)))
         colluders = [m for m in rnd.replies if pid_of[id(m)] in self.colluders]
         if len(colluders) < self.needed:
             return
@@ -128,7 +137,25 @@ class CuriousServer(RoundHook):
         rnd.replies = kept
         self.pending = True
 
+    def _try_routes(self, rnd: RoundState) -> None:
+        """The key routes of the server's process (:mod:`.key_routes`) on the victim's ciphertext: what each found,
+        and the error of the victim's update when it decrypted it alone."""
+        chunks, weight = self.probe
+        self.probe = None
+        true = self._true_update(rnd)
+        self.routes = {}
+        for name, (found, candidates) in try_routes(chunks, true.numel()).items():
+            best: tuple[float, str] | None = None  # the key that decrypts the victim's update best
+            for what, vector in candidates if weight else []:
+                error = recovery_error(torch.as_tensor(np.asarray(vector)).double() / weight, true)[0]
+                if best is None or error < best[0]:
+                    best = (error, what)
+            self.routes[name] = {"found": found, "victim_update_error": best[0] if best else None,
+                                 "best_key": best[1] if best else None}
+
     def after_aggregate(self, rnd: RoundState) -> None:
+        if self.probe is not None:
+            self._try_routes(rnd)
         rnd.row["collusion_withheld"] = self.withheld
         recovered = self._recovered(rnd)
         if recovered is None:
@@ -176,4 +203,5 @@ class CuriousServer(RoundHook):
             "mean_error": sum(errors) / len(errors) if errors else None,
             "best_psnr": max((r["psnr"] for r in self.results), default=None),
             "rounds": list(self.results),
+            "routes": self.routes,  # CKKS: what code in the server's process reached of the key (key_routes)
         }

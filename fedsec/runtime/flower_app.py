@@ -7,11 +7,14 @@ names the experiment::
     overrides = ""                            # e.g. "rounds=3 defense.strategy='median'" (space-separated key=value)
     out = ""                                  # run directory; default runs/<name>-<time>
 
-The number of simulated SuperNodes must equal ``data.num_clients`` (``flwr run . --federation-config
-"num-supernodes=20"``); the ServerApp says so when it differs. Each worker builds the client data itself from the
-experiment and its seed, once per worker process (Flower's simulation runtime starts Ray for us, so there is no
-driver to put the data in the object store). Under ``flwr run`` the server aggregates in the ServerApp process;
-colluding attackers and CKKS encryption need the runner's extra actors, so they run with ``fedsec run`` only.
+The number of SuperNodes must equal ``data.num_clients`` (in simulation: ``flwr run . --federation-config
+"num-supernodes=20"``; on the deployment engine, one ``flower-supernode`` per client, as ``fedsec deploy`` starts
+them, :mod:`fedsec.runtime.deployment`); the ServerApp says so when it differs. Each worker builds the client data
+itself from the experiment and its seed, once per worker process (there is no driver to put the data in the object
+store). The server aggregates in the ServerApp process. Colluding attackers and the CKKS key authority need the
+runner's extra actors, so they run with ``fedsec run`` only; CKKS with ``encryption.trust = "clients"`` runs here
+when the SuperNodes' node config names the clients' key directory (``fedsec-keys``) and the run config the
+server's public key info (``server_keys``), as ``fedsec deploy`` sets them up.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from flwr.serverapp import Grid, ServerApp
 from fedsec.errors import ConfigError
 from fedsec.plan import RunPlan, load_plan
 
-APP_ROOT = Path(__file__).resolve().parents[1]
+APP_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml, experiments/
 DEFAULT_CONFIG = "experiments/quickstart.toml"
+SERVER_KEYS_KEY = "server_keys"  # run config: the public key info file under encryption.trust = "clients"
+CLIENT_KEYS_KEY = "fedsec-keys"  # node config: the clients' key directory under encryption.trust = "clients"
 
 
 def plan_from_run_config(run_config: dict) -> RunPlan:
@@ -39,8 +44,12 @@ def plan_from_run_config(run_config: dict) -> RunPlan:
     if not path.is_absolute() and not path.is_file():
         path = APP_ROOT / name
     plan = load_plan(path, shlex.split(str(run_config.get("overrides") or "")))
-    if plan.crypto is not None:
-        raise ConfigError("encryption.scheme='ckks' needs the runner's key authority: use `fedsec run`")
+    if plan.crypto is not None and plan.facts.trust != "clients":
+        raise ConfigError("encryption.trust='authority' needs the runner's key authority: use `fedsec run`, or "
+                          "encryption.trust='clients' with `fedsec deploy`")
+    if plan.crypto is not None and not run_config.get(SERVER_KEYS_KEY):
+        raise ConfigError("encryption.trust='clients' needs the clients' keys provisioned: use `fedsec deploy`, "
+                          "which gives the SuperNodes the key directory and the server the public info")
     if plan.attack.colluding:
         raise ConfigError("attack.knowledge='colluding' needs the runner's collusion board: use `fedsec run` "
                           "or attack.knowledge='omniscient'")
@@ -48,17 +57,24 @@ def plan_from_run_config(run_config: dict) -> RunPlan:
 
 
 @cache
-def _client_app(config: str, overrides: str) -> ClientApp:
+def _client_app(config: str, overrides: str, keys: str, server_keys: str) -> ClientApp:
     from fedsec.clients.app import make_client_app
     from fedsec.clients.spec import ClientSpec
+    from fedsec.crypto.client_keys import ClientKeyDir
 
-    plan = plan_from_run_config({"config": config, "overrides": overrides})
-    return make_client_app(ClientSpec.from_plan(plan, data_ref=None))
+    plan = plan_from_run_config({"config": config, "overrides": overrides, SERVER_KEYS_KEY: server_keys})
+    crypto_ref = ClientKeyDir(keys) if plan.crypto is not None else None
+    if plan.crypto is not None and not keys:
+        raise ConfigError(f"encryption.trust='clients': this SuperNode's node config names no key directory "
+                          f"({CLIENT_KEYS_KEY}=...)")
+    return make_client_app(ClientSpec.from_plan(plan, data_ref=None, crypto_ref=crypto_ref))
 
 
 def _dispatch(message: Message, context: Context) -> Message:
     run_config = context.run_config
-    return _client_app(str(run_config.get("config", "")), str(run_config.get("overrides", "")))(message, context)
+    return _client_app(str(run_config.get("config", "")), str(run_config.get("overrides", "")),
+                       str(context.node_config.get(CLIENT_KEYS_KEY, "")),
+                       str(run_config.get(SERVER_KEYS_KEY, "")))(message, context)
 
 
 client_app = ClientApp()
@@ -83,7 +99,8 @@ def server_main(grid: Grid, context: Context) -> None:
     while (nodes := len(list(grid.get_node_ids()))) < wanted and time.monotonic() < deadline:
         time.sleep(0.2)  # SuperNodes register while the ServerApp starts
     if nodes != wanted:
-        raise ConfigError(f"the federation has {nodes} SuperNodes but data.num_clients={wanted}; run "
+        raise ConfigError(f"the federation has {nodes} SuperNodes but data.num_clients={wanted}; start one "
+                          f"SuperNode per client (`fedsec deploy` does), or in simulation run "
                           f"`flwr run . --federation-config \"num-supernodes={wanted}\"`")
     out = str(context.run_config.get("out") or "") or default_run_dir(plan.name)
     run_dir = RunDirectory(out, plan, config_toml=plan.to_toml())
@@ -91,11 +108,17 @@ def server_main(grid: Grid, context: Context) -> None:
     data = build_federated_data(plan.data_config, plan.seed)
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
+    keys = None
+    if plan.crypto is not None:  # trust = "clients": the public info only (plan_from_run_config checked)
+        from fedsec.crypto.client_keys import ServerKeys
+
+        keys = ServerKeys.read(Path(str(context.run_config[SERVER_KEYS_KEY])))
+    runtime = "flwr deployment" if context.run_config.get("engine") == "deployment" else "flwr run"
     try:
-        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome)
+        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, key_authority=keys)
     finally:
         summary = run_dir.finish(stopped_reason=outcome.stopped_reason,
                                  extra=summary_extra(plan, outcome, data_seconds=data_seconds,
-                                                     wall_seconds=time.perf_counter() - t0, runtime="flwr run"))
+                                                     wall_seconds=time.perf_counter() - t0, runtime=runtime))
         add_seed_metrics(plan, summary, run_dir.path)
     print(f"fedsec: run directory {Path(out).resolve()}", flush=True)

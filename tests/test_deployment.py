@@ -1,0 +1,71 @@
+"""``fedsec deploy`` (fedsec/runtime/deployment.py): the run on Flower's deployment engine on this machine, a
+SuperLink, one SuperNode per client, the ServerApp in a ``flwr-serverapp`` process of its own and no Ray. With the
+CKKS key held by the clients, what code in the server's process reaches of the key is measured by the curious
+server (``collusion.routes``): no Ray, no object; the key files on disk, through the same operating-system account
+(docs/encryption.md says so)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fedsec.errors import ConfigError
+from fedsec.runtime.flower_app import SERVER_KEYS_KEY, plan_from_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "experiments" / "digits_smoke.toml"
+FEDSEC = [sys.executable, "-m", "fedsec.cli"]
+
+
+def test_the_flower_app_takes_ckks_only_with_the_clients_keys_provisioned():
+    with pytest.raises(ConfigError, match="encryption.trust='authority' needs the runner's key authority"):
+        plan_from_run_config({"config": str(SMOKE), "overrides": "encryption.scheme='ckks' "
+                                                                  "encryption.trust='authority'"})
+    with pytest.raises(ConfigError, match="needs the clients' keys provisioned: use `fedsec deploy`"):
+        plan_from_run_config({"config": str(SMOKE), "overrides": "encryption.scheme='ckks'"})
+    plan = plan_from_run_config({"config": "experiments/digits_smoke.toml", "overrides": "encryption.scheme='ckks'",
+                                 SERVER_KEYS_KEY: "/nonexistent"})  # a relative config: from the checkout
+    assert plan.facts.trust == "clients"
+
+
+def test_deploy_refuses_a_run_directory_that_is_not_empty(tmp_path):
+    (tmp_path / "something").write_text("x")
+    done = subprocess.run([*FEDSEC, "deploy", str(SMOKE), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "the directory is not empty" in done.stderr
+
+
+def _flower_processes() -> set[int]:
+    """Flower's processes alive (a killed one waiting for init to reap it is not)."""
+    out = subprocess.run(["ps", "-eo", "pid=,stat=,args="], capture_output=True, text=True, check=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()
+            if re.search(r"flower-super|flwr-serverapp|flwr-clientapp", line) and not line.split()[1].startswith("Z")}
+
+
+@pytest.mark.slow
+def test_ckks_with_the_clients_keys_on_the_deployment_engine(tmp_path):
+    before = _flower_processes()
+    overrides = ["rounds=2", "encryption.scheme=ckks", "attack.kind=collude_with_server", "attack.client_ids=[3]"]
+    done = subprocess.run([*FEDSEC, "deploy", str(SMOKE), *[a for o in overrides for a in ("--set", o)],
+                           "--out", str(tmp_path / "run"), "--timeout", "900"],
+                          capture_output=True, text=True, timeout=1000, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["runtime"] == "flwr deployment" and summary["stopped_reason"] == "completed"
+    rounds = pd.read_csv(tmp_path / "run" / "rounds.csv")
+    # the same run under `fedsec run` (2026-12-04): 0.8644 and 0.9111 (the curious server withholds replies)
+    assert rounds["accuracy"].iloc[1:].sub([0.8644, 0.9111]).abs().max() < 1e-3
+    routes = summary["collusion"]["routes"]
+    assert routes["ray_named_actor"]["found"] == "the server's process is not connected to Ray"
+    assert routes["objects_in_process"]["found"] == "no object holding or naming a key"
+    assert routes["key_files"]["victim_update_error"] < 1e-6  # one machine, one account: the files are readable
+    assert summary["collusion"]["best_error"] < 1e-6  # and one colluder with the withheld replies suffices
+    key_file = routes["key_files"]["best_key"].split()[3]  # "readable key file PATH (...)"
+    assert key_file.endswith("group.key") and not Path(key_file).exists()  # the keys went with the run
+    assert _flower_processes() <= before  # everything it started is gone
