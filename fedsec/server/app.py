@@ -72,9 +72,10 @@ class ServerOutcome:
 
 
 def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any = None,
-                   completed_rounds: int = 0) -> RobustStrategy:
+                   completed_rounds: int = 0, transport: tuple[Any, dict[int, int]] | None = None) -> RobustStrategy:
     """The run's strategy (:meth:`fedsec.plan.RunPlan.server_strategy`); FLTrust's root update is computed here,
-    where the data are."""
+    where the data are. ``transport``: (the run's transport, partition -> node id), through which the round's
+    decryptor client answers under ``encryption.trust = "clients"``."""
     server_update_fn = None
     if plan.needs_server_update:  # the rule trusts an update the server computes on root data
         from .fltrust_root import make_root_update
@@ -82,7 +83,10 @@ def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any 
         facts = plan.facts
         server_update_fn = make_root_update(data, model_name=facts.model_name, train=facts.train,
                                             root_size=plan.root_size, seed=facts.seed, calls=completed_rounds)
-    return plan.make_strategy(key_authority=key_authority, server_update_fn=server_update_fn)
+    strategy = plan.make_strategy(key_authority=key_authority, server_update_fn=server_update_fn)
+    if transport is not None and hasattr(decryption := getattr(strategy, "authority", None), "connect"):
+        decryption.connect(*transport, plan.round_timeout)
+    return strategy
 
 
 def handshake(grid: Grid | StopAwareGrid, num_clients: int, *, timeout: float,
@@ -163,9 +167,8 @@ def run_rounds(
     transport, node_of, ray_node_of = connect(grid, plan, data, cohort_nodes, outcome=outcome)
     outcome.partition_nodes, outcome.malicious_clients = ray_node_of, sorted(facts.schedule.malicious)
     start = resume_state["round"] + 1 if resume_state else 1
-    strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1)
-    if hasattr(decryption := getattr(strategy, "authority", None), "connect"):  # trust = "clients": the decryptor
-        decryption.connect(transport, node_of, plan.round_timeout)  # clients answer through the run's transport
+    strategy = build_strategy(plan, data, key_authority=key_authority, completed_rounds=start - 1,
+                              transport=(transport, node_of))
     ctx = ServerContext.build(facts, data, run_dir.path / "plots", resolve_device("auto"))
     hooks, optimizer = [h.build(ctx) for h in plan.hooks], plan.make_optimizer()
     books = RoundBooks(facts, ray_node_of, {node: pid for pid, node in node_of.items()}, hooks, optimizer)
