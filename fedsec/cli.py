@@ -215,6 +215,9 @@ def deploy(
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=10, max=86_400,
                                            help="Seconds the run may take before it is stopped.")] = 3600.0,
+    server_user: Annotated[str, typer.Option(
+        "--server-user", help="The account the server runs as, apart from the clients' ('auto': nobody when run as "
+        "root; '': the same account, which can then read the clients' keys).")] = "auto",
 ) -> None:
     """Run an experiment on Flower's deployment engine on this machine: a SuperLink, one SuperNode process per
     client, the server in a process of its own, no Ray (slow: every message starts a client process).
@@ -231,11 +234,19 @@ def deploy(
     err_console.print(f"{plan.name}: a SuperLink and {plan.facts.num_clients} SuperNodes on this machine; every "
                       "message starts a client process, so rounds take seconds to minutes", markup=False,
                       highlight=False, soft_wrap=True)
+    def on_round(row: dict) -> None:
+        accuracy = row.get("accuracy") or "-"
+        err_console.print(f"round {row.get('round')}: accuracy {accuracy[:6]}, {float(row.get('seconds') or 0):.1f} s",
+                          markup=False, highlight=False)
+
     try:
-        result = run_deployment(plan, config, list(set_ or []), run_dir, timeout=timeout)
+        result = run_deployment(plan, run_dir, timeout=timeout, server_user=server_user, on_round=on_round)
     except DeploymentError as e:
         _print_error("deploy failed", e)
         raise typer.Exit(code=1) from None
+    except KeyboardInterrupt:  # every process it started is stopped by then
+        _print_error("interrupted", f"the deployment is stopped; {run_dir} holds the rounds so far")
+        raise typer.Exit(code=130) from None
     summary_file = result.run_dir / "summary.json"
     if not summary_file.is_file():
         _print_error("deploy failed", f"the run ended with status {result.status!r} and wrote no summary; logs in "
@@ -248,8 +259,12 @@ def deploy(
     for key, value in console_metrics(summary):
         table.add_row(key, _fmt(value))
     console.print(table)
-    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/] ({result.wall_seconds:.0f} s; Flower's "
-                  f"logs: {escape(str(result.log_dir))})")
+    if not result.server_user:
+        err_console.print(f"note: the server ran as this account, which can read the clients' key files and memory "
+                          f"({result.why_shared}; docs/runs.md)", markup=False, highlight=False, soft_wrap=True)
+    server = f"the server ran as {escape(result.server_user)}; " if result.server_user else ""
+    console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/] ({result.wall_seconds:.0f} s; {server}"
+                  f"Flower's logs: {escape(str(result.log_dir))})", markup=True, highlight=False)
     if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
 

@@ -9,10 +9,11 @@ through the SuperLink's messages. No Ray. Each SuperNode's ``--node-config`` sta
 it to the SuperLink), so under ``encryption.trust = "clients"`` the clients' key directory is named there and the
 server gets only the public key info (a file given in the run config).
 
-What it does not separate: every process runs as the same operating-system account on one machine, so the
-server's process could still read the clients' key files or memory through the operating system; SuperNodes on
-the clients' own machines close that. It is slow: every message starts a Python process that imports torch and
-builds its client's data (about 100 s for the 2-round digits smoke run on 2 cores, against 12 s with ``fedsec
+Operating-system accounts: started as root, the SuperLink and the ServerApp run as ``nobody`` (:class:`ServerAccount`,
+``--server-user``) and the clients as the launching account, so the server's process can read neither the clients'
+key files nor their memory; otherwise (not root, or ``nobody`` cannot run this Python) everything runs as one
+account, which can, and the result says why. It is slow: every message starts a Python process that imports torch
+and builds its client's data (about 90 s for the 2-round digits smoke run on 2 cores, against 12 s with ``fedsec
 run``).
 
 Flower's flags used (flwr 1.42): ``flower-superlink --insecure --host --port`` (Control, Fleet and ServerAppIo on
@@ -23,10 +24,11 @@ fails, so the run's status is read back with ``flwr ls``.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
-import shlex
+import pwd
 import shutil
 import signal
 import socket
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,8 @@ class DeploymentResult:
     status: str
     wall_seconds: float
     log_dir: Path
+    server_user: str  # the account the server ran as ("": the clients' own)
+    why_shared: str = ""  # why the server ran as the clients' account, when it did
 
 
 def _free_port() -> int:
@@ -133,33 +138,129 @@ def _running(pid: int) -> bool:
         return False
 
 
-def run_deployment(plan: RunPlan, config: Path, overrides: list[str], out: Path, *,
-                   timeout: float = 3600.0) -> DeploymentResult:
-    """Run ``config`` (with ``overrides``; ``plan`` is its validated plan) on a local SuperLink and one SuperNode
-    per client; the run directory is ``out``. Under CKKS with ``trust = "clients"`` the keys are provisioned first:
-    the SuperNodes get the key directory in their node config, the ServerApp the public info file."""
+def _follow(submit: subprocess.Popen, rounds_csv: Path, on_round: Callable[[dict[str, str]], None] | None, *,
+            deadline: float, logs: Path) -> None:
+    """Wait for ``flwr run`` to end, handing each new row of the run's ``rounds.csv`` to ``on_round``."""
+    seen = 0
+    while True:
+        ended = submit.poll() is not None
+        if on_round is not None and rounds_csv.is_file():
+            with rounds_csv.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            for row in rows[seen:]:
+                on_round(row)
+            seen = max(seen, len(rows))
+        if ended:
+            return
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"the run did not end within the timeout; logs in {logs}")
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class ServerAccount:
+    """The operating-system account the SuperLink, and so the ServerApp, runs as when it is not the clients'."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def resolve(cls, name: str | None) -> tuple[ServerAccount | None, str]:
+        """(the account, or None for the launching one; why not another). ``"auto"``: ``nobody`` when this process
+        may switch accounts (root) and that account can run this Python with Flower, else the launching account;
+        ``""``/None: the launching account; a name: that account, or :class:`DeploymentError` saying why not."""
+        auto = name == "auto"
+        if auto:
+            if os.geteuid() != 0:
+                return None, "not started as root, so the server cannot run as another account"
+            name = "nobody"
+        if not name:
+            return None, "--server-user ''"
+        try:
+            if os.geteuid() != 0:
+                raise DeploymentError(f"--server-user {name}: starting the server as another account needs root")
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError as e:
+                raise DeploymentError(f"--server-user {name}: no such account") from e
+            account = cls(name, entry.pw_uid, entry.pw_gid)
+            account.check()
+            return account, ""
+        except DeploymentError as e:
+            if not auto:
+                raise
+            return None, str(e)
+
+    def check(self) -> None:
+        """That the account can run this Python and import Flower (a Python under a home directory only its owner
+        may enter cannot be)."""
+        try:
+            done = subprocess.run([sys.executable, "-c", "import flwr.serverapp"], user=self.uid, group=self.gid,
+                                  extra_groups=[], cwd="/", capture_output=True, text=True, timeout=120, check=False)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise DeploymentError(f"--server-user {self.name}: cannot run {sys.executable} as {self.name}: "
+                                  f"{e}") from e
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DeploymentError(f"--server-user {self.name}: {sys.executable} cannot import Flower as "
+                                  f"{self.name}: {last}")
+
+    def own(self, path: Path) -> Path:
+        os.chown(path, self.uid, self.gid)
+        return path
+
+
+def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_user: str | None = "auto",
+                   on_round: Callable[[dict[str, str]], None] | None = None) -> DeploymentResult:
+    """Run ``plan`` on a local SuperLink and one SuperNode per client; the run directory is ``out``;
+    ``on_round`` gets each row of ``rounds.csv`` as it is written. Under CKKS with ``trust = "clients"`` the keys
+    are provisioned first: the SuperNodes get the key directory in their node config, the ServerApp the public info
+    file. ``server_user`` (``"auto"``: ``nobody`` when run as root): the account the SuperLink and the ServerApp
+    run as, apart from the clients' (the launching) account, so that the server's process cannot read the clients'
+    key files or memory; it then writes the run directory in a staging folder of its own, copied to ``out`` at
+    the end. The ServerApp reads the resolved config (``plan.to_toml()``), so the config file need not be readable
+    by that account (data directories named in it must be)."""
     if not (APP_ROOT / "pyproject.toml").is_file():
         raise DeploymentError(f"`fedsec deploy` runs the Flower App of a fedsec checkout (pyproject.toml with "
                               f"[tool.flwr.app]); none at {APP_ROOT}")
+    account, why_shared = ServerAccount.resolve(server_user)
+    if account is None:
+        logger.warning("fedsec deploy: the server runs as this account (%s): it can read the clients' key files "
+                       "and memory", why_shared)
     bin_dir = Path(sys.executable).parent
     work = Path(tempfile.mkdtemp(prefix="fedsec-deploy-"))
-    logs, home = work / "logs", work / "flwr-home"
-    logs.mkdir()
+    work.chmod(0o711)  # the server's account may pass through to its own folders, not list or read the rest
+    logs, home = work / "logs", work / "flwr-home"  # the clients' side and the flwr CLI
+    server_home, server_flwr, staging = work / "server-home", work / "server-flwr", work / "run"
+    logs.mkdir(mode=0o700)  # the launching account's (the server's processes write to files opened here)
     home.mkdir()
+    for folder in (server_home, server_flwr, staging):
+        folder.mkdir()
+        if account is not None:
+            account.own(folder)
     port = _free_port()
     (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
                                       f'address = "127.0.0.1:{port}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env = {**base, "FLWR_HOME": str(home)}
+    server_env = {**base, "FLWR_HOME": str(server_flwr), "HOME": str(server_home),
+                  "XDG_CACHE_HOME": str(server_home / ".cache")} if account is not None else env
+    config_file = work / "experiment.toml"  # the resolved config: the same plan on both sides
+    config_file.write_text(plan.to_toml())
+    config_file.chmod(0o644)
+    run_dir = staging if account is not None else Path(out).resolve()
+    run_config = {"config": str(config_file), "overrides": "", "out": str(run_dir), "engine": "deployment"}
     keys = None
-    run_config = {"config": str(Path(config).resolve()), "overrides": shlex.join(overrides),
-                  "out": str(Path(out).resolve()), "engine": "deployment"}
     processes: list[subprocess.Popen] = []
 
-    def start(args: list[str], name: str) -> subprocess.Popen:
+    def start(args: list[str], name: str, *, as_server: bool = False) -> subprocess.Popen:
         log = (logs / f"{name}.log").open("w")
+        user = {"user": account.uid, "group": account.gid, "extra_groups": []} if as_server and account else {}
         process = subprocess.Popen([str(bin_dir / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                   env=env, cwd=work)
+                                   env=server_env if as_server else env, cwd=server_home if as_server else work,
+                                   **user)
         processes.append(process)
         return process
 
@@ -169,9 +270,10 @@ def run_deployment(plan: RunPlan, config: Path, overrides: list[str], out: Path,
             keys = plan.start_keys()
             server_file = work / "server-keys.info"  # public: the context without its secret key, verify keys
             keys.write_server_info(server_file)
+            server_file.chmod(0o644)
             run_config[SERVER_KEYS_KEY] = str(server_file)
         link = start(["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-                      "--host", "127.0.0.1", "--port", str(port)], "superlink")
+                      "--host", "127.0.0.1", "--port", str(port)], "superlink", as_server=True)
         _wait_port(port, link, "the SuperLink", logs / "superlink.log")
         n = plan.facts.num_clients
         for pid in range(n):
@@ -182,15 +284,14 @@ def run_deployment(plan: RunPlan, config: Path, overrides: list[str], out: Path,
             node = start(["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}", "--host", "127.0.0.1",
                           "--port", str(node_port), "--node-config", node_config], f"supernode{pid}")
             _wait_port(node_port, node, f"SuperNode {pid}", logs / f"supernode{pid}.log")
-        logger.info("fedsec deploy: SuperLink on 127.0.0.1:%d and %d SuperNodes up; logs in %s", port, n, logs)
+        logger.info("fedsec deploy: SuperLink on 127.0.0.1:%d (account %s) and %d SuperNodes up; logs in %s", port,
+                    account.name if account else "this one", n, logs)
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         with (logs / "flwr_run.log").open("w") as log:
-            try:
-                subprocess.run([str(bin_dir / "flwr"), "run", str(APP_ROOT), CONNECTION, "--stream", "--run-config",
-                                text], env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
-                               check=False)
-            except subprocess.TimeoutExpired as e:
-                raise DeploymentError(f"the run did not end within {timeout:.0f} s; logs in {logs}") from e
+            submit = subprocess.Popen([str(bin_dir / "flwr"), "run", str(APP_ROOT), CONNECTION, "--stream",
+                                       "--run-config", text], env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+            processes.append(submit)
+            _follow(submit, run_dir / "rounds.csv", on_round, deadline=time.monotonic() + timeout, logs=logs)
         listing = subprocess.run([str(bin_dir / "flwr"), "ls", CONNECTION, "--format", "json"], env=env, cwd=work,
                                  capture_output=True, text=True, timeout=120, check=False)
         try:
@@ -202,6 +303,11 @@ def run_deployment(plan: RunPlan, config: Path, overrides: list[str], out: Path,
         _stop_all(processes)
         if keys is not None:
             keys.stop()
-        shutil.rmtree(home, ignore_errors=True)  # Flower's state and the installed app; the logs stay
-        (work / "server-keys.info").unlink(missing_ok=True)
-    return DeploymentResult(Path(out), status, time.perf_counter() - t0, logs)
+        if account is not None and staging.is_dir():  # the server's run directory, handed to the launching account
+            shutil.copytree(staging, out, dirs_exist_ok=True)
+        for folder in (home, server_home, server_flwr, staging):  # Flower's state, installed apps; the logs stay
+            shutil.rmtree(folder, ignore_errors=True)
+        for file in (work / "server-keys.info", config_file):
+            file.unlink(missing_ok=True)
+    return DeploymentResult(Path(out), status, time.perf_counter() - t0, logs, account.name if account else "",
+                            why_shared)
