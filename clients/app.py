@@ -117,7 +117,7 @@ def make_client_app(spec: ClientSpec) -> ClientApp:
         return Message(content=RecordDict({"metrics": metrics}), reply_to=message)
 
     def decrypt_one(message: Message, context: Context) -> Message:
-        return decrypt_reply(message, spec.crypto_ref, partition_id=partition_of(context), state=context.state)
+        return decrypt_reply(message, spec.crypto_ref, partition_id=partition_of(context))
 
     @app.query()
     def query(message: Message, context: Context) -> Message:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsec.arrays import record_to_vector
 from fedsec.crypto import AuthorityRef, ClientMaterial, CryptoError, DecryptionResult, ciphertext_bytes, encrypt_vector
 from fedsec.crypto.client_keys import (
     DECRYPT_RECORD,
     RELEASE_RECORD,
-    RELEASED_STATE,
     ClientKeyDir,
     decryptor_of,
     parse_decrypt_request,
@@ -121,21 +120,22 @@ def encrypted_train_reply(
     return reply
 
 
-def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int, state: RecordDict) -> Message:
+def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int) -> Message:
     """Under ``encryption.trust = "clients"``: answer the server's request to decrypt a round's sum
     (:mod:`fedsec.crypto.client_keys`). Refused unless this client is the round's decryptor; the release rules are
-    the key authority's; the rounds released are kept in ``state`` so that a round is released once."""
+    the key authority's; the rounds released are recorded in the key directory so that a round is released once."""
     if not isinstance(crypto_ref, ClientKeyDir):
         raise CryptoError("a decryption request reached a client that holds no secret key (encryption.trust is "
                           "not 'clients')")
     server_round, members, length, noise_std = parse_decrypt_request(message.content[DECRYPT_RECORD])
     run_id, num_clients = crypto_ref.run_facts()
     turn = decryptor_of(run_id, server_round, num_clients)
-    released = set(state.config_records.get(RELEASED_STATE, ConfigRecord({"rounds": [0]}))["rounds"])
     if turn != partition_id:
         result = DecryptionResult(server_round, None, [], {}, refused=f"client {partition_id} is not round "
                                   f"{server_round}'s decryptor (client {turn} is)")
     else:
+        released = crypto_ref.released_rounds(partition_id)
         result = crypto_ref.decryptor(released).decrypt_round(server_round, members, length, noise_std)
-        state[RELEASED_STATE] = ConfigRecord({"rounds": sorted(released)})
+        if result.vector is not None:
+            crypto_ref.record_released(partition_id, released)
     return Message(content=RecordDict({RELEASE_RECORD: release_record(result)}), reply_to=message)

@@ -37,11 +37,10 @@ class Clients:
     """The clients' side of the decryption requests: each partition's real ``decrypt_reply`` with its own state."""
 
     def __init__(self, ref):
-        self.ref, self.states = ref, {p: RecordDict() for p in range(NUM_CLIENTS)}
+        self.ref = ref
 
     def send_and_receive(self, messages, *, timeout=None):
-        return [decrypt_reply(m, self.ref, partition_id=m.metadata.dst_node_id - 100,
-                              state=self.states[m.metadata.dst_node_id - 100]) for m in messages]
+        return [decrypt_reply(m, self.ref, partition_id=m.metadata.dst_node_id - 100) for m in messages]
 
 
 @pytest.fixture
@@ -88,6 +87,8 @@ def test_the_rounds_decryptor_releases_a_signed_sum_once(keys):
     np.testing.assert_allclose(record_to_vector(new).numpy(), np.mean(ups, axis=0), atol=1e-6)
     again = strategy.authority.decrypt_round(1, [], 16)  # a second sum of round 1, of any set: refused
     assert again.vector is None and "already released once" in again.refused
+    turn = decryptor_of(keys.info.run_id, 1, NUM_CLIENTS)  # the record is in the key directory, not Flower's state
+    assert (keys.path / f"released-{turn}.json").read_text() == "[1]"
 
 
 def members(ring, pids, ups, server_round=1):
@@ -108,7 +109,7 @@ def test_one_member_is_refused_and_only_the_rounds_decryptor_answers(keys):
     request = Message(content=RecordDict({DECRYPT_RECORD: decrypt_request(2, members(ring, [0, 1], ups, 2), 16,
                                                                           0.0)}), dst_node_id=100 + other,
                       message_type=MessageType.QUERY)
-    reply = decrypt_reply(request, keys.client_ref(), partition_id=other, state=RecordDict())
+    reply = decrypt_reply(request, keys.client_ref(), partition_id=other)
     answer = parse_release(2, reply.content.config_records[RELEASE_RECORD], 16)
     assert answer.vector is None and f"is not round 2's decryptor (client {turn} is)" in answer.refused
 

@@ -16,7 +16,7 @@ with fedsec's release rules (:mod:`.authority`, steps 1-5) moved into a client:
   friendlier one, nor ask a second client about the same round), which verifies every signature, adds the
   ciphertexts itself, decrypts the sum only if it holds at least ``min_clients`` distinct signed members, checks
   its plausibility, adds the central-DP noise drawn from the secret noise seed, and releases it once per round
-  (the released rounds are kept in that client's ``context.state``).
+  (the released rounds are recorded in the clients' key directory, beside the keys).
 
 Differences from FLARE: FLARE's server never sees the global model (clients decrypt it for themselves); here the
 decryptor releases the (noised) sum to the server, which applies it, so that the server evaluates, audits and
@@ -27,9 +27,9 @@ What holds against code in the server's own process: no object the server's code
 decrypts or signs, there is no named actor to find, and the only decryption it can obtain is a plausible sum of
 ``min_clients`` signed members of the current round, once. Not against code that reaches the clients' processes:
 under Flower's simulation engine the client actors are Ray actors the driver (the server's process) holds handles
-to, and each node's ``context.state`` lives in the driver between messages; and the key directory is readable by
-the operating-system account that runs the clients. On Flower's deployment engine (SuperNodes on the clients'
-machines) only the clients can read them (docs/encryption.md, "Trust model").
+to; and the key directory is readable by the operating-system account that runs the clients. Under ``fedsec
+deploy`` (Flower's deployment engine, the server in another account) or with SuperNodes on the clients' machines,
+only the clients can read them (docs/encryption.md, "Trust model").
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ logger = logging.getLogger(__name__)
 GROUP_FILE = "group.key"
 DECRYPT_RECORD = "ckks-decrypt"  # QUERY message content: the round's signed members for the decryptor client
 RELEASE_RECORD = "ckks-release"  # its reply: the released sum (float64 bytes) and what was dropped
-RELEASED_STATE = "ckks-released"  # the decryptor's context.state: rounds it released
 
 
 def decryptor_of(run_id: str, server_round: int, num_clients: int) -> int:
@@ -147,7 +146,8 @@ def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: 
 
 class ClientDecryptor(_Authority):
     """The release rules of :class:`fedsec.crypto.authority._Authority` in the round's decryptor client, over the
-    shared secret context; ``released``: the rounds this client already released (from its ``context.state``)."""
+    shared secret context; ``released``: the rounds this client already released (:meth:`ClientKeyDir.released_rounds`),
+    updated in place."""
 
     def __init__(self, config: AuthorityConfig, context: bytes, verify_keys: dict[int, bytes], noise_seed: int,
                  released: set[int]) -> None:
@@ -184,6 +184,23 @@ class ClientKeyDir:
     def decryptor(self, released: set[int]) -> ClientDecryptor:
         group = self._group()
         return ClientDecryptor(group["config"], group["context"], group["verify_keys"], group["noise_seed"], released)
+
+    def released_rounds(self, partition_id: int) -> set[int]:
+        """The rounds this client released as a decryptor, from its record in the key directory (kept there, not in
+        Flower's ``context.state``, which a SuperNode's runtime API hands to any local process that asks)."""
+        record = Path(self.path) / f"released-{partition_id}.json"
+        try:
+            return {int(r) for r in json.loads(record.read_text())}
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError, TypeError) as e:
+            raise CryptoError(f"the decryptor's record {record} is unreadable: {e}") from e
+
+    def record_released(self, partition_id: int, rounds: set[int]) -> None:
+        record = Path(self.path) / f"released-{partition_id}.json"
+        partial = record.with_suffix(".partial")
+        partial.write_text(json.dumps(sorted(rounds)))
+        os.replace(partial, record)  # whole or not at all
 
     def run_facts(self) -> tuple[str, int]:
         """(run id, number of clients): what a client needs to know whose turn a round's decryption is."""
