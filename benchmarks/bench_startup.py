@@ -15,6 +15,9 @@ first time in a process):
 - ``warm run``: the same two parts for a second run of the config in one process that keeps its Ray and client
   actors between runs (``fedsec.runtime.runner.one_ray_for_many_runs``: what a sweep's cell worker and a privacy
   study do for every cell after the first).
+- ``joined run``: a run in a fresh process that joins a local Ray started beforehand (``ray start --head``, then
+  ``backend.address`` set to it: what ``fedsec run --set backend.address=auto`` does on a machine that keeps one
+  running); the head's own start is not counted.
 
 Prints one line per part (best of ``--repeats``); asserts nothing. Numbers depend on what else runs on the machine.
 """
@@ -91,6 +94,30 @@ def warm_parts(config: Path) -> dict[str, float]:
     return {"warm run to round 0": to_round0, "warm whole run": whole}
 
 
+def joined_parts(config: Path, address: str) -> dict[str, float]:
+    """A run of ``config`` joining the running Ray at ``address``: to round 0, and whole."""
+    from fedsec.config.loading import load_experiment
+    from fedsec.plan import build_plan
+
+    plan = build_plan(load_experiment(config, [f"backend.address='{address}'"]))
+    with tempfile.TemporaryDirectory() as out:
+        to_round0, _, whole = timed_run(plan, Path(out) / "run")
+    return {"joined run to round 0": to_round0, "joined whole run": whole}
+
+
+def with_ray_head(child: list[str]) -> str:
+    """``child`` (a command) run with ``{address}`` filled in, while a local Ray head runs; its stdout."""
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = 6390
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false"],
+                   check=True, capture_output=True)
+    try:
+        return subprocess.run([part.format(address=f"127.0.0.1:{port}") for part in child], check=True, cwd=ROOT,
+                              capture_output=True, text=True).stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], check=False, capture_output=True)
+
+
 def timed_run(plan, out: Path) -> tuple[float, float, float]:
     """``run_experiment(plan, out)``: seconds from its call to round 0's row, round 0's own ``seconds`` (inside the
     ServerApp), and seconds from its call to its return."""
@@ -114,7 +141,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's jobs
     parser.add_argument("--warm-parts", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--joined-parts", help=argparse.SUPPRESS)  # the Ray address to join
     args = parser.parse_args()
+    if args.joined_parts:
+        for key, value in joined_parts(Path(args.config), args.joined_parts).items():
+            print(f"{key}\t{value}")
+        return
     if args.run_parts or args.warm_parts:
         for key, value in (run_parts if args.run_parts else warm_parts)(Path(args.config)).items():
             print(f"{key}\t{value}")
@@ -136,6 +168,10 @@ def main() -> None:
             for line in out.stdout.strip().splitlines():
                 key, value = line.rsplit("\t", 1)
                 keep(key, float(value))
+        out = with_ray_head([sys.executable, __file__, "--joined-parts", "{address}", "--config", args.config])
+        for line in out.strip().splitlines():
+            key, value = line.rsplit("\t", 1)
+            keep(key, float(value))
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"start-up of {args.config} (best of {args.repeats}; load average {load})")
     for key, value in best.items():
