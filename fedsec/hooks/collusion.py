@@ -137,12 +137,11 @@ class CuriousServer(RoundHook):
         rnd.replies = kept
         self.pending = True
 
-    def _try_routes(self, rnd: RoundState) -> None:
+    def _try_routes(self, true: torch.Tensor) -> None:
         """The key routes of the server's process (:mod:`.key_routes`) on the victim's ciphertext: what each found,
-        and the error of the victim's update when it decrypted it alone."""
+        and the error of the victim's update (``true``) when it decrypted it alone."""
         chunks, weight = self.probe
         self.probe = None
-        true = self._true_update(rnd)
         self.routes = {}
         for name, (found, candidates) in try_routes(chunks, true.numel()).items():
             best: tuple[float, str] | None = None  # the key that decrypts the victim's update best
@@ -154,14 +153,15 @@ class CuriousServer(RoundHook):
                                  "best_key": best[1] if best else None}
 
     def after_aggregate(self, rnd: RoundState) -> None:
-        if self.probe is not None:
-            self._try_routes(rnd)
+        true = self._true_update(rnd) if self.probe is not None else None  # the victim's training, replayed once
+        if true is not None:
+            self._try_routes(true)
         rnd.row["collusion_withheld"] = self.withheld
         recovered = self._recovered(rnd)
         if recovered is None:
             rnd.row.update(collusion_error=math.nan, collusion_psnr=math.nan)
             return
-        true = self._true_update(rnd)
+        true = true if true is not None else self._true_update(rnd)
         error, psnr = recovery_error(recovered, true)
         rnd.row.update(collusion_error=error, collusion_psnr=psnr)
         self.results.append({"round": rnd.server_round, "error": error, "psnr": psnr, "withheld": self.withheld})
