@@ -224,6 +224,7 @@ def deploy(
     docs/runs.md, "Server and clients in separate processes"."""
     import json
 
+    from fedsec.errors import ConfigError
     from fedsec.runtime.deployment import DeploymentError, run_deployment
     from fedsec.runtime.runner import console_metrics, default_run_dir
 
@@ -241,6 +242,8 @@ def deploy(
 
     try:
         result = run_deployment(plan, run_dir, timeout=timeout, server_user=server_user, on_round=on_round)
+    except ConfigError as e:  # what the deployment engine cannot run (the key authority, colluding attackers)
+        _fail_input(str(e))
     except DeploymentError as e:
         _print_error("deploy failed", e)
         raise typer.Exit(code=1) from None

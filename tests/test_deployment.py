@@ -35,11 +35,16 @@ def test_the_flower_app_takes_ckks_only_with_the_clients_keys_provisioned():
     assert plan.facts.trust == "clients"
 
 
-def test_deploy_refuses_a_run_directory_that_is_not_empty(tmp_path):
+def test_deploy_refuses_a_run_directory_that_is_not_empty_and_what_needs_ray(tmp_path):
     (tmp_path / "something").write_text("x")
     done = subprocess.run([*FEDSEC, "deploy", str(SMOKE), "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=120, cwd=REPO)
     assert done.returncode == 2 and "the directory is not empty" in done.stderr
+    done = subprocess.run([*FEDSEC, "deploy", str(SMOKE), "--set", "encryption.scheme=ckks", "--set",
+                           "encryption.trust=authority", "--out", str(tmp_path / "new")], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and "needs the runner's key authority" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "new").exists()  # refused before anything started
 
 
 def _flower_processes() -> set[int]:

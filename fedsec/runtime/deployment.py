@@ -43,7 +43,7 @@ from pathlib import Path
 from fedsec.errors import FedsecRuntimeError
 from fedsec.plan import RunPlan
 
-from .flower_app import APP_ROOT, SERVER_KEYS_KEY
+from .flower_app import APP_ROOT, SERVER_KEYS_KEY, check_app_plan
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +224,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
     if not (APP_ROOT / "pyproject.toml").is_file():
         raise DeploymentError(f"`fedsec deploy` runs the Flower App of a fedsec checkout (pyproject.toml with "
                               f"[tool.flwr.app]); none at {APP_ROOT}")
+    check_app_plan(plan)  # before anything starts: what needs Ray actors is refused with the way out
     account, why_shared = ServerAccount.resolve(server_user)
     if account is None:
         logger.warning("fedsec deploy: the server runs as this account (%s): it can read the clients' key files "
@@ -258,9 +259,12 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
     def start(args: list[str], name: str, *, as_server: bool = False) -> subprocess.Popen:
         log = (logs / f"{name}.log").open("w")
         user = {"user": account.uid, "group": account.gid, "extra_groups": []} if as_server and account else {}
-        process = subprocess.Popen([str(bin_dir / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                   env=server_env if as_server else env, cwd=server_home if as_server else work,
-                                   **user)
+        try:
+            process = subprocess.Popen([str(bin_dir / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
+                                       env=server_env if as_server else env, cwd=server_home if as_server else work,
+                                       **user)
+        except OSError as e:
+            raise DeploymentError(f"cannot start {args[0]} ({bin_dir / args[0]}): {e}") from e
         processes.append(process)
         return process
 

@@ -44,16 +44,21 @@ def plan_from_run_config(run_config: dict) -> RunPlan:
     if not path.is_absolute() and not path.is_file():
         path = APP_ROOT / name
     plan = load_plan(path, shlex.split(str(run_config.get("overrides") or "")))
-    if plan.crypto is not None and plan.facts.trust != "clients":
-        raise ConfigError("encryption.trust='authority' needs the runner's key authority: use `fedsec run`, or "
-                          "encryption.trust='clients' with `fedsec deploy`")
+    check_app_plan(plan)
     if plan.crypto is not None and not run_config.get(SERVER_KEYS_KEY):
         raise ConfigError("encryption.trust='clients' needs the clients' keys provisioned: use `fedsec deploy`, "
                           "which gives the SuperNodes the key directory and the server the public info")
+    return plan
+
+
+def check_app_plan(plan: RunPlan) -> None:
+    """Refuse what needs the runner's Ray actors (:class:`ConfigError` with the way out)."""
+    if plan.crypto is not None and plan.facts.trust != "clients":
+        raise ConfigError("encryption.trust='authority' needs the runner's key authority: use `fedsec run`, or "
+                          "encryption.trust='clients' with `fedsec deploy`")
     if plan.attack.colluding:
         raise ConfigError("attack.knowledge='colluding' needs the runner's collusion board: use `fedsec run` "
                           "or attack.knowledge='omniscient'")
-    return plan
 
 
 @cache
