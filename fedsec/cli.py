@@ -210,9 +210,11 @@ def run(
 
 @app.command()
 def deploy(
-    config: Annotated[Path, typer.Argument(help="Experiment TOML file.")],
+    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file (with --resume: the run's own).")] = None,
     set_: SetOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", help="Go on with the run in this directory from its last checkpoint.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=10, max=86_400,
                                            help="Seconds the run may take before it is stopped.")] = 3600.0,
     server_user: Annotated[str, typer.Option(
@@ -228,10 +230,18 @@ def deploy(
     from fedsec.runtime.deployment import DeploymentError, run_deployment
     from fedsec.runtime.runner import console_metrics, default_run_dir
 
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            _fail_input(f"--resume {resume} and --out {out}: a resumed run writes into its own directory")
+        config, out = config or resume / "config.toml", resume
+        if not (resume / "checkpoints").is_dir():
+            _fail_input(f"--resume {resume}: no checkpoint there to go on from")
+    if config is None:
+        _fail_input("give an experiment config (fedsec deploy CONFIG) or --resume RUN_DIR")
     plan = _load(config, set_)
     run_dir = out or Path(default_run_dir(plan.name))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        _fail_input(f"--out {run_dir}: the directory is not empty; choose another")
+    if resume is None and run_dir.exists() and any(run_dir.iterdir()):
+        _fail_input(f"--out {run_dir}: the directory is not empty; choose another (or --resume it)")
     err_console.print(f"{plan.name}: a SuperLink and {plan.facts.num_clients} SuperNodes on this machine; every "
                       "message starts a client process, so rounds take seconds to minutes", markup=False,
                       highlight=False, soft_wrap=True)
@@ -241,14 +251,16 @@ def deploy(
                           markup=False, highlight=False)
 
     try:
-        result = run_deployment(plan, run_dir, timeout=timeout, server_user=server_user, on_round=on_round)
+        result = run_deployment(plan, run_dir, timeout=timeout, server_user=server_user, resume=resume is not None,
+                                on_round=on_round)
     except ConfigError as e:  # what the deployment engine cannot run (the key authority, colluding attackers)
         _fail_input(str(e))
     except DeploymentError as e:
         _print_error("deploy failed", e)
         raise typer.Exit(code=1) from None
     except KeyboardInterrupt:  # every process it started is stopped by then
-        _print_error("interrupted", f"the deployment is stopped; {run_dir} holds the rounds so far")
+        _print_error("interrupted", f"the deployment is stopped; {run_dir} holds the rounds so far; go on with "
+                     f"`fedsec deploy --resume {run_dir}`")
         raise typer.Exit(code=130) from None
     summary_file = result.run_dir / "summary.json"
     if not summary_file.is_file():

@@ -79,3 +79,29 @@ def test_ckks_with_the_clients_keys_on_the_deployment_engine(tmp_path):
     assert summary["collusion"]["best_error"] < 1e-6  # and one colluder with the withheld replies suffices
     assert not list(Path(tempfile.gettempdir()).glob("fedsec-client-keys-*")), "the keys go with the run"
     assert _flower_processes() <= before  # everything it started is gone
+
+
+@pytest.mark.slow
+def test_a_deployed_run_stopped_with_ctrl_c_resumes_to_the_same_rounds(tmp_path):
+    import signal
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "first.log"
+    cmd = [*FEDSEC, "deploy", str(SMOKE), "--set", "rounds=2", "--set", "encryption.scheme=ckks", "--out", str(run)]
+    with log.open("w") as err:
+        first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 600
+        while "round 1: accuracy" not in log.read_text():  # the CLI prints each round as it ends
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    text = log.read_text()
+    assert first.returncode == 130 and "fedsec deploy --resume" in text, text[-2000:]
+    assert not _flower_processes()  # everything it started is stopped
+    done = subprocess.run([*FEDSEC, "deploy", "--resume", str(run)], capture_output=True, text=True, timeout=900,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rounds = pd.read_csv(run / "rounds.csv")
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert rounds["accuracy"].iloc[1:].sub([0.9111, 0.9044]).abs().max() < 1e-3  # as the uninterrupted run

@@ -40,10 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsec.errors import FedsecRuntimeError
+from fedsec.errors import ConfigError, FedsecRuntimeError
 from fedsec.plan import RunPlan
 
 from .flower_app import APP_ROOT, SERVER_KEYS_KEY, check_app_plan
+from .processes import LINUX, die_with_parent, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +63,6 @@ class DeploymentResult:
     log_dir: Path
     server_user: str  # the account the server ran as ("": the clients' own)
     why_shared: str = ""  # why the server ran as the clients' account, when it did
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 60.0) -> None:
@@ -139,16 +134,20 @@ def _running(pid: int) -> bool:
 
 
 def _follow(submit: subprocess.Popen, rounds_csv: Path, on_round: Callable[[dict[str, str]], None] | None, *,
-            deadline: float, logs: Path) -> None:
-    """Wait for ``flwr run`` to end, handing each new row of the run's ``rounds.csv`` to ``on_round``."""
+            deadline: float, logs: Path, sync: Callable[[], None] | None = None) -> None:
+    """Wait for ``flwr run`` to end, handing each new row of the run's ``rounds.csv`` to ``on_round`` (and calling
+    ``sync`` after each new round: the server's staging folder copied to the run directory)."""
     seen = 0
     while True:
         ended = submit.poll() is not None
-        if on_round is not None and rounds_csv.is_file():
+        if rounds_csv.is_file():
             with rounds_csv.open(newline="") as f:
                 rows = list(csv.DictReader(f))
             for row in rows[seen:]:
-                on_round(row)
+                if on_round is not None:
+                    on_round(row)
+            if len(rows) > seen and sync is not None:
+                sync()
             seen = max(seen, len(rows))
         if ended:
             return
@@ -211,8 +210,18 @@ class ServerAccount:
         return path
 
 
+def _copy_run(staging: Path, out: Path) -> None:
+    """The server's staging run directory to ``out`` (as rounds end, and at the end), so that a killed command
+    leaves the rounds and checkpoint so far where ``--resume`` finds them. A file the server is rewriting may be
+    copied half-written; the next copy mends it."""
+    try:
+        shutil.copytree(staging, out, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as e:
+        logger.warning("fedsec deploy: copying the run directory: %s", e)
+
+
 def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_user: str | None = "auto",
-                   on_round: Callable[[dict[str, str]], None] | None = None) -> DeploymentResult:
+                   resume: bool = False, on_round: Callable[[dict[str, str]], None] | None = None) -> DeploymentResult:
     """Run ``plan`` on a local SuperLink and one SuperNode per client; the run directory is ``out``;
     ``on_round`` gets each row of ``rounds.csv`` as it is written. Under CKKS with ``trust = "clients"`` the keys
     are provisioned first: the SuperNodes get the key directory in their node config, the ServerApp the public info
@@ -220,11 +229,15 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
     run as, apart from the clients' (the launching) account, so that the server's process cannot read the clients'
     key files or memory; it then writes the run directory in a staging folder of its own, copied to ``out`` at
     the end. The ServerApp reads the resolved config (``plan.to_toml()``), so the config file need not be readable
-    by that account (data directories named in it must be)."""
+    by that account (data directories named in it must be). ``resume``: go on from ``out``'s last checkpoint (not
+    under local DP: each client's accountant history would have to reach its SuperNode)."""
     if not (APP_ROOT / "pyproject.toml").is_file():
         raise DeploymentError(f"`fedsec deploy` runs the Flower App of a fedsec checkout (pyproject.toml with "
                               f"[tool.flwr.app]); none at {APP_ROOT}")
     check_app_plan(plan)  # before anything starts: what needs Ray actors is refused with the way out
+    if resume and plan.experiment.privacy.mode == "local":
+        raise ConfigError("privacy.mode='local': `fedsec deploy --resume` cannot hand the clients their accountant "
+                          "histories; resume local-DP runs with `fedsec run --resume`")
     account, why_shared = ServerAccount.resolve(server_user)
     if account is None:
         logger.warning("fedsec deploy: the server runs as this account (%s): it can read the clients' key files "
@@ -240,7 +253,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         folder.mkdir()
         if account is not None:
             account.own(folder)
-    port = _free_port()
+    port = free_port()
     (home / "config.toml").write_text(f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
                                       f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -252,7 +265,12 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
     config_file.write_text(plan.to_toml())
     config_file.chmod(0o644)
     run_dir = staging if account is not None else Path(out).resolve()
-    run_config = {"config": str(config_file), "overrides": "", "out": str(run_dir), "engine": "deployment"}
+    if resume and account is not None:  # the server's account goes on in its own copy of the run directory
+        shutil.copytree(out, staging, dirs_exist_ok=True)
+        for path in [staging, *staging.rglob("*")]:
+            account.own(path)
+    run_config = {"config": str(config_file), "overrides": "", "out": str(run_dir), "engine": "deployment",
+                  "resume": "1" if resume else ""}
     keys = None
     processes: list[subprocess.Popen] = []
 
@@ -262,7 +280,8 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         try:
             process = subprocess.Popen([str(bin_dir / args[0]), *args[1:]], stdout=log, stderr=subprocess.STDOUT,
                                        env=server_env if as_server else env, cwd=server_home if as_server else work,
-                                       **user)
+                                       start_new_session=True,  # Ctrl-C reaches us; we stop them in order
+                                       preexec_fn=die_with_parent if LINUX else None, **user)  # and if we are killed
         except OSError as e:
             raise DeploymentError(f"cannot start {args[0]} ({bin_dir / args[0]}): {e}") from e
         processes.append(process)
@@ -281,7 +300,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         _wait_port(port, link, "the SuperLink", logs / "superlink.log")
         n = plan.facts.num_clients
         for pid in range(n):
-            node_port = _free_port()
+            node_port = free_port()
             node_config = f"partition-id={pid} num-partitions={n}"
             if keys is not None:
                 node_config += f" fedsec-keys={json.dumps(str(keys.path))}"
@@ -293,9 +312,11 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         text = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         with (logs / "flwr_run.log").open("w") as log:
             submit = subprocess.Popen([str(bin_dir / "flwr"), "run", str(APP_ROOT), CONNECTION, "--stream",
-                                       "--run-config", text], env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT)
+                                       "--run-config", text], env=env, cwd=work, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True, preexec_fn=die_with_parent if LINUX else None)
             processes.append(submit)
-            _follow(submit, run_dir / "rounds.csv", on_round, deadline=time.monotonic() + timeout, logs=logs)
+            _follow(submit, run_dir / "rounds.csv", on_round, deadline=time.monotonic() + timeout, logs=logs,
+                    sync=(lambda: _copy_run(staging, Path(out))) if account is not None else None)
         listing = subprocess.run([str(bin_dir / "flwr"), "ls", CONNECTION, "--format", "json"], env=env, cwd=work,
                                  capture_output=True, text=True, timeout=120, check=False)
         try:
@@ -308,7 +329,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         if keys is not None:
             keys.stop()
         if account is not None and staging.is_dir():  # the server's run directory, handed to the launching account
-            shutil.copytree(staging, out, dirs_exist_ok=True)
+            _copy_run(staging, Path(out))
         for folder in (home, server_home, server_flwr, staging):  # Flower's state, installed apps; the logs stay
             shutil.rmtree(folder, ignore_errors=True)
         for file in (work / "server-keys.info", config_file):

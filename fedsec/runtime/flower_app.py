@@ -108,7 +108,14 @@ def server_main(grid: Grid, context: Context) -> None:
                           f"SuperNode per client (`fedsec deploy` does), or in simulation run "
                           f"`flwr run . --federation-config \"num-supernodes={wanted}\"`")
     out = str(context.run_config.get("out") or "") or default_run_dir(plan.name)
-    run_dir = RunDirectory(out, plan, config_toml=plan.to_toml())
+    resume = str(context.run_config.get("resume") or "") == "1"
+    run_dir = RunDirectory(out, plan, config_toml=plan.to_toml(), resume=resume)
+    state = None
+    if resume:  # `fedsec deploy --resume`: from the last checkpoint; later rows are dropped and redone
+        from fedsec.server.checkpoint import load_checkpoint
+
+        state = load_checkpoint(run_dir.path)
+        run_dir.truncate_after(state["round"] if state else -1)
     t_data = time.perf_counter()
     data = build_federated_data(plan.data_config, plan.seed)
     data_seconds = time.perf_counter() - t_data
@@ -120,7 +127,7 @@ def server_main(grid: Grid, context: Context) -> None:
         keys = ServerKeys.read(Path(str(context.run_config[SERVER_KEYS_KEY])))
     runtime = "flwr deployment" if context.run_config.get("engine") == "deployment" else "flwr run"
     try:
-        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, key_authority=keys)
+        run_rounds(grid, plan.server_plan(), data, run_dir, outcome=outcome, key_authority=keys, resume_state=state)
     finally:
         summary = run_dir.finish(stopped_reason=outcome.stopped_reason,
                                  extra=summary_extra(plan, outcome, data_seconds=data_seconds,

@@ -33,7 +33,6 @@ interrupted or crashed run) is recorded from the worker's exit status, and the s
 from __future__ import annotations
 
 import csv
-import ctypes
 import hashlib
 import itertools
 import json
@@ -60,6 +59,7 @@ from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
 from fedsec.plan.results import final_metrics, summary_metrics
 from fedsec.results.contract import number
+from fedsec.runtime.processes import LINUX, die_with_parent, free_port
 
 from .cell_worker import CellWorker
 
@@ -70,7 +70,6 @@ SEED_AXIS = "seed"
 #: declaration reads it (``summary.json``: ``attack_success`` and ``attack_success_metric``)
 SUCCESS = "attack_success"
 _SWEEP_KEYS = {"base", "name", "grid", "set"}
-_LINUX = sys.platform.startswith("linux")
 
 
 @dataclass(frozen=True)
@@ -206,24 +205,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------- Ray heads
 
 
-def _die_with_parent(sig: int = signal.SIGTERM) -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: the child gets `sig` when the sweep process dies, even by SIGKILL (no orphans)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _cell_dies_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """A cell whose sweep died is killed outright: its Ray head goes with the sweep, so a clean stop could hang on
     the lost head for a minute; the cell resumes from its last checkpoint, as after any kill -9."""
-    _die_with_parent(signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    die_with_parent(signal.SIGKILL)
 
 
 _HEAD_SUPERVISOR = """
@@ -246,7 +231,7 @@ stop()
 @contextmanager
 def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
     """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it."""
-    port = _free_port()
+    port = free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
@@ -256,7 +241,7 @@ def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> I
     # dies) it stops the whole group: `ray start --block` alone leaves gcs_server running after SIGTERM
     process = subprocess.Popen([sys.executable, "-c", _HEAD_SUPERVISOR, *command], stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                               preexec_fn=_die_with_parent if _LINUX else None)
+                               preexec_fn=die_with_parent if LINUX else None)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -400,7 +385,7 @@ class SweepRunner:
         env.pop("RAY_ADDRESS", None)
         return CellWorker([sys.executable, "-m", "fedsec.sweep_worker", str(self.out.resolve())],
                           log=self.out / f"cell-worker-{slot}.log", env=env,
-                          preexec_fn=_cell_dies_with_parent if _LINUX else None)
+                          preexec_fn=_cell_dies_with_parent if LINUX else None)
 
     def _run_cell(self, cell: Cell, address: str, cell_worker: CellWorker) -> CellResult:
         """Run one cell in the slot's cell worker; an interrupted cell with a checkpoint goes on from it
