@@ -22,7 +22,7 @@ import torch
 
 from fedsec.arrays import record_to_vector
 from fedsec.errors import ConfigError
-from fedsec.protocol import ARRAYS_RECORD, CHUNKS_KEY, CKKS_RECORD, CKKS_WEIGHT_KEY
+from fedsec.protocol import ARRAYS_RECORD, CHUNKS_KEY, CKKS_RECORD, CKKS_WEIGHT_KEY, METRICS_RECORD
 from fedsec.results.contract import Metric
 
 from .base import RoundHook, RoundState, RunFacts, ServerContext
@@ -120,7 +120,7 @@ class CuriousServer(RoundHook):
             return
         if self.routes is None and self.ctx.facts.trust:  # CKKS: try the key routes on this ciphertext, once
             record = victim.content.config_records.get(CKKS_RECORD, {})
-            chunks, weight = record.get(CHUNKS_KEY), victim.content.metric_records.get("metrics", {})
+            chunks, weight = record.get(CHUNKS_KEY), victim.content.metric_records.get(METRICS_RECORD, {})
             if isinstance(chunks, list) and chunks:
                 self.probe = ([bytes(c) for c in chunks], float(weight.get(CKKS_WEIGHT_KEY, 1.0)))
         colluders = [m for m in rnd.replies if pid_of[id(m)] in self.colluders]

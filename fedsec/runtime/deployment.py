@@ -30,8 +30,6 @@ import logging
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,7 @@ from fedsec.errors import ConfigError, FedsecRuntimeError
 from fedsec.plan import RunPlan
 
 from .flower_app import APP_ROOT, SERVER_KEYS_KEY, check_app_plan
-from .processes import LINUX, die_with_parent, free_port
+from .processes import LINUX, die_with_parent, free_port, stop_tree, wait_port
 
 logger = logging.getLogger(__name__)
 
@@ -66,71 +64,11 @@ class DeploymentResult:
 
 
 def _wait_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DeploymentError(f"{what} ended with exit code {process.returncode} before it listened; see {log}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise DeploymentError(f"{what} did not open 127.0.0.1:{port} within {timeout:.0f} s; see {log}")
-
-
-def _children() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc (Flower's SuperExec and apps start sessions of their own, so a process
-    group does not hold them)."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _tree(pids: list[int]) -> list[int]:
-    tree, out, todo = _children(), [], list(pids)
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += tree.get(pid, [])
-    return out
-
-
-def _stop_all(processes: list[subprocess.Popen]) -> None:
-    """TERM every process the deployment started and their descendants, then KILL what is left after 10 s."""
-    pids = _tree([p.pid for p in processes if p.poll() is None])
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(p.poll() is None for p in processes):
-            time.sleep(0.1)
-    for p in processes:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    deadline = time.monotonic() + 10  # the descendants are reaped by init once their parents are gone
-    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
-        time.sleep(0.1)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is alive (a zombie waiting to be reaped counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    why = wait_port(port, process, timeout=timeout)
+    if why == "exited":
+        raise DeploymentError(f"{what} ended with exit code {process.returncode} before it listened; see {log}")
+    if why == "timeout":
+        raise DeploymentError(f"{what} did not open 127.0.0.1:{port} within {timeout:.0f} s; see {log}")
 
 
 def _follow(submit: subprocess.Popen, rounds_csv: Path, on_round: Callable[[dict[str, str]], None] | None, *,
@@ -325,7 +263,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
         except (ValueError, KeyError, TypeError):
             status = f"unknown ({listing.stdout.strip()[:200] or listing.stderr.strip()[:200]})"
     finally:
-        _stop_all(processes)
+        stop_tree(processes)
         if keys is not None:
             keys.stop()
         if account is not None and staging.is_dir():  # the server's run directory, handed to the launching account

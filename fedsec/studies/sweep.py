@@ -43,7 +43,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -59,7 +58,7 @@ from fedsec.config.loading import copy_config, read_toml, set_key
 from fedsec.plan import RunPlan, drop_unused_kind_keys, plan_from_dict
 from fedsec.plan.results import final_metrics, summary_metrics
 from fedsec.results.contract import number
-from fedsec.runtime.processes import LINUX, die_with_parent, free_port
+from fedsec.runtime.processes import LINUX, die_with_parent, free_port, wait_port
 
 from .cell_worker import CellWorker
 
@@ -244,17 +243,11 @@ def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> I
                                preexec_fn=die_with_parent if LINUX else None)
     address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"`ray start --head` exited with {process.returncode}; see {log_path}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"Ray head did not come up within {timeout:.0f} s; see {log_path}") from None
-                time.sleep(0.3)
+        why = wait_port(port, process, timeout=timeout)
+        if why == "exited":
+            raise RuntimeError(f"`ray start --head` exited with {process.returncode}; see {log_path}")
+        if why == "timeout":
+            raise RuntimeError(f"Ray head did not come up within {timeout:.0f} s; see {log_path}")
         yield address
     finally:
         process.terminate()
