@@ -105,7 +105,7 @@ def encrypted_train_reply(
     material = None
     if isinstance(context, ClientKeyring):
         material = context.material(int(metrics[PARTITION_ID_KEY]))
-        chunks = encrypt_vector(vector.numpy(), material.context)
+        chunks = material.encrypt(vector.numpy())
     else:
         chunks = encrypt_vector(vector.numpy(), context)
     t1 = time.perf_counter()
@@ -124,6 +124,10 @@ def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int) -> Me
     """Under ``encryption.trust = "clients"``: answer the server's request to decrypt a round's sum
     (:mod:`fedsec.crypto.client_keys`). Refused unless this client is the round's decryptor; the release rules are
     the key authority's; the rounds released are recorded in the key directory so that a round is released once."""
+    from fedsec.crypto.threshold import ThresholdKeyDir, partial_reply
+
+    if isinstance(crypto_ref, ThresholdKeyDir):  # a committee member's partial decryption
+        return partial_reply(message, crypto_ref, partition_id=partition_id)
     if not isinstance(crypto_ref, ClientKeyDir):
         raise CryptoError("a decryption request reached a client that holds no secret key (encryption.trust is "
                           "not 'clients')")

@@ -104,7 +104,8 @@ class EncryptedFedAvg(RobustStrategy):
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if load_context(authority.public_context).has_secret_key():
+        holds_secret = getattr(authority, "holds_secret_key", None)  # threshold CKKS: OpenFHE, not TenSEAL
+        if holds_secret() if holds_secret is not None else load_context(authority.public_context).has_secret_key():
             raise CryptoError("EncryptedFedAvg: the server's context holds the secret key; pass the public one")
         if dp_noise_std is not None and (expected_clients is None or expected_clients < 1):
             raise CryptoError("EncryptedFedAvg: central DP needs expected_clients >= 1 (the fixed denominator)")

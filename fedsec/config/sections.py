@@ -337,19 +337,20 @@ class EncryptionConfig(_Section):
     @field_validator("trust")
     @classmethod
     def _known_trust(cls, trust: str) -> str:
-        if trust in ("authority", "clients"):
+        if trust in ("authority", "clients", "threshold"):
             return trust
-        why = {"threshold": "threshold CKKS needs OpenFHE, whose PyPI wheels are built for CPython 3.10 and >= 3.12, "
-                            "not this project's 3.11 (benchmarks/bench_threshold_ckks.py measures it apart in 3.10); "
-                            "not built yet"}
-        raise ValueError(f"{trust!r}: {why.get(trust, 'unknown trust model')}; the models built are 'clients' "
-                         "and 'authority' (docs/encryption.md, who can decrypt what)")
+        raise ValueError(f"{trust!r}: unknown trust model; the models are 'clients', 'threshold' and 'authority' "
+                         "(docs/encryption.md, who can decrypt what)")
 
     scheme: str = Field("none", max_length=100, description="Encrypted aggregation scheme (`fedsec list`).")
     trust: str = Field("clients", max_length=100, description="ckks: who holds the secret key: clients (the "
                        "round's decryptor client releases sums of >= 2 signed members, once per round; the server "
-                       "holds the public context only) or authority (a trusted key authority does; "
-                       "docs/encryption.md).")
+                       "holds the public context only), threshold (no party holds it: a committee of clients "
+                       "makes a joint key with OpenFHE and decrypts each round's sum together) or authority (a "
+                       "trusted key authority does; docs/encryption.md).")
+    committee: int = Field(3, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: the clients (drawn by "
+                           "the run id) that make the joint key and must all take part in each decryption "
+                           "(OpenFHE's multiparty CKKS is n-of-n here); at most data.num_clients.")
     poly_modulus_degree: int = Field(4096, ge=1024, le=32768, description="ckks: ring dimension N (slots = N/2).")
     coeff_mod_bit_sizes: list[Annotated[int, Field(ge=1, le=60)]] = Field(
         [60, 40], min_length=1, max_length=30, description="ckks: coefficient-modulus prime sizes (bits, 1..60 each).")

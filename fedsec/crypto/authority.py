@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from .ckks import CkksParams, CryptoError, add_encrypted, decrypt_chunks
+from .ckks import CkksParams, CryptoError, add_encrypted, decrypt_chunks, encrypt_vector
 from .signing import make_signing_keys, sign_chunks, verify_chunks
 
 __all__ = ["AuthorityConfig", "AuthorityRef", "ClientMaterial", "DecryptionResult", "DecryptionService",
-           "KeyAuthorityHandle", "SignedCiphertext"]
+           "KeyAuthorityHandle", "SignedCiphertext", "verified_members"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,10 @@ class ClientMaterial:
     run_id: str
     context: bytes
     signing_key: bytes
+
+    def encrypt(self, vector: np.ndarray) -> list[bytes]:
+        """The vector as CKKS chunks under this run's public context."""
+        return encrypt_vector(vector, self.context)
 
     def sign(self, server_round: int, chunks: list[bytes]) -> bytes:
         return sign_chunks(self.signing_key, run_id=self.run_id, server_round=server_round,
@@ -218,19 +222,8 @@ class _Authority:
             result.refused = (f"round {server_round} was already released once; a second sum of another set would "
                               "reveal the difference")
             return result
-        kept: dict[int, list[bytes]] = {}
-        for m in members:
-            pid = int(m.partition_id)
-            if pid in kept or pid in result.rejected:
-                result.rejected[pid] = "duplicate partition id in the set to decrypt"
-                kept.pop(pid, None)
-                continue
-            why = verify_chunks(self._verify.get(pid), m.signature, run_id=self.config.run_id,
-                                server_round=server_round, partition_id=pid, chunks=m.chunks)
-            if why is None:
-                kept[pid] = m.chunks
-            else:
-                result.rejected[pid] = why
+        kept = verified_members(members, self._verify, run_id=self.config.run_id, server_round=server_round,
+                                rejected=result.rejected)
         noise_std = max(noise_std, self.config.dp_noise_std or 0.0)
         min_clients = 0 if self.config.dp_noise_std is not None else self.config.min_clients
         if len(kept) < min_clients:
@@ -283,6 +276,26 @@ class _Authority:
         result.vector, result.accepted = vector, sorted(kept)
         result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1
         return result
+
+
+def verified_members(members: list[SignedCiphertext], verify_keys: dict[int, bytes], *, run_id: str,
+                     server_round: int, rejected: dict[int, str]) -> dict[int, list[bytes]]:
+    """Release rule 1: the members whose signature verifies for this run and round, each partition id once (a
+    repeated id drops every copy); each dropped member goes to ``rejected`` with the reason."""
+    kept: dict[int, list[bytes]] = {}
+    for m in members:
+        pid = int(m.partition_id)
+        if pid in kept or pid in rejected:
+            rejected[pid] = "duplicate partition id in the set to decrypt"
+            kept.pop(pid, None)
+            continue
+        why = verify_chunks(verify_keys.get(pid), m.signature, run_id=run_id, server_round=server_round,
+                            partition_id=pid, chunks=m.chunks)
+        if why is None:
+            kept[pid] = m.chunks
+        else:
+            rejected[pid] = why
+    return kept
 
 
 # ---------------------------------------------------------------------- process backend

@@ -214,7 +214,7 @@ class RunPlan:
         # each member's share of the CKKS headroom: the sum of the largest cohort fits (fixed sampling: k clients;
         # Poisson cohorts are unbounded, so every client's share)
         cohort = e.train.clients_per_round if self.schedule.sampling == "fixed" else e.data.num_clients
-        share = self.crypto.max_abs / cohort if self.crypto is not None else None
+        share = self.ckks_headroom() / cohort if self.crypto is not None else None
         return {"model_name": e.model.name, "data": e.data, "train": e.train, "privacy": e.privacy,
                 "schedule": self.schedule, "attack": self.attack, "central_clip_norm": clip,
                 "ckks_weighted": weighted, "ckks_member_bound": share, "normalisation": self.dataset.normalisation,
@@ -229,6 +229,16 @@ class RunPlan:
         return ExampleCanarySpec(client=canary.client, canaries=canary.canaries,
                                  seed=self.experiment.seed + SEED_OFFSET)
 
+    def ckks_headroom(self) -> float:
+        """The largest |value| a CKKS sum may hold under this run's trust model (smaller under threshold CKKS)."""
+        if self.crypto is None:
+            raise ConfigError("ckks_headroom: encryption.scheme is not 'ckks'")
+        if self.experiment.encryption.trust == "threshold":
+            from fedsec.crypto.threshold import threshold_max_abs
+
+            return threshold_max_abs(self.crypto)
+        return self.crypto.max_abs
+
     def start_keys(self) -> Any:
         """Set up this run's CKKS keys for its trust model: a key authority in a Ray actor of its own
         (``trust = "authority"``, :class:`fedsec.crypto.KeyAuthorityHandle`; needs ``ray.init`` first) or keys
@@ -240,6 +250,11 @@ class RunPlan:
             from fedsec.crypto.client_keys import ClientHeldKeys
 
             return ClientHeldKeys.start(self.crypto, **self.key_authority_args())
+        if self.experiment.encryption.trust == "threshold":
+            from fedsec.crypto.threshold import ThresholdHeldKeys
+
+            return ThresholdHeldKeys.start(self.crypto, committee=self.experiment.encryption.committee,
+                                           **self.key_authority_args())
         from fedsec.crypto import KeyAuthorityHandle
 
         return KeyAuthorityHandle.start(self.crypto, backend="ray", **self.key_authority_args())
@@ -512,7 +527,29 @@ def _check_encryption(e: Experiment, attack: Attack) -> CkksParams | None:
             "attack.knowledge='omniscient' with encryption.scheme='ckks': the omniscient attack is realised on "
             "the server, which cannot read encrypted updates; use knowledge='colluding'"
         )
+    if enc.trust == "threshold":
+        _check_threshold(e)
     return params
+
+
+def _check_threshold(e: Experiment) -> None:
+    """What threshold CKKS (fedsec.crypto.threshold) cannot do, refused before anything starts."""
+    from fedsec.crypto.openfhe_side import missing_reason
+
+    enc = e.encryption
+    if enc.committee > e.data.num_clients:
+        raise ConfigError(f"encryption.committee={enc.committee}: the committee is drawn from the run's clients; "
+                          f"use at most data.num_clients={e.data.num_clients}")
+    if e.privacy.mode == "central":
+        raise ConfigError("privacy.mode='central' with encryption.trust='threshold': the DP noise is added to the "
+                          "released sum by the one party that decrypts it, and under threshold CKKS no party "
+                          "decrypts alone; use trust='clients' or 'authority', or privacy.mode='local'")
+    if e.encryption.coeff_mod_bit_sizes[0] - 10 < 20:
+        raise ConfigError(f"encryption.coeff_mod_bit_sizes={list(enc.coeff_mod_bit_sizes)}: threshold CKKS scales "
+                          "by 2^(first prime - 10) and needs a first prime of at least 30 bits (default 60)")
+    why = missing_reason()
+    if why:
+        raise ConfigError(f"encryption.trust='threshold': {why}")
 
 
 def _resolved(e: Experiment, attack_params: BaseModel, strategy_params: BaseModel, dataset_params: BaseModel,
