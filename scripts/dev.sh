@@ -7,7 +7,7 @@
 #   bash scripts/dev.sh setup        set everything up
 # Setup is idempotent: Debian's dataset-fashion-mnist, a virtualenv in .venv, and the Python dependencies
 # (torch pinned to 2.13.0, installed first; pip's find-links should offer the CPU build for your Python, or pip
-# takes PyPI's CUDA build, several GB).
+# takes PyPI's CUDA build, several GB); where a Python 3.10 is found, .venv-openfhe for threshold CKKS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -55,6 +55,17 @@ setup_python() {
   # and torch
   if ! "$VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('byzfl') is None)"; then
     "$VENV/bin/python" -m pip install -q --no-deps "byzfl==0.0.11"
+  fi
+  # OpenFHE, for encryption.trust = "threshold", runs in a side process of a Python 3.10 (its PyPI wheel imports
+  # nowhere else): made here where a Python 3.10 is found; otherwise threshold configs are refused with the way out
+  # and their tests skip
+  if [ ! -x .venv-openfhe/bin/python ] && [ -z "${FEDSEC_OPENFHE_PYTHON:-}" ]; then
+    if bash scripts/openfhe_venv.sh >/dev/null 2>&1; then
+      echo "== made .venv-openfhe (OpenFHE for threshold CKKS)"
+    else
+      rm -rf .venv-openfhe
+      echo "== no Python 3.10 with OpenFHE: encryption.trust='threshold' unavailable (scripts/openfhe_venv.sh)"
+    fi
   fi
 }
 

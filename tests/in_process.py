@@ -70,7 +70,7 @@ def run_in_process(raw: dict, out: Path, *, cohort_nodes: int = 0, stop_after: i
     plan = plan_from_dict(raw)
     data = build_federated_data(plan.data_config, plan.seed)
     key_authority = keyring = None
-    if plan.crypto is not None and plan.facts.trust == "clients":  # the clients' key directory, as under Ray
+    if plan.crypto is not None and plan.facts.trust in ("clients", "threshold"):  # the clients' keys, as under Ray
         key_authority = plan.start_keys()
         keyring = key_authority.client_ref()
     elif plan.crypto is not None:  # the key authority in a process of its own, each client's material handed over

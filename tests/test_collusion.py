@@ -10,6 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from fedsec.crypto.openfhe_side import missing_reason
 from fedsec.errors import ConfigError
 from fedsec.plan import plan_from_dict
 from tests.in_process import run_in_process
@@ -30,10 +31,14 @@ def test_plaintext_gives_the_victims_update_without_withholding(tmp_path, server
     assert rows.attrs["summary"]["collusion"]["trust_model"].startswith("plaintext")
 
 
-@pytest.mark.parametrize(("trust", "named"), [("authority", "key authority"), ("clients", "clients hold the key")])
-def test_a_sum_of_two_released_gives_the_victims_update_to_one_colluder(tmp_path, server_identity, trust, named):
+@pytest.mark.parametrize(("trust", "named", "tolerance"), [
+    ("authority", "key authority", 1e-6), ("clients", "clients hold the key", 1e-6),
+    pytest.param("threshold", "committee of clients decrypts together", 1e-5,  # OpenFHE's noisier partials
+                 marks=pytest.mark.skipif(bool(missing_reason()), reason=missing_reason() or "OpenFHE reachable"))])
+def test_a_sum_of_two_released_gives_the_victims_update_to_one_colluder(tmp_path, server_identity, trust, named,
+                                                                       tolerance):
     rows = run_in_process({**RAW, "encryption": {"scheme": "ckks", "trust": trust}}, tmp_path / "ckks")
-    assert (rows.loc[1:, "collusion_error"] < 1e-6).all()  # CKKS's own error only
+    assert (rows.loc[1:, "collusion_error"] < tolerance).all()  # CKKS's own error only
     assert (rows.loc[1:, "collusion_psnr"] > 100).all()
     assert (rows.loc[1:, "collusion_withheld"] == 2).all()  # clients 0 and 2
     clients = pd.read_csv(tmp_path / "ckks" / "clients.csv")
@@ -57,6 +62,7 @@ def test_the_victim_must_be_honest():
         plan_from_dict({**RAW, "attack": {**RAW["attack"], "victim": 3}})
 
 
-def test_trust_models_not_built_are_refused_with_the_reason():
-    with pytest.raises(ConfigError, match=r"encryption\.trust: 'threshold': threshold CKKS needs OpenFHE"):
-        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold"}})
+def test_an_unknown_trust_model_is_refused_naming_the_models():
+    with pytest.raises(ConfigError, match=r"encryption\.trust: 'keyholder': unknown trust model; the models are "
+                                          r"'clients', 'threshold' and 'authority'"):
+        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "keyholder"}})

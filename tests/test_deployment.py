@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from fedsec.crypto.openfhe_side import missing_reason
 from fedsec.errors import ConfigError
 from fedsec.runtime.flower_app import SERVER_KEYS_KEY, plan_from_run_config
 
@@ -55,9 +56,13 @@ def _flower_processes() -> set[int]:
 
 
 @pytest.mark.slow
-def test_ckks_with_the_clients_keys_on_the_deployment_engine(tmp_path):
+@pytest.mark.parametrize(("trust", "tolerance"), [
+    ("clients", 1e-6),
+    pytest.param("threshold", 1e-5, marks=pytest.mark.skipif(bool(missing_reason()), reason=missing_reason() or "-"))])
+def test_ckks_with_the_clients_keys_on_the_deployment_engine(tmp_path, trust, tolerance):
     before = _flower_processes()
-    overrides = ["rounds=2", "encryption.scheme=ckks", "attack.kind=collude_with_server", "attack.client_ids=[3]"]
+    overrides = ["rounds=2", "encryption.scheme=ckks", f"encryption.trust={trust}", "attack.kind=collude_with_server",
+                 "attack.client_ids=[3]"]
     done = subprocess.run([*FEDSEC, "deploy", str(SMOKE), *[a for o in overrides for a in ("--set", o)],
                            "--out", str(tmp_path / "run"), "--timeout", "900"],
                           capture_output=True, text=True, timeout=1000, cwd=REPO)
@@ -75,9 +80,10 @@ def test_ckks_with_the_clients_keys_on_the_deployment_engine(tmp_path):
         assert routes["key_files"] == {"found": "no readable key file", "victim_update_error": None, "best_key": None}
     else:  # one machine, one account: the files are readable, as docs/encryption.md says, and the command says so
         assert "note: the server ran as this account" in done.stderr
-        assert routes["key_files"]["victim_update_error"] < 1e-6
-    assert summary["collusion"]["best_error"] < 1e-6  # and one colluder with the withheld replies suffices
-    assert not list(Path(tempfile.gettempdir()).glob("fedsec-client-keys-*")), "the keys go with the run"
+        assert routes["key_files"]["victim_update_error"] < tolerance
+    assert summary["collusion"]["best_error"] < tolerance  # and one colluder with the withheld replies suffices
+    assert not list(Path(tempfile.gettempdir()).glob(f"fedsec-{trust}-keys-*".replace("clients-", "client-"))), \
+        "the keys go with the run"
     assert _flower_processes() <= before  # everything it started is gone
 
 

@@ -25,6 +25,7 @@ from fedsec.crypto.client_keys import (
     decryptor_of,
     parse_release,
 )
+from fedsec.crypto.openfhe_side import missing_reason
 from fedsec.crypto.signing import sign_chunks
 from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 from tests.flower_messages import started
@@ -143,7 +144,8 @@ COLLUDE = ["rounds=2", "encryption.scheme=ckks", "attack.kind=collude_with_serve
 
 @pytest.mark.e2e
 @pytest.mark.usefixtures("shared_ray")
-@pytest.mark.parametrize("trust", ["clients", "authority"])
+@pytest.mark.parametrize("trust", ["clients", "authority", pytest.param(
+    "threshold", marks=pytest.mark.skipif(bool(missing_reason()), reason=missing_reason() or "OpenFHE reachable"))])
 def test_what_the_servers_process_reaches_under_ray(tmp_path, trust):
     """Under Flower's simulation engine (the driver is the server's process): with the key authority the named
     actor decrypts the victim alone; with the clients' keys the driver holds their key directory handle (the
@@ -154,7 +156,9 @@ def test_what_the_servers_process_reaches_under_ray(tmp_path, trust):
     result = run_experiment(load_plan(SMOKE, [*COLLUDE, f"encryption.trust={trust!r}"]), tmp_path / "run")
     block = result.summary["collusion"]
     routes = {name: r["victim_update_error"] for name, r in block["routes"].items()}
-    reached = {"authority": {"ray_named_actor"}, "clients": {"objects_in_process", "key_files"}}[trust]
+    reached = {"authority": {"ray_named_actor"}, "clients": {"objects_in_process", "key_files"},
+               "threshold": {"objects_in_process", "key_files"}}[trust]
+    tolerance = 1e-5 if trust == "threshold" else 1e-6  # OpenFHE's partial decryptions carry more noise
     # the victim's update alone, to CKKS's precision (other tests' keys left in this process decrypt to noise)
-    assert {name for name, error in routes.items() if error is not None and error < 1e-6} == reached
-    assert block["best_error"] < 1e-6  # and one colluder with the withheld replies gets it under both models
+    assert {name for name, error in routes.items() if error is not None and error < tolerance} == reached
+    assert block["best_error"] < tolerance  # and one colluder with the withheld replies gets it under every model

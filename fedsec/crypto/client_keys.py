@@ -315,21 +315,29 @@ class ServerKeys:
     """The server's handle when the key info comes from a file (``fedsec deploy``: the ServerApp runs in a process
     of its own); only :meth:`server_view`, as the other handles."""
 
-    def __init__(self, info: ServerKeyInfo) -> None:
+    def __init__(self, info: Any) -> None:
         self.info = info
-        self._view: ClientDecryption | None = None
+        self._view: Any = None
 
     @classmethod
     def read(cls, path: Path) -> ServerKeys:
+        from .threshold import ThresholdServerInfo
+
         with Path(path).open("rb") as f:
             info = pickle.load(f)  # noqa: S301 - written by this run's `fedsec deploy`
-        if not isinstance(info, ServerKeyInfo):
+        if not isinstance(info, ServerKeyInfo | ThresholdServerInfo):
             raise CryptoError(f"{path} does not hold the server's CKKS key info")
         return cls(info)
 
-    def server_view(self) -> ClientDecryption:
+    def server_view(self) -> Any:
+        """:class:`ClientDecryption`, or under threshold CKKS :class:`.threshold.ThresholdDecryption`."""
         if self._view is None:
-            self._view = ClientDecryption(self.info)
+            if isinstance(self.info, ServerKeyInfo):
+                self._view = ClientDecryption(self.info)
+            else:
+                from .threshold import ThresholdDecryption
+
+                self._view = ThresholdDecryption(self.info)
         return self._view
 
 

@@ -190,6 +190,8 @@ class CuriousServer(RoundHook):
         model = ("plaintext (the server reads every reply)" if not facts.encrypted else
                  "CKKS, clients hold the key (the round's decryptor client releases sums of >= min_clients signed "
                  "members, once per round)" if facts.trust == "clients" else
+                 "CKKS, threshold: a committee of clients decrypts together (each member's partial decryption of a "
+                 "sum of >= min_clients signed members, once per round)" if facts.trust == "threshold" else
                  "CKKS, key authority (trusted third party; sums of >= min_clients signed members, once per round)")
         if facts.encrypted and facts.privacy_plan is not None:
             model += ", central DP noise on the released sum"

@@ -11,7 +11,9 @@ when fedsec was attacked from the server's process (docs/encryption.md, "Trust m
   TenSEAL context with its secret key, the clients' key directory handle (under Flower's simulation engine the
   ClientApp, and with it the clients' spec, lives in the driver).
 - ``key_files``: the clients' key files on this machine's disk, readable by the operating-system account the
-  server runs as (``fedsec-client-keys-*`` in the temporary directory).
+  server runs as (``fedsec-client-keys-*`` in the temporary directory; under threshold CKKS,
+  ``fedsec-threshold-keys-*``: every committee member's share file, whose partial decryptions fused decrypt
+  anything).
 
 Each route returns what it found and the victim's decrypted vector (None when it found no key). Not tried: reading
 another process's memory through ``/proc`` or ``ptrace``, which the same account can do too on most systems.
@@ -24,8 +26,12 @@ import glob
 import os
 import tempfile
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fedsec.crypto.threshold import ThresholdKeyDir
 
 Candidate = tuple[str, np.ndarray]  # (what a route found, the victim's ciphertext decrypted with it)
 Route = Callable[[list[bytes], int], tuple[str, list[Candidate]]]
@@ -52,12 +58,16 @@ def _objects_in_process(chunks: list[bytes], length: int) -> tuple[str, list[Can
 
     from fedsec.crypto import decrypt_chunks
     from fedsec.crypto.client_keys import ClientKeyDir
+    from fedsec.crypto.threshold import ThresholdKeyDir
 
     found: list[Candidate] = []
     for obj in gc.get_objects():
         try:
             if isinstance(obj, ts.Context) and obj.has_secret_key():
                 found.append(("a TenSEAL context holding the secret key", decrypt_chunks(obj, chunks, length)))
+            elif isinstance(obj, ThresholdKeyDir) and os.path.isdir(obj.path):
+                found.append((f"the committee's key directory handle ({obj.path}): every member's share",
+                              _with_every_share(obj, chunks, length)))
             elif isinstance(obj, ClientKeyDir) and os.path.isdir(obj.path):
                 found.append((f"the clients' key directory handle ({obj.path})",
                               obj.decryptor(set())._decrypt(chunks, length)))
@@ -68,6 +78,7 @@ def _objects_in_process(chunks: list[bytes], length: int) -> tuple[str, list[Can
 
 def _key_files(chunks: list[bytes], length: int) -> tuple[str, list[Candidate]]:
     from fedsec.crypto.client_keys import GROUP_FILE, ClientKeyDir
+    from fedsec.crypto.threshold import ThresholdKeyDir
 
     found: list[Candidate] = []
     for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "fedsec-client-keys-*", GROUP_FILE))):
@@ -77,7 +88,25 @@ def _key_files(chunks: list[bytes], length: int) -> tuple[str, list[Candidate]]:
             except Exception:  # noqa: BLE001 - unreadable or malformed: not a key
                 continue
             found.append((f"readable key file {path} (same operating-system account)", vector))
+    for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "fedsec-threshold-keys-*", GROUP_FILE))):
+        if os.access(path, os.R_OK):
+            try:
+                vector = _with_every_share(ThresholdKeyDir(os.path.dirname(path)), chunks, length)
+            except Exception:  # noqa: BLE001 - a share unreadable, or another run's: no decryption
+                continue
+            found.append((f"readable committee share files beside {path} (same operating-system account)", vector))
     return (f"{len(found)} readable key file(s)" if found else "no readable key file"), found
+
+
+def _with_every_share(keys: ThresholdKeyDir, chunks: list[bytes], length: int) -> np.ndarray:
+    """Threshold CKKS: every committee member's partial decryption of ``chunks``, made from its share file, fused:
+    what whoever reads all the share files can decrypt (raises when a share is unreadable)."""
+    from fedsec.crypto.openfhe_side import side
+
+    info = keys.info()
+    partials = [side().call("partial", cc=info.cc, members=[chunks], secret_path=str(keys.secret_path(pid)),
+                            lead=i == 0) for i, pid in enumerate(info.config.committee)]
+    return np.frombuffer(side().call("fuse", cc=info.cc, partials=partials, length=length), dtype=np.float64)
 
 
 ROUTES: dict[str, Route] = {"ray_named_actor": _ray_named_actor, "objects_in_process": _objects_in_process,

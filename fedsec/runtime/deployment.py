@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsec.crypto.openfhe_side import OPENFHE_PYTHON_ENV, openfhe_python
 from fedsec.errors import ConfigError, FedsecRuntimeError
 from fedsec.plan import RunPlan
 
@@ -103,10 +104,11 @@ class ServerAccount:
     gid: int
 
     @classmethod
-    def resolve(cls, name: str | None) -> tuple[ServerAccount | None, str]:
+    def resolve(cls, name: str | None, *, also: tuple[list[str], ...] = ()) -> tuple[ServerAccount | None, str]:
         """(the account, or None for the launching one; why not another). ``"auto"``: ``nobody`` when this process
         may switch accounts (root) and that account can run this Python with Flower, else the launching account;
-        ``""``/None: the launching account; a name: that account, or :class:`DeploymentError` saying why not."""
+        ``""``/None: the launching account; a name: that account, or :class:`DeploymentError` saying why not.
+        ``also``: further commands the account must be able to run (the OpenFHE side Python under threshold CKKS)."""
         auto = name == "auto"
         if auto:
             if os.geteuid() != 0:
@@ -122,26 +124,27 @@ class ServerAccount:
             except KeyError as e:
                 raise DeploymentError(f"--server-user {name}: no such account") from e
             account = cls(name, entry.pw_uid, entry.pw_gid)
-            account.check()
+            account.check(also)
             return account, ""
         except DeploymentError as e:
             if not auto:
                 raise
             return None, str(e)
 
-    def check(self) -> None:
+    def check(self, also: tuple[list[str], ...] = ()) -> None:
         """That the account can run this Python and import Flower (a Python under a home directory only its owner
-        may enter cannot be)."""
-        try:
-            done = subprocess.run([sys.executable, "-c", "import flwr.serverapp"], user=self.uid, group=self.gid,
-                                  extra_groups=[], cwd="/", capture_output=True, text=True, timeout=120, check=False)
-        except (OSError, subprocess.SubprocessError) as e:
-            raise DeploymentError(f"--server-user {self.name}: cannot run {sys.executable} as {self.name}: "
-                                  f"{e}") from e
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DeploymentError(f"--server-user {self.name}: {sys.executable} cannot import Flower as "
-                                  f"{self.name}: {last}")
+        may enter cannot be), and run each command of ``also``."""
+        for command in ([sys.executable, "-c", "import flwr.serverapp"], *also):
+            try:
+                done = subprocess.run(command, user=self.uid, group=self.gid, extra_groups=[], cwd="/",
+                                      capture_output=True, text=True, timeout=120, check=False)
+            except (OSError, subprocess.SubprocessError) as e:
+                raise DeploymentError(f"--server-user {self.name}: cannot run {command[0]} as {self.name}: "
+                                      f"{e}") from e
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                raise DeploymentError(f"--server-user {self.name}: {' '.join(command)} fails as {self.name}: "
+                                      f"{last}")
 
     def own(self, path: Path) -> Path:
         os.chown(path, self.uid, self.gid)
@@ -176,7 +179,10 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
     if resume and plan.experiment.privacy.mode == "local":
         raise ConfigError("privacy.mode='local': `fedsec deploy --resume` cannot hand the clients their accountant "
                           "histories; resume local-DP runs with `fedsec run --resume`")
-    account, why_shared = ServerAccount.resolve(server_user)
+    also: tuple[list[str], ...] = ()
+    if plan.crypto is not None and plan.facts.trust == "threshold":  # the server fuses in an OpenFHE side process
+        also = ([str(openfhe_python()), "-I", "-c", "import openfhe"],)
+    account, why_shared = ServerAccount.resolve(server_user, also=also)
     if account is None:
         logger.warning("fedsec deploy: the server runs as this account (%s): it can read the clients' key files "
                        "and memory", why_shared)
@@ -196,6 +202,8 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
                                       f'address = "127.0.0.1:{port}"\ninsecure = true\n')
     base = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    if also:  # threshold CKKS: Flower runs the app from its own copy, which has no .venv-openfhe beside it
+        base[OPENFHE_PYTHON_ENV] = also[0][0]
     env = {**base, "FLWR_HOME": str(home)}
     server_env = {**base, "FLWR_HOME": str(server_flwr), "HOME": str(server_home),
                   "XDG_CACHE_HOME": str(server_home / ".cache")} if account is not None else env
@@ -227,7 +235,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
 
     t0 = time.perf_counter()
     try:
-        if plan.crypto is not None and plan.facts.trust == "clients":
+        if plan.crypto is not None and plan.facts.trust in ("clients", "threshold"):
             keys = plan.start_keys()
             server_file = work / "server-keys.info"  # public: the context without its secret key, verify keys
             keys.write_server_info(server_file)

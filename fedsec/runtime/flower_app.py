@@ -46,16 +46,17 @@ def plan_from_run_config(run_config: dict) -> RunPlan:
     plan = load_plan(path, shlex.split(str(run_config.get("overrides") or "")))
     check_app_plan(plan)
     if plan.crypto is not None and not run_config.get(SERVER_KEYS_KEY):
-        raise ConfigError("encryption.trust='clients' needs the clients' keys provisioned: use `fedsec deploy`, "
-                          "which gives the SuperNodes the key directory and the server the public info")
+        raise ConfigError(f"encryption.trust={plan.facts.trust!r} needs the clients' keys provisioned: use "
+                          "`fedsec deploy`, which gives the SuperNodes the key directory and the server the public "
+                          "info")
     return plan
 
 
 def check_app_plan(plan: RunPlan) -> None:
     """Refuse what needs the runner's Ray actors (:class:`ConfigError` with the way out)."""
-    if plan.crypto is not None and plan.facts.trust != "clients":
+    if plan.crypto is not None and plan.facts.trust == "authority":
         raise ConfigError("encryption.trust='authority' needs the runner's key authority: use `fedsec run`, or "
-                          "encryption.trust='clients' with `fedsec deploy`")
+                          "encryption.trust='clients' or 'threshold' with `fedsec deploy`")
     if plan.attack.colluding:
         raise ConfigError("attack.knowledge='colluding' needs the runner's collusion board: use `fedsec run` "
                           "or attack.knowledge='omniscient'")
@@ -68,10 +69,14 @@ def _client_app(config: str, overrides: str, keys: str, server_keys: str) -> Cli
     from fedsec.crypto.client_keys import ClientKeyDir
 
     plan = plan_from_run_config({"config": config, "overrides": overrides, SERVER_KEYS_KEY: server_keys})
-    crypto_ref = ClientKeyDir(keys) if plan.crypto is not None else None
-    if plan.crypto is not None and not keys:
-        raise ConfigError(f"encryption.trust='clients': this SuperNode's node config names no key directory "
-                          f"({CLIENT_KEYS_KEY}=...)")
+    from fedsec.crypto.threshold import ThresholdKeyDir
+
+    crypto_ref = None
+    if plan.crypto is not None:
+        if not keys:
+            raise ConfigError(f"encryption.trust={plan.facts.trust!r}: this SuperNode's node config names no key "
+                              f"directory ({CLIENT_KEYS_KEY}=...)")
+        crypto_ref = ThresholdKeyDir(keys) if plan.facts.trust == "threshold" else ClientKeyDir(keys)
     return make_client_app(ClientSpec.from_plan(plan, data_ref=None, crypto_ref=crypto_ref))
 
 
@@ -121,7 +126,7 @@ def server_main(grid: Grid, context: Context) -> None:
     data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
     keys = None
-    if plan.crypto is not None:  # trust = "clients": the public info only (plan_from_run_config checked)
+    if plan.crypto is not None:  # trust = "clients" or "threshold": the public info only (checked above)
         from fedsec.crypto.client_keys import ServerKeys
 
         keys = ServerKeys.read(Path(str(context.run_config[SERVER_KEYS_KEY])))

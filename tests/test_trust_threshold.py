@@ -1,0 +1,160 @@
+"""``encryption.trust = "threshold"`` (fedsec/crypto/threshold.py): a committee of clients makes a joint CKKS key with
+OpenFHE, each member's share written by its own side process; the server holds the context, the joint public key
+and the verification keys, and can obtain only the fusion of every member's partial decryption of a sum of at least
+two signed members of the current round, once. Needs OpenFHE's Python 3.10 side environment
+(``bash scripts/openfhe_venv.sh``; ``bash scripts/dev.sh setup`` makes it where a Python 3.10 is found)."""
+
+from __future__ import annotations
+
+import stat
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Message, MessageType, RecordDict
+
+from fedsec.arrays import record_to_vector
+from fedsec.clients.encrypted import ClientKeyring, decrypt_reply
+from fedsec.config import ConfigError
+from fedsec.crypto import CkksParams, CryptoError, SignedCiphertext
+from fedsec.crypto.client_keys import DECRYPT_RECORD, RELEASE_RECORD, decrypt_request
+from fedsec.crypto.openfhe_side import OPENFHE_PYTHON_ENV, missing_reason, side
+from fedsec.crypto.signing import sign_chunks
+from fedsec.crypto.threshold import ThresholdHeldKeys
+from fedsec.plan import plan_from_dict
+from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
+from tests.flower_messages import started
+from tests.in_process import run_in_process
+from tests.test_trust_authority import NUM_CLIENTS, client_reply, global_zero, updates
+
+pytestmark = pytest.mark.usefixtures("server_identity")
+needs_openfhe = pytest.mark.skipif(bool(missing_reason()), reason=missing_reason() or "OpenFHE reachable")
+
+
+class Clients:
+    """The clients' side of the decryption requests: each partition's real ``decrypt_reply``; ``drop``: partitions
+    whose answer is lost."""
+
+    def __init__(self, ref, drop=()):
+        self.ref, self.drop = ref, set(drop)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [decrypt_reply(m, self.ref, partition_id=m.metadata.dst_node_id - 100) for m in messages
+                if m.metadata.dst_node_id - 100 not in self.drop]
+
+
+@pytest.fixture(scope="module")
+def made():
+    """One committee of 3 for the module (each test uses rounds of its own: members decrypt a round once)."""
+    handle = ThresholdHeldKeys.start(CkksParams(), num_clients=NUM_CLIENTS, committee=3, min_clients=2)
+    yield handle
+    handle.stop()
+
+
+def connected(handle, drop=()):
+    view = handle.server_view()
+    view.connect(Clients(handle.client_ref(), drop), {p: 100 + p for p in range(NUM_CLIENTS)}, timeout=None)
+    return view
+
+
+def members(ring, pids, ups, server_round):
+    out = []
+    for p, u in zip(pids, ups, strict=True):
+        m = ring.material(p)
+        chunks = m.encrypt(np.asarray(u, dtype=np.float64))
+        out.append(SignedCiphertext(p, chunks, m.sign(server_round, chunks)))
+    return out
+
+
+@needs_openfhe
+def test_each_member_writes_its_own_share_and_the_server_holds_none(made):
+    committee = made.info.config.committee
+    assert len(committee) == 3 and set(committee) <= set(range(NUM_CLIENTS))
+    assert stat.S_IMODE(made.path.stat().st_mode) == 0o700
+    files = sorted(p.name for p in made.path.iterdir() if not p.name.startswith("released-"))
+    assert files == sorted(["group.key", *(f"member-{p}.secret" for p in committee),
+                            *(f"sign-{p}.key" for p in range(NUM_CLIENTS))])
+    assert all(stat.S_IMODE((made.path / f).stat().st_mode) == 0o600 for f in files)
+    view = made.server_view()
+    shares = {(made.path / f"member-{p}.secret").read_bytes() for p in committee}
+    signing = {ClientKeyring(made.client_ref()).material(p).signing_key for p in range(NUM_CLIENTS)}
+    held = {v for v in vars(view.info).values() if isinstance(v, bytes)} | set(view.verify_keys.values())
+    assert not (shares | signing) & held and not view.holds_secret_key()
+
+
+@needs_openfhe
+def test_the_committee_releases_the_signed_sum_once(made):
+    ring, ups = ClientKeyring(made.client_ref()), updates(3, seed=5)
+    strategy = started(EncryptedFedAvg(authority=connected(made)), global_zero())
+    new, metrics = strategy.aggregate_train(1, [client_reply(ring, p, u) for p, u in enumerate(ups)])
+    assert new is not None and metrics["bytes_up"] > 0
+    np.testing.assert_allclose(record_to_vector(new).numpy(), np.mean(ups, axis=0), atol=1e-5)
+    again = strategy.authority.decrypt_round(1, members(ring, [0, 1], ups[:2], 1), 16)
+    assert again.vector is None and "already decrypted round 1 once" in again.refused
+    for pid in made.info.config.committee:  # each member's record is in the key directory
+        assert (made.path / f"released-{pid}.json").read_text() == "[1]"
+
+
+@needs_openfhe
+def test_fewer_partial_decryptions_than_the_committee_do_not_decrypt(made):
+    ring, ups = ClientKeyring(made.client_ref()), updates(2, seed=1)
+    absent = made.info.config.committee[-1]
+    result = connected(made, drop=[absent]).decrypt_round(2, members(ring, [0, 1], ups, 2), 16)
+    assert result.vector is None and f"member(s) {absent} did not answer" in result.refused
+    info = made.info  # and OpenFHE itself refuses to fuse two of three partial decryptions
+    chunks = members(ring, [0], ups[:1], 3)[0].chunks
+    partials = [side().call("partial", cc=info.cc, members=[chunks], secret_path=str(made.path / f"member-{p}.secret"),
+                            lead=i == 0) for i, p in enumerate(info.config.committee[:2])]
+    with pytest.raises(CryptoError, match="approximation error is too high"):
+        side().call("fuse", cc=info.cc, partials=partials, length=16)
+
+
+@needs_openfhe
+def test_one_member_a_forged_member_and_a_non_member_are_refused(made):
+    ring, view, ups = ClientKeyring(made.client_ref()), connected(made), updates(3, seed=2)
+    alone = view.decrypt_round(4, members(ring, [0], ups[:1], 4), 16)
+    assert alone.vector is None and "at least min_clients=2" in alone.refused
+    good = members(ring, [0, 1], ups[:2], 5)
+    chunks = ring.material(2).encrypt(np.asarray(ups[2], dtype=np.float64))
+    stranger = Ed25519PrivateKey.generate().private_bytes_raw()  # a key provisioning never issued
+    forged = SignedCiphertext(2, chunks, sign_chunks(stranger, run_id=view.run_id, server_round=5, partition_id=2,
+                                                     chunks=chunks))
+    result = view.decrypt_round(5, [*good, forged], 16)
+    assert result.accepted == [0, 1] and 2 in result.rejected
+    np.testing.assert_allclose(result.vector, ups[0] + ups[1], atol=1e-5)
+    outsider = next(p for p in range(NUM_CLIENTS) if p not in view.committee)
+    request = Message(content=RecordDict({DECRYPT_RECORD: decrypt_request(6, good, 16, 0.0)}),
+                      dst_node_id=100 + outsider, message_type=MessageType.QUERY)
+    reply = decrypt_reply(request, made.client_ref(), partition_id=outsider)
+    assert "is not on the decryption committee" in str(reply.content.config_records[RELEASE_RECORD]["result"])
+
+
+RAW = {"name": "threshold", "seed": 1, "rounds": 2, "data": {"dataset": "digits", "partition": "iid", "num_clients": 4},
+       "model": {"name": "logreg"}, "train": {"clients_per_round": 4, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+       "defense": {"strategy": "fedavg"}}
+
+
+@needs_openfhe
+def test_a_threshold_run_reaches_the_plaintext_accuracy(tmp_path):
+    plain = run_in_process(RAW, tmp_path / "plain")
+    joint = run_in_process({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold", "committee": 3}},
+                           tmp_path / "threshold")
+    assert joint.attrs["stopped_reason"] == "completed"
+    assert (joint["accuracy"] - plain["accuracy"]).abs().max() <= 1e-3
+    assert (joint["loss"] - plain["loss"]).abs().max() <= 1e-3
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"encryption": {"scheme": "ckks", "trust": "threshold", "committee": 5}}, "use at most data.num_clients=4"),
+    ({"encryption": {"scheme": "ckks", "trust": "threshold"}, "train": {**RAW["train"], "sampling": "poisson"},
+      "privacy": {"mode": "central", "epsilon": 8.0, "clip_norm": 1.0}}, "no party decrypts alone"),
+])
+def test_what_threshold_ckks_cannot_do_is_refused_with_the_reason(change, why):
+    with pytest.raises(ConfigError, match=why):
+        plan_from_dict({**RAW, **change})
+
+
+def test_without_openfhe_the_config_says_how_to_get_it(monkeypatch):
+    monkeypatch.setenv(OPENFHE_PYTHON_ENV, "/nonexistent/python3.10")
+    with pytest.raises(ConfigError, match="scripts/openfhe_venv.sh"):
+        plan_from_dict({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold"}})
