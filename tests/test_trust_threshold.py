@@ -6,10 +6,12 @@ two signed members of the current round, once. Needs OpenFHE's Python 3.10 side 
 
 from __future__ import annotations
 
+import json
 import stat
 
 import numpy as np
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Message, MessageType, RecordDict
 
@@ -20,7 +22,7 @@ from fedsec.crypto import CkksParams, CryptoError, SignedCiphertext
 from fedsec.crypto.client_keys import DECRYPT_RECORD, RELEASE_RECORD, decrypt_request
 from fedsec.crypto.openfhe_side import OPENFHE_PYTHON_ENV, missing_reason, side
 from fedsec.crypto.signing import sign_chunks
-from fedsec.crypto.threshold import ThresholdHeldKeys
+from fedsec.crypto.threshold import SHARE_FOR_KEY, SHARE_OF_KEY, ThresholdHeldKeys, _box_key
 from fedsec.plan import plan_from_dict
 from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 from tests.flower_messages import started
@@ -45,8 +47,9 @@ class Clients:
 
 @pytest.fixture(scope="module")
 def made():
-    """One committee of 3 for the module (each test uses rounds of its own: members decrypt a round once)."""
-    handle = ThresholdHeldKeys.start(CkksParams(), num_clients=NUM_CLIENTS, committee=3, min_clients=2)
+    """One committee of 3, any 2 of which decrypt, for the module (each test uses rounds of its own: members
+    decrypt a round once)."""
+    handle = ThresholdHeldKeys.start(CkksParams(), num_clients=NUM_CLIENTS, committee=3, threshold=2, min_clients=2)
     yield handle
     handle.stop()
 
@@ -71,12 +74,14 @@ def test_each_member_writes_its_own_share_and_the_server_holds_none(made):
     committee = made.info.config.committee
     assert len(committee) == 3 and set(committee) <= set(range(NUM_CLIENTS))
     assert stat.S_IMODE(made.path.stat().st_mode) == 0o700
-    files = sorted(p.name for p in made.path.iterdir() if not p.name.startswith("released-"))
+    files = sorted(p.name for p in made.path.iterdir() if not p.name.startswith("threshold-"))
     assert files == sorted(["group.key", *(f"member-{p}.secret" for p in committee),
+                            *(f"box-{p}.key" for p in committee),  # each holder's Shamir share of each other's key
+                            *(f"held-{h}-of-{p}.share" for p in committee for h in committee if h != p),
                             *(f"sign-{p}.key" for p in range(NUM_CLIENTS))])
     assert all(stat.S_IMODE((made.path / f).stat().st_mode) == 0o600 for f in files)
     view = made.server_view()
-    shares = {(made.path / f"member-{p}.secret").read_bytes() for p in committee}
+    shares = {(made.path / f).read_bytes() for f in files if f.startswith(("member-", "held-", "box-"))}
     signing = {ClientKeyring(made.client_ref()).material(p).signing_key for p in range(NUM_CLIENTS)}
     held = {v for v in vars(view.info).values() if isinstance(v, bytes)} | set(view.verify_keys.values())
     assert not (shares | signing) & held and not view.holds_secret_key()
@@ -92,21 +97,53 @@ def test_the_committee_releases_the_signed_sum_once(made):
     again = strategy.authority.decrypt_round(1, members(ring, [0, 1], ups[:2], 1), 16)
     assert again.vector is None and "already decrypted round 1 once" in again.refused
     for pid in made.info.config.committee:  # each member's record is in the key directory
-        assert (made.path / f"released-{pid}.json").read_text() == "[1]"
+        assert list(json.loads((made.path / f"threshold-{pid}.json").read_text())["rounds"]) == ["1"]
 
 
 @needs_openfhe
-def test_fewer_partial_decryptions_than_the_committee_do_not_decrypt(made):
+def test_a_dropped_member_is_rebuilt_from_shares_and_fewer_than_t_do_not_decrypt(made):
     ring, ups = ClientKeyring(made.client_ref()), updates(2, seed=1)
-    absent = made.info.config.committee[-1]
-    result = connected(made, drop=[absent]).decrypt_round(2, members(ring, [0, 1], ups, 2), 16)
-    assert result.vector is None and f"member(s) {absent} did not answer" in result.refused
+    committee = made.info.config.committee
+    result = connected(made, drop=[committee[0]]).decrypt_round(2, members(ring, [0, 1], ups, 2), 16)
+    assert result.refused is None and result.recovered == [committee[0]]  # the lead itself dropped
+    np.testing.assert_allclose(result.vector, ups[0] + ups[1], atol=1e-5)
+    two = connected(made, drop=committee[1:]).decrypt_round(3, members(ring, [0, 1], ups, 3), 16)
+    assert two.vector is None and "1 of the committee's 3 partial decryptions (2 answering members" in two.refused
     info = made.info  # and OpenFHE itself refuses to fuse two of three partial decryptions
     chunks = members(ring, [0], ups[:1], 3)[0].chunks
     partials = [side().call("partial", cc=info.cc, members=[chunks], secret_path=str(made.path / f"member-{p}.secret"),
                             lead=i == 0) for i, p in enumerate(info.config.committee[:2])]
     with pytest.raises(CryptoError, match="approximation error is too high"):
         side().call("fuse", cc=info.cc, partials=partials, length=16)
+
+
+def _share(handle, holder, owner, recipient):
+    record = decrypt_request(7, [], 16, 0.0)
+    record[SHARE_OF_KEY], record[SHARE_FOR_KEY] = owner, recipient
+    reply = decrypt_reply(Message(content=RecordDict({DECRYPT_RECORD: record}), dst_node_id=100 + holder,
+                                  message_type=MessageType.QUERY), handle.client_ref(), partition_id=holder)
+    record = reply.content.config_records[RELEASE_RECORD]
+    return bytes(record["partial"][0]), json.loads(str(record["result"]))["refused"]
+
+
+@needs_openfhe
+def test_a_share_goes_to_one_recipient_and_opens_only_there():
+    with ThresholdHeldKeys.start(CkksParams(), num_clients=NUM_CLIENTS, committee=4, threshold=3) as handle:
+        info, keys = handle.info, handle.client_ref()
+        holder, owner, first, second = info.config.committee
+        box, refused = _share(handle, holder, owner, first)
+        assert refused is None and _share(handle, holder, owner, first)[1] is None  # the same recipient again
+        assert "a second recipient would hold that secret too" in _share(handle, holder, owner, second)[1]
+        assert "three distinct committee members" in _share(handle, holder, owner, holder)[1]
+
+        def opened(recipient):
+            key = _box_key(keys.box_secret(recipient), info.box_keys[holder], run_id=info.config.run_id,
+                           owner=owner, holder=holder, recipient=recipient)
+            return key.decrypt(box[:12], box[12:], None)
+
+        assert opened(first) == keys.held_share(holder, owner)  # the holder's share of the owner's secret
+        with pytest.raises(InvalidTag):
+            opened(second)  # another member cannot open it, nor can the server, which holds no box key
 
 
 @needs_openfhe
@@ -146,6 +183,8 @@ def test_a_threshold_run_reaches_the_plaintext_accuracy(tmp_path):
 
 @pytest.mark.parametrize(("change", "why"), [
     ({"encryption": {"scheme": "ckks", "trust": "threshold", "committee": 5}}, "use at most data.num_clients=4"),
+    ({"encryption": {"scheme": "ckks", "trust": "threshold", "committee": 3, "threshold": 4}},
+     r"encryption.threshold=4: must be in \(committee / 2, committee\] = \(1.5, 3\]"),
     ({"encryption": {"scheme": "ckks", "trust": "threshold"}, "train": {**RAW["train"], "sampling": "poisson"},
       "privacy": {"mode": "central", "epsilon": 8.0, "clip_norm": 1.0}}, "no party decrypts alone"),
 ])

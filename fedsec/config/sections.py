@@ -348,9 +348,13 @@ class EncryptionConfig(_Section):
                        "holds the public context only), threshold (no party holds it: a committee of clients "
                        "makes a joint key with OpenFHE and decrypts each round's sum together) or authority (a "
                        "trusted key authority does; docs/encryption.md).")
-    committee: int = Field(3, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: the clients (drawn by "
-                           "the run id) that make the joint key and must all take part in each decryption "
-                           "(OpenFHE's multiparty CKKS is n-of-n here); at most data.num_clients.")
+    committee: int = Field(3, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: n, the clients (drawn "
+                           "by the run id) that make the joint key and decrypt each round's sum together; at most "
+                           "data.num_clients.")
+    threshold: int | None = Field(None, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: t, the members "
+                                  "that must answer for a round to decrypt (the others' partial decryptions are "
+                                  "rebuilt from Shamir shares); committee/2 < t <= committee (default: a majority, "
+                                  "committee // 2 + 1; t = committee: no shares, every member must answer).")
     poly_modulus_degree: int = Field(4096, ge=1024, le=32768, description="ckks: ring dimension N (slots = N/2).")
     coeff_mod_bit_sizes: list[Annotated[int, Field(ge=1, le=60)]] = Field(
         [60, 40], min_length=1, max_length=30, description="ckks: coefficient-modulus prime sizes (bits, 1..60 each).")

@@ -77,9 +77,7 @@ def op_keygen(cc: bytes, lead_pk: bytes | None, secret_path: str) -> bytes:
     ``secret_path``; the public key comes back."""
     context = _context(cc)
     pair = context.KeyGen() if lead_pk is None else context.MultipartyKeyGen(_public_key(lead_pk), False, True)
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(fhe.Serialize(pair.secretKey, fhe.BINARY))
+    _new_file(secret_path, fhe.Serialize(pair.secretKey, fhe.BINARY))
     return fhe.Serialize(pair.publicKey, fhe.BINARY)
 
 
@@ -135,8 +133,42 @@ def op_fuse(cc: bytes, partials: list[list[bytes]], length: int) -> bytes:
     return np.concatenate(out)[:length].tobytes() if out else b""
 
 
-OPS = {"context": op_context, "keygen": op_keygen, "joint_key": op_joint_key, "encrypt": op_encrypt,
-       "add": op_add, "partial": op_partial, "fuse": op_fuse}
+def _new_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def op_share_keys(cc: bytes, secret_path: str, n: int, t: int, index: int, out_paths: dict[int, str]) -> int:
+    """Shamir-share this party's secret among the other parties (OpenFHE's ``ShareKeys``, t of n rebuild it): the
+    share for party j (1-based) goes to a new 0600 file ``out_paths[j]``, written here; returns how many."""
+    context = _context(cc)
+    secret = _secret(secret_path)
+    carrier = context.Encrypt(secret, context.MakeCKKSPackedPlaintext([0.0]))  # DCRTPoly has no Serialize: carry
+    shares = context.ShareKeys(secret, n, t, index, "shamir")                   # it as a ciphertext's element
+    for j, share in shares.items():
+        box = carrier.CloneEmpty()
+        box.SetElements([share])
+        _new_file(out_paths[int(j)], fhe.Serialize(box, fhe.BINARY))
+    return len(shares)
+
+
+def op_recover_partial(cc: bytes, shares: dict[int, bytes], n: int, t: int, members: list[list[bytes]],
+                       lead: bool) -> list[bytes]:
+    """Rebuild a dropped party's secret from t holders' shares (OpenFHE's ``RecoverSharedKey``, "threshold FHE with
+    aborts") and return its partial decryption of the sum of ``members``; the rebuilt secret is not kept."""
+    context = _context(cc)
+    held = {int(i): fhe.DeserializeCiphertextString(b, fhe.BINARY).GetElements()[0] for i, b in shares.items()}
+    secret = fhe.PrivateKey(context)
+    context.RecoverSharedKey(secret, held, n, t, "shamir")
+    total = _sum(context, members)
+    step = context.MultipartyDecryptLead if lead else context.MultipartyDecryptMain
+    return [fhe.Serialize(p, fhe.BINARY) for p in step(total, secret)]
+
+
+OPS = {"context": op_context, "keygen": op_keygen, "share_keys": op_share_keys, "joint_key": op_joint_key,
+       "encrypt": op_encrypt, "add": op_add, "partial": op_partial, "recover_partial": op_recover_partial,
+       "fuse": op_fuse}
 
 
 def _read(stream) -> object | None:

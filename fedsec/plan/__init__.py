@@ -253,7 +253,8 @@ class RunPlan:
         if self.experiment.encryption.trust == "threshold":
             from fedsec.crypto.threshold import ThresholdHeldKeys
 
-            return ThresholdHeldKeys.start(self.crypto, committee=self.experiment.encryption.committee,
+            enc = self.experiment.encryption
+            return ThresholdHeldKeys.start(self.crypto, committee=enc.committee, threshold=threshold_of(enc),
                                            **self.key_authority_args())
         from fedsec.crypto import KeyAuthorityHandle
 
@@ -532,6 +533,11 @@ def _check_encryption(e: Experiment, attack: Attack) -> CkksParams | None:
     return params
 
 
+def threshold_of(enc: Any) -> int:
+    """encryption.threshold, or its default: a majority of the committee."""
+    return enc.threshold if enc.threshold is not None else enc.committee // 2 + 1
+
+
 def _check_threshold(e: Experiment) -> None:
     """What threshold CKKS (fedsec.crypto.threshold) cannot do, refused before anything starts."""
     from fedsec.crypto.openfhe_side import missing_reason
@@ -540,6 +546,10 @@ def _check_threshold(e: Experiment) -> None:
     if enc.committee > e.data.num_clients:
         raise ConfigError(f"encryption.committee={enc.committee}: the committee is drawn from the run's clients; "
                           f"use at most data.num_clients={e.data.num_clients}")
+    t = threshold_of(enc)
+    if not enc.committee / 2 < t <= enc.committee:
+        raise ConfigError(f"encryption.threshold={t}: must be in (committee / 2, committee] = ({enc.committee / 2:g}, "
+                          f"{enc.committee}] (OpenFHE's Shamir sharing of the members' keys needs a majority)")
     if e.privacy.mode == "central":
         raise ConfigError("privacy.mode='central' with encryption.trust='threshold': the DP noise is added to the "
                           "released sum by the one party that decrypts it, and under threshold CKKS no party "
