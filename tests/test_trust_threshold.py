@@ -173,9 +173,11 @@ RAW = {"name": "threshold", "seed": 1, "rounds": 2, "data": {"dataset": "digits"
 
 @needs_openfhe
 def test_a_threshold_run_reaches_the_plaintext_accuracy(tmp_path):
+    """One message per client for plaintext, cohorts of two nodes for threshold CKKS (the decryption requests
+    travel through the cohort transport too)."""
     plain = run_in_process(RAW, tmp_path / "plain")
     joint = run_in_process({**RAW, "encryption": {"scheme": "ckks", "trust": "threshold", "committee": 3}},
-                           tmp_path / "threshold")
+                           tmp_path / "threshold", cohort_nodes=2)
     assert joint.attrs["stopped_reason"] == "completed"
     assert (joint["accuracy"] - plain["accuracy"]).abs().max() <= 1e-3
     assert (joint["loss"] - plain["loss"]).abs().max() <= 1e-3

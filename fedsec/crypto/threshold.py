@@ -470,8 +470,12 @@ class ThresholdDecryption:
         self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
 
     def _ask(self, requests: dict[int, ConfigRecord]) -> dict[int, tuple[str, Any]]:
-        """Send each member its request; per member ("ok", (payload, meta)), ("refused", why) or ("lost", why)."""
-        messages = [Message(content=RecordDict({DECRYPT_RECORD: record}), dst_node_id=self._node_of[pid],
+        """Send each member its request; per member ("ok", (payload, meta)), ("refused", why) or ("lost", why).
+        Members given the same record object get one content object (cohort transports need it)."""
+        contents: dict[int, RecordDict] = {}
+        for record in requests.values():
+            contents.setdefault(id(record), RecordDict({DECRYPT_RECORD: record}))
+        messages = [Message(content=contents[id(record)], dst_node_id=self._node_of[pid],
                             message_type=MessageType.QUERY) for pid, record in requests.items()]
         pid_of_node = {node: pid for pid, node in self._node_of.items()}
         out: dict[int, tuple[str, Any]] = {pid: ("lost", "did not answer") for pid in requests}
@@ -507,7 +511,8 @@ class ThresholdDecryption:
             return record
 
         t0 = time.perf_counter()
-        answers = self._ask({pid: request() for pid in self.committee})
+        everyone = request()
+        answers = self._ask(dict.fromkeys(self.committee, everyone))
         partials = {pid: value[0] for pid, (status, value) in answers.items() if status == "ok"}
         rejected: dict[int, str] = {}
         for status, value in answers.values():
@@ -521,7 +526,7 @@ class ThresholdDecryption:
             recipient = min(partials)
             holders = [p for p in sorted(partials) if p != recipient][:config.threshold - 1]
             for dropped in lost:
-                boxes = self._ask({h: _share_request(server_round, length, dropped, recipient) for h in holders})
+                boxes = self._ask(dict.fromkeys(holders, _share_request(server_round, length, dropped, recipient)))
                 if any(status != "ok" for status, _ in boxes.values()):
                     problems[dropped] += "; its share holders: " + "; ".join(
                         f"member {h} {v}" for h, (st, v) in boxes.items() if st != "ok")
