@@ -9,7 +9,9 @@ Rows (the cohorts of issue-sized workloads, Fashion-MNIST-shaped data, one local
 batch 32): the CNN with 100 clients of 60 examples (1,000 registered / 100 per round), logreg with 1,000 clients of 6
 examples (10,000 / 1,000), the CNN with 10 clients of 600 examples (100 / 10). The per-client path reuses one model
 and loads the global weights before each client, as a fedsec actor does. Prints the best of ``--repeats`` for each
-(after one warm-up call), their ratio, and the largest parameter difference between the two paths.
+(after one warm-up call), their ratio, and the largest parameter difference between the two paths; then a floor no
+stacking can beat on this machine: one model trained on all the clients' examples in batches of clients x 32 (the
+same arithmetic per step in one dense kernel), and its ratio to the per-client path.
 """
 
 from __future__ import annotations
@@ -57,6 +59,20 @@ def stacked(model: torch.nn.Module, xs, ys, seeds, dp: bool = False) -> tuple[fl
     return time.perf_counter() - t0, result.params
 
 
+def one_big_model(model: torch.nn.Module, xs, ys) -> float:
+    """A floor for any stacking of these clients: one model, every client's examples in batches of clients x 32
+    (the same examples and the same forward and backward work per step as the stacked path, in the best-shaped
+    kernels: one dense convolution over all clients' examples instead of one per client)."""
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.cat(xs), torch.cat(ys)
+    t0 = time.perf_counter()
+    train_local(model, x, y, epochs=1, batch_size=32 * len(xs), lr=0.05, momentum=0.9,
+                generator=torch.Generator().manual_seed(0))
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(start)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -66,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}{', DP-SGD' if args.dp else ''}")
     print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} "
-          f"{'max diff':>9}")
+          f"{'max diff':>9} {'floor s':>8} {'floor ratio':>11}")
     for name, clients, examples in ROWS:
         shape = (1, 28, 28) if name == "cnn" else (784,)
         g = torch.Generator().manual_seed(0)
@@ -81,7 +97,9 @@ def main() -> None:
         _, reference = one_after_another(model, xs, ys, seeds, args.dp)
         diff = max(float((runs[0][1][k][i] - reference[i][k]).abs().max()) for i in range(clients)
                    for k in reference[i])
-        print(f"{name:8} {clients:7d} {examples:8d} {loop:13.3f} {fast:10.3f} {fast / loop:6.2f} {diff:9.1e}")
+        floor = min(one_big_model(model, xs, ys) for _ in range(args.repeats))
+        print(f"{name:8} {clients:7d} {examples:8d} {loop:13.3f} {fast:10.3f} {fast / loop:6.2f} {diff:9.1e} "
+              f"{floor:8.3f} {floor / loop:11.2f}")
 
 
 if __name__ == "__main__":

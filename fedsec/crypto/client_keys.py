@@ -135,10 +135,14 @@ def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: 
     try:
         status, value = parent.recv()
     except EOFError as e:
-        raise CryptoError("provisioning the clients' CKKS keys failed: the process ended without an answer") from e
+        status, value = "error", CryptoError("provisioning the clients' CKKS keys failed: the process ended without "
+                                             "an answer")
+        value.__cause__ = e
     finally:
         process.join(timeout=30)
     if status == "error":
+        if directory is None:  # ours: nothing half-made stays behind
+            shutil.rmtree(path, ignore_errors=True)
         raise value
     logger.info("CKKS keys held by the clients: %s (%d clients, min_clients=%d)", path, num_clients, min_clients)
     return value, path

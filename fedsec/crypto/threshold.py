@@ -203,6 +203,19 @@ def provision_threshold_keys(params: CkksParams, *, num_clients: int, committee:
                              committee_of(run_id, num_clients, committee), t, min_clients, run_id, client_norm_bound)
     path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="fedsec-threshold-keys-"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        info = _provision(config, path)
+    except BaseException:
+        if directory is None:  # ours: nothing half-made stays behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    logger.info("threshold CKKS: committee %s made the joint key, %d of them decrypt (%s)", list(config.committee),
+                config.threshold, path)
+    return info, path
+
+
+def _provision(config: ThresholdConfig, path: Path) -> ThresholdServerInfo:
+    committee, t = len(config.committee), config.threshold
     coordinator = side()  # public operations only
     made = coordinator.call("context", ring_dim=config.ring_dim, first_mod_bits=config.first_mod_bits,
                             scaling_mod_bits=config.scaling_mod_bits)
@@ -224,12 +237,10 @@ def provision_threshold_keys(params: CkksParams, *, num_clients: int, committee:
             finally:
                 member.close()
     joint = coordinator.call("joint_key", cc=cc, public_keys=public_keys)
-    verify, boxes = _make_signing_keys(num_clients, config.committee, path)
+    verify, boxes = _make_signing_keys(config.num_clients, config.committee, path)
     info = ThresholdServerInfo(cc, joint, int(made["slots"]), verify, config, boxes)
     _write(path / GROUP_FILE, {"config": config, "info": info})
-    logger.info("threshold CKKS: committee %s made the joint key, %d of them decrypt (%s)", list(config.committee), t,
-                path)
-    return info, path
+    return info
 
 
 def _held(directory: Path, holder: int, owner: int) -> Path:
