@@ -73,13 +73,36 @@ def one_big_model(model: torch.nn.Module, xs, ys) -> float:
     return seconds
 
 
+def batch_sweep(batches: list[int], repeats: int) -> None:
+    """The CNN's training throughput on this machine by batch size (6,000 examples, one model, one epoch): the
+    arithmetic of the 100 x 60 row at each batch size, whatever the implementation that batches it."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6000, 1, 28, 28, generator=g), torch.randint(0, 10, (6000,), generator=g)
+    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    for batch in batches:
+        best = float("inf")
+        for _ in range(repeats):
+            model.load_state_dict(start)
+            t0 = time.perf_counter()
+            train_local(model, x, y, epochs=1, batch_size=batch, lr=0.05, momentum=0.9,
+                        generator=torch.Generator().manual_seed(0))
+            best = min(best, time.perf_counter() - t0)
+        print(f"cnn, 6,000 examples, batch {batch:5d}: {best:.3f} s ({6000 / best:,.0f} examples/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dp", action="store_true", help="local DP-SGD (noise multiplier 1, clip 1)")
+    parser.add_argument("--batch-sweep", type=int, nargs="*", metavar="B",
+                        help="instead: the CNN's throughput at these batch sizes (e.g. 32 128 256 1024 3200)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.batch_sweep:
+        batch_sweep(args.batch_sweep, args.repeats)
+        return
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}{', DP-SGD' if args.dp else ''}")
     print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} "
           f"{'max diff':>9} {'floor s':>8} {'floor ratio':>11}")
