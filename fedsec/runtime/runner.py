@@ -182,6 +182,21 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+@contextlib.contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """This process's environment with ``values`` set (None: left as it is) while the block runs."""
+    saved = {k: os.environ.get(k) for k, v in values.items() if v is not None}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     """Start a local Ray, or join the cluster at ``backend.address`` (or ``RAY_ADDRESS``)."""
     import ray
@@ -193,13 +208,17 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
         if _RAY["kept"] and _RAY["address"] == address:  # kept by the runs before this one (:func:`keep_ray`)
             return
         shutdown_ray()  # kept for other runs, or joined to another cluster: this run starts as a lone run would
+    # workers import fedsec from wherever this driver does (an installed or a source checkout): a local Ray's
+    # processes inherit this process's environment when they start, a joined cluster's need a runtime_env (which
+    # costs each new worker about 0.3-0.5 s on this 2-core machine, so a local Ray does without one)
+    python_path = os.pathsep.join(p for p in sys.path if p)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
-        # workers import fedsec from wherever this driver does (an installed or a source checkout)
-        "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}},
     }
+    if address:
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": python_path}}
     if address and address != "auto":
         check_reachable(address)
     from .orphans import end_orphans, record_session
@@ -210,7 +229,8 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     try:
         # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
         # /tmp/ray/ray_current_cluster, even a head that is long gone
-        context = ray.init(address=address or "local", **kwargs)
+        with _environment(PYTHONPATH=None if address else python_path):
+            context = ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e
     if callable(on_sigterm):  # Ray's core worker installs a C++ SIGTERM handler that aborts the driver (exit -6):
