@@ -124,7 +124,8 @@ def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int) -> Me
     """Under ``encryption.trust = "clients"``: answer the server's request to decrypt a round's sum
     (:mod:`fedsec.crypto.client_keys`). Refused unless this client is the round's decryptor; the release rules are
     the key authority's; the rounds released are recorded in the key directory so that a round is released once."""
-    from fedsec.crypto.threshold import ThresholdKeyDir, partial_reply
+    from fedsec.crypto.threshold import ThresholdKeyDir
+    from fedsec.crypto.threshold_member import partial_reply
 
     if isinstance(crypto_ref, ThresholdKeyDir):  # a committee member's partial decryption
         return partial_reply(message, crypto_ref, partition_id=partition_id)

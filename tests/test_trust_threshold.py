@@ -22,7 +22,9 @@ from fedsec.crypto import CkksParams, CryptoError, SignedCiphertext
 from fedsec.crypto.client_keys import DECRYPT_RECORD, RELEASE_RECORD, decrypt_request
 from fedsec.crypto.openfhe_side import OPENFHE_PYTHON_ENV, missing_reason, side
 from fedsec.crypto.signing import sign_chunks
-from fedsec.crypto.threshold import SHARE_FOR_KEY, SHARE_OF_KEY, ThresholdHeldKeys, _box_key
+from fedsec.crypto.threshold import SHARE_FOR_KEY, SHARE_OF_KEY
+from fedsec.crypto.threshold_member import box_key
+from fedsec.crypto.threshold_setup import ThresholdHeldKeys
 from fedsec.plan import plan_from_dict
 from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 from tests.flower_messages import started
@@ -137,7 +139,7 @@ def test_a_share_goes_to_one_recipient_and_opens_only_there():
         assert "three distinct committee members" in _share(handle, holder, owner, holder)[1]
 
         def opened(recipient):
-            key = _box_key(keys.box_secret(recipient), info.box_keys[holder], run_id=info.config.run_id,
+            key = box_key(keys.box_secret(recipient), info.box_keys[holder], run_id=info.config.run_id,
                            owner=owner, holder=holder, recipient=recipient)
             return key.decrypt(box[:12], box[12:], None)
 

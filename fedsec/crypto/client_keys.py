@@ -339,7 +339,7 @@ class ServerKeys:
             if isinstance(self.info, ServerKeyInfo):
                 self._view = ClientDecryption(self.info)
             else:
-                from .threshold import ThresholdDecryption
+                from .threshold_server import ThresholdDecryption
 
                 self._view = ThresholdDecryption(self.info)
         return self._view

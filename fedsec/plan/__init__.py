@@ -251,7 +251,7 @@ class RunPlan:
 
             return ClientHeldKeys.start(self.crypto, **self.key_authority_args())
         if self.experiment.encryption.trust == "threshold":
-            from fedsec.crypto.threshold import ThresholdHeldKeys
+            from fedsec.crypto.threshold_setup import ThresholdHeldKeys
 
             enc = self.experiment.encryption
             return ThresholdHeldKeys.start(self.crypto, committee=enc.committee, threshold=threshold_of(enc),
