@@ -18,7 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .ckks import CkksParams, CryptoError
-from .client_keys import GROUP_FILE
+from .client_keys import GROUP_FILE, ClientHeldKeys
 from .openfhe_side import OpenFheSide, side
 from .signing import make_signing_keys
 from .threshold import ThresholdConfig, ThresholdKeyDir, ThresholdServerInfo, _held, _write, committee_of
@@ -123,38 +123,23 @@ def _provision(config: ThresholdConfig, path: Path) -> ThresholdServerInfo:
     return info
 
 
-class ThresholdHeldKeys:
-    """The runner's handle under ``trust = "threshold"`` (the shape of :class:`.client_keys.ClientHeldKeys`)."""
-
-    def __init__(self, info: ThresholdServerInfo, path: Path) -> None:
-        self.info, self.path = info, path
-        self._view: ThresholdDecryption | None = None
+class ThresholdHeldKeys(ClientHeldKeys):
+    """The runner's handle under ``trust = "threshold"``: :class:`.client_keys.ClientHeldKeys` (``write_server_info``,
+    ``stop`` removes the key directory) over the committee's keys."""
 
     @classmethod
-    def start(cls, params: CkksParams, *, num_clients: int, committee: int, threshold: int | None = None,
-              min_clients: int = 2, run_id: str | None = None, client_norm_bound: float | None = None,
-              **_unused: Any) -> ThresholdHeldKeys:
+    def start(cls, params: CkksParams, *, num_clients: int, committee: int = 3,  # type: ignore[override]
+              threshold: int | None = None, min_clients: int = 2, run_id: str | None = None,
+              client_norm_bound: float | None = None, **_unused: Any) -> ThresholdHeldKeys:
         info, path = provision_threshold_keys(params, num_clients=num_clients, committee=committee,
                                               threshold=threshold, min_clients=min_clients, run_id=run_id,
                                               client_norm_bound=client_norm_bound)
-        return cls(info, path)
+        return cls(info, path)  # type: ignore[arg-type]
 
-    def server_view(self) -> ThresholdDecryption:
+    def server_view(self) -> ThresholdDecryption:  # type: ignore[override]
         if self._view is None:
-            self._view = ThresholdDecryption(self.info)
-        return self._view
+            self._view = ThresholdDecryption(self.info)  # type: ignore[arg-type]
+        return self._view  # type: ignore[return-value]
 
     def client_ref(self) -> ThresholdKeyDir:
         return ThresholdKeyDir(str(self.path))
-
-    def write_server_info(self, path: Path) -> None:
-        _write(Path(path), self.info)
-
-    def stop(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def __enter__(self) -> ThresholdHeldKeys:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
