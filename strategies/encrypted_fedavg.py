@@ -174,6 +174,8 @@ class EncryptedFedAvg(RobustStrategy):
         metrics["bytes_up"] = sum(ciphertext_bytes(m.chunks) for _, m in valid)
         metrics["he_add_seconds"] = result.add_seconds
         metrics["decrypt_seconds"] = result.decrypt_seconds
+        if result.recovered is not None:  # threshold CKKS
+            metrics["ckks_recovered"] = len(result.recovered)
         return new_arrays, metrics
 
     def _consistent(

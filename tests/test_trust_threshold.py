@@ -185,6 +185,20 @@ def test_a_threshold_run_reaches_the_plaintext_accuracy(tmp_path):
     assert (joint["loss"] - plain["loss"]).abs().max() <= 1e-3
 
 
+@needs_openfhe
+def test_committee_members_whose_devices_drop_are_rebuilt_in_a_run(tmp_path):
+    """``clients.dropout``: a committee member unreachable in a round is not asked; its partial decryption is rebuilt
+    from the others' shares (seed 3: in rounds 2 and 3), and the run equals plaintext FedAvg under the same drops."""
+    raw = {**RAW, "seed": 3, "rounds": 3, "clients": {"dropout": 0.3}, "data": {**RAW["data"], "num_clients": 6},
+           "train": {**RAW["train"], "clients_per_round": 6}}
+    plain = run_in_process(raw, tmp_path / "plain")
+    joint = run_in_process({**raw, "encryption": {"scheme": "ckks", "trust": "threshold", "committee": 3}},
+                           tmp_path / "threshold")
+    assert joint.attrs["stopped_reason"] == "completed"
+    assert joint["ckks_recovered"].tolist()[1:] == [0, 1, 1]
+    assert (joint["accuracy"] - plain["accuracy"]).abs().max() <= 1e-3
+
+
 @pytest.mark.parametrize(("change", "why"), [
     ({"encryption": {"scheme": "ckks", "trust": "threshold", "committee": 5}}, "use at most data.num_clients=4"),
     ({"encryption": {"scheme": "ckks", "trust": "threshold", "committee": 3, "threshold": 4}},

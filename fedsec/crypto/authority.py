@@ -141,7 +141,7 @@ class DecryptionResult:
     refused: str | None = None
     add_seconds: float = 0.0
     decrypt_seconds: float = 0.0
-    recovered: list[int] = field(default_factory=list)  # threshold CKKS: members whose partial was rebuilt
+    recovered: list[int] | None = None  # threshold CKKS: the members whose partial decryption was rebuilt
 
 
 class _Authority:

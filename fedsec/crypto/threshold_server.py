@@ -51,13 +51,21 @@ class ThresholdDecryption:
         self._transport: Any = None
         self._node_of: dict[int, int] = {}
         self._timeout: float | None = None
+        self._devices: Any = None
 
     def holds_secret_key(self) -> bool:
         """Never: the server's material is the context and the joint public key."""
         return False
 
-    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None) -> None:
+    follows_devices = True  # connect() takes the simulated devices: an unreachable member is not asked
+
+    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None, *,
+                devices: Any = None) -> None:
+        """The transport to the members and their nodes; ``devices`` (:class:`fedsec.federation.Federation`): the
+        members it marks unreachable in a round (``clients.dropout``, ``clients.availability``) are not asked and
+        are rebuilt from shares, as members that do not answer."""
         self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
+        self._devices = devices
 
     def _ask(self, requests: dict[int, ConfigRecord]) -> dict[int, tuple[str, Any]]:
         """Send each member its request; per member ("ok", (payload, meta)), ("refused", why) or ("lost", why).
@@ -101,8 +109,10 @@ class ThresholdDecryption:
             return record
 
         t0 = time.perf_counter()
+        offline = self._devices.absent(server_round, list(self.committee)) if self._devices is not None else {}
         everyone = request()
-        answers = self._ask(dict.fromkeys(self.committee, everyone))
+        answers = self._ask(dict.fromkeys([p for p in self.committee if p not in offline], everyone))
+        answers.update({pid: ("lost", why) for pid, why in offline.items()})
         partials = {pid: value[0] for pid, (status, value) in answers.items() if status == "ok"}
         rejected: dict[int, str] = {}
         for status, value in answers.values():

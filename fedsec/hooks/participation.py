@@ -14,7 +14,8 @@ from .base import RoundHook, RoundState
 logger = logging.getLogger(__name__)
 
 #: the strategy's round metrics copied into rounds.csv when it reports them
-STRATEGY_METRICS = ("train_loss", "bytes_up", "encrypt_seconds", "sign_seconds", "he_add_seconds", "decrypt_seconds")
+STRATEGY_METRICS = ("train_loss", "bytes_up", "encrypt_seconds", "sign_seconds", "he_add_seconds", "decrypt_seconds",
+                    "ckks_recovered")
 
 
 class Participation(RoundHook):
@@ -34,6 +35,8 @@ class Participation(RoundHook):
         Metric("sign_seconds", "CKKS: the clients' signing time", final=False),
         Metric("he_add_seconds", "CKKS: the server's ciphertext additions", final=False),
         Metric("decrypt_seconds", "CKKS: decryption of the aggregate", final=False),
+        Metric("ckks_recovered", "threshold CKKS: committee members that did not answer (or were unreachable) whose "
+               "partial decryption was rebuilt from the others' shares", final=False, integer=True),
     )
 
     def after_aggregate(self, rnd: RoundState) -> None:

@@ -85,7 +85,8 @@ def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any 
                                             root_size=plan.root_size, seed=facts.seed, calls=completed_rounds)
     strategy = plan.make_strategy(key_authority=key_authority, server_update_fn=server_update_fn)
     if transport is not None and hasattr(decryption := getattr(strategy, "authority", None), "connect"):
-        decryption.connect(*transport, plan.round_timeout)
+        devices = {"devices": plan.facts.federation} if getattr(decryption, "follows_devices", False) else {}
+        decryption.connect(*transport, plan.round_timeout, **devices)
     return strategy
 
 
