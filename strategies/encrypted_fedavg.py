@@ -148,14 +148,15 @@ class EncryptedFedAvg(RobustStrategy):
         result = self.authority.decrypt_round(server_round, [m for _, m in valid], d,
                                               noise_std=self.dp_noise_std or 0.0)
         by_pid = {m.partition_id: dec for dec, m in valid}
+        who = getattr(self.authority, "decrypter", "key authority")  # who decrypts under this trust model
         for pid, why in result.rejected.items():
             if pid in by_pid:
-                by_pid[pid].status = f"invalid: key authority: {why}"
+                by_pid[pid].status = f"invalid: {who}: {why}"
         if result.vector is None:
-            report.skipped_reason = f"key authority refused to decrypt: {result.refused}"
+            report.skipped_reason = f"{who} refused to decrypt: {result.refused}"
             for dec, _ in valid:
                 if dec.status == "pending":
-                    dec.status = "skipped: key authority refused"
+                    dec.status = f"skipped: {who} refused"
             return None, None
         accepted = [by_pid[pid] for pid in result.accepted]
         if self.dp_noise_std is not None:

@@ -349,7 +349,7 @@ class EncryptionConfig(_Section):
                        "makes a joint key with OpenFHE and decrypts each round's sum together) or authority (a "
                        "trusted key authority does; docs/encryption.md).")
     committee: int = Field(3, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: n, the clients (drawn "
-                           "by the run id) that make the joint key and decrypt each round's sum together; at most "
+                           "from the seed) that make the joint key and decrypt each round's sum together; at most "
                            "data.num_clients.")
     threshold: int | None = Field(None, ge=2, le=MAX_CLIENTS, description="ckks, trust = threshold: t, the members "
                                   "that must answer for a round to decrypt (the others' partial decryptions are "

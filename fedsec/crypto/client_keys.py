@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import pickle
 import secrets
@@ -54,6 +53,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from .authority import AuthorityConfig, ClientMaterial, DecryptionResult, SignedCiphertext, _Authority
 from .ckks import CkksParams, CryptoError, load_context
 from .signing import make_signing_keys
+from .spawned import call_spawned
 
 __all__ = ["ClientDecryption", "ClientDecryptor", "ClientHeldKeys", "ClientKeyDir", "DECRYPT_RECORD",
            "RELEASE_RECORD", "ServerKeyInfo", "ServerKeys", "decryptor_of", "provision_client_keys"]
@@ -96,24 +96,20 @@ def _write(path: Path, payload: Any) -> None:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _provision(config: AuthorityConfig, directory: str, conn: Any) -> None:  # pragma: no cover - child process
-    """The provisioning process: make the keys, write the clients' files, send back the server's info."""
-    try:
-        context = config.params.make_context()
-        public = context.copy()
-        public.make_context_public()
-        signing, verify = make_signing_keys(range(config.num_clients))
-        path = Path(directory)
-        _write(path / GROUP_FILE, {"config": config, "verify_keys": verify, "noise_seed": secrets.randbits(128),
-                                   "context": context.serialize(save_secret_key=True, save_galois_keys=False,
-                                                                save_relin_keys=False)})
-        for pid, key in signing.items():
-            _write(path / f"sign-{pid}.key", key)
-        info = ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
-                             config.run_id, config.min_clients, config.params.max_abs, config.num_clients)
-        conn.send(("ok", info))
-    except Exception as e:  # noqa: BLE001 - report it to the parent
-        conn.send(("error", e))
+def _provision(config: AuthorityConfig, directory: str) -> ServerKeyInfo:  # pragma: no cover - child process
+    """The provisioning process: make the keys, write the clients' files, return the server's info."""
+    context = config.params.make_context()
+    public = context.copy()
+    public.make_context_public()
+    signing, verify = make_signing_keys(range(config.num_clients))
+    path = Path(directory)
+    _write(path / GROUP_FILE, {"config": config, "verify_keys": verify, "noise_seed": secrets.randbits(128),
+                               "context": context.serialize(save_secret_key=True, save_galois_keys=False,
+                                                            save_relin_keys=False)})
+    for pid, key in signing.items():
+        _write(path / f"sign-{pid}.key", key)
+    return ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
+                         config.run_id, config.min_clients, config.params.max_abs, config.num_clients)
 
 
 def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
@@ -127,23 +123,13 @@ def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: 
                              dp_noise_std=dp_noise_std)
     path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="fedsec-client-keys-"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mp = multiprocessing.get_context("spawn")
-    parent, child = mp.Pipe()
-    process = mp.Process(target=_provision, args=(config, str(path), child), name="fedsec-provision-keys")
-    process.start()
-    child.close()
     try:
-        status, value = parent.recv()
-    except EOFError as e:
-        status, value = "error", CryptoError("provisioning the clients' CKKS keys failed: the process ended without "
-                                             "an answer")
-        value.__cause__ = e
-    finally:
-        process.join(timeout=30)
-    if status == "error":
+        value = call_spawned(_provision, config, str(path), name="fedsec-provision-keys",
+                             what="provisioning the clients' CKKS keys")
+    except BaseException:
         if directory is None:  # ours: nothing half-made stays behind
             shutil.rmtree(path, ignore_errors=True)
-        raise value
+        raise
     logger.info("CKKS keys held by the clients: %s (%d clients, min_clients=%d)", path, num_clients, min_clients)
     return value, path
 
@@ -288,6 +274,8 @@ class ClientDecryption:
         self._transport: Any = None
         self._node_of: dict[int, int] = {}
         self._timeout: float | None = None
+
+    decrypter = "decryptor client"  # in the strategy's records
 
     def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None) -> None:
         self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout

@@ -5,10 +5,11 @@ the scheme: Mouchet, Troncoso-Pastoriza, Bossuat and Hubaux, "Multiparty Homomor
 Ring-Learning-with-Errors", PETS 2021, https://eprint.iacr.org/2020/304), with OpenFHE's "threshold FHE with aborts"
 for t of n, run in a side process of a Python that imports OpenFHE (:mod:`.openfhe_side`). The parts:
 
-- **Keys** (:mod:`.threshold_setup`). A committee of ``encryption.committee`` clients, drawn from the run id, makes
-  the joint key: each member's own OpenFHE process makes its key pair over the first member's common polynomial and
-  writes its secret share to a 0600 file itself (``member-<id>.secret``), then Shamir-shares it among the other
-  members (``ShareKeys``; each holder's file ``held-<holder>-of-<owner>.share`` written by the owner's process).
+- **Keys** (:mod:`.threshold_setup`). A committee of ``encryption.committee`` clients, drawn from the experiment
+  seed, makes the joint key: each member's own OpenFHE process makes its key pair over the first member's common
+  polynomial and writes its secret share to a 0600 file itself (``member-<id>.secret``), then Shamir-shares it
+  among the other members (``ShareKeys``; each holder's file ``held-<holder>-of-<owner>.share`` written by the
+  owner's process).
   Only public keys leave those processes; the joint public key is their sum, and the joint secret key
   s = s_1 + ... + s_n exists nowhere. The Ed25519 signing keys (:mod:`.signing`) and each member's X25519 box key
   are made in a spawned process, as under ``trust = "clients"``.
@@ -36,7 +37,6 @@ under ``fedsec deploy`` with the server in its own account, they are not.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -68,16 +68,19 @@ def threshold_max_abs(params: CkksParams) -> float:
     return 2.0 ** (HEADROOM_BITS - 1)
 
 
-def committee_of(run_id: str, num_clients: int, size: int) -> tuple[int, ...]:
-    """The committee: ``size`` partitions drawn by the run id (the server cannot pick them).
+COMMITTEE_STREAM = 0xC0FFEE  # the committee's draw: its own stream of the experiment seed
 
-    >>> committee_of("run", 10, 3) == committee_of("run", 10, 3)
+
+def committee_of(seed: int, num_clients: int, size: int) -> tuple[int, ...]:
+    """The committee: ``size`` partitions drawn from the experiment seed (so a run repeats, dropouts included), by
+    the provisioning on the clients' side, not by the server.
+
+    >>> committee_of(0, 10, 3) == committee_of(0, 10, 3)
     True
-    >>> len(set(committee_of("run", 10, 10)))
+    >>> len(set(committee_of(0, 10, 10)))
     10
     """
-    seed = int.from_bytes(hashlib.sha256(f"{run_id}|committee".encode()).digest()[:8], "big")
-    order = np.random.default_rng(seed).permutation(num_clients)
+    order = np.random.default_rng([seed, COMMITTEE_STREAM]).permutation(num_clients)
     return tuple(sorted(int(p) for p in order[:size]))
 
 

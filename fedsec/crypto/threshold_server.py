@@ -57,6 +57,7 @@ class ThresholdDecryption:
         """Never: the server's material is the context and the joint public key."""
         return False
 
+    decrypter = "decryption committee"  # in the strategy's records
     follows_devices = True  # connect() takes the simulated devices: an unreachable member is not asked
 
     def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None, *,

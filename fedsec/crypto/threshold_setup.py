@@ -8,7 +8,6 @@ shared, by a process of its own that writes the files and returns public keys on
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import shutil
 import tempfile
 import uuid
@@ -21,6 +20,7 @@ from .ckks import CkksParams, CryptoError
 from .client_keys import GROUP_FILE, ClientHeldKeys
 from .openfhe_side import OpenFheSide, side
 from .signing import make_signing_keys
+from .spawned import call_spawned
 from .threshold import ThresholdConfig, ThresholdKeyDir, ThresholdServerInfo, _held, _write, committee_of
 from .threshold_server import ThresholdDecryption
 
@@ -29,46 +29,24 @@ __all__ = ["ThresholdHeldKeys", "provision_threshold_keys"]
 logger = logging.getLogger(__name__)
 
 
-def _signing_keys(num_clients: int, committee: tuple[int, ...], directory: str,
-                  conn: Any) -> None:  # pragma: no cover - child process
-    """The signing keys and the members' box keys, made in a process of their own: the clients' files written,
-    the public halves sent back."""
-    try:
-        signing, verify = make_signing_keys(range(num_clients))
-        for pid, key in signing.items():
-            _write(Path(directory) / f"sign-{pid}.key", key)
-        boxes = {}
-        for pid in committee:
-            secret = X25519PrivateKey.generate()
-            _write(Path(directory) / f"box-{pid}.key", secret.private_bytes_raw())
-            boxes[pid] = secret.public_key().public_bytes_raw()
-        conn.send(("ok", (dict(verify), boxes)))
-    except Exception as e:  # noqa: BLE001 - report it to the parent
-        conn.send(("error", e))
-
-
-def _make_signing_keys(num_clients: int, committee: tuple[int, ...],
-                       directory: Path) -> tuple[dict[int, bytes], dict[int, bytes]]:
-    mp = multiprocessing.get_context("spawn")
-    parent, child = mp.Pipe()
-    process = mp.Process(target=_signing_keys, args=(num_clients, committee, str(directory), child),
-                         name="fedsec-sign-keys")
-    process.start()
-    child.close()
-    try:
-        status, value = parent.recv()
-    except EOFError as e:
-        raise CryptoError("making the clients' signing keys failed: the process ended without an answer") from e
-    finally:
-        process.join(timeout=30)
-    if status == "error":
-        raise value
-    return value
+def _signing_keys(num_clients: int, committee: tuple[int, ...],
+                  directory: str) -> tuple[dict[int, bytes], dict[int, bytes]]:  # pragma: no cover - child process
+    """The signing keys and the members' box keys, made in a process of their own (:func:`.spawned.call_spawned`):
+    the clients' files written, the public halves returned."""
+    signing, verify = make_signing_keys(range(num_clients))
+    for pid, key in signing.items():
+        _write(Path(directory) / f"sign-{pid}.key", key)
+    boxes = {}
+    for pid in committee:
+        secret = X25519PrivateKey.generate()
+        _write(Path(directory) / f"box-{pid}.key", secret.private_bytes_raw())
+        boxes[pid] = secret.public_key().public_bytes_raw()
+    return dict(verify), boxes
 
 
 def provision_threshold_keys(params: CkksParams, *, num_clients: int, committee: int, threshold: int | None = None,
                              min_clients: int = 2, run_id: str | None = None, client_norm_bound: float | None = None,
-                             directory: str | Path | None = None) -> tuple[ThresholdServerInfo, Path]:
+                             seed: int = 0, directory: str | Path | None = None) -> tuple[ThresholdServerInfo, Path]:
     """Run the committee's key generation (each member in an OpenFHE side process of its own, which also
     Shamir-shares its secret among the other members when ``threshold`` < ``committee``) and make the signing and
     box keys; write the clients' files to ``directory`` (default: a fresh 0700 temporary directory)."""
@@ -80,7 +58,7 @@ def provision_threshold_keys(params: CkksParams, *, num_clients: int, committee:
                           f"({committee / 2:g}, {committee}] (OpenFHE's Shamir sharing needs a majority)")
     run_id = run_id or uuid.uuid4().hex
     config = ThresholdConfig(params.poly_modulus_degree, params.coeff_mod_bit_sizes[0], num_clients,
-                             committee_of(run_id, num_clients, committee), t, min_clients, run_id, client_norm_bound)
+                             committee_of(seed, num_clients, committee), t, min_clients, run_id, client_norm_bound)
     path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="fedsec-threshold-keys-"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -117,7 +95,8 @@ def _provision(config: ThresholdConfig, path: Path) -> ThresholdServerInfo:
             finally:
                 member.close()
     joint = coordinator.call("joint_key", cc=cc, public_keys=public_keys)
-    verify, boxes = _make_signing_keys(config.num_clients, config.committee, path)
+    verify, boxes = call_spawned(_signing_keys, config.num_clients, config.committee, str(path),
+                                 name="fedsec-sign-keys", what="making the clients' signing keys")
     info = ThresholdServerInfo(cc, joint, int(made["slots"]), verify, config, boxes)
     _write(path / GROUP_FILE, {"config": config, "info": info})
     return info
@@ -130,10 +109,10 @@ class ThresholdHeldKeys(ClientHeldKeys):
     @classmethod
     def start(cls, params: CkksParams, *, num_clients: int, committee: int = 3,  # type: ignore[override]
               threshold: int | None = None, min_clients: int = 2, run_id: str | None = None,
-              client_norm_bound: float | None = None, **_unused: Any) -> ThresholdHeldKeys:
+              client_norm_bound: float | None = None, seed: int = 0, **_unused: Any) -> ThresholdHeldKeys:
         info, path = provision_threshold_keys(params, num_clients=num_clients, committee=committee,
                                               threshold=threshold, min_clients=min_clients, run_id=run_id,
-                                              client_norm_bound=client_norm_bound)
+                                              client_norm_bound=client_norm_bound, seed=seed)
         return cls(info, path)  # type: ignore[arg-type]
 
     def server_view(self) -> ThresholdDecryption:  # type: ignore[override]
