@@ -133,8 +133,8 @@ def decrypt_reply(message: Message, crypto_ref: Any, *, partition_id: int) -> Me
         raise CryptoError("a decryption request reached a client that holds no secret key (encryption.trust is "
                           "not 'clients')")
     server_round, members, length, noise_std = parse_decrypt_request(message.content[DECRYPT_RECORD])
-    run_id, num_clients = crypto_ref.run_facts()
-    turn = decryptor_of(run_id, server_round, num_clients)
+    seed, num_clients = crypto_ref.run_facts()
+    turn = decryptor_of(seed, server_round, num_clients)
     if turn != partition_id:
         result = DecryptionResult(server_round, None, [], {}, refused=f"client {partition_id} is not round "
                                   f"{server_round}'s decryptor (client {turn} is)")

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +30,7 @@ from fedsec.crypto.openfhe_side import missing_reason
 from fedsec.crypto.signing import sign_chunks
 from fedsec.strategies.encrypted_fedavg import EncryptedFedAvg
 from tests.flower_messages import started
+from tests.in_process import run_in_process
 from tests.test_trust_authority import NUM_CLIENTS, client_reply, global_zero, updates
 
 pytestmark = pytest.mark.usefixtures("server_identity")
@@ -88,7 +90,7 @@ def test_the_rounds_decryptor_releases_a_signed_sum_once(keys):
     np.testing.assert_allclose(record_to_vector(new).numpy(), np.mean(ups, axis=0), atol=1e-6)
     again = strategy.authority.decrypt_round(1, [], 16)  # a second sum of round 1, of any set: refused
     assert again.vector is None and "already released once" in again.refused
-    turn = decryptor_of(keys.info.run_id, 1, NUM_CLIENTS)  # the record is in the key directory, not Flower's state
+    turn = decryptor_of(keys.info.seed, 1, NUM_CLIENTS)  # the record is in the key directory, not Flower's state
     assert (keys.path / f"released-{turn}.json").read_text() == "[1]"
 
 
@@ -105,7 +107,7 @@ def test_one_member_is_refused_and_only_the_rounds_decryptor_answers(keys):
     ring, view, ups = ClientKeyring(keys.client_ref()), connected(keys), updates(2, seed=1)
     alone = view.decrypt_round(1, members(ring, [0], ups[:1]), 16)
     assert alone.vector is None and "at least min_clients=2" in alone.refused
-    turn = decryptor_of(view.run_id, 2, NUM_CLIENTS)
+    turn = decryptor_of(view.seed, 2, NUM_CLIENTS)
     other = (turn + 1) % NUM_CLIENTS
     request = Message(content=RecordDict({DECRYPT_RECORD: decrypt_request(2, members(ring, [0, 1], ups, 2), 16,
                                                                           0.0)}), dst_node_id=100 + other,
@@ -136,6 +138,20 @@ def test_central_dp_noise_is_drawn_from_a_secret_not_the_experiments_seed():
             result = view.decrypt_round(1, members(ring, [0, 1], ups), 16)
             noise.append(result.vector - (ups[0] + ups[1]))
     assert 0.2 < float(np.std(noise[0])) < 1.0 and not np.allclose(noise[0], noise[1])
+
+
+def test_a_round_whose_decryptor_drops_is_refused_and_recorded(tmp_path):
+    """``clients.dropout``: one client decrypts a round under this model, and when the simulated device it runs on is
+    unreachable that round nobody decrypts it (seed 0: the decryptors of rounds 1 and 2 drop; the same run under
+    threshold CKKS rebuilds them, tests/test_trust_threshold.py). The decryptor is drawn from the seed: runs repeat."""
+    raw = {"name": "drops", "seed": 0, "rounds": 3, "clients": {"dropout": 0.3},
+           "data": {"dataset": "digits", "partition": "iid", "num_clients": 6}, "model": {"name": "logreg"},
+           "train": {"clients_per_round": 6, "local_epochs": 1, "batch_size": 16, "lr": 0.1},
+           "defense": {"strategy": "fedavg"}, "encryption": {"scheme": "ckks", "trust": "clients"}}
+    rows = run_in_process(raw, tmp_path / "run")
+    assert rows["skipped"].tolist()[1:] == [1, 1, 0] and rows.attrs["stopped_reason"] == "completed"
+    clients = pd.read_csv(tmp_path / "run" / "clients.csv")
+    assert set(clients.loc[clients["round"] == 1, "status"]) >= {"skipped: decryptor client refused"}
 
 
 SMOKE = Path(__file__).resolve().parents[1] / "experiments" / "digits_smoke.toml"

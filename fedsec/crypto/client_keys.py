@@ -12,7 +12,7 @@ with fedsec's release rules (:mod:`.authority`, steps 1-5) moved into a client:
   server's, never holds a key that decrypts or signs.
 - **Clients** encrypt and sign as under the key authority (:mod:`fedsec.clients.encrypted`).
 - **Decryption**: the server adds nothing itself; it sends the round's signed ciphertexts to the round's
-  *decryptor*, the client :func:`decryptor_of` names from the run id and the round (the server cannot pick a
+  *decryptor*, the client :func:`decryptor_of` names from the experiment seed and the round (the server cannot pick a
   friendlier one, nor ask a second client about the same round), which verifies every signature, adds the
   ciphertexts itself, decrypts the sum only if it holds at least ``min_clients`` distinct signed members, checks
   its plausibility, adds the central-DP noise drawn from the secret noise seed, and releases it once per round
@@ -65,16 +65,16 @@ DECRYPT_RECORD = "ckks-decrypt"  # QUERY message content: the round's signed mem
 RELEASE_RECORD = "ckks-release"  # its reply: the released sum (float64 bytes) and what was dropped
 
 
-def decryptor_of(run_id: str, server_round: int, num_clients: int) -> int:
+def decryptor_of(seed: int, server_round: int, num_clients: int) -> int:
     """The partition that decrypts round ``server_round``'s sum: fixed by the run id and the round, so the server
     cannot choose it, nor ask two clients about one round.
 
-    >>> decryptor_of("run", 1, 4) == decryptor_of("run", 1, 4)
+    >>> decryptor_of(0, 1, 4) == decryptor_of(0, 1, 4)
     True
-    >>> sorted({decryptor_of("run", r, 4) for r in range(1, 41)})
+    >>> sorted({decryptor_of(0, r, 4) for r in range(1, 41)})
     [0, 1, 2, 3]
     """
-    digest = hashlib.sha256(f"{run_id}|{server_round}".encode()).digest()
+    digest = hashlib.sha256(f"decryptor|{seed}|{server_round}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % num_clients
 
 
@@ -88,6 +88,7 @@ class ServerKeyInfo:
     min_clients: int
     max_abs: float
     num_clients: int
+    seed: int = 0  # the experiment's: it names each round's decryptor (decryptor_of), so runs repeat
 
 
 def _write(path: Path, payload: Any) -> None:
@@ -109,18 +110,18 @@ def _provision(config: AuthorityConfig, directory: str) -> ServerKeyInfo:  # pra
     for pid, key in signing.items():
         _write(path / f"sign-{pid}.key", key)
     return ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
-                         config.run_id, config.min_clients, config.params.max_abs, config.num_clients)
+                         config.run_id, config.min_clients, config.params.max_abs, config.num_clients, config.seed)
 
 
 def provision_client_keys(params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
                           client_norm_bound: float | None = None, dp_noise_std: float | None = None,
-                          directory: str | Path | None = None) -> tuple[ServerKeyInfo, Path]:
+                          seed: int = 0, directory: str | Path | None = None) -> tuple[ServerKeyInfo, Path]:
     """Make the clients' keys in a spawned process; write them to ``directory`` (default: a fresh 0700 temporary
     directory); return the server's info and the directory."""
     params.validate()
     config = AuthorityConfig(params=params, num_clients=num_clients, min_clients=min_clients,
                              run_id=run_id or uuid.uuid4().hex, client_norm_bound=client_norm_bound,
-                             dp_noise_std=dp_noise_std)
+                             dp_noise_std=dp_noise_std, seed=seed)
     path = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="fedsec-client-keys-"))
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -192,10 +193,10 @@ class ClientKeyDir:
         partial.write_text(json.dumps(sorted(rounds)))
         os.replace(partial, record)  # whole or not at all
 
-    def run_facts(self) -> tuple[str, int]:
-        """(run id, number of clients): what a client needs to know whose turn a round's decryption is."""
+    def run_facts(self) -> tuple[int, int]:
+        """(experiment seed, number of clients): what a client needs to know whose turn a round's decryption is."""
         config = self._group()["config"]
-        return config.run_id, config.num_clients
+        return config.seed, config.num_clients
 
 
 _LOADED: dict[Path, Any] = {}
@@ -270,22 +271,33 @@ class ClientDecryption:
         self.public_context = info.public_context
         self.verify_keys = dict(info.verify_keys)
         self.run_id, self.min_clients, self.max_abs = info.run_id, info.min_clients, info.max_abs
-        self.num_clients = info.num_clients
+        self.num_clients, self.seed = info.num_clients, info.seed
         self._transport: Any = None
         self._node_of: dict[int, int] = {}
         self._timeout: float | None = None
+        self._devices: Any = None
 
     decrypter = "decryptor client"  # in the strategy's records
+    follows_devices = True  # connect() takes the simulated devices: an unreachable decryptor cannot answer
 
-    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None) -> None:
+    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None, *,
+                devices: Any = None) -> None:
+        """The transport to the clients and their nodes; ``devices`` (:class:`fedsec.federation.Federation`): a
+        round whose decryptor it marks unreachable (``clients.dropout``, ``clients.availability``) is refused."""
         self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
+        self._devices = devices
 
     def decrypt_round(self, server_round: int, members: list[SignedCiphertext], length: int, *,
                       noise_std: float = 0.0) -> DecryptionResult:
         """Send ``members`` to the round's decryptor client; its release, or a refusal that says why."""
         if self._transport is None:
             raise CryptoError("ClientDecryption.decrypt_round before connect(): the federation is not up")
-        pid = decryptor_of(self.run_id, server_round, self.num_clients)
+        pid = decryptor_of(self.seed, server_round, self.num_clients)
+        offline = self._devices.absent(server_round, [pid]) if self._devices is not None else {}
+        if offline:
+            return DecryptionResult(server_round, None, [], {}, refused=f"the round's decryptor client {pid} is "
+                                    f"unreachable ({offline[pid]}); one client decrypts a round under "
+                                    "trust='clients' (trust='threshold' rebuilds a missing member)")
         message = Message(content=RecordDict({DECRYPT_RECORD: decrypt_request(server_round, members, length,
                                                                               noise_std)}),
                           dst_node_id=self._node_of[pid], message_type=MessageType.QUERY)
@@ -346,10 +358,10 @@ class ClientHeldKeys:
     def start(cls, params: CkksParams, *, num_clients: int, min_clients: int = 2, run_id: str | None = None,
               client_norm_bound: float | None = None, seed: int = 0, backend: str = "auto",
               dp_noise_std: float | None = None) -> ClientHeldKeys:
-        """Provision (``seed`` and ``backend`` are the key authority's and unused: the noise seed is a secret drawn
-        at provisioning)."""
+        """Provision (``backend`` is the key authority's and unused; ``seed``, the experiment's, names each round's
+        decryptor; the noise seed is a secret drawn at provisioning)."""
         info, path = provision_client_keys(params, num_clients=num_clients, min_clients=min_clients, run_id=run_id,
-                                           client_norm_bound=client_norm_bound, dp_noise_std=dp_noise_std)
+                                           client_norm_bound=client_norm_bound, dp_noise_std=dp_noise_std, seed=seed)
         return cls(info, path)
 
     def server_view(self) -> ClientDecryption:
