@@ -163,14 +163,14 @@ class ClientKeyDir:
     path: str
 
     def _group(self) -> dict[str, Any]:
-        return _load(Path(self.path) / GROUP_FILE)
+        return read_key_file(Path(self.path) / GROUP_FILE)
 
     def client_material(self, partition_id: int) -> ClientMaterial:
         group = self._group()
         file = Path(self.path) / f"sign-{partition_id}.key"
         if not file.is_file():
             raise CryptoError(f"no CKKS signing key for partition {partition_id} in {self.path}")
-        return ClientMaterial(partition_id, group["config"].run_id, group["context"], _load(file))
+        return ClientMaterial(partition_id, group["config"].run_id, group["context"], read_key_file(file))
 
     def decryptor(self, released: set[int]) -> ClientDecryptor:
         group = self._group()
@@ -202,7 +202,8 @@ class ClientKeyDir:
 _LOADED: dict[Path, Any] = {}
 
 
-def _load(path: Path) -> Any:
+def read_key_file(path: Path) -> Any:
+    """A key file this run's provisioning wrote (pickled, mode 0600), read once per worker."""
     if path not in _LOADED:
         if any(p.parent != path.parent for p in _LOADED):  # another run's keys: keep one run's in a worker
             _LOADED.clear()

@@ -48,7 +48,7 @@ import numpy as np
 
 from .authority import ClientMaterial
 from .ckks import CkksParams, CryptoError
-from .client_keys import ClientKeyDir, _load
+from .client_keys import ClientKeyDir, read_key_file
 from .openfhe_side import side
 
 __all__ = ["HEADROOM_BITS", "ThresholdConfig", "ThresholdKeyDir", "ThresholdMaterial", "ThresholdServerInfo",
@@ -159,7 +159,7 @@ class ThresholdKeyDir(ClientKeyDir):
         file = Path(self.path) / f"sign-{partition_id}.key"
         if not file.is_file():
             raise CryptoError(f"no signing key for partition {partition_id} in {self.path}")
-        return ThresholdMaterial(partition_id, info.config.run_id, info.joint_key, _load(file), cc=info.cc,
+        return ThresholdMaterial(partition_id, info.config.run_id, info.joint_key, read_key_file(file), cc=info.cc,
                                  slots=info.slots)
 
     def decryptor(self, released: set[int]) -> Any:
@@ -169,7 +169,7 @@ class ThresholdKeyDir(ClientKeyDir):
         return Path(self.path) / f"member-{partition_id}.secret"
 
     def box_secret(self, partition_id: int) -> bytes:
-        return _load(Path(self.path) / f"box-{partition_id}.key")
+        return read_key_file(Path(self.path) / f"box-{partition_id}.key")
 
     def held_share(self, holder: int, owner: int) -> bytes:
         return _held(Path(self.path), holder, owner).read_bytes()
