@@ -279,7 +279,8 @@ def deploy(
                           f"({result.why_shared}; docs/runs.md)", markup=False, highlight=False, soft_wrap=True)
     server = f"the server ran as {escape(result.server_user)}; " if result.server_user else ""
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/] ({result.wall_seconds:.0f} s; {server}"
-                  f"Flower's logs: {escape(str(result.log_dir))})", markup=True, highlight=False)
+                  f"Flower's logs: {escape(str(result.log_dir))})", markup=True, highlight=False,
+                  soft_wrap=True)  # paths stay whole, to copy
     if summary.get("stopped_reason") not in ("completed", "privacy_budget"):
         raise typer.Exit(code=1)
 
