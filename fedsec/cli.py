@@ -54,6 +54,35 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set attack.fraction=0.3 (repeatable)."),
 ]
+# what `fedsec run` and `fedsec deploy` share
+RunConfigArgument = Annotated[Path | None, typer.Argument(help="Experiment TOML file (with --resume: the run's own).")]
+RunOutOption = Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")]
+ResumeOption = Annotated[Path | None, typer.Option(
+    "--resume", help="Go on with the run in this directory from its last checkpoint.")]
+
+
+def _resumed(command: str, config: Path | None, out: Path | None, resume: Path | None) -> tuple[Path, Path | None]:
+    """(config, out) of `fedsec run/deploy`: with ``--resume`` the run's own config and directory; a clear error
+    (exit 2) for an ``--out`` elsewhere or no config at all."""
+    if resume is not None:
+        if out is not None and out.resolve() != resume.resolve():
+            _fail_input(f"--resume {resume} and --out {out}: a resumed run writes into its own directory")
+        config, out = config or resume / "config.toml", resume
+    if config is None:
+        _fail_input(f"give an experiment config (fedsec {command} CONFIG) or --resume RUN_DIR")
+    return config, out
+
+
+def _print_metrics(title: str, summary: dict) -> None:
+    """The final-metrics table of a run's summary (what the config measures, from the declarations)."""
+    from fedsec.runtime.runner import console_metrics
+
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in console_metrics(summary):
+        table.add_row(key, _fmt(value))
+    console.print(table)
 
 
 def _print_error(label: str, message: object) -> None:
@@ -133,11 +162,10 @@ def _fmt(value: object) -> str:
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file (with --resume: the run's own).")] = None,
+    config: RunConfigArgument = None,
     set_: SetOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        "--resume", help="Go on with the run in this directory from its last checkpoint.")] = None,
+    out: RunOutOption = None,
+    resume: ResumeOption = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Delete the run that --out already holds and start again.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Flower's and Ray's logs.")] = False,
@@ -149,18 +177,13 @@ def run(
 
     from fedsec.errors import FedsecInputError
     from fedsec.results.contract import round_status
-    from fedsec.runtime.runner import RunError, console_metrics, health_line, quiet_frameworks, run_experiment
+    from fedsec.runtime.runner import RunError, health_line, quiet_frameworks, run_experiment
 
     progress_log = logging.getLogger("fedsec.progress")  # fedsec.hooks.PROGRESS; named here: imports stay lazy
     quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
-    if resume is not None:
-        if overwrite:
-            _fail_input("--resume and --overwrite exclude each other; choose one")
-        if out is not None and out.resolve() != resume.resolve():
-            _fail_input(f"--resume {resume} and --out {out}: a resumed run writes into its own directory")
-        config, out = config or resume / "config.toml", resume
-    if config is None:
-        _fail_input("give an experiment config (fedsec run CONFIG) or --resume RUN_DIR")
+    if resume is not None and overwrite:
+        _fail_input("--resume and --overwrite exclude each other; choose one")
+    config, out = _resumed("run", config, out, resume)
     plan = _load(config, set_)
     if resume is None and (name := named_after_overrides(plan.name, set_)) != plan.name:
         plan = _load(config, [*(set_ or []), f'name="{name}"'])  # the name follows what --set changed
@@ -191,12 +214,7 @@ def run(
     except FedsecInputError as e:  # the run directory is locked, holds another run, cannot be resumed, ...
         _fail_input(str(e))
     summary = result.summary
-    table = Table(title=f"{experiment.name}: final metrics", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in console_metrics(summary):  # what the config measures, from the declarations
-        table.add_row(key, _fmt(value))
-    console.print(table)
+    _print_metrics(f"{experiment.name}: final metrics", summary)
     if line := health_line(summary):
         err_console.print(f"warning: {line}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"run directory: [bold]{escape(str(result.run_dir))}[/]")
@@ -210,11 +228,10 @@ def run(
 
 @app.command()
 def deploy(
-    config: Annotated[Path | None, typer.Argument(help="Experiment TOML file (with --resume: the run's own).")] = None,
+    config: RunConfigArgument = None,
     set_: SetOption = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: runs/<name>-<time>).")] = None,
-    resume: Annotated[Path | None, typer.Option(
-        "--resume", help="Go on with the run in this directory from its last checkpoint.")] = None,
+    out: RunOutOption = None,
+    resume: ResumeOption = None,
     timeout: Annotated[float, typer.Option("--timeout", min=10, max=86_400,
                                            help="Seconds the run may take before it is stopped.")] = 3600.0,
     server_user: Annotated[str, typer.Option(
@@ -228,16 +245,11 @@ def deploy(
 
     from fedsec.errors import ConfigError
     from fedsec.runtime.deployment import DeploymentError, run_deployment
-    from fedsec.runtime.runner import console_metrics, default_run_dir
+    from fedsec.runtime.runner import default_run_dir
 
-    if resume is not None:
-        if out is not None and out.resolve() != resume.resolve():
-            _fail_input(f"--resume {resume} and --out {out}: a resumed run writes into its own directory")
-        config, out = config or resume / "config.toml", resume
-        if not (resume / "checkpoints").is_dir():
-            _fail_input(f"--resume {resume}: no checkpoint there to go on from")
-    if config is None:
-        _fail_input("give an experiment config (fedsec deploy CONFIG) or --resume RUN_DIR")
+    if resume is not None and not (resume / "checkpoints").is_dir():
+        _fail_input(f"--resume {resume}: no checkpoint there to go on from")
+    config, out = _resumed("deploy", config, out, resume)
     plan = _load(config, set_)
     run_dir = out or Path(default_run_dir(plan.name))
     if resume is None and run_dir.exists() and any(run_dir.iterdir()):
@@ -268,12 +280,7 @@ def deploy(
                      f"{result.log_dir}")
         raise typer.Exit(code=1)
     summary = json.loads(summary_file.read_text())
-    table = Table(title=f"{plan.name}: final metrics (Flower deployment engine)", show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in console_metrics(summary):
-        table.add_row(key, _fmt(value))
-    console.print(table)
+    _print_metrics(f"{plan.name}: final metrics (Flower deployment engine)", summary)
     if not result.server_user:
         err_console.print(f"note: the server ran as this account, which can read the clients' key files and memory "
                           f"({result.why_shared}; docs/runs.md)", markup=False, highlight=False, soft_wrap=True)

@@ -48,7 +48,7 @@ from .ckks import CkksParams, CryptoError, add_encrypted, decrypt_chunks, encryp
 from .signing import make_signing_keys, sign_chunks, verify_chunks
 
 __all__ = ["AuthorityConfig", "AuthorityRef", "ClientMaterial", "DecryptionResult", "DecryptionService",
-           "KeyAuthorityHandle", "SignedCiphertext", "verified_members"]
+           "KeyAuthorityHandle", "SignedCiphertext", "implausible", "verified_members"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,17 +179,8 @@ class _Authority:
         return ClientMaterial(partition_id, self.config.run_id, self._client_context, self._signing[partition_id])
 
     def _implausible(self, vector: np.ndarray, members: int) -> str | None:
-        limit = self.config.params.max_abs
-        peak = float(np.max(np.abs(vector))) if vector.size else 0.0
-        if not np.isfinite(peak) or peak > limit * (1 + 1e-6):  # CKKS noise (~1e-8) on a sum at the bound
-            return (f"max |value| {peak:.4g} exceeds the CKKS headroom {limit:.4g}: the sum wrapped around (overflow) "
-                    "or a ciphertext was made under another key")
-        bound = self.config.client_norm_bound
-        if bound is not None:
-            norm = float(np.linalg.norm(vector))
-            if norm > members * bound * (1 + 1e-6) + 1e-6:
-                return f"||sum|| = {norm:.4g} exceeds {members} clients x the declared norm bound {bound:g}"
-        return None
+        return implausible(vector, members, max_abs=self.config.params.max_abs,
+                           norm_bound=self.config.client_norm_bound)
 
     def _exclude_until_plausible(self, kept: dict[int, list[bytes]], own: dict[int, np.ndarray],
                                  result: DecryptionResult) -> None:
@@ -277,6 +268,21 @@ class _Authority:
         result.vector, result.accepted = vector, sorted(kept)
         result.add_seconds, result.decrypt_seconds = t1 - t0, time.perf_counter() - t1
         return result
+
+
+def implausible(vector: np.ndarray, members: int, *, max_abs: float, norm_bound: float | None) -> str | None:
+    """Release rule 4: why a decrypted sum of ``members`` clients cannot be what they encrypted (None when it can):
+    a value beyond the CKKS headroom (the sum wrapped around, or a ciphertext under another key), or, when clients
+    declared a norm bound, ||sum|| beyond members x that bound."""
+    peak = float(np.max(np.abs(vector))) if vector.size else 0.0
+    if not np.isfinite(peak) or peak > max_abs * (1 + 1e-6):  # CKKS noise (~1e-8) on a sum at the bound
+        return (f"max |value| {peak:.4g} exceeds the CKKS headroom {max_abs:.4g}: the sum wrapped around (overflow) "
+                "or a ciphertext was made under another key")
+    if norm_bound is not None:
+        norm = float(np.linalg.norm(vector))
+        if norm > members * norm_bound * (1 + 1e-6) + 1e-6:
+            return f"||sum|| = {norm:.4g} exceeds {members} clients x the declared norm bound {norm_bound:g}"
+    return None
 
 
 def verified_members(members: list[SignedCiphertext], verify_keys: dict[int, bytes], *, run_id: str,

@@ -56,7 +56,8 @@ from .signing import make_signing_keys
 from .spawned import call_spawned
 
 __all__ = ["ClientDecryption", "ClientDecryptor", "ClientHeldKeys", "ClientKeyDir", "DECRYPT_RECORD",
-           "RELEASE_RECORD", "ServerKeyInfo", "ServerKeys", "decryptor_of", "provision_client_keys"]
+           "MessagedDecryption", "RELEASE_RECORD", "ServerKeyInfo", "ServerKeys", "decryptor_of",
+           "provision_client_keys"]
 
 logger = logging.getLogger(__name__)
 
@@ -260,41 +261,56 @@ def parse_release(server_round: int, record: ConfigRecord, length: int) -> Decry
                             add_seconds=float(meta["add_seconds"]), decrypt_seconds=float(meta["decrypt_seconds"]))
 
 
-class ClientDecryption:
-    """The server's side under ``trust = "clients"``: the public context, the verification keys and
-    :meth:`decrypt_round`, which asks the round's decryptor client (the same interface as the key authority's
-    :class:`fedsec.crypto.DecryptionService`). :meth:`connect` gives it the transport and the partitions' nodes once
+class MessagedDecryption:
+    """What the server's views that reach their decrypting clients through Flower messages share (``clients`` and
+    ``threshold``): :meth:`connect` gives them the transport, the partitions' nodes and the simulated devices once
     the federation is up."""
 
-    def __init__(self, info: ServerKeyInfo) -> None:
-        if load_context(info.public_context).has_secret_key():
-            raise CryptoError("ClientDecryption: the server's context holds the secret key; provisioning is broken")
-        self.public_context = info.public_context
-        self.verify_keys = dict(info.verify_keys)
-        self.run_id, self.min_clients, self.max_abs = info.run_id, info.min_clients, info.max_abs
-        self.num_clients, self.seed = info.num_clients, info.seed
+    decrypter = "decrypting client"  # who refuses, in the strategy's records
+    follows_devices = True  # connect() takes the simulated devices: an unreachable client cannot answer
+
+    def __init__(self, *, verify_keys: dict[int, bytes], run_id: str, min_clients: int, max_abs: float,
+                 num_clients: int) -> None:
+        self.verify_keys = dict(verify_keys)
+        self.run_id, self.min_clients, self.max_abs, self.num_clients = run_id, min_clients, max_abs, num_clients
         self._transport: Any = None
         self._node_of: dict[int, int] = {}
         self._timeout: float | None = None
         self._devices: Any = None
 
-    decrypter = "decryptor client"  # in the strategy's records
-    follows_devices = True  # connect() takes the simulated devices: an unreachable decryptor cannot answer
-
     def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None, *,
                 devices: Any = None) -> None:
-        """The transport to the clients and their nodes; ``devices`` (:class:`fedsec.federation.Federation`): a
-        round whose decryptor it marks unreachable (``clients.dropout``, ``clients.availability``) is refused."""
+        """The transport to the clients and their nodes; ``devices`` (:class:`fedsec.federation.Federation`): the
+        clients it marks unreachable in a round (``clients.dropout``, ``clients.availability``) cannot answer."""
         self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
         self._devices = devices
+
+    def _offline(self, server_round: int, partition_ids: list[int]) -> dict[int, str]:
+        """The clients of ``partition_ids`` the simulated devices mark unreachable this round, with the reason."""
+        if self._transport is None:
+            raise CryptoError(f"{type(self).__name__}.decrypt_round before connect(): the federation is not up")
+        return self._devices.absent(server_round, partition_ids) if self._devices is not None else {}
+
+
+class ClientDecryption(MessagedDecryption):
+    """The server's side under ``trust = "clients"``: the public context, the verification keys and
+    :meth:`decrypt_round`, which asks the round's decryptor client (the same interface as the key authority's
+    :class:`fedsec.crypto.DecryptionService`); a round whose decryptor is unreachable is refused."""
+
+    decrypter = "decryptor client"
+
+    def __init__(self, info: ServerKeyInfo) -> None:
+        if load_context(info.public_context).has_secret_key():
+            raise CryptoError("ClientDecryption: the server's context holds the secret key; provisioning is broken")
+        super().__init__(verify_keys=info.verify_keys, run_id=info.run_id, min_clients=info.min_clients,
+                         max_abs=info.max_abs, num_clients=info.num_clients)
+        self.public_context, self.seed = info.public_context, info.seed
 
     def decrypt_round(self, server_round: int, members: list[SignedCiphertext], length: int, *,
                       noise_std: float = 0.0) -> DecryptionResult:
         """Send ``members`` to the round's decryptor client; its release, or a refusal that says why."""
-        if self._transport is None:
-            raise CryptoError("ClientDecryption.decrypt_round before connect(): the federation is not up")
         pid = decryptor_of(self.seed, server_round, self.num_clients)
-        offline = self._devices.absent(server_round, [pid]) if self._devices is not None else {}
+        offline = self._offline(server_round, [pid])
         if offline:
             return DecryptionResult(server_round, None, [], {}, refused=f"the round's decryptor client {pid} is "
                                     f"unreachable ({offline[pid]}); one client decrypts a round under "

@@ -63,9 +63,12 @@ SHARE_OF_KEY = "share-of"  # a share request: the dropped member whose secret a 
 SHARE_FOR_KEY = "share-for"  # ... and the member it is encrypted to
 
 
+MAX_ABS = 2.0 ** (HEADROOM_BITS - 1)  # largest |value| of a sum (one bit of margin below the headroom)
+
+
 def threshold_max_abs(params: CkksParams) -> float:
-    """Largest |value| of a sum under threshold CKKS (one bit of margin below the headroom)."""
-    return 2.0 ** (HEADROOM_BITS - 1)
+    """Largest |value| of a sum under threshold CKKS, whatever the parameters (the scale follows the first prime)."""
+    return MAX_ABS
 
 
 COMMITTEE_STREAM = 0xC0FFEE  # the committee's draw: its own stream of the experiment seed
@@ -107,7 +110,7 @@ class ThresholdConfig:
 
     @property
     def max_abs(self) -> float:
-        return 2.0 ** (HEADROOM_BITS - 1)
+        return MAX_ABS
 
 
 @dataclass(frozen=True)

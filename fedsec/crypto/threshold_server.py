@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
-from .authority import DecryptionResult, SignedCiphertext
+from .authority import DecryptionResult, SignedCiphertext, implausible
 from .ckks import CryptoError
-from .client_keys import DECRYPT_RECORD, RELEASE_RECORD, decrypt_request
+from .client_keys import DECRYPT_RECORD, RELEASE_RECORD, MessagedDecryption, decrypt_request
 from .openfhe_side import side
 from .threshold import (
     LEAD_KEY,
@@ -36,37 +36,23 @@ def _refusal(server_round: int, why: str, rejected: dict[int, str] | None = None
     return DecryptionResult(server_round, None, [], dict(rejected or {}), refused=why)
 
 
-class ThresholdDecryption:
+class ThresholdDecryption(MessagedDecryption):
     """The server's side under ``trust = "threshold"``: the context, the joint public key, the verification keys
     and :meth:`decrypt_round`, which asks every committee member for its partial decryption and fuses them (the
-    interface of :class:`fedsec.crypto.DecryptionService`)."""
+    interface of :class:`fedsec.crypto.DecryptionService`); members the simulated devices mark unreachable are not
+    asked and are rebuilt from shares, as members that do not answer."""
+
+    decrypter = "decryption committee"
 
     def __init__(self, info: ThresholdServerInfo) -> None:
-        self.info = info
-        self.public_context = info.joint_key
-        self.verify_keys = dict(info.verify_keys)
-        self.run_id, self.min_clients = info.config.run_id, info.config.min_clients
-        self.max_abs, self.num_clients = info.config.max_abs, info.config.num_clients
-        self.committee = info.config.committee
-        self._transport: Any = None
-        self._node_of: dict[int, int] = {}
-        self._timeout: float | None = None
-        self._devices: Any = None
+        config = info.config
+        super().__init__(verify_keys=info.verify_keys, run_id=config.run_id, min_clients=config.min_clients,
+                         max_abs=config.max_abs, num_clients=config.num_clients)
+        self.info, self.public_context, self.committee = info, info.joint_key, config.committee
 
     def holds_secret_key(self) -> bool:
         """Never: the server's material is the context and the joint public key."""
         return False
-
-    decrypter = "decryption committee"  # in the strategy's records
-    follows_devices = True  # connect() takes the simulated devices: an unreachable member is not asked
-
-    def connect(self, transport: Any, node_of: dict[int, int], timeout: float | None, *,
-                devices: Any = None) -> None:
-        """The transport to the members and their nodes; ``devices`` (:class:`fedsec.federation.Federation`): the
-        members it marks unreachable in a round (``clients.dropout``, ``clients.availability``) are not asked and
-        are rebuilt from shares, as members that do not answer."""
-        self._transport, self._node_of, self._timeout = transport, dict(node_of), timeout
-        self._devices = devices
 
     def _ask(self, requests: dict[int, ConfigRecord]) -> dict[int, tuple[str, Any]]:
         """Send each member its request; per member ("ok", (payload, meta)), ("refused", why) or ("lost", why).
@@ -96,8 +82,7 @@ class ThresholdDecryption:
         """Every committee member's partial decryption of the members' sum, fused; a member that does not answer is
         replaced, when at least ``threshold`` did, by its secret rebuilt from the others' shares at one of them;
         otherwise a refusal that says why."""
-        if self._transport is None:
-            raise CryptoError("ThresholdDecryption.decrypt_round before connect(): the federation is not up")
+        offline = self._offline(server_round, list(self.committee))
         if noise_std > 0:
             return _refusal(server_round, "threshold CKKS adds no central-DP noise (no party decrypts alone)")
         lead, config = self.committee[0], self.info.config
@@ -110,7 +95,6 @@ class ThresholdDecryption:
             return record
 
         t0 = time.perf_counter()
-        offline = self._devices.absent(server_round, list(self.committee)) if self._devices is not None else {}
         everyone = request()
         answers = self._ask(dict.fromkeys([p for p in self.committee if p not in offline], everyone))
         answers.update({pid: ("lost", why) for pid, why in offline.items()})
@@ -152,7 +136,6 @@ class ThresholdDecryption:
                             f"decryptions ({need}): {said}", rejected)
         if len(accepted_sets) != 1:
             return _refusal(server_round, "the committee members decrypted different member sets", rejected)
-        t1 = time.perf_counter()
         try:
             raw = side().call("fuse", cc=self.info.cc, partials=[partials[p] for p in self.committee],
                               length=length)
@@ -160,20 +143,15 @@ class ThresholdDecryption:
             return _refusal(server_round, f"the partial decryptions do not fuse: {e}", rejected)
         vector = np.frombuffer(raw, dtype=np.float64).copy()
         accepted = list(next(iter(accepted_sets)))
-        peak = float(np.max(np.abs(vector))) if vector.size else 0.0
-        if not np.isfinite(peak) or peak > self.max_abs * (1 + 1e-6):
-            return _refusal(server_round, f"max |value| {peak:.4g} of the fused sum exceeds the headroom "
-                            f"{self.max_abs:.4g} (overflow); threshold CKKS cannot drop one member without "
-                            "decrypting it alone, so the round is refused", rejected)
-        bound = config.client_norm_bound
-        if bound is not None and float(np.linalg.norm(vector)) > len(accepted) * bound * (1 + 1e-6) + 1e-6:
-            return _refusal(server_round, f"||sum|| exceeds {len(accepted)} clients x the declared norm bound",
-                            rejected)
+        why = implausible(vector, len(accepted), max_abs=self.max_abs, norm_bound=config.client_norm_bound)
+        if why is not None:  # no member is decrypted alone to find the culprit: the round is refused
+            return _refusal(server_round, f"the fused sum is implausible ({why}); threshold CKKS cannot drop one "
+                            "member without decrypting it alone", rejected)
         if recovered:
             logger.info("round %d: the partial decryptions of member(s) %s rebuilt from shares at member %d",
                         server_round, recovered, min(p for p in partials if p not in recovered))
         return DecryptionResult(server_round, vector, accepted, rejected, add_seconds=0.0,
-                                decrypt_seconds=(t1 - t0) + (time.perf_counter() - t1), recovered=recovered)
+                                decrypt_seconds=time.perf_counter() - t0, recovered=recovered)
 
 
 def _share_request(server_round: int, length: int, dropped: int, recipient: int) -> ConfigRecord:
