@@ -267,7 +267,6 @@ class MessagedDecryption:
     the federation is up."""
 
     decrypter = "decrypting client"  # who refuses, in the strategy's records
-    follows_devices = True  # connect() takes the simulated devices: an unreachable client cannot answer
 
     def __init__(self, *, verify_keys: dict[int, bytes], run_id: str, min_clients: int, max_abs: float,
                  num_clients: int) -> None:

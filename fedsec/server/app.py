@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsec.arrays import model_to_record
+from fedsec.crypto.client_keys import MessagedDecryption
 from fedsec.data.federated import FederatedData
 from fedsec.errors import FedsecRuntimeError
 from fedsec.hooks import PROGRESS, RoundHook, RoundState, ServerContext
@@ -74,8 +75,9 @@ class ServerOutcome:
 def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any = None,
                    completed_rounds: int = 0, transport: tuple[Any, dict[int, int]] | None = None) -> RobustStrategy:
     """The run's strategy (:meth:`fedsec.plan.RunPlan.server_strategy`); FLTrust's root update is computed here,
-    where the data are. ``transport``: (the run's transport, partition -> node id), through which the round's
-    decryptor client answers under ``encryption.trust = "clients"``."""
+    where the data are. ``transport``: (the run's transport, partition -> node id), through which the decrypting
+    clients answer under ``encryption.trust = "clients"`` and ``"threshold"`` (the simulated devices decide who is
+    reachable)."""
     server_update_fn = None
     if plan.needs_server_update:  # the rule trusts an update the server computes on root data
         from .fltrust_root import make_root_update
@@ -84,9 +86,8 @@ def build_strategy(plan: ServerPlan, data: FederatedData, *, key_authority: Any 
         server_update_fn = make_root_update(data, model_name=facts.model_name, train=facts.train,
                                             root_size=plan.root_size, seed=facts.seed, calls=completed_rounds)
     strategy = plan.make_strategy(key_authority=key_authority, server_update_fn=server_update_fn)
-    if transport is not None and hasattr(decryption := getattr(strategy, "authority", None), "connect"):
-        devices = {"devices": plan.facts.federation} if getattr(decryption, "follows_devices", False) else {}
-        decryption.connect(*transport, plan.round_timeout, **devices)
+    if transport is not None and isinstance(decryption := getattr(strategy, "authority", None), MessagedDecryption):
+        decryption.connect(*transport, plan.round_timeout, devices=plan.facts.federation)
     return strategy
 
 
