@@ -6,8 +6,8 @@ reach into the clients. Here (``fedsec deploy``) nothing is shared: the ServerAp
 process that the SuperLink starts, each client behind a ``flower-supernode`` process of its own, and Flower starts a
 ``flwr-clientapp`` process for every message (Flower 1.42: ``SubprocessExecutor``); server and clients talk only
 through the SuperLink's messages. No Ray. Each SuperNode's ``--node-config`` stays on that node (Flower never sends
-it to the SuperLink), so under ``encryption.trust = "clients"`` the clients' key directory is named there and the
-server gets only the public key info (a file given in the run config).
+it to the SuperLink), so under ``encryption.trust = "clients"`` or ``"threshold"`` the clients' key directory is
+named there and the server gets only the public key info (a file given in the run config).
 
 Operating-system accounts: started as root, the SuperLink and the ServerApp run as ``nobody`` (:class:`ServerAccount`,
 ``--server-user``) and the clients as the launching account, so the server's process can read neither the clients'
@@ -163,15 +163,15 @@ def _copy_run(staging: Path, out: Path) -> None:
 
 def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_user: str | None = "auto",
                    resume: bool = False, on_round: Callable[[dict[str, str]], None] | None = None) -> DeploymentResult:
-    """Run ``plan`` on a local SuperLink and one SuperNode per client; the run directory is ``out``;
-    ``on_round`` gets each row of ``rounds.csv`` as it is written. Under CKKS with ``trust = "clients"`` the keys
-    are provisioned first: the SuperNodes get the key directory in their node config, the ServerApp the public info
-    file. ``server_user`` (``"auto"``: ``nobody`` when run as root): the account the SuperLink and the ServerApp
-    run as, apart from the clients' (the launching) account, so that the server's process cannot read the clients'
-    key files or memory; it then writes the run directory in a staging folder of its own, copied to ``out`` at
-    the end. The ServerApp reads the resolved config (``plan.to_toml()``), so the config file need not be readable
-    by that account (data directories named in it must be). ``resume``: go on from ``out``'s last checkpoint (not
-    under local DP: each client's accountant history would have to reach its SuperNode)."""
+    """Run ``plan`` on a local SuperLink and one SuperNode per client; the run directory is ``out``; ``on_round``
+    gets each row of ``rounds.csv`` as it is written. Under CKKS (``trust = "clients"`` or ``"threshold"``) the keys are
+    provisioned first: the SuperNodes get the key directory in their node config, the ServerApp the public info
+    file. ``server_user`` (``"auto"``: ``nobody`` when run as root): the account the SuperLink and the ServerApp run
+    as, apart from the clients' (the launching) account, so that the server's process cannot read the clients' key
+    files or memory; it then writes the run directory in a staging folder of its own, copied to ``out`` at the end.
+    The ServerApp reads the resolved config (``plan.to_toml()``), so the config file need not be readable by that
+    account (data directories named in it must be). ``resume``: go on from ``out``'s last checkpoint (not under
+    local DP: each client's accountant history would have to reach its SuperNode)."""
     if not (APP_ROOT / "pyproject.toml").is_file():
         raise DeploymentError(f"`fedsec deploy` runs the Flower App of a fedsec checkout (pyproject.toml with "
                               f"[tool.flwr.app]); none at {APP_ROOT}")
@@ -235,7 +235,7 @@ def run_deployment(plan: RunPlan, out: Path, *, timeout: float = 3600.0, server_
 
     t0 = time.perf_counter()
     try:
-        if plan.crypto is not None and plan.facts.trust in ("clients", "threshold"):
+        if plan.crypto is not None:  # trust = "clients" or "threshold" (check_app_plan refused the authority)
             keys = plan.start_keys()
             server_file = work / "server-keys.info"  # public: the context without its secret key, verify keys
             keys.write_server_info(server_file)

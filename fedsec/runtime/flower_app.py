@@ -12,7 +12,8 @@ The number of SuperNodes must equal ``data.num_clients`` (in simulation: ``flwr 
 them, :mod:`fedsec.runtime.deployment`); the ServerApp says so when it differs. Each worker builds the client data
 itself from the experiment and its seed, once per worker process (there is no driver to put the data in the object
 store). The server aggregates in the ServerApp process. Colluding attackers and the CKKS key authority need the
-runner's extra actors, so they run with ``fedsec run`` only; CKKS with ``encryption.trust = "clients"`` runs here
+runner's extra actors, so they run with ``fedsec run`` only; CKKS with ``encryption.trust = "clients"`` or
+``"threshold"`` runs here
 when the SuperNodes' node config names the clients' key directory (``fedsec-keys``) and the run config the
 server's public key info (``server_keys``), as ``fedsec deploy`` sets them up.
 """
@@ -33,8 +34,8 @@ from fedsec.plan import RunPlan, load_plan
 
 APP_ROOT = Path(__file__).resolve().parents[2]  # the checkout: pyproject.toml, experiments/
 DEFAULT_CONFIG = "experiments/quickstart.toml"
-SERVER_KEYS_KEY = "server_keys"  # run config: the public key info file under encryption.trust = "clients"
-CLIENT_KEYS_KEY = "fedsec-keys"  # node config: the clients' key directory under encryption.trust = "clients"
+SERVER_KEYS_KEY = "server_keys"  # run config: the public key info file (encryption.trust = clients | threshold)
+CLIENT_KEYS_KEY = "fedsec-keys"  # node config: the clients' key directory (encryption.trust = clients | threshold)
 
 
 def plan_from_run_config(run_config: dict) -> RunPlan:
@@ -67,10 +68,9 @@ def _client_app(config: str, overrides: str, keys: str, server_keys: str) -> Cli
     from fedsec.clients.app import make_client_app
     from fedsec.clients.spec import ClientSpec
     from fedsec.crypto.client_keys import ClientKeyDir
-
-    plan = plan_from_run_config({"config": config, "overrides": overrides, SERVER_KEYS_KEY: server_keys})
     from fedsec.crypto.threshold import ThresholdKeyDir
 
+    plan = plan_from_run_config({"config": config, "overrides": overrides, SERVER_KEYS_KEY: server_keys})
     crypto_ref = None
     if plan.crypto is not None:
         if not keys:
