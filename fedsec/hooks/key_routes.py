@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedsec.crypto.threshold import ThresholdKeyDir
+    from fedsec.crypto.client_keys import ClientKeyDir
 
 Candidate = tuple[str, np.ndarray]  # (what a route found, the victim's ciphertext decrypted with it)
 Route = Callable[[list[bytes], int], tuple[str, list[Candidate]]]
@@ -65,12 +65,10 @@ def _objects_in_process(chunks: list[bytes], length: int) -> tuple[str, list[Can
         try:
             if isinstance(obj, ts.Context) and obj.has_secret_key():
                 found.append(("a TenSEAL context holding the secret key", decrypt_chunks(obj, chunks, length)))
-            elif isinstance(obj, ThresholdKeyDir) and os.path.isdir(obj.path):
-                found.append((f"the committee's key directory handle ({obj.path}): every member's share",
-                              _with_every_share(obj, chunks, length)))
-            elif isinstance(obj, ClientKeyDir) and os.path.isdir(obj.path):
-                found.append((f"the clients' key directory handle ({obj.path})",
-                              obj.decryptor(set())._decrypt(chunks, length)))
+            elif isinstance(obj, ClientKeyDir) and os.path.isdir(obj.path):  # threshold's too: a subclass
+                what = ("the committee's key directory handle ({}): every member's share"
+                        if isinstance(obj, ThresholdKeyDir) else "the clients' key directory handle ({})")
+                found.append((what.format(obj.path), _decrypt_with(obj, chunks, length)))
         except Exception:  # noqa: BLE001 - another key's object: it does not decrypt this ciphertext
             continue
     return (f"{len(found)} object(s) holding or naming a key" if found else "no object holding or naming a key"), found
@@ -81,28 +79,29 @@ def _key_files(chunks: list[bytes], length: int) -> tuple[str, list[Candidate]]:
     from fedsec.crypto.threshold import ThresholdKeyDir
 
     found: list[Candidate] = []
-    for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "fedsec-client-keys-*", GROUP_FILE))):
-        if os.access(path, os.R_OK):
-            try:
-                vector = ClientKeyDir(os.path.dirname(path)).decryptor(set())._decrypt(chunks, length)
-            except Exception:  # noqa: BLE001 - unreadable or malformed: not a key
-                continue
-            found.append((f"readable key file {path} (same operating-system account)", vector))
-    for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), "fedsec-threshold-keys-*", GROUP_FILE))):
-        if os.access(path, os.R_OK):
-            try:
-                vector = _with_every_share(ThresholdKeyDir(os.path.dirname(path)), chunks, length)
-            except Exception:  # noqa: BLE001 - a share unreadable, or another run's: no decryption
-                continue
-            found.append((f"readable committee share files beside {path} (same operating-system account)", vector))
+    kinds = (("fedsec-client-keys-", ClientKeyDir, "readable key file {} (same operating-system account)"),
+             ("fedsec-threshold-keys-", ThresholdKeyDir,
+              "readable committee share files beside {} (same operating-system account)"))
+    for prefix, kind, what in kinds:
+        for path in sorted(glob.glob(os.path.join(tempfile.gettempdir(), f"{prefix}*", GROUP_FILE))):
+            if os.access(path, os.R_OK):
+                try:
+                    vector = _decrypt_with(kind(os.path.dirname(path)), chunks, length)
+                except Exception:  # noqa: BLE001 - unreadable, malformed or another run's: not this key
+                    continue
+                found.append((what.format(path), vector))
     return (f"{len(found)} readable key file(s)" if found else "no readable key file"), found
 
 
-def _with_every_share(keys: ThresholdKeyDir, chunks: list[bytes], length: int) -> np.ndarray:
-    """Threshold CKKS: every committee member's partial decryption of ``chunks``, made from its share file, fused:
-    what whoever reads all the share files can decrypt (raises when a share is unreadable)."""
+def _decrypt_with(keys: ClientKeyDir, chunks: list[bytes], length: int) -> np.ndarray:
+    """What whoever reads a key directory decrypts: with the clients' shared key, the ciphertext itself; under
+    threshold CKKS, every committee member's partial decryption made from its share file, fused (raises when a
+    file is unreadable)."""
     from fedsec.crypto.openfhe_side import side
+    from fedsec.crypto.threshold import ThresholdKeyDir
 
+    if not isinstance(keys, ThresholdKeyDir):
+        return keys.decryptor(set())._decrypt(chunks, length)
     info = keys.info()
     partials = [side().call("partial", cc=info.cc, members=[chunks], secret_path=str(keys.secret_path(pid)),
                             lead=i == 0) for i, pid in enumerate(info.config.committee)]
