@@ -11,7 +11,8 @@ first time in a process):
 - ``ray.init``: a fresh local Ray (``fedsec.runtime.runner.init_ray``), then its shutdown, in a fresh process;
 - ``run to round 0``: ``run_experiment`` from its call to round 0's row (Ray, data into the object store, Flower's
   engine, the actors importing torch and fedsec, the handshake, the initial evaluation); ``handshake + eval``: the
-  part inside the ServerApp (round 0's ``seconds``); ``whole run``: to the summary.
+  part inside the ServerApp (round 0's ``seconds``); ``run to round 1``: to the first trained and evaluated model
+  (what ``benchmarks/bench_peers.py`` calls "to round 1"); ``whole run``: to the summary.
 - ``warm run``: the same two parts for a second run of the config in one process that keeps its Ray and client
   actors between runs (``fedsec.runtime.runner.one_ray_for_many_runs``: what a sweep's cell worker and a privacy
   study do for every cell after the first).
@@ -74,9 +75,10 @@ def run_parts(config: Path) -> dict[str, float]:
     build_federated_data(plan.data_config, plan.seed)
     parts["data"] = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as out:
-        to_round0, inside, whole = timed_run(plan, Path(out) / "run")
+        to_round0, inside, whole, to_round1 = timed_run(plan, Path(out) / "run")
     parts["whole run"] = whole
     parts["run to round 0"] = to_round0
+    parts["run to round 1 (the first trained model)"] = to_round1
     parts["handshake + eval (inside the ServerApp)"] = inside
     return parts
 
@@ -90,7 +92,7 @@ def warm_parts(config: Path) -> dict[str, float]:
     plan = build_plan(load_experiment(config))
     with tempfile.TemporaryDirectory() as out, one_ray_for_many_runs():
         timed_run(plan, Path(out) / "first")
-        to_round0, _, whole = timed_run(plan, Path(out) / "second")
+        to_round0, _, whole, _ = timed_run(plan, Path(out) / "second")
     return {"warm run to round 0": to_round0, "warm whole run": whole}
 
 
@@ -101,7 +103,7 @@ def joined_parts(config: Path, address: str) -> dict[str, float]:
 
     plan = build_plan(load_experiment(config, [f"backend.address='{address}'"]))
     with tempfile.TemporaryDirectory() as out:
-        to_round0, _, whole = timed_run(plan, Path(out) / "run")
+        to_round0, _, whole, _ = timed_run(plan, Path(out) / "run")
     return {"joined run to round 0": to_round0, "joined whole run": whole}
 
 
@@ -118,21 +120,23 @@ def with_ray_head(child: list[str]) -> str:
         subprocess.run([ray, "stop", "--force"], check=False, capture_output=True)
 
 
-def timed_run(plan, out: Path) -> tuple[float, float, float]:
+def timed_run(plan, out: Path) -> tuple[float, float, float, float]:
     """``run_experiment(plan, out)``: seconds from its call to round 0's row, round 0's own ``seconds`` (inside the
-    ServerApp), and seconds from its call to its return."""
+    ServerApp), seconds from its call to its return, and from its call to round 1's row."""
     from fedsec.runtime.runner import run_experiment
 
-    round0: dict[str, float] = {}
+    rows: dict[str, float] = {}
     started = time.perf_counter()
 
     def on_round(row: dict) -> None:
         if int(row["round"]) == 0:
-            round0["at"] = time.perf_counter() - started
-            round0["inside"] = float(row["seconds"])
+            rows["at"] = time.perf_counter() - started
+            rows["inside"] = float(row["seconds"])
+        elif int(row["round"]) == 1:
+            rows["round 1"] = time.perf_counter() - started
 
     run_experiment(plan, out, on_round=on_round)
-    return round0["at"], round0["inside"], time.perf_counter() - started
+    return rows["at"], rows["inside"], time.perf_counter() - started, rows["round 1"]
 
 
 def main() -> None:

@@ -28,7 +28,6 @@ import math
 
 import mpmath
 import numpy as np
-from scipy import special
 
 ORDERS: tuple[float, ...] = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256])
 MAX_ORDER = 256
@@ -71,6 +70,8 @@ def log_forward_differences(sigma: float, max_l: int = MAX_ORDER) -> np.ndarray:
 
 def _log_a_int(gamma: float, sigma: float, alpha: int) -> float:
     """log A(alpha) for one integer alpha >= 2 (module docstring)."""
+    from scipy import special  # here: a client process imports this module and scipy costs it ~0.2 s of start-up
+
     eps2 = 1 / sigma**2
     log_d = log_forward_differences(sigma)
     j = np.arange(2, alpha + 1)

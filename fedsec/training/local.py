@@ -22,16 +22,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .sgd import LocalSGD
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 BatchSource = Callable[[int], Iterable[Batch]]  # epoch -> that epoch's mini-batches
 BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], Batch]  # (model, x, y) -> the batch to train on
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GradHook = Callable[[], None]  # called after each backward pass, before the optimizer step
+
+
+class Stepper(Protocol):
+    """What the loop asks of an optimizer: :class:`~.sgd.LocalSGD`, or a ``torch.optim.Optimizer`` (Opacus')."""
+
+    def zero_grad(self, set_to_none: bool = ...) -> None: ...
+
+    def step(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ def shuffled_batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, gener
 
 def local_sgd(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Stepper,
     batches: BatchSource,
     *,
     epochs: int,
@@ -175,7 +186,7 @@ def objective_gradient(model: nn.Module, objective: Objective) -> GradHook:
 
 def full_batch_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Stepper,
     x: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -217,12 +228,12 @@ def train_local(
     proximal_mu: float = 0.0,
     objective: Objective | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place with SGD (momentum) on ``(x, y)``: ``algorithm`` "fedavg" = ``epochs`` shuffled
-    passes of mini-batches; "fedprox" = the same with the proximal term of ``proximal_mu`` around the starting
-    weights (:func:`proximal_gradient`), and ``objective`` an attacker's extra term (:func:`objective_gradient`);
-    "fedsgd" = one full-batch step (:func:`full_batch_step`; ``epochs`` must be 1, ``batch_size`` is the chunk the
-    gradient is accumulated over; neither extra term applies)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """Train ``model`` in place with SGD (momentum; :class:`~.sgd.LocalSGD`, ``torch.optim.SGD``'s update) on
+    ``(x, y)``: ``algorithm`` "fedavg" = ``epochs`` shuffled passes of mini-batches; "fedprox" = the same with the
+    proximal term of ``proximal_mu`` around the starting weights (:func:`proximal_gradient`), and ``objective`` an
+    attacker's extra term (:func:`objective_gradient`); "fedsgd" = one full-batch step (:func:`full_batch_step`;
+    ``epochs`` must be 1, ``batch_size`` is the chunk the gradient is accumulated over; neither extra term applies)."""
+    optimizer = LocalSGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = x.shape[0]
     if algorithm == "fedsgd":
         if epochs != 1:
