@@ -40,6 +40,18 @@ def test_chance_rules_golden():
     assert binomial_p_value(0, 20, 0.1) == 1.0
 
 
+@pytest.mark.parametrize("examples", [1, 20, 360, 10_000])
+@pytest.mark.parametrize("chance", [0.1, 0.101, 0.5, 0.999])
+def test_binomial_tail_agrees_with_scipy(examples: int, chance: float) -> None:
+    from scipy.stats import binom
+
+    for correct in sorted({1, examples // 10, int(chance * examples) + 1, examples // 2, examples}):
+        ours, theirs = binomial_p_value(correct, examples, chance), float(binom.sf(correct - 1, examples, chance))
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-300)
+    assert binomial_p_value(examples + 1, examples, chance) == 0.0
+    assert binomial_p_value(1, examples, 1.0) == 1.0 and binomial_p_value(1, examples, 0.0) == 0.0
+
+
 def test_healthy_model_is_ok():
     health = model_health(_predictions(BALANCED, 800), BALANCED, num_classes=10)
     assert health.status == "ok" and health.reason == ""

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
+from fedsec.audits.lira import MembershipConfigError
+from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack, loss_threshold_point
 from fedsec.config import ConfigError, experiment_from_dict
 from fedsec.plan import build_plan, load_plan
 from fedsec.studies.privacy_study import parse_epsilons, parse_seeds, study_experiments, summarize
@@ -39,6 +42,28 @@ def test_loss_threshold_attack_separates_memorised_examples():
     assert default.point.threshold == pytest.approx(math.log1p(math.exp(-5.0)))  # the members' mean loss
     same = loss_threshold_attack(model, x, torch.cat([right, right]), is_member=is_member)
     assert same.point.advantage == 0.0 and same.auc == 0.5  # identical sets: no advantage
+
+
+def test_the_point_alone_equals_the_attacks_point_and_skips_scikit_learn():
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Linear(3, 4)
+    x, y = torch.randn(40, 3, generator=gen), torch.randint(0, 4, (40,), generator=gen)
+    is_member = torch.arange(40) % 3 == 0
+    for threshold in (None, 1.2):
+        full = loss_threshold_attack(model, x, y, is_member=is_member, threshold=threshold).point
+        assert loss_threshold_point(model, x, y, is_member=is_member, threshold=threshold) == full
+    assert 0 < full.tpr < 1 and full.tpr != full.fpr  # a point that tells members apart, not a degenerate one
+    with pytest.raises(MembershipConfigError, match="both members and non-members"):
+        loss_threshold_point(model, x, y, is_member=torch.ones(40, dtype=torch.bool))
+    with torch.no_grad():
+        model.bias.fill_(float("nan"))
+    with pytest.raises(MembershipConfigError, match="NaN"):
+        loss_threshold_point(model, x, y, is_member=is_member)
+    code = ("import sys, torch\nfrom fedsec.audits.membership import loss_threshold_point\n"
+            "loss_threshold_point(torch.nn.Linear(3, 2), torch.randn(6, 3), torch.tensor([0, 1] * 3),"
+            " is_member=torch.arange(6) < 3)\nprint('sklearn' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"  # every run's membership check: no 1.1 s scikit-learn import
 
 
 def test_balanced_sample_is_seeded_and_balanced():

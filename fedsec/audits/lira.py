@@ -124,8 +124,9 @@ def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def membership_result(scores: torch.Tensor | np.ndarray, is_member: torch.Tensor | np.ndarray, *, attack: str):
-    """ROC, AUC, TPR at 0.1% / 1% FPR and balanced accuracy of ``scores`` (N,) against ``is_member`` (N,) bools."""
+def _checked(scores: torch.Tensor | np.ndarray, is_member: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scores`` (N,) as float64 and ``is_member`` (N,) as bools, refused unless equal 1-D, both kinds present and
+    the scores finite."""
     s = np.asarray(torch.as_tensor(scores).double().cpu())
     m = np.asarray(torch.as_tensor(is_member).bool().cpu())
     if s.shape != m.shape or s.ndim != 1:
@@ -134,6 +135,12 @@ def membership_result(scores: torch.Tensor | np.ndarray, is_member: torch.Tensor
         raise MembershipConfigError("is_member: needs both members and non-members to compute a ROC")
     if not np.isfinite(s).all():
         raise MembershipConfigError("scores: contain NaN/inf; check the model's logits")
+    return s, m
+
+
+def membership_result(scores: torch.Tensor | np.ndarray, is_member: torch.Tensor | np.ndarray, *, attack: str):
+    """ROC, AUC, TPR at 0.1% / 1% FPR and balanced accuracy of ``scores`` (N,) against ``is_member`` (N,) bools."""
+    s, m = _checked(scores, is_member)
     from sklearn.metrics import roc_auc_score, roc_curve  # here: importing scikit-learn costs ~2 s of CLI start-up
 
     fpr, tpr, _ = roc_curve(m, s)
@@ -260,8 +267,22 @@ def loss_threshold_attack(
     (default: the members' mean loss, as in the paper)."""
     scores = loss_threshold_scores(_logits(target, x), y)
     result = membership_result(scores, is_member, attack="loss_threshold")
-    losses, member = -scores, torch.as_tensor(is_member, device=scores.device).bool()
+    return replace(result, point=_threshold_point(-scores, is_member, threshold))
+
+
+def loss_threshold_point(
+    target: nn.Module, x: torch.Tensor, y: torch.Tensor, *, is_member: torch.Tensor, threshold: float | None = None
+) -> ThresholdPoint:
+    """:func:`loss_threshold_attack`'s ``point`` alone, without the ROC (which imports scikit-learn: about 1.1 s of
+    a run's end on this machine, for numbers the run's own membership check does not report)."""
+    scores = loss_threshold_scores(_logits(target, x), y)
+    _checked(scores, is_member)
+    return _threshold_point(-scores, is_member, threshold)
+
+
+def _threshold_point(losses: torch.Tensor, is_member: torch.Tensor, threshold: float | None) -> ThresholdPoint:
+    """TPR and FPR of "member when loss < threshold" (default: the members' mean loss)."""
+    member = torch.as_tensor(is_member, device=losses.device).bool()
     tau = float(losses[member].mean()) if threshold is None else float(threshold)
     below = losses < tau
-    point = ThresholdPoint(tau, float(below[member].double().mean()), float(below[~member].double().mean()))
-    return replace(result, point=point)
+    return ThresholdPoint(tau, float(below[member].double().mean()), float(below[~member].double().mean()))

@@ -5,7 +5,8 @@ Overfitting", CSF 2018 (https://arxiv.org/abs/1709.01604): predict "member" when
 model's average training loss; the membership advantage is TPR - FPR on a balanced set of members (training
 examples) and non-members (held-out test examples). Defaults: up to 2,000 of each, drawn with the run's seed.
 The attack itself is :func:`fedsec.audits.lira.loss_threshold_attack` (re-exported here): its ``point`` holds
-the paper's operating point, the ROC the other thresholds.
+the paper's operating point, the ROC the other thresholds; :func:`~fedsec.audits.lira.loss_threshold_point` is
+the point alone (what every run's membership check reports).
 
 Bound: for an (epsilon, delta)-DP training procedure any membership test on a balanced set has advantage at most
 (e^epsilon - 1 + 2 delta) / (e^epsilon + 1) (from TPR <= e^epsilon FPR + delta and its complement, Kairouz, Oh
@@ -18,9 +19,9 @@ import math
 
 import numpy as np
 
-from .lira import loss_threshold_attack
+from .lira import loss_threshold_attack, loss_threshold_point
 
-__all__ = ["advantage_bound", "balanced_sample", "loss_threshold_attack"]
+__all__ = ["advantage_bound", "balanced_sample", "loss_threshold_attack", "loss_threshold_point"]
 
 
 def advantage_bound(epsilon: float, delta: float) -> float:

@@ -24,6 +24,7 @@ adds ``attack_success_meaningful`` next to ``attack_success``.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -77,6 +78,10 @@ def chance_threshold(chance: float) -> float:
 def binomial_p_value(correct: int, examples: int, chance: float) -> float:
     """P(X >= correct) for X ~ Binomial(examples, chance): how likely chance alone does as well.
 
+    The upper tail summed in log space over the binomial's log-pmf (``torch.lgamma``), in float64: within 1e-9
+    relative of ``scipy.stats.binom.sf`` (``tests/test_health.py``). Why not scipy: importing ``scipy.stats`` took
+    0.5-0.6 s of every run's end on this machine, for one number.
+
     >>> binomial_p_value(0, 10, 0.1)
     1.0
     >>> binomial_p_value(10, 10, 0.5) == 0.5 ** 10
@@ -84,9 +89,15 @@ def binomial_p_value(correct: int, examples: int, chance: float) -> float:
     """
     if correct <= 0:
         return 1.0
-    from scipy.stats import binom
-
-    return float(binom.sf(correct - 1, examples, chance))
+    if correct > examples or chance <= 0:  # X is at most examples, and always 0 at chance 0
+        return 0.0
+    if chance >= 1:  # X is always examples
+        return 1.0
+    k = torch.arange(correct, examples + 1, dtype=torch.float64)
+    n = torch.tensor(float(examples), dtype=torch.float64)
+    log_pmf = (torch.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+               + k * math.log(chance) + (n - k) * math.log1p(-chance))
+    return float(torch.logsumexp(log_pmf, 0).exp().clamp(max=1.0))
 
 
 def model_health(predictions: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> ModelHealth:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from fedsec.arrays import load_record
-from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_attack
+from fedsec.audits.membership import advantage_bound, balanced_sample, loss_threshold_point
 from fedsec.results.contract import SummaryMetric
 
 from .base import RoundHook
@@ -37,9 +37,9 @@ class MembershipCheck(RoundHook):
         x_in = torch.from_numpy(np.array(ctx.data.x_train[idx])).to(ctx.device)
         y_in = torch.from_numpy(np.array(ctx.data.y_train[idx], dtype=np.int64)).to(ctx.device)
         is_member = torch.cat([torch.ones(len(idx), dtype=torch.bool), torch.zeros(len(others), dtype=torch.bool)])
-        attack = loss_threshold_attack(ctx.model, torch.cat([x_in, ctx.x_test[others]]),
-                                       torch.cat([y_in, ctx.y_test[others]]), is_member=is_member)
-        result: dict[str, float] = attack.point.as_dict()
+        point = loss_threshold_point(ctx.model, torch.cat([x_in, ctx.x_test[others]]),
+                                     torch.cat([y_in, ctx.y_test[others]]), is_member=is_member)
+        result: dict[str, float] = point.as_dict()
         if facts.privacy.mode != "none":
             result["mia_bound"] = advantage_bound(facts.privacy.epsilon, facts.privacy.delta)
         summary.update(result)
