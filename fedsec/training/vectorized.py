@@ -3,13 +3,13 @@
 The per-client loop (:func:`fedsec.training.local.train_local`) runs a small model's forward and backward once per
 client and mini-batch, which leaves a CPU (or GPU) mostly idle for FL-sized models. Here the clients of a cohort
 that share the architecture and the local recipe train together: each parameter is stacked to (clients, ...),
-``torch.func.vmap`` over ``torch.func.grad`` of :func:`torch.func.functional_call` gives every client's gradient
-of its own mini-batch at once, and the SGD update (momentum, weight decay: PyTorch's ``torch.optim.SGD``
-semantics, dampening 0, no Nesterov) is applied to the stacks. Each client draws its own batches exactly as the
-per-client path does (a ``torch.randperm`` of its examples from its own generator, every epoch, sliced into
-``batch_size``), so the two paths see the same batches in the same order; clients with fewer examples run out of
-steps earlier and are masked: a padded example has weight 0, and a client without a batch at a step keeps its
-parameters and momentum. The results equal the per-client path's up to floating-point summation order
+``torch.func.vmap`` of :func:`torch.func.functional_call` gives every client's loss on its own mini-batch at once
+and one backward pass of their sum every client's gradient, and the SGD update (momentum, weight decay: PyTorch's
+``torch.optim.SGD`` semantics, dampening 0, no Nesterov) is applied to the stacks. Each client draws its own
+batches exactly as the per-client path does (a ``torch.randperm`` of its examples from its own generator, every
+epoch, sliced into ``batch_size``), so the two paths see the same batches in the same order; clients with fewer
+examples run out of steps earlier and are masked: a padded example has weight 0, and a client without a batch at a
+step keeps its parameters and momentum. The results equal the per-client path's up to floating-point summation order
 (``tests/test_vectorized_training.py``: within 1e-5 per parameter).
 
 Why written here: Opacus' and functorch's examples vmap one model over examples, not several models over clients
@@ -73,7 +73,7 @@ def train_stacked(
     ``model`` only supplies the architecture and the starting parameters (it is not changed). Every client needs
     at least one example. Returns the stacked trained parameters and each client's loss.
     """
-    from torch.func import functional_call, grad, vmap
+    from torch.func import functional_call, vmap
 
     sizes = checked_sizes("train_stacked", model, xs, [ys, generators], "x, y, generator")
     clients, device = len(xs), xs[0].device
@@ -85,7 +85,16 @@ def train_stacked(
         total = per_example.sum()
         return total / w.sum().clamp_min(1.0), total
 
-    gradients = vmap(grad(batch_loss, has_aux=True))
+    # each client's loss depends on its own slice of the stacks only, so the gradient of their sum by the stacks
+    # is every client's gradient at once: ordinary autograd through the vmapped forward (torch.func.grad under
+    # vmap gives the same, but its first call imports torch._dynamo, about 1 s of a client process's first round)
+    losses_of = vmap(batch_loss)
+
+    def gradients(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, w: torch.Tensor):
+        leaves = {name: value.detach().requires_grad_(True) for name, value in p.items()}
+        means, totals = losses_of(leaves, x, y, w)
+        found = torch.autograd.grad(means.sum(), list(leaves.values()), allow_unused=True, materialize_grads=True)
+        return dict(zip(leaves, found, strict=True)), totals.detach()
     rows = torch.arange(clients, device=device)[:, None]
     steps_of = [-(-n // batch_size) for n in sizes]
     width = max(steps_of) * batch_size  # every client's permutation, padded to whole batches
@@ -105,8 +114,9 @@ def train_stacked(
                 active = real[:, columns].any(dim=1)
                 grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
                 losses += totals.detach().double()
-                momenta = stacked_sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
-                                    weight_decay=weight_decay)
+                with torch.no_grad():
+                    momenta = stacked_sgd_step(params, grads, momenta, active, lr=lr, momentum=momentum,
+                                               weight_decay=weight_decay)
     finally:
         model.train(was_training)
     per_client = (losses / torch.tensor(sizes, dtype=torch.float64, device=device)).tolist()
