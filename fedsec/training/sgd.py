@@ -11,7 +11,8 @@ The update is ``torch.optim.SGD``'s single-tensor path (the one it takes on CPU)
 ``nesterov = False``, ``maximize = False``: for each parameter p with a gradient g,
 ``d = g + wd p``; ``b = d`` on its first step, else ``b = momentum b + d``; ``p -= lr b`` (``b = d`` without
 momentum). The same operations in the same order, so on CPU the parameters equal ``torch.optim.SGD``'s bit for bit
-(``tests/test_local_sgd.py``); on CUDA PyTorch takes its ``foreach`` kernels, the same arithmetic fused per list.
+(``tests/test_local_sgd.py``). On CUDA ``torch.optim.SGD`` takes its ``foreach`` kernels instead: the same
+arithmetic, not checked bit for bit here (no GPU on the CI machine).
 
 >>> import torch
 >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
