@@ -92,10 +92,24 @@ class ServerKeyInfo:
     seed: int = 0  # the experiment's: it names each round's decryptor (decryptor_of), so runs repeat
 
 
-def _write(path: Path, payload: Any) -> None:
+def write_key_file(path: Path, payload: Any) -> None:
+    """A new key file (pickled, mode 0600, never over an existing one): what :func:`read_key_file` reads."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def signing_key_path(directory: str | Path, partition_id: int) -> Path:
+    """The file of one client's signing key in a key directory (both client-held trust models)."""
+    return Path(directory) / f"sign-{partition_id}.key"
+
+
+def write_signing_keys(num_clients: int, directory: str | Path) -> dict[int, bytes]:
+    """Every client's signing key written to its file in ``directory``; the verification keys returned."""
+    signing, verify = make_signing_keys(range(num_clients))
+    for pid, key in signing.items():
+        write_key_file(signing_key_path(directory, pid), key)
+    return dict(verify)
 
 
 def _provision(config: AuthorityConfig, directory: str) -> ServerKeyInfo:  # pragma: no cover - child process
@@ -103,14 +117,11 @@ def _provision(config: AuthorityConfig, directory: str) -> ServerKeyInfo:  # pra
     context = config.params.make_context()
     public = context.copy()
     public.make_context_public()
-    signing, verify = make_signing_keys(range(config.num_clients))
-    path = Path(directory)
-    _write(path / GROUP_FILE, {"config": config, "verify_keys": verify, "noise_seed": secrets.randbits(128),
-                               "context": context.serialize(save_secret_key=True, save_galois_keys=False,
-                                                            save_relin_keys=False)})
-    for pid, key in signing.items():
-        _write(path / f"sign-{pid}.key", key)
-    return ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), dict(verify),
+    verify = write_signing_keys(config.num_clients, directory)
+    write_key_file(Path(directory) / GROUP_FILE, {
+        "config": config, "verify_keys": verify, "noise_seed": secrets.randbits(128),
+        "context": context.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)})
+    return ServerKeyInfo(public.serialize(save_galois_keys=False, save_relin_keys=False), verify,
                          config.run_id, config.min_clients, config.params.max_abs, config.num_clients, config.seed)
 
 
@@ -166,12 +177,16 @@ class ClientKeyDir:
     def _group(self) -> dict[str, Any]:
         return read_key_file(Path(self.path) / GROUP_FILE)
 
-    def client_material(self, partition_id: int) -> ClientMaterial:
-        group = self._group()
-        file = Path(self.path) / f"sign-{partition_id}.key"
+    def signing_key(self, partition_id: int) -> bytes:
+        """This client's signing key, from its file."""
+        file = signing_key_path(self.path, partition_id)
         if not file.is_file():
             raise CryptoError(f"no CKKS signing key for partition {partition_id} in {self.path}")
-        return ClientMaterial(partition_id, group["config"].run_id, group["context"], read_key_file(file))
+        return read_key_file(file)
+
+    def client_material(self, partition_id: int) -> ClientMaterial:
+        group = self._group()
+        return ClientMaterial(partition_id, group["config"].run_id, group["context"], self.signing_key(partition_id))
 
     def decryptor(self, released: set[int]) -> ClientDecryptor:
         group = self._group()
@@ -390,7 +405,7 @@ class ClientHeldKeys:
 
     def write_server_info(self, path: Path) -> None:
         """The server's public info to a file of its own (outside the clients' key directory)."""
-        _write(Path(path), self.info)
+        write_key_file(Path(path), self.info)
 
     def stop(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

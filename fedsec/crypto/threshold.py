@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,13 +124,7 @@ class ThresholdServerInfo:
     box_keys: dict[int, bytes]  # each member's X25519 public key: shares travel to a member encrypted to it
 
 
-def _write(path: Path, payload: Any) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _held(directory: Path, holder: int, owner: int) -> Path:
+def held_share_path(directory: Path, holder: int, owner: int) -> Path:
     """The file of ``holder``'s Shamir share of ``owner``'s secret."""
     return directory / f"held-{holder}-of-{owner}.share"
 
@@ -159,11 +152,8 @@ class ThresholdKeyDir(ClientKeyDir):
 
     def client_material(self, partition_id: int) -> ClientMaterial:
         info = self.info()
-        file = Path(self.path) / f"sign-{partition_id}.key"
-        if not file.is_file():
-            raise CryptoError(f"no signing key for partition {partition_id} in {self.path}")
-        return ThresholdMaterial(partition_id, info.config.run_id, info.joint_key, read_key_file(file), cc=info.cc,
-                                 slots=info.slots)
+        return ThresholdMaterial(partition_id, info.config.run_id, info.joint_key, self.signing_key(partition_id),
+                                 cc=info.cc, slots=info.slots)
 
     def decryptor(self, released: set[int]) -> Any:
         raise CryptoError("threshold CKKS has no single decryptor: the committee members decrypt together")
@@ -175,7 +165,7 @@ class ThresholdKeyDir(ClientKeyDir):
         return read_key_file(Path(self.path) / f"box-{partition_id}.key")
 
     def held_share(self, holder: int, owner: int) -> bytes:
-        return _held(Path(self.path), holder, owner).read_bytes()
+        return held_share_path(Path(self.path), holder, owner).read_bytes()
 
     def record(self, partition_id: int) -> dict[str, Any]:
         """What this member released: per round the member set it decrypted (digest) and the dropped members whose

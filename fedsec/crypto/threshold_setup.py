@@ -17,11 +17,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .ckks import CkksParams, CryptoError
-from .client_keys import GROUP_FILE, ClientHeldKeys
+from .client_keys import GROUP_FILE, ClientHeldKeys, write_key_file, write_signing_keys
 from .openfhe_side import OpenFheSide, side
-from .signing import make_signing_keys
 from .spawned import call_spawned
-from .threshold import ThresholdConfig, ThresholdKeyDir, ThresholdServerInfo, _held, _write, committee_of
+from .threshold import ThresholdConfig, ThresholdKeyDir, ThresholdServerInfo, committee_of, held_share_path
 from .threshold_server import ThresholdDecryption
 
 __all__ = ["ThresholdHeldKeys", "provision_threshold_keys"]
@@ -33,15 +32,13 @@ def _signing_keys(num_clients: int, committee: tuple[int, ...],
                   directory: str) -> tuple[dict[int, bytes], dict[int, bytes]]:  # pragma: no cover - child process
     """The signing keys and the members' box keys, made in a process of their own (:func:`.spawned.call_spawned`):
     the clients' files written, the public halves returned."""
-    signing, verify = make_signing_keys(range(num_clients))
-    for pid, key in signing.items():
-        _write(Path(directory) / f"sign-{pid}.key", key)
+    verify = write_signing_keys(num_clients, directory)
     boxes = {}
     for pid in committee:
         secret = X25519PrivateKey.generate()
-        _write(Path(directory) / f"box-{pid}.key", secret.private_bytes_raw())
+        write_key_file(Path(directory) / f"box-{pid}.key", secret.private_bytes_raw())
         boxes[pid] = secret.public_key().public_bytes_raw()
-    return dict(verify), boxes
+    return verify, boxes
 
 
 def provision_threshold_keys(params: CkksParams, *, num_clients: int, committee: int, threshold: int | None = None,
@@ -79,27 +76,28 @@ def _provision(config: ThresholdConfig, path: Path) -> ThresholdServerInfo:
                             scaling_mod_bits=config.scaling_mod_bits)
     cc, public_keys = made["cc"], []
     for pid in config.committee:  # each member's key pair in a process of its own, which writes the share itself
-        member = OpenFheSide()
-        try:
-            public_keys.append(member.call("keygen", cc=cc, lead_pk=public_keys[0] if public_keys else None,
+        public_keys.append(_in_own_process("keygen", cc=cc, lead_pk=public_keys[0] if public_keys else None,
                                            secret_path=str(path / f"member-{pid}.secret")))
-        finally:
-            member.close()
     if t < committee:  # each member shares its secret with the others, writing each holder's file itself
         for pid in config.committee:
-            member = OpenFheSide()
-            try:
-                member.call("share_keys", cc=cc, secret_path=str(path / f"member-{pid}.secret"), n=committee, t=t,
-                            index=config.index(pid), out_paths={config.index(h): str(_held(path, h, pid))
+            _in_own_process("share_keys", cc=cc, secret_path=str(path / f"member-{pid}.secret"), n=committee, t=t,
+                            index=config.index(pid), out_paths={config.index(h): str(held_share_path(path, h, pid))
                                                                 for h in config.committee if h != pid})
-            finally:
-                member.close()
     joint = coordinator.call("joint_key", cc=cc, public_keys=public_keys)
     verify, boxes = call_spawned(_signing_keys, config.num_clients, config.committee, str(path),
                                  name="fedsec-sign-keys", what="making the clients' signing keys")
     info = ThresholdServerInfo(cc, joint, int(made["slots"]), verify, config, boxes)
-    _write(path / GROUP_FILE, {"config": config, "info": info})
+    write_key_file(path / GROUP_FILE, {"config": config, "info": info})
     return info
+
+
+def _in_own_process(op: str, **kwargs: Any) -> Any:
+    """One OpenFHE operation on a member's secret in a side process of its own, ended right after."""
+    member = OpenFheSide()
+    try:
+        return member.call(op, **kwargs)
+    finally:
+        member.close()
 
 
 class ThresholdHeldKeys(ClientHeldKeys):
