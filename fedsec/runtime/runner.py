@@ -270,9 +270,12 @@ def _end_run_ray() -> None:
 
 
 def _actors_scope() -> contextlib.AbstractContextManager[None]:
-    """Kept client actors for runs that share this process's Ray (:mod:`.warm_actors`), Flower's own otherwise."""
+    """Kept client actors for runs that share this process's Ray (:mod:`.warm_actors`), fresh ones otherwise; both
+    :class:`~fedsec.runtime.client_actor.ClientActor`, which spares each actor Flower's engine imports."""
     if not _RAY["kept"]:
-        return contextlib.nullcontext()
+        from .client_actor import client_actor_backend_class, engine_backend
+
+        return engine_backend(client_actor_backend_class())
     from .warm_actors import kept_actors
 
     return kept_actors()

@@ -4,22 +4,21 @@ privacy study): Flower's simulation engine gets the actors the previous run used
 Why: Flower 1.42's engine (``flwr/server/superlink/fleet/vce/vce_api.py``) builds a ``RayBackend`` for every
 ``run_simulation``; its ``BasicActorPool`` starts fresh actors (each a new process that imports torch, Flower and
 fedsec, about 8 s of a small digits cell's round 0 on this project's 2-core machine) and its ``terminate()`` kills
-them and shuts Ray down. A Flower actor holds nothing of a run between messages (``ClientAppActor.run`` loads the
+them and shuts Ray down. A client actor holds nothing of a run between messages (``ClientActor.run`` loads the
 ClientApp the message came with); what fedsec's clients cache per process is keyed by what it is computed from
 (the data's object ref, the config's JSON, the model's shape), so a kept actor serves the next run as a fresh one
 would (``tests/test_warm_actors.py`` compares the rows).
 
-Flower has no setting that chooses the backend class (``vce_api`` imports ``RayBackend`` by name when the engine
-starts), so :func:`kept_actors` swaps that module attribute for ``WarmRayBackend`` while one
-``run_simulation`` runs and puts Flower's back afterwards. Only runs inside
-:func:`fedsec.runtime.runner.one_ray_for_many_runs` use it; a single ``fedsec run`` is unchanged.
+:func:`kept_actors` puts ``WarmRayBackend`` in place of Flower's ``RayBackend`` while one ``run_simulation`` runs
+(:func:`fedsec.runtime.client_actor.engine_backend`). Only runs inside
+:func:`fedsec.runtime.runner.one_ray_for_many_runs` use it; a single ``fedsec run`` gets fresh actors (and
+Flower's ``terminate``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: the actors kept in this process, by the client resources they were started with
 _KEPT: dict[tuple[tuple[str, float], ...], list[Any]] = {}
-_SWAP_LOCK = threading.Lock()
 _ALIVE_TIMEOUT_S = 30.0
 
 
@@ -63,18 +61,16 @@ def _all_alive(actors: list[Any]) -> bool:
 @functools.cache
 def warm_backend_class() -> type:
     """:class:`WarmRayBackend`, defined on first use (importing Flower's engine costs seconds)."""
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+    from .client_actor import client_actor_backend_class
 
-    class WarmRayBackend(RayBackend):  # type: ignore[misc, valid-type]
-        """Flower's ``RayBackend`` whose actor pool outlives the simulation: ``build`` takes the actors kept from
-        the previous run when they are still alive and as many as the cluster fits now; ``terminate`` keeps them
-        (and Ray) for the next run."""
+    class WarmRayBackend(client_actor_backend_class()):  # type: ignore[misc]
+        """Flower's ``RayBackend`` (with fedsec's :class:`~fedsec.runtime.client_actor.ClientActor`) whose actor
+        pool outlives the simulation: ``build`` takes the actors kept from the previous run when they are still
+        alive and as many as the cluster fits now; ``terminate`` keeps them (and Ray) for the next run."""
 
         def build(self, app_fn: Callable[[], Any]) -> None:
             key = tuple(sorted((k, float(v)) for k, v in self.client_resources.items()))
-            pool = BasicActorPool(actor_type=ClientAppActor, client_resources=self.client_resources,
-                                  actor_kwargs=self.actor_kwargs)
+            pool = self.new_pool()
             kept = _KEPT.pop(key, None)
             for other in list(_KEPT):  # actors of other resources hold the CPUs this pool needs
                 for actor in _KEPT.pop(other):
@@ -110,12 +106,7 @@ def _kill_quietly(actor: Any) -> None:
 @contextmanager
 def kept_actors() -> Iterator[None]:
     """While inside, Flower's simulation engine builds :class:`WarmRayBackend` instead of its ``RayBackend``."""
-    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from .client_actor import engine_backend
 
-    with _SWAP_LOCK:
-        original = raybackend.RayBackend
-        raybackend.RayBackend = warm_backend_class()
-        try:
-            yield
-        finally:
-            raybackend.RayBackend = original
+    with engine_backend(warm_backend_class()):
+        yield
