@@ -47,16 +47,27 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tenseal as ts
 
 from fedsec.errors import FedsecInputError
+
+if TYPE_CHECKING:
+    import tenseal as ts
 
 __all__ = [
     "CkksParams", "CryptoError", "add_encrypted", "ciphertext_bytes", "decrypt_chunks", "encrypt_vector",
     "load_context",
 ]
+
+
+def _tenseal():  # noqa: ANN202 - the module
+    """TenSEAL, imported on first use: every client process imports this module, and only encrypting runs need
+    SEAL (0.1 s of each process's start)."""
+    import tenseal
+
+    return tenseal
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +154,7 @@ class CkksParams:
     def make_context(self) -> ts.Context:
         """A fresh TenSEAL context with all keys (public, secret, relinearization)."""
         self.validate()
+        ts = _tenseal()
         try:
             context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=self.poly_modulus_degree,
                                  coeff_mod_bit_sizes=list(self.coeff_mod_bit_sizes))
@@ -156,6 +168,7 @@ class CkksParams:
 
 @functools.lru_cache(maxsize=8)
 def _context_from_bytes(data: bytes) -> ts.Context:
+    ts = _tenseal()
     try:
         return ts.context_from(data)
     except (RuntimeError, ValueError) as e:
@@ -167,7 +180,7 @@ def load_context(context: bytes | ts.Context) -> ts.Context:
 
     The returned object is shared between callers: do not mutate it (no make_context_public, no global_scale).
     """
-    if isinstance(context, ts.Context):
+    if isinstance(context, _tenseal().Context):
         return context
     return _context_from_bytes(bytes(context))
 
@@ -184,7 +197,7 @@ def _load_vector(context: ts.Context, data: bytes, where: str) -> ts.CKKSVector:
         raise CryptoError(f"{where}: expected non-empty ciphertext bytes, got {type(data).__name__} "
                           f"of length {len(data) if hasattr(data, '__len__') else '?'}")
     try:
-        return ts.ckks_vector_from(context, bytes(data))
+        return _tenseal().ckks_vector_from(context, bytes(data))
     except (RuntimeError, ValueError, TypeError) as e:
         raise CryptoError(f"{where}: {len(data)} bytes do not deserialize to a CKKS vector under this "
                           f"context ({e})") from e
@@ -214,7 +227,8 @@ def encrypt_vector(vector: np.ndarray, context: bytes | ts.Context, *,
         raise CryptoError(f"encrypt_vector: max |value| = {peak:.4g} exceeds this context's headroom {limit:.4g} "
                           "(2^(data_bits - scale_bits - 2)); scale the update down or use a smaller "
                           "encryption.global_scale_bits")
-    return [ts.ckks_vector(ctx, x[i:i + size]).serialize() for i in range(0, x.size, size)]
+    ckks_vector = _tenseal().ckks_vector
+    return [ckks_vector(ctx, x[i:i + size]).serialize() for i in range(0, x.size, size)]
 
 
 def add_encrypted(updates: list[list[bytes]], public_context: bytes | ts.Context) -> list[bytes]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import math
 
-import mpmath
 import numpy as np
 
 ORDERS: tuple[float, ...] = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256])
@@ -34,6 +33,8 @@ MAX_ORDER = 256
 
 
 def _log_differences_at(sigma: float, max_l: int, digits: int) -> np.ndarray:
+    import mpmath  # here: every client process imports this module, few account without replacement
+
     with mpmath.workdps(digits):
         two_s2 = 2 * mpmath.mpf(sigma) ** 2
         row = [mpmath.exp(mpmath.mpf((i - 1) * i) / two_s2) for i in range(max_l + 1)]
