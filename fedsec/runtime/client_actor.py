@@ -10,7 +10,8 @@ its context through it, return the partition id, the reply and the context, and 
 that the engine reports a failing client as it would its own) and imports ``ray``, ``flwr.app`` and
 ``flwr.clientapp`` only (``tests/test_client_actor.py`` checks it in a fresh process and in a run).
 
-:func:`client_actor_backend_class` is Flower's ``RayBackend`` building its pool from :class:`ClientActor`;
+:func:`client_actor_backend_class` is Flower's ``RayBackend`` building its pool from :class:`ClientActor` and
+leaving Ray up when the simulation ends (the runner stops it);
 :func:`engine_backend` puts a backend class in place of Flower's while one ``run_simulation`` runs (Flower has no
 setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by name when the engine starts).
 """
@@ -84,6 +85,12 @@ def client_actor_backend_class() -> type:
             pool.add_actors_to_pool(pool.actors_capacity)
             self.pool = pool
             self.app_fn = app_fn
+
+        def terminate(self) -> None:
+            """End the actors and leave Ray to whoever started it (Flower's shuts Ray down too; fedsec's runner
+            does that itself, :func:`fedsec.runtime.runner.shutdown_ray`, a second faster)."""
+            if self.pool is not None:
+                self.pool.terminate_all_actors()
 
     return ClientActorBackend
 

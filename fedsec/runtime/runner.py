@@ -236,30 +236,34 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     if callable(on_sigterm):  # Ray's core worker installs a C++ SIGTERM handler that aborts the driver (exit -6):
         signal.signal(signal.SIGTERM, on_sigterm)  # put back the caller's (the CLI's: a clean stop, exit 143)
     _RAY["address"] = address
+    _RAY["session"] = None
     if not address:
         session = getattr(context, "address_info", {}).get("session_dir")
         if session:
             record_session(session)
+            _RAY["session"] = session
 
 
-#: this process's Ray connection: the address fedsec started or joined it with (None: not fedsec's), and whether
-#: runs keep it for the next run (:func:`keep_ray`)
-_RAY: dict[str, Any] = {"address": None, "kept": False}
+#: this process's Ray connection: the address fedsec started or joined it with (None: not fedsec's), the session
+#: directory of a local Ray fedsec started, and whether runs keep it for the next run (:func:`keep_ray`)
+_RAY: dict[str, Any] = {"address": None, "session": None, "kept": False}
 
 
 def shutdown_ray() -> None:
     """Stop this process's Ray (and forget its session record, see :mod:`.orphans`)."""
     import ray
 
-    from .orphans import forget_session
+    from .orphans import forget_session, stop_autoscaler_monitor
 
     if ray.is_initialized():
         if "fedsec.runtime.warm_actors" in sys.modules:
             from .warm_actors import release_kept_actors
 
             release_kept_actors()
+        if _RAY["session"]:  # a local Ray of this process's own: its shutdown without the monitor's 1 s hang
+            stop_autoscaler_monitor(_RAY["session"])
         ray.shutdown()
-    _RAY["address"] = None
+    _RAY["address"] = _RAY["session"] = None
     forget_session()
 
 

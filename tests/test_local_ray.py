@@ -1,0 +1,59 @@
+"""A local Ray that fedsec starts (fedsec/runtime/runner.py): its shutdown ends the autoscaler monitor first
+(fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that process, and leaves nothing of the session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsec.config import BackendConfig
+from fedsec.runtime import orphans, runner
+
+
+def _monitors_of(session: str) -> list[int]:
+    return [pid for pid in orphans._processes_of(session)
+            if "autoscaler/_private/monitor.py" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed child stays one until Ray's shutdown reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _gone(pids: list[int], within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not any(_running(p) for p in pids)
+
+
+@pytest.mark.e2e
+def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
+    import ray
+
+    runner.init_ray(BackendConfig())
+    try:
+        session = runner._RAY["session"]
+        assert session and Path(session).is_dir()
+        processes = orphans._processes_of(session)
+        monitors = _monitors_of(session)
+        assert len(monitors) == 1 and len(processes) > 3  # GCS, raylet, agents, ...
+        assert orphans.stop_autoscaler_monitor(session.replace("session_", "session_0")) == []  # another session
+        assert orphans.stop_autoscaler_monitor(session) == monitors
+        assert _gone(monitors)
+        assert [p for p in processes if p not in monitors and not _running(p)] == []  # only the monitor
+
+        @ray.remote
+        def one() -> int:
+            return 1
+
+        assert ray.get(one.remote(), timeout=60) == 1  # Ray works without it
+    finally:
+        runner.shutdown_ray()
+    assert not ray.is_initialized() and runner._RAY["session"] is None
+    assert _gone(processes)
