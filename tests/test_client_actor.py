@@ -75,3 +75,37 @@ def test_a_runs_actors_train_without_flowers_engine_and_report_failures_as_flowe
         assert probe["engine"] == [""]  # and never imported Flower's engine
         with pytest.raises(ClientAppException, match="the probe was told to fail"):
             ray.get(actor.run.remote(app_fn, message(True), "2", context), timeout=60)
+
+
+@pytest.mark.e2e
+def test_actors_started_ahead_import_the_client_before_any_message(shared_ray, server_identity):
+    import ray
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from fedsec.config import BackendConfig
+    from fedsec.runtime import runner, warm_actors
+
+    runner.init_ray(BackendConfig())
+    warm_actors.release_kept_actors()  # none kept from an earlier test: these start now
+    one_cpu = {"num_cpus": 1.0, "num_gpus": 0.0}
+    count = warm_actors.start_actors(one_cpu, preload=("no_such_module_here", *runner.CLIENT_MODULES))
+    started = [a._actor_id.hex() for a in warm_actors._KEPT[warm_actors._key(one_cpu)]]
+    assert count == len(started) == int(ray.cluster_resources()["CPU"])
+
+    def app_fn() -> ClientApp:
+        app = ClientApp()
+        app.train()(_probe)
+        return app
+
+    message = Message(RecordDict({"config": ConfigRecord({"fail": False})}), dst_node_id=7,
+                      message_type=MessageType.TRAIN)
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    for actor in warm_actors._KEPT[warm_actors._key(one_cpu)]:  # a missing module did not stop the others
+        probe = ray.get(actor.run.remote(app_fn, message, "0", context), timeout=120)[1].content["probe"]
+        assert probe["torch"] is True and probe["engine"] == [""]
+    assert warm_actors.start_actors(one_cpu) == count  # kept: none started
+    assert [a._actor_id.hex() for a in warm_actors._KEPT[warm_actors._key(one_cpu)]] == started
+    two_cpus = {"num_cpus": 2.0, "num_gpus": 0.0}
+    assert warm_actors.start_actors(two_cpus) == count // 2  # the 1-CPU actors made room
+    assert list(warm_actors._KEPT) == [warm_actors._key(two_cpus)]

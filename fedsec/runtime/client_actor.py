@@ -10,8 +10,7 @@ its context through it, return the partition id, the reply and the context, and 
 that the engine reports a failing client as it would its own) and imports ``ray``, ``flwr.app`` and
 ``flwr.clientapp`` only (``tests/test_client_actor.py`` checks it in a fresh process and in a run).
 
-:func:`client_actor_backend_class` is Flower's ``RayBackend`` building its pool from :class:`ClientActor` and
-leaving Ray up when the simulation ends (the runner stops it);
+:func:`client_actor_backend_class` is Flower's ``RayBackend`` building its pool from :class:`ClientActor`;
 :func:`engine_backend` puts a backend class in place of Flower's while one ``run_simulation`` runs (Flower has no
 setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by name when the engine starts).
 """
@@ -19,6 +18,8 @@ setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by na
 from __future__ import annotations
 
 import functools
+import importlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from flwr.app import Context, Message
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
 
 __all__ = ["ClientActor", "client_actor_backend_class", "engine_backend"]
+
+logger = logging.getLogger(__name__)
 
 _SWAP_LOCK = threading.Lock()
 
@@ -41,11 +44,20 @@ class ClientActor:
     ----------
     on_actor_init_fn : callable or None (default: None)
         Called once when the actor starts (Flower passes one for TensorFlow's GPU memory growth).
+    preload : tuple of str (default: ())
+        Modules to import when the actor starts, before its first message (fedsec's runner names the client's, so
+        that an actor started early imports torch while the driver prepares the run). One that fails to import is
+        left for the first message to report, as it would without preloading.
     """
 
-    def __init__(self, on_actor_init_fn: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_actor_init_fn: Callable[[], None] | None = None, preload: tuple[str, ...] = ()) -> None:
         if on_actor_init_fn is not None:
             on_actor_init_fn()
+        for module in preload:
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # noqa: BLE001 - the first message imports it again and reports the error
+                logger.debug("preloading %s failed: %s", module, e)
 
     def run(self, client_app_fn: Callable[[], ClientApp], message: Message, cid: str,
             context: Context) -> tuple[str, Message, Context]:
@@ -85,12 +97,6 @@ def client_actor_backend_class() -> type:
             pool.add_actors_to_pool(pool.actors_capacity)
             self.pool = pool
             self.app_fn = app_fn
-
-        def terminate(self) -> None:
-            """End the actors and leave Ray to whoever started it (Flower's shuts Ray down too; fedsec's runner
-            does that itself, :func:`fedsec.runtime.runner.shutdown_ray`, a second faster)."""
-            if self.pool is not None:
-                self.pool.terminate_all_actors()
 
     return ClientActorBackend
 

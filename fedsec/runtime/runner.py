@@ -244,6 +244,9 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
             _RAY["session"] = session
 
 
+#: what a client actor imports for its first message, imported as it starts (:func:`_start_actors`)
+CLIENT_MODULES = ("fedsec.clients.app", "fedsec.plan")  # the plan: an attack carries the defense it simulates
+
 #: this process's Ray connection: the address fedsec started or joined it with (None: not fedsec's), the session
 #: directory of a local Ray fedsec started, and whether runs keep it for the next run (:func:`keep_ray`)
 _RAY: dict[str, Any] = {"address": None, "session": None, "kept": False}
@@ -273,16 +276,17 @@ def _end_run_ray() -> None:
         shutdown_ray()
 
 
-def _actors_scope() -> contextlib.AbstractContextManager[None]:
-    """Kept client actors for runs that share this process's Ray (:mod:`.warm_actors`), fresh ones otherwise; both
-    :class:`~fedsec.runtime.client_actor.ClientActor`, which spares each actor Flower's engine imports."""
-    if not _RAY["kept"]:
-        from .client_actor import client_actor_backend_class, engine_backend
+def _start_actors(backend: BackendConfig) -> None:
+    """The run's client actors (:class:`~fedsec.runtime.client_actor.ClientActor`, which spares each Flower's engine
+    imports), started now so that they import the client while the driver prepares the run, or kept from the run
+    before (:func:`keep_ray`); Flower's engine takes them (:mod:`.warm_actors`), and :func:`shutdown_ray` ends them."""
+    from .warm_actors import start_actors
 
-        return engine_backend(client_actor_backend_class())
-    from .warm_actors import kept_actors
+    start_actors(_client_resources(backend), preload=CLIENT_MODULES)
 
-    return kept_actors()
+
+def _client_resources(backend: BackendConfig) -> dict[str, float]:
+    return {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus}
 
 
 @contextlib.contextmanager
@@ -386,6 +390,8 @@ def run_experiment(
     from fedsec.server.app import ServerOutcome, make_server_app
     from fedsec.server.cohorts import cohort_node_count
 
+    from .warm_actors import kept_actors
+
     backend = plan.backend
     t0 = time.perf_counter()
     if plan.experiment.tracking is not None:  # a tracker's missing package fails before anything starts
@@ -395,6 +401,7 @@ def run_experiment(
     init_ray(backend, verbose=verbose)  # first: a bad cluster address fails before any work
     try:
         slots = check_resources(backend)
+        _start_actors(backend)
         run_dir = RunDirectory(out_dir or default_run_dir(plan.name), plan, config_toml=plan.to_toml(),
                                resume=resume, overwrite=overwrite)
     except BaseException:
@@ -454,10 +461,10 @@ def run_experiment(
             resume_state=resume_state, cohort_nodes=cohort_nodes,
         )
         backend_config = {
-            "client_resources": {"num_cpus": backend.num_cpus, "num_gpus": backend.num_gpus},
+            "client_resources": _client_resources(backend),
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
         }
-        with StopOnSignal(outcome.stop), _actors_scope():  # Ctrl-C ends the run through the server, not in Flower
+        with StopOnSignal(outcome.stop), kept_actors():  # Ctrl-C ends the run through the server, not in Flower
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,

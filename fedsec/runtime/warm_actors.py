@@ -10,9 +10,9 @@ ClientApp the message came with); what fedsec's clients cache per process is key
 would (``tests/test_warm_actors.py`` compares the rows).
 
 :func:`kept_actors` puts ``WarmRayBackend`` in place of Flower's ``RayBackend`` while one ``run_simulation`` runs
-(:func:`fedsec.runtime.client_actor.engine_backend`). Only runs inside
-:func:`fedsec.runtime.runner.one_ray_for_many_runs` use it; a single ``fedsec run`` gets fresh actors (and
-Flower's ``terminate``).
+(:func:`fedsec.runtime.client_actor.engine_backend`). Every run of :func:`fedsec.runtime.runner.run_experiment`
+uses it: a lone run starts its actors with :func:`start_actors` right after Ray and ends them with Ray; runs inside
+:func:`fedsec.runtime.runner.one_ray_for_many_runs` keep them for the next run.
 """
 
 from __future__ import annotations
@@ -23,13 +23,41 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["kept_actors", "kept_actor_count", "release_kept_actors", "warm_backend_class"]
+__all__ = ["kept_actors", "kept_actor_count", "release_kept_actors", "start_actors", "warm_backend_class"]
 
 logger = logging.getLogger(__name__)
 
 #: the actors kept in this process, by the client resources they were started with
 _KEPT: dict[tuple[tuple[str, float], ...], list[Any]] = {}
-_ALIVE_TIMEOUT_S = 30.0
+#: how long ``build`` waits for a kept actor to answer (one started by :func:`start_actors` may still be importing)
+_ALIVE_TIMEOUT_S = 120.0
+
+
+def _key(client_resources: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, float(v)) for k, v in client_resources.items()))
+
+
+def start_actors(client_resources: dict[str, float], *, preload: tuple[str, ...] = ()) -> int:
+    """Start the client actors the next run on this Ray takes (as many as the cluster fits, each with
+    ``client_resources``), each importing ``preload`` at once; returns how many there are.
+
+    Why: Flower's engine starts its actors when the simulation starts, and each imports torch and fedsec's client
+    with its first message, after the driver has put the data in the object store and built the server; started
+    right after Ray, they import while the driver does that (a lone digits smoke run reaches round 0 sooner,
+    ``benchmarks/bench_startup.py``). Actors kept with these resources are used as they are; kept ones of other
+    resources are ended (they hold the CPUs)."""
+    from flwr.simulation.ray_transport.ray_actor import pool_size_from_resources
+
+    from .client_actor import ClientActor
+
+    key = _key(client_resources)
+    for other in [k for k in _KEPT if k != key]:
+        for actor in _KEPT.pop(other):
+            _kill_quietly(actor)
+    if key not in _KEPT:
+        count = pool_size_from_resources(client_resources)
+        _KEPT[key] = [ClientActor.options(**client_resources).remote(preload=preload) for _ in range(count)]
+    return len(_KEPT[key])
 
 
 def kept_actor_count() -> int:
@@ -69,7 +97,7 @@ def warm_backend_class() -> type:
         alive and as many as the cluster fits now; ``terminate`` keeps them (and Ray) for the next run."""
 
         def build(self, app_fn: Callable[[], Any]) -> None:
-            key = tuple(sorted((k, float(v)) for k, v in self.client_resources.items()))
+            key = _key(self.client_resources)
             pool = self.new_pool()
             kept = _KEPT.pop(key, None)
             for other in list(_KEPT):  # actors of other resources hold the CPUs this pool needs
