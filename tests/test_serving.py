@@ -216,3 +216,35 @@ def test_cli_serve_missing_model_exits_2(tmp_path):
     assert result.exit_code == 2 and "final_model.pt: no model file" in result.output
     result = CliRunner().invoke(app, ["attack", "extract", "http://127.0.0.1:9", "--method", "nope"])
     assert result.exit_code == 2 and "--method='nope'" in result.output
+
+
+def test_a_local_server_leaves_the_processs_logging_handlers_open():
+    """uvicorn's default logging config runs logging.config.dictConfig, which closes every handler in the process
+    (the caller's, a run's log file, absl's, which then closes a stream it does not own): an in-process server must
+    not."""
+    import logging
+
+    from fastapi import FastAPI
+
+    class Recording(logging.Handler):
+        closed = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    app = FastAPI()
+    app.get("/health")(lambda: {"status": "ok"})
+    handler = Recording()
+    logger = logging.getLogger("fedsec.test.local_server")
+    logger.addHandler(handler)
+    try:
+        with LocalServer(app) as url:
+            assert httpx.get(url + "/health").status_code == 200
+        assert not handler.closed
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

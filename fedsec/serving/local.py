@@ -28,7 +28,10 @@ class LocalServer:
     def __init__(self, app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None, timeout: float = 20.0,
                  http: Literal["auto", "httptools", "h11"] = "auto"):
         self.host, self.port = host, port or free_port(host)
-        config = uvicorn_config(app, host=self.host, port=self.port, http=http, log_level="warning", access_log=False)
+        # log_config=None: uvicorn's default runs logging.config.dictConfig, which closes every logging handler of
+        # this process (the caller's, a run's log file, absl's) for a server that is one part of a larger command
+        config = uvicorn_config(app, host=self.host, port=self.port, http=http, log_level="warning", access_log=False,
+                                log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"uvicorn-{self.port}")
         self.timeout = timeout
