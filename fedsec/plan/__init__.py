@@ -91,6 +91,35 @@ _COMMON_ATTACK_KEYS = {"kind", "fraction", "client_ids", "start_round", "end_rou
 
 
 @dataclass(frozen=True)
+class StrategyRecipe:
+    """The configured aggregation rule and what building it takes: its class and keys, the ``[defense]`` section
+    (for ``defense.pre``), clients per round, the f a rule assumes by default, the seed, and the privacy mode and
+    encryption scheme ``defense.pre`` is checked against. An attacker that knows the defense gets this (inside the
+    ClientApp every client unpickles), not the run plan with the whole experiment."""
+
+    strategy_cls: type[RobustStrategy]
+    params: BaseModel
+    defense: Any  # DefenseConfig
+    clients_per_round: int
+    expected_malicious: int
+    seed: int
+    privacy_mode: str
+    encryption: str
+
+    def context(self, *, server_update_fn: Any = None) -> StrategyContext:
+        """A fresh context (its pre-aggregators are built anew each time, as the server's are)."""
+        return StrategyContext(expected_malicious=self.expected_malicious, clients_per_round=self.clients_per_round,
+                               seed=self.seed, server_update_fn=server_update_fn,
+                               pre=plan_pre_aggregators(self.defense, self.clients_per_round, self.expected_malicious,
+                                                        seed=self.seed, privacy_mode=self.privacy_mode,
+                                                        encryption=self.encryption))
+
+    def build(self, *, server_update_fn: Any = None, **kwargs: Any) -> RobustStrategy:
+        """The rule; ``kwargs``: Flower's sampling settings, ``device``."""
+        return self.strategy_cls.from_config(self.params, self.context(server_update_fn=server_update_fn), **kwargs)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     """Everything a run needs, built and checked once from an :class:`Experiment`."""
 
@@ -189,21 +218,19 @@ class RunPlan:
                             adaptive=adaptive, **dp, **sampling)
         return self.build_strategy(server_update_fn=server_update_fn, **sampling)
 
-    def strategy_context(self, *, server_update_fn: Any = None) -> StrategyContext:
+    def strategy_recipe(self) -> StrategyRecipe:
+        """The configured rule and the few settings building it takes (what a defense-aware attacker is handed)."""
         e = self.experiment
-        return StrategyContext(expected_malicious=e.expected_attackers_per_round(),
-                               clients_per_round=e.train.clients_per_round, seed=e.seed,
-                               server_update_fn=server_update_fn,
-                               pre=plan_pre_aggregators(e.defense, e.train.clients_per_round,
-                                                        e.expected_attackers_per_round(), seed=e.seed,
-                                                        privacy_mode=e.privacy.mode,
-                                                        encryption=e.encryption.scheme))
+        return StrategyRecipe(self.strategy_cls, self.strategy_params, e.defense, e.train.clients_per_round,
+                              e.expected_attackers_per_round(), e.seed, e.privacy.mode, e.encryption.scheme)
+
+    def strategy_context(self, *, server_update_fn: Any = None) -> StrategyContext:
+        return self.strategy_recipe().context(server_update_fn=server_update_fn)
 
     def build_strategy(self, *, server_update_fn: Any = None, **kwargs: Any) -> RobustStrategy:
         """The configured rule (not the DP or CKKS wrappers: the server picks those from :attr:`privacy` and
         :attr:`crypto`); ``kwargs``: Flower's sampling settings, ``device``."""
-        return self.strategy_cls.from_config(self.strategy_params,
-                                             self.strategy_context(server_update_fn=server_update_fn), **kwargs)
+        return self.strategy_recipe().build(server_update_fn=server_update_fn, **kwargs)
 
     def client_spec_args(self) -> dict[str, Any]:
         """The clients' share of the plan (:class:`fedsec.clients.spec.ClientSpec`'s fields)."""
@@ -341,7 +368,8 @@ def build_plan(experiment: Experiment) -> RunPlan:
             f"updates per round, train.clients_per_round={k}; lower num_malicious or raise clients_per_round"
         )
 
-    attack.bind_defense(DefenseView(e.defense.strategy, functools.partial(plan_stub.build_strategy, device="cpu"),
+    attack.bind_defense(DefenseView(e.defense.strategy,
+                                    functools.partial(plan_stub.strategy_recipe().build, device="cpu"),
                                     family=strategy_cls.family))
     privacy = _check_privacy(e, dataset)
     crypto = _check_encryption(e, attack)
