@@ -10,30 +10,23 @@ its context through it, return the partition id, the reply and the context, and 
 that the engine reports a failing client as it would its own) and imports ``ray``, ``flwr.app`` and
 ``flwr.clientapp`` only (``tests/test_client_actor.py`` checks it in a fresh process and in a run).
 
-:func:`client_actor_backend_class` is Flower's ``RayBackend`` building its pool from :class:`ClientActor`;
-:func:`engine_backend` puts a backend class in place of Flower's while one ``run_simulation`` runs (Flower has no
-setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by name when the engine starts).
+Flower's engine builds its pool from :class:`ClientActor` through fedsec's backend
+(:func:`fedsec.runtime.warm_actors.warm_backend_class`).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
 
 import ray
 from flwr.app import Context, Message
 from flwr.clientapp.client_app import ClientApp, ClientAppException, LoadClientAppError
 
-__all__ = ["ClientActor", "client_actor_backend_class", "engine_backend"]
+__all__ = ["ClientActor"]
 
 logger = logging.getLogger(__name__)
-
-_SWAP_LOCK = threading.Lock()
 
 
 @ray.remote
@@ -75,41 +68,3 @@ class ClientActor:
     def terminate(self) -> None:
         """End this actor (Flower's pool calls it when the simulation ends)."""
         ray.actor.exit_actor()
-
-
-@functools.cache
-def client_actor_backend_class() -> type:
-    """Flower's ``RayBackend`` with a pool of :class:`ClientActor` (defined on first use: importing Flower's engine
-    costs a second, and the actor processes never need it)."""
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
-    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
-
-    class ClientActorBackend(RayBackend):  # type: ignore[misc, valid-type]
-        """Flower's ``RayBackend``, its actors :class:`ClientActor`."""
-
-        def new_pool(self) -> Any:
-            """An empty pool sized to what the cluster fits (``actors_capacity``)."""
-            return BasicActorPool(actor_type=ClientActor, client_resources=self.client_resources,
-                                  actor_kwargs=self.actor_kwargs)
-
-        def build(self, app_fn: Callable[[], ClientApp]) -> None:
-            pool = self.new_pool()
-            pool.add_actors_to_pool(pool.actors_capacity)
-            self.pool = pool
-            self.app_fn = app_fn
-
-    return ClientActorBackend
-
-
-@contextmanager
-def engine_backend(backend_class: type) -> Iterator[None]:
-    """While inside, Flower's simulation engine builds ``backend_class`` instead of its ``RayBackend``."""
-    from flwr.server.superlink.fleet.vce.backend import raybackend
-
-    with _SWAP_LOCK:
-        original = raybackend.RayBackend
-        raybackend.RayBackend = backend_class
-        try:
-            yield
-        finally:
-            raybackend.RayBackend = original

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -52,18 +53,37 @@ def forget_session() -> None:
     (_records_dir() / f"{os.getpid()}.json").unlink(missing_ok=True)
 
 
-def _processes_of(session_dir: str) -> list[int]:
-    pids = []
+def _other_processes() -> Iterator[tuple[Path, str]]:
+    """Every other process's ``/proc`` entry and command line (arguments joined by spaces)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            yield entry, (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if session_dir in cmdline or _holds_file_in(entry, session_dir):
-            pids.append(int(entry.name))
-    return pids
+
+
+def _narrow_session(session_dir: str) -> bool:
+    """A session directory specific enough to match command lines and open files by (never match broadly)."""
+    return len(session_dir) >= 12 and "session_" in session_dir
+
+
+def _sigkill(pids: list[int]) -> list[int]:
+    """SIGKILL each of ``pids``; returns those signalled."""
+    ended = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return ended
+
+
+def _processes_of(session_dir: str) -> list[int]:
+    return [int(entry.name) for entry, cmdline in _other_processes()
+            if session_dir in cmdline or _holds_file_in(entry, session_dir)]
 
 
 def _holds_file_in(proc: Path, session_dir: str) -> bool:
@@ -97,25 +117,17 @@ def stop_autoscaler_monitor(session_dir: str) -> list[int]:
     A local single-node Ray has nothing for the autoscaler to take down, and Ray's shutdown skips a process that
     has already exited. Only this process's children whose command line is the monitor's and names this session.
     """
-    if len(session_dir) < 12 or "session_" not in session_dir or not Path("/proc").is_dir():
+    if not _narrow_session(session_dir) or not Path("/proc").is_dir():
         return []
-    ended = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if _parent_of(entry) != os.getpid():
-                continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
+    monitors = []
+    for entry, cmdline in _other_processes():
         if "autoscaler/_private/monitor.py" in cmdline and session_dir in cmdline:
             try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                ended.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return ended
+                if _parent_of(entry) == os.getpid():
+                    monitors.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return _sigkill(monitors)
 
 
 def end_orphans() -> list[int]:
@@ -133,15 +145,10 @@ def end_orphans() -> list[int]:
             continue
         if _alive(driver):
             continue
-        if len(session) < 12 or "session_" not in session:  # never match broadly
+        if not _narrow_session(session):
             path.unlink(missing_ok=True)
             continue
-        for pid in _processes_of(session):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                ended.append(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
+        ended += _sigkill(_processes_of(session))
         path.unlink(missing_ok=True)
         if ended:
             logger.warning("ended %d Ray process(es) left by a killed fedsec run (driver PID %d, %s)", len(ended),

@@ -9,9 +9,9 @@ ClientApp the message came with); what fedsec's clients cache per process is key
 (the data's object ref, the config's JSON, the model's shape), so a kept actor serves the next run as a fresh one
 would (``tests/test_warm_actors.py`` compares the rows).
 
-:func:`kept_actors` puts ``WarmRayBackend`` in place of Flower's ``RayBackend`` while one ``run_simulation`` runs
-(:func:`fedsec.runtime.client_actor.engine_backend`). Every run of :func:`fedsec.runtime.runner.run_experiment`
-uses it: a lone run starts its actors with :func:`start_actors` right after Ray and ends them with Ray; runs inside
+:func:`kept_actors` puts ``WarmRayBackend`` in place of Flower's ``RayBackend`` while one ``run_simulation`` runs.
+Every run of :func:`fedsec.runtime.runner.run_experiment` uses it: a lone run starts its actors with
+:func:`start_actors` right after Ray and ends them with Ray; runs inside
 :func:`fedsec.runtime.runner.one_ray_for_many_runs` keep them for the next run.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 _KEPT: dict[tuple[tuple[str, float], ...], list[Any]] = {}
 #: how long ``build`` waits for a kept actor to answer (one started by :func:`start_actors` may still be importing)
 _ALIVE_TIMEOUT_S = 120.0
+_SWAP_LOCK = threading.Lock()
 
 
 def _key(client_resources: dict[str, float]) -> tuple[tuple[str, float], ...]:
@@ -51,13 +53,18 @@ def start_actors(client_resources: dict[str, float], *, preload: tuple[str, ...]
     from .client_actor import ClientActor
 
     key = _key(client_resources)
-    for other in [k for k in _KEPT if k != key]:
-        for actor in _KEPT.pop(other):
-            _kill_quietly(actor)
+    _end_actors_other_than(key)
     if key not in _KEPT:
         count = pool_size_from_resources(client_resources)
         _KEPT[key] = [ClientActor.options(**client_resources).remote(preload=preload) for _ in range(count)]
     return len(_KEPT[key])
+
+
+def _end_actors_other_than(key: tuple[tuple[str, float], ...]) -> None:
+    """Kill the kept actors started with other resources (they hold the CPUs a pool of ``key`` needs)."""
+    for other in [k for k in _KEPT if k != key]:
+        for actor in _KEPT.pop(other):
+            _kill_quietly(actor)
 
 
 def kept_actor_count() -> int:
@@ -89,20 +96,22 @@ def _all_alive(actors: list[Any]) -> bool:
 @functools.cache
 def warm_backend_class() -> type:
     """:class:`WarmRayBackend`, defined on first use (importing Flower's engine costs seconds)."""
-    from .client_actor import client_actor_backend_class
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
 
-    class WarmRayBackend(client_actor_backend_class()):  # type: ignore[misc]
-        """Flower's ``RayBackend`` (with fedsec's :class:`~fedsec.runtime.client_actor.ClientActor`) whose actor
+    from .client_actor import ClientActor
+
+    class WarmRayBackend(RayBackend):  # type: ignore[misc, valid-type]
+        """Flower's ``RayBackend`` with fedsec's :class:`~fedsec.runtime.client_actor.ClientActor`, whose actor
         pool outlives the simulation: ``build`` takes the actors kept from the previous run when they are still
         alive and as many as the cluster fits now; ``terminate`` keeps them (and Ray) for the next run."""
 
         def build(self, app_fn: Callable[[], Any]) -> None:
             key = _key(self.client_resources)
-            pool = self.new_pool()
+            pool = BasicActorPool(actor_type=ClientActor, client_resources=self.client_resources,
+                                  actor_kwargs=self.actor_kwargs)
             kept = _KEPT.pop(key, None)
-            for other in list(_KEPT):  # actors of other resources hold the CPUs this pool needs
-                for actor in _KEPT.pop(other):
-                    _kill_quietly(actor)
+            _end_actors_other_than(key)
             if kept is not None and len(kept) == pool.actors_capacity and _all_alive(kept):
                 pool.pool = list(kept)
                 pool.num_actors = len(kept)
@@ -133,8 +142,15 @@ def _kill_quietly(actor: Any) -> None:
 
 @contextmanager
 def kept_actors() -> Iterator[None]:
-    """While inside, Flower's simulation engine builds :class:`WarmRayBackend` instead of its ``RayBackend``."""
-    from .client_actor import engine_backend
+    """While inside, Flower's simulation engine builds :class:`WarmRayBackend` instead of its ``RayBackend``
+    (Flower has no setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by name when the
+    engine starts, so the module attribute is swapped and put back)."""
+    from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    with engine_backend(warm_backend_class()):
-        yield
+    with _SWAP_LOCK:
+        original = raybackend.RayBackend
+        raybackend.RayBackend = warm_backend_class()
+        try:
+            yield
+        finally:
+            raybackend.RayBackend = original
