@@ -1,4 +1,5 @@
-"""A local Ray that fedsec starts (fedsec/runtime/runner.py): its shutdown ends the autoscaler monitor first
+"""A local Ray that fedsec starts (fedsec/runtime/runner.py): its raylet retries its object-store connection every
+50 ms rather than Ray's 1 s (``runner.LOCAL_RAY_CONFIG``); its shutdown ends the autoscaler monitor first
 (fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that process, and leaves nothing of the session."""
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
     try:
         session = runner._RAY["session"]
         assert session and Path(session).is_dir()
+        import ray._private.state
+
+        system = ray._private.state.state.get_system_config()  # what Ray's GCS hands the raylet and workers
+        assert system["raylet_client_connect_timeout_milliseconds"] == 50  # Ray's default: 1000
+        assert system["raylet_client_num_connect_attempts"] == 200  # 10 s before Ray gives up, as by default
         processes = orphans._processes_of(session)
         monitors = _monitors_of(session)
         assert len(monitors) == 1 and len(processes) > 3  # GCS, raylet, agents, ...
