@@ -401,6 +401,7 @@ def run_experiment(
     from fedsec.server.app import ServerOutcome, make_server_app
     from fedsec.server.cohorts import cohort_node_count
 
+    from .engine_queues import prompt_engine_queues
     from .warm_actors import kept_actors
 
     backend = plan.backend
@@ -475,7 +476,8 @@ def run_experiment(
             "client_resources": _client_resources(backend),
             "init_args": {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR},
         }
-        with StopOnSignal(outcome.stop), kept_actors():  # Ctrl-C ends the run through the server, not in Flower
+        # Ctrl-C ends the run through the server, not in Flower; the engine's threads see its end within 50 ms
+        with StopOnSignal(outcome.stop), kept_actors(), prompt_engine_queues():
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
