@@ -180,7 +180,7 @@ def run(
     from fedsec.runtime.runner import RunError, health_line, quiet_frameworks, run_experiment
 
     progress_log = logging.getLogger("fedsec.progress")  # fedsec.hooks.PROGRESS; named here: imports stay lazy
-    quiet_frameworks(verbose)  # before anything imports flwr, which reads its log level at import
+    quiet_frameworks(verbose)  # before the run: Flower's logs and usage pings off
     if resume is not None and overwrite:
         _fail_input("--resume and --overwrite exclude each other; choose one")
     config, out = _resumed("run", config, out, resume)

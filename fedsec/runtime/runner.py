@@ -49,8 +49,14 @@ class RunResult:
 
 
 def quiet_frameworks(verbose: bool) -> None:
-    """Silence Flower's and Ray's log noise unless ``verbose``; call before importing flwr."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage pings from a simulator
+    """Silence Flower's and Ray's log noise unless ``verbose``, and Flower's usage pings unless the user's
+    ``FLWR_TELEMETRY_ENABLED`` asks for them."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no usage pings from a simulator (and no network)
+    # Flower reads the variable once, when flwr.supercore.telemetry is first imported, which fedsec's own imports
+    # (the plan's strategies) have usually done by now: without this, every run_simulation sent its start and end
+    # events to Flower's telemetry server (tests/test_quiet_frameworks.py)
+    if (telemetry := sys.modules.get("flwr.supercore.telemetry")) is not None:
+        telemetry.FLWR_TELEMETRY_ENABLED = os.environ["FLWR_TELEMETRY_ENABLED"]
     if verbose:
         return
     os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
