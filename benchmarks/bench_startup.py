@@ -1,6 +1,7 @@
 """Where a small run's start-up goes: imports, the plan, the data, Ray, Flower's engine with its actors, round 0.
 
     nice -n 10 python benchmarks/bench_startup.py [--config experiments/digits_smoke.toml] [--repeats 2]
+        [--parts imports ray run warm joined] [--as-before]
 
 Each part is timed on its own, in a fresh process where it matters (imports and ``ray.init`` are cached after the
 first time in a process):
@@ -20,12 +21,20 @@ first time in a process):
   ``backend.address`` set to it: what ``fedsec run --set backend.address=auto`` does on a machine that keeps one
   running); the head's own start is not counted.
 
-Prints one line per part (best of ``--repeats``); asserts nothing. Numbers depend on what else runs on the machine.
+``--as-before`` measures with Ray's and Flower's own waits instead of fedsec's settings (the raylet retrying its
+object-store connection after 1 s instead of 50 ms, ``fedsec.runtime.runner.LOCAL_RAY_CONFIG``; Flower's engine
+polling its queues every 1 s instead of 50 ms, ``fedsec.runtime.engine_queues.POLL_S``): run it and the plain
+command one after the other for a before/after on the same machine.
+
+Prints one line per part, the best and the median of ``--repeats`` (the median shows what a stall costs: Ray's
+start is not the same every time); asserts nothing. Numbers depend on what else runs on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,8 +42,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Ray's and Flower's own waits, for ``--as-before`` (set in every child process through the environment)
+AS_BEFORE_ENV = "FEDSEC_BENCH_AS_BEFORE"
+RAY_DEFAULTS = {"raylet_client_connect_timeout_milliseconds": 1000, "raylet_client_num_connect_attempts": 10}
+PARTS = ("imports", "ray", "run", "warm", "joined")
+
 RAY_INIT = """
 import time
+import bench_startup
+bench_startup.apply_as_before()
 from fedsec.config import BackendConfig
 from fedsec.runtime.runner import init_ray, shutdown_ray
 t = time.perf_counter()
@@ -42,6 +58,16 @@ init_ray(BackendConfig())
 print(time.perf_counter() - t)
 shutdown_ray()
 """
+
+
+def apply_as_before() -> None:
+    """In this process, Ray's and Flower's own waits in place of fedsec's settings, when ``--as-before`` asked."""
+    if os.environ.get(AS_BEFORE_ENV) != "1":
+        return
+    from fedsec.runtime import engine_queues, runner
+
+    runner.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
+    engine_queues.POLL_S = 1.0  # Flower's engine: get(timeout=1.0)
 
 
 def fresh(code: str) -> float:
@@ -58,7 +84,8 @@ def command(args: list[str]) -> float:
 
 
 def ray_init_seconds() -> float:
-    out = subprocess.run([sys.executable, "-c", RAY_INIT], check=True, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", RAY_INIT], check=True, cwd=ROOT / "benchmarks", capture_output=True,
+                         text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -68,6 +95,7 @@ def run_parts(config: Path) -> dict[str, float]:
     from fedsec.data.federated import build_federated_data
     from fedsec.plan import build_plan
 
+    apply_as_before()
     t = time.perf_counter()
     plan = build_plan(load_experiment(config))
     parts = {"plan": time.perf_counter() - t}
@@ -89,6 +117,7 @@ def warm_parts(config: Path) -> dict[str, float]:
     from fedsec.plan import build_plan
     from fedsec.runtime.runner import one_ray_for_many_runs
 
+    apply_as_before()
     plan = build_plan(load_experiment(config))
     with tempfile.TemporaryDirectory() as out, one_ray_for_many_runs():
         timed_run(plan, Path(out) / "first")
@@ -101,6 +130,7 @@ def joined_parts(config: Path, address: str) -> dict[str, float]:
     from fedsec.config.loading import load_experiment
     from fedsec.plan import build_plan
 
+    apply_as_before()
     plan = build_plan(load_experiment(config, [f"backend.address='{address}'"]))
     with tempfile.TemporaryDirectory() as out:
         to_round0, _, whole, _ = timed_run(plan, Path(out) / "run")
@@ -143,6 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "experiments/digits_smoke.toml"))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="imports (and fedsec --help), ray (ray.init alone), run (a lone run's parts), warm (a "
+                             "second run keeping Ray and actors), joined (a run joining a running Ray)")
+    parser.add_argument("--as-before", action="store_true",
+                        help="Ray's and Flower's own waits instead of fedsec's settings (a before/after)")
     parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's jobs
     parser.add_argument("--warm-parts", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--joined-parts", help=argparse.SUPPRESS)  # the Ray address to join
@@ -155,31 +190,39 @@ def main() -> None:
         for key, value in (run_parts if args.run_parts else warm_parts)(Path(args.config)).items():
             print(f"{key}\t{value}")
         return
-    best: dict[str, float] = {}
+    if args.as_before:
+        os.environ[AS_BEFORE_ENV] = "1"  # the children read it (apply_as_before)
+    seen: dict[str, list[float]] = {}
 
     def keep(key: str, value: float) -> None:
-        best[key] = min(value, best.get(key, float("inf")))
+        seen.setdefault(key, []).append(value)
+
+    def keep_lines(text: str) -> None:
+        for line in text.strip().splitlines():
+            key, value = line.rsplit("\t", 1)
+            keep(key, float(value))
 
     fedsec = str(Path(sys.executable).with_name("fedsec"))
     for _ in range(args.repeats):
-        for module in ("torch", "flwr.simulation", "ray", "fedsec.cli"):
-            keep(f"import {module}", fresh(f"import {module}"))
-        keep("fedsec --help", command([fedsec, "--help"]))
-        keep("ray.init (local) alone", ray_init_seconds())
-        for child in ("--run-parts", "--warm-parts"):
-            out = subprocess.run([sys.executable, __file__, child, "--config", args.config], check=True,
-                                 cwd=ROOT, capture_output=True, text=True)
-            for line in out.stdout.strip().splitlines():
-                key, value = line.rsplit("\t", 1)
-                keep(key, float(value))
-        out = with_ray_head([sys.executable, __file__, "--joined-parts", "{address}", "--config", args.config])
-        for line in out.strip().splitlines():
-            key, value = line.rsplit("\t", 1)
-            keep(key, float(value))
+        if "imports" in args.parts:
+            for module in ("torch", "flwr.simulation", "ray", "fedsec.cli"):
+                keep(f"import {module}", fresh(f"import {module}"))
+            keep("fedsec --help", command([fedsec, "--help"]))
+        if "ray" in args.parts:
+            keep("ray.init (local) alone", ray_init_seconds())
+        for part, child in (("run", "--run-parts"), ("warm", "--warm-parts")):
+            if part in args.parts:
+                keep_lines(subprocess.run([sys.executable, __file__, child, "--config", args.config], check=True,
+                                          cwd=ROOT, capture_output=True, text=True).stdout)
+        if "joined" in args.parts:
+            keep_lines(with_ray_head([sys.executable, __file__, "--joined-parts", "{address}", "--config",
+                                      args.config]))
     load = Path("/proc/loadavg").read_text().split()[0]
-    print(f"start-up of {args.config} (best of {args.repeats}; load average {load})")
-    for key, value in best.items():
-        print(f"  {key:<42} {value:7.2f} s")
+    waits = "Ray's and Flower's own waits (--as-before)" if args.as_before else "fedsec's settings"
+    print(f"start-up of {args.config} ({args.repeats} repeats, {waits}; load average {load})")
+    print(f"  {'':<42} {'best':>7}   {'median':>7}")
+    for key, values in seen.items():
+        print(f"  {key:<42} {min(values):7.2f} s {statistics.median(values):7.2f} s")
 
 
 if __name__ == "__main__":
