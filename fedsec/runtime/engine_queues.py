@@ -6,7 +6,7 @@ with ``get(timeout=1.0)``, checking the engine's stop event between polls. When 
 ``run_simulation`` returns only once every such thread's current poll has timed out: up to a second in which
 nothing runs, at the end of every run. On this project's 2-core machine a traced digits smoke run spent 0.9 s at
 0% CPU there, and a sweep cell's whole run (Ray and actors kept, ``benchmarks/bench_startup.py``'s "warm whole
-run") took 1.62-1.68 s, of which that wait was 1 s.
+run") took 1.55-1.68 s, of which that wait was about 1 s (0.57-0.70 s with this module).
 
 :class:`PromptQueue` is ``queue.Queue`` with every timed wait cut to at most :data:`POLL_S`: a message put in the
 queue still wakes a waiting thread at once (``Queue``'s condition variable, as before); only a thread that finds the
