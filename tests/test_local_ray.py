@@ -1,5 +1,6 @@
 """A local Ray that fedsec starts (fedsec/runtime/runner.py): its raylet retries its object-store connection every
-50 ms rather than Ray's 1 s (``runner.LOCAL_RAY_CONFIG``); its shutdown ends the autoscaler monitor first
+50 ms rather than Ray's 1 s (``runner.LOCAL_RAY_CONFIG``; a sweep's Ray head, fedsec/studies/sweep.py
+``local_ray_head``, too); its shutdown ends the autoscaler monitor first
 (fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that process, and leaves nothing of the session."""
 
 from __future__ import annotations
@@ -63,3 +64,23 @@ def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
         runner.shutdown_ray()
     assert not ray.is_initialized() and runner._RAY["session"] is None
     assert _gone(processes)
+
+
+@pytest.mark.e2e
+def test_a_sweeps_ray_head_gets_the_same_settings(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from fedsec.studies.sweep import local_ray_head
+
+    read = ("import json, sys, ray, ray._private.state\n"
+            "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
+            "system = ray._private.state.state.get_system_config()\n"
+            "print(json.dumps({k: system.get(k) for k in json.loads(sys.argv[2])}))\n"
+            "ray.shutdown()\n")
+    with local_ray_head(1, log_path=tmp_path / "head.log") as address:
+        done = subprocess.run([sys.executable, "-c", read, address, json.dumps(list(runner.LOCAL_RAY_CONFIG))],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == runner.LOCAL_RAY_CONFIG

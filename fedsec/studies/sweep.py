@@ -229,12 +229,16 @@ stop()
 
 @contextmanager
 def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
-    """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it."""
+    """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it. The
+    head gets the Ray settings of a local Ray that a lone run starts (:data:`fedsec.runtime.runner.LOCAL_RAY_CONFIG`,
+    through ``ray start``'s ``--system-config``)."""
+    from fedsec.runtime.runner import LOCAL_RAY_CONFIG
+
     port = free_port()
     ray_cli = Path(sys.executable).with_name("ray")
     command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
-               "--disable-usage-stats"]
+               "--disable-usage-stats", f"--system-config={json.dumps(LOCAL_RAY_CONFIG)}"]
     log = log_path.open("ab")
     # a supervisor in its own process group runs the head; on SIGTERM (from us, or from the kernel when the sweep
     # dies) it stops the whole group: `ray start --block` alone leaves gcs_server running after SIGTERM
