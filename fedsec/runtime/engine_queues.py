@@ -12,8 +12,7 @@ run") took 1.55-1.68 s, of which that wait was about 1 s (0.57-0.70 s with this 
 queue still wakes a waiting thread at once (``Queue``'s condition variable, as before); only a thread that finds the
 queue empty looks at the stop event sooner. Flower has no setting for it: ``vce_api`` builds its queues from the
 name ``Queue`` it imported, so :func:`prompt_engine_queues` swaps that module attribute while one
-``run_simulation`` runs and puts it back (fedsec's runner enters it inside
-:func:`fedsec.runtime.warm_actors.kept_actors`, whose lock keeps two runs of one process from swapping at once).
+``run_simulation`` runs and puts it back (:func:`fedsec.runtime.engine_swap.swapped`).
 ``tests/test_engine_queues.py`` checks the queue and that a run's engine used it.
 """
 
@@ -45,9 +44,7 @@ def prompt_engine_queues() -> Iterator[None]:
     """While inside, Flower's simulation engine builds its message queues as :class:`PromptQueue`."""
     from flwr.server.superlink.fleet.vce import vce_api
 
-    original = vce_api.Queue
-    vce_api.Queue = PromptQueue
-    try:
+    from .engine_swap import swapped
+
+    with swapped(vce_api, "Queue", PromptQueue):
         yield
-    finally:
-        vce_api.Queue = original

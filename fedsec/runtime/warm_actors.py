@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,7 +31,6 @@ logger = logging.getLogger(__name__)
 _KEPT: dict[tuple[tuple[str, float], ...], list[Any]] = {}
 #: how long ``build`` waits for a kept actor to answer (one started by :func:`start_actors` may still be importing)
 _ALIVE_TIMEOUT_S = 120.0
-_SWAP_LOCK = threading.Lock()
 
 
 def _key(client_resources: dict[str, float]) -> tuple[tuple[str, float], ...]:
@@ -143,14 +141,10 @@ def _kill_quietly(actor: Any) -> None:
 @contextmanager
 def kept_actors() -> Iterator[None]:
     """While inside, Flower's simulation engine builds :class:`WarmRayBackend` instead of its ``RayBackend``
-    (Flower has no setting that chooses the backend class: ``vce_api`` imports ``RayBackend`` by name when the
-    engine starts, so the module attribute is swapped and put back)."""
+    (:func:`fedsec.runtime.engine_swap.swapped`: Flower has no setting that chooses the backend class)."""
     from flwr.server.superlink.fleet.vce.backend import raybackend
 
-    with _SWAP_LOCK:
-        original = raybackend.RayBackend
-        raybackend.RayBackend = warm_backend_class()
-        try:
-            yield
-        finally:
-            raybackend.RayBackend = original
+    from .engine_swap import swapped
+
+    with swapped(raybackend, "RayBackend", warm_backend_class()):
+        yield
