@@ -1,7 +1,7 @@
 """Where a small run's start-up goes: imports, the plan, the data, Ray, Flower's engine with its actors, round 0.
 
     nice -n 10 python benchmarks/bench_startup.py [--config experiments/digits_smoke.toml] [--repeats 2]
-        [--parts imports ray run warm joined] [--as-before]
+        [--parts imports ray run warm joined] [--as-before [raylet engine start]]
 
 Each part is timed on its own, in a fresh process where it matters (imports and ``ray.init`` are cached after the
 first time in a process):
@@ -21,10 +21,12 @@ first time in a process):
   ``backend.address`` set to it: what ``fedsec run --set backend.address=auto`` does on a machine that keeps one
   running); the head's own start is not counted.
 
-``--as-before`` measures with Ray's and Flower's own waits instead of fedsec's settings (the raylet retrying its
-object-store connection after 1 s instead of 50 ms, ``fedsec.runtime.runner.LOCAL_RAY_CONFIG``; Flower's engine
-polling its queues every 1 s instead of 50 ms, ``fedsec.runtime.engine_queues.POLL_S``): run it and the plain
-command one after the other for a before/after on the same machine.
+``--as-before`` measures with Ray's and Flower's own waits instead of fedsec's settings, all three or those named:
+``raylet`` (the raylet retrying its object-store connection after 1 s instead of 50 ms,
+``fedsec.runtime.runner.LOCAL_RAY_CONFIG``), ``engine`` (Flower's engine polling its queues every 1 s instead of
+50 ms, ``fedsec.runtime.engine_queues.POLL_S``), ``start`` (Ray's own start of a local Ray: the dashboard's head
+process and the one-second registration poll, ``fedsec.runtime.ray_start``): run it and the plain command one
+after the other for a before/after on the same machine.
 
 Prints one line per part, the best and the median of ``--repeats`` (the median shows what a stall costs: Ray's
 start is not the same every time); asserts nothing. Numbers depend on what else runs on the machine.
@@ -46,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 AS_BEFORE_ENV = "FEDSEC_BENCH_AS_BEFORE"
 RAY_DEFAULTS = {"raylet_client_connect_timeout_milliseconds": 1000, "raylet_client_num_connect_attempts": 10}
 PARTS = ("imports", "ray", "run", "warm", "joined")
+WAITS = ("raylet", "engine", "start")
 
 RAY_INIT = """
 import time
@@ -62,12 +65,17 @@ shutdown_ray()
 
 def apply_as_before() -> None:
     """In this process, Ray's and Flower's own waits in place of fedsec's settings, when ``--as-before`` asked."""
-    if os.environ.get(AS_BEFORE_ENV) != "1":
+    waits = [w for w in os.environ.get(AS_BEFORE_ENV, "").split(",") if w]
+    if not waits:
         return
-    from fedsec.runtime import engine_queues, runner
+    from fedsec.runtime import engine_queues, ray_start, runner
 
-    runner.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
-    engine_queues.POLL_S = 1.0  # Flower's engine: get(timeout=1.0)
+    if "raylet" in waits:
+        runner.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
+    if "engine" in waits:
+        engine_queues.POLL_S = 1.0  # Flower's engine: get(timeout=1.0)
+    if "start" in waits:
+        ray_start.ENABLED = False
 
 
 def fresh(code: str) -> float:
@@ -176,8 +184,9 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="imports (and fedsec --help), ray (ray.init alone), run (a lone run's parts), warm (a "
                              "second run keeping Ray and actors), joined (a run joining a running Ray)")
-    parser.add_argument("--as-before", action="store_true",
-                        help="Ray's and Flower's own waits instead of fedsec's settings (a before/after)")
+    parser.add_argument("--as-before", nargs="*", choices=WAITS,
+                        help="Ray's and Flower's own waits instead of fedsec's settings, all or those named (a "
+                             "before/after)")
     parser.add_argument("--run-parts", action="store_true", help=argparse.SUPPRESS)  # the child's jobs
     parser.add_argument("--warm-parts", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--joined-parts", help=argparse.SUPPRESS)  # the Ray address to join
@@ -190,8 +199,8 @@ def main() -> None:
         for key, value in (run_parts if args.run_parts else warm_parts)(Path(args.config)).items():
             print(f"{key}\t{value}")
         return
-    if args.as_before:
-        os.environ[AS_BEFORE_ENV] = "1"  # the children read it (apply_as_before)
+    as_before = list(WAITS) if args.as_before == [] else args.as_before or []
+    os.environ[AS_BEFORE_ENV] = ",".join(as_before)  # the children read it (apply_as_before)
     seen: dict[str, list[float]] = {}
 
     def keep(key: str, value: float) -> None:
@@ -218,7 +227,8 @@ def main() -> None:
             keep_lines(with_ray_head([sys.executable, __file__, "--joined-parts", "{address}", "--config",
                                       args.config]))
     load = Path("/proc/loadavg").read_text().split()[0]
-    waits = "Ray's and Flower's own waits (--as-before)" if args.as_before else "fedsec's settings"
+    own = ", ".join(as_before)
+    waits = f"Ray's and Flower's own waits for {own} (--as-before)" if as_before else "fedsec's settings"
     print(f"start-up of {args.config} ({args.repeats} repeats, {waits}; load average {load})")
     print(f"  {'':<42} {'best':>7}   {'median':>7}")
     for key, values in seen.items():

@@ -1,10 +1,12 @@
 """A local Ray that fedsec starts (fedsec/runtime/runner.py): its raylet retries its object-store connection every
 50 ms rather than Ray's 1 s (``runner.LOCAL_RAY_CONFIG``; a sweep's Ray head, fedsec/studies/sweep.py
-``local_ray_head``, too); its shutdown ends the autoscaler monitor first
-(fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that process, and leaves nothing of the session."""
+``local_ray_head``, too); it starts without the dashboard's head process (fedsec/runtime/ray_start.py); its
+shutdown ends the autoscaler monitor first (fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that
+process, and leaves nothing of the session."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -48,6 +50,23 @@ def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
         assert system["raylet_client_connect_timeout_milliseconds"] == 50  # Ray's default: 1000
         assert system["raylet_client_num_connect_attempts"] == 200  # 10 s before Ray gives up, as by default
         processes = orphans._processes_of(session)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes]
+        # started without the dashboard's head process (fedsec/runtime/ray_start.py; Ray's own start has one) ...
+        assert not any(b"dashboard/dashboard.py" in c for c in commands)
+        assert any(b"dashboard/agent.py" in c for c in commands)  # ... and with the raylet's agent as Ray has it
+        import ray._private.node
+        import ray._private.services
+
+        from fedsec.runtime import ray_start
+
+        # the two swaps last only while Ray starts
+        assert ray._private.node.Node.start_api_server is not ray_start._no_dashboard_process
+        assert not isinstance(ray._private.services.get_node, functools.partial)
+        gcs, node_id = ray._private.worker.global_worker.node.gcs_address, ray.get_runtime_context().get_node_id()
+        asked: list[tuple[str, str]] = []
+        assert ray_start.get_node_soon(gcs, node_id, ask_ray=lambda *a: asked.append(a) or {"NodeID": a[1]}) == {
+            "NodeID": node_id}
+        assert asked == [(gcs, node_id)]
         monitors = _monitors_of(session)
         assert len(monitors) == 1 and len(processes) > 3  # GCS, raylet, agents, ...
         assert orphans.stop_autoscaler_monitor(session.replace("session_", "session_0")) == []  # another session

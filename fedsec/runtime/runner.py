@@ -230,6 +230,7 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     if address and address != "auto":
         check_reachable(address)
     from .orphans import end_orphans, record_session
+    from .ray_start import prompt_local_start
 
     if not address:
         end_orphans()  # Ray processes a SIGKILLed run left behind (only those of dead fedsec drivers)
@@ -237,7 +238,9 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     try:
         # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
         # /tmp/ray/ray_current_cluster, even a head that is long gone
-        with _environment(PYTHONPATH=None if address else python_path):
+        # a local Ray without the dashboard's process and the second-long registration poll (fedsec.runtime.ray_start)
+        local_start = contextlib.nullcontext() if address else prompt_local_start()
+        with _environment(PYTHONPATH=None if address else python_path), local_start:
             context = ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise RunError(f"backend.address={address!r}: could not start or join Ray: {e}") from e

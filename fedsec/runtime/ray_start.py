@@ -1,0 +1,80 @@
+"""A local Ray's start without two waits that Ray 2.55 (pinned through ``flwr[simulation]==1.42.0``) has no setting
+for, used while fedsec's runner starts a local Ray (:func:`fedsec.runtime.runner.init_ray`).
+
+- **The dashboard's head process.** ``ray.init(include_dashboard=False)``, as fedsec calls it, still starts
+  ``ray/dashboard/dashboard.py`` with ``--modules-to-load=UsageStatsHead`` (``ray/_private/services.py``,
+  ``start_api_server``) and polls the GCS every 0.1 s until that process has written its address: about 0.6 s on
+  this project's 2-core machine, a Python process importing aiohttp and Ray's dashboard before the raylet may
+  start. Loaded that way it serves nothing a run uses (the job and state APIs are among the modules it does not
+  load) and only reports Ray's usage statistics, which a simulator should not send (fedsec turns Flower's telemetry
+  off too, :func:`fedsec.runtime.runner.quiet_frameworks`). While fedsec starts a local Ray,
+  ``ray._private.node.Node.start_api_server`` does nothing; the raylet, its dashboard agent (metrics, logs) and
+  every other process start as Ray starts them.
+- **The registration poll.** After starting the raylet, ``Node.__init__`` asks the GCS for the new node through
+  ``ray._private.services.get_node``, whose C++ accessor waits a whole second between its tries. The raylet
+  registers only once its dashboard agent listens (0.70-0.79 s after the first try in five starts here), so that
+  call returned after 1.01-1.03 s each time, and after about 2 s when the agent is slower than a second. Here
+  :func:`get_node_soon` first polls the GCS's node table every 20 ms (for at most ``REGISTRATION_POLL_S``), then asks
+  as Ray does, which then answers at once.
+
+``python benchmarks/bench_startup.py --parts ray`` measures both (``--as-before`` without them,
+:data:`ENABLED`); docs/performance.md has the numbers. A joined cluster is started by whoever runs it and keeps its
+own processes. Ray's pin makes the two private names stable; ``tests/test_ray_start.py`` fails first if they move.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .engine_swap import swapped
+
+__all__ = ["ENABLED", "REGISTRATION_POLL_S", "get_node_soon", "prompt_local_start"]
+
+#: False: Ray starts as it would on its own (``benchmarks/bench_startup.py --as-before``)
+ENABLED = True
+#: how long :func:`get_node_soon` polls before it leaves the wait to Ray's own one-second tries
+REGISTRATION_POLL_S = 10.0
+_POLL_EVERY_S = 0.02
+
+
+def _no_dashboard_process(self: Any, **_: Any) -> None:
+    """``Node.start_api_server`` for a local Ray fedsec starts: no dashboard head process (see the module)."""
+
+
+def get_node_soon(gcs_address: str, node_id: str, *, ask_ray: Callable[[str, str], dict[str, Any]]) -> dict[str, Any]:
+    """``ask_ray`` (Ray's ``get_node``), asked once the GCS lists the node, polled every 20 ms for at most
+    :data:`REGISTRATION_POLL_S`, instead of at once and then through Ray's accessor, which waits a second between
+    tries."""
+    import ray._private.services as services
+    import ray._private.state as state
+
+    table = state.GlobalState()
+    table._initialize_global_state(services._get_gcs_client_options(gcs_address))
+    try:
+        deadline = time.monotonic() + REGISTRATION_POLL_S
+        while time.monotonic() < deadline:
+            if any(row.get("NodeID") == node_id for row in table.node_table()):
+                break
+            time.sleep(_POLL_EVERY_S)
+    finally:
+        table.disconnect()
+    return ask_ray(gcs_address, node_id)
+
+
+@contextmanager
+def prompt_local_start() -> Iterator[None]:
+    """While inside, a local Ray started in this process (``ray.init`` without an address) skips the two waits in the
+    module's docstring; nothing changes when :data:`ENABLED` is False."""
+    if not ENABLED:
+        yield
+        return
+    import ray._private.node as node
+    import ray._private.services as services
+
+    get_node = functools.partial(get_node_soon, ask_ray=services.get_node)
+    with swapped(node.Node, "start_api_server", _no_dashboard_process), swapped(services, "get_node", get_node):
+        yield
