@@ -86,7 +86,7 @@ def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
 
 
 @pytest.mark.e2e
-def test_a_sweeps_ray_head_gets_the_same_settings(tmp_path):
+def test_a_sweeps_ray_head_gets_the_same_settings_and_start(tmp_path):
     import json
     import subprocess
     import sys
@@ -97,9 +97,15 @@ def test_a_sweeps_ray_head_gets_the_same_settings(tmp_path):
             "ray.init(address=sys.argv[1], log_to_driver=False, logging_level='ERROR')\n"
             "system = ray._private.state.state.get_system_config()\n"
             "print(json.dumps({k: system.get(k) for k in json.loads(sys.argv[2])}))\n"
+            "print(ray._private.worker._global_node.get_session_dir_path())\n"
             "ray.shutdown()\n")
     with local_ray_head(1, log_path=tmp_path / "head.log") as address:
         done = subprocess.run([sys.executable, "-c", read, address, json.dumps(list(runner.LOCAL_RAY_CONFIG))],
                               capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == runner.LOCAL_RAY_CONFIG
+        assert done.returncode == 0, done.stderr
+        settings, session = done.stdout.strip().splitlines()[-2:]
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in orphans._processes_of(session)]
+    assert json.loads(settings) == runner.LOCAL_RAY_CONFIG
+    # started as a lone run's Ray (fedsec/runtime/ray_start.py): no dashboard head process, the raylet's agent
+    assert not any(b"dashboard/dashboard.py" in c for c in commands)
+    assert any(b"dashboard/agent.py" in c for c in commands)

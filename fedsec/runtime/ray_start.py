@@ -17,9 +17,11 @@ for, used while fedsec's runner starts a local Ray (:func:`fedsec.runtime.runner
   :func:`get_node_soon` first polls the GCS's node table every 20 ms (for at most ``REGISTRATION_POLL_S``), then asks
   as Ray does, which then answers at once.
 
-``python benchmarks/bench_startup.py --parts ray`` measures both (``--as-before`` without them,
+``python benchmarks/bench_startup.py --parts ray`` measures both (``--as-before start`` without them,
 :data:`ENABLED`); docs/performance.md has the numbers. A joined cluster is started by whoever runs it and keeps its
-own processes. Ray's pin makes the two private names stable; ``tests/test_ray_start.py`` fails first if they move.
+own processes; the Ray heads a sweep or a privacy study starts (``ray start --head``) run Ray's command line
+through :func:`main`, so they start as a lone run's Ray does. Ray's pin makes the two private names stable;
+``tests/test_ray_start.py`` fails first if they move.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 from .engine_swap import swapped
 
-__all__ = ["ENABLED", "REGISTRATION_POLL_S", "get_node_soon", "prompt_local_start"]
+__all__ = ["ENABLED", "REGISTRATION_POLL_S", "get_node_soon", "main", "prompt_local_start"]
 
 #: False: Ray starts as it would on its own (``benchmarks/bench_startup.py --as-before``)
 ENABLED = True
@@ -78,3 +80,17 @@ def prompt_local_start() -> Iterator[None]:
     get_node = functools.partial(get_node_soon, ask_ray=services.get_node)
     with swapped(node.Node, "start_api_server", _no_dashboard_process), swapped(services, "get_node", get_node):
         yield
+
+
+def main() -> None:
+    """Ray's command line (``python -m fedsec.runtime.ray_start start --head ...``) with a head started as
+    :func:`prompt_local_start` has it: how a sweep's and a privacy study's Ray heads start
+    (:func:`fedsec.studies.sweep.local_ray_head`)."""
+    from ray.scripts.scripts import main as ray_command
+
+    with prompt_local_start():
+        ray_command()
+
+
+if __name__ == "__main__":
+    main()

@@ -230,13 +230,14 @@ stop()
 @contextmanager
 def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
     """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it. The
-    head gets the Ray settings of a local Ray that a lone run starts (:data:`fedsec.runtime.runner.LOCAL_RAY_CONFIG`,
-    through ``ray start``'s ``--system-config``)."""
+    head starts as a local Ray that a lone run starts: the same Ray settings
+    (:data:`fedsec.runtime.runner.LOCAL_RAY_CONFIG`, through ``ray start``'s ``--system-config``), without the
+    dashboard's process and the one-second registration poll (Ray's command line run through
+    :func:`fedsec.runtime.ray_start.main`)."""
     from fedsec.runtime.runner import LOCAL_RAY_CONFIG
 
     port = free_port()
-    ray_cli = Path(sys.executable).with_name("ray")
-    command = [str(ray_cli) if ray_cli.exists() else "ray", "start", "--head", "--block", f"--port={port}",
+    command = [sys.executable, "-m", "fedsec.runtime.ray_start", "start", "--head", "--block", f"--port={port}",
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                "--disable-usage-stats", f"--system-config={json.dumps(LOCAL_RAY_CONFIG)}"]
     log = log_path.open("ab")
