@@ -330,3 +330,19 @@ def test_tiny_cifar10_run_end_to_end(tmp_path):
     assert rounds["round"].tolist() == [0, 1] and rounds["accuracy"].between(0, 1).all()
     # 15 training images over 4 iid clients: 4, 4, 4, 3
     assert sorted(clients["num_examples"].tolist()) == [3, 4, 4, 4] and (clients["update_norm"] > 0).all()
+
+
+@pytest.mark.usefixtures("shared_ray")
+@pytest.mark.e2e
+def test_files_broken_after_validation_fail_the_run_with_their_name(tmp_path):
+    """The data loads in a thread while Ray starts (fedsec/runtime/runner.py): its error still ends the run as a
+    RunError naming the file, with nothing written but the run directory's start (its config)."""
+    from fedsec.runtime.runner import RunError, run_experiment
+
+    write_cifar10(tmp_path / "data")
+    run = plan("cifar10", tmp_path / "data", model="cnn_cifar")  # validated against the files as they were
+    write_batch(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_2", {b"data": np.zeros((2, 3072), np.uint8),
+                                                                            b"labels": [0, 10]})
+    with pytest.raises(RunError, match=r"data_batch_2: b'labels' must be in 0..9, got 0..10"):
+        run_experiment(run, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.toml", "plots"]  # no rounds, no summary

@@ -21,11 +21,12 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fedsec.config import BackendConfig
 from fedsec.errors import FedsecRuntimeError
@@ -34,6 +35,7 @@ from fedsec.plan import RunPlan
 from .signals import StopOnSignal
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunError(FedsecRuntimeError):
@@ -382,6 +384,28 @@ def check_reachable(address: str, *, timeout: float = 5.0) -> None:
         ) from e
 
 
+def _timed(fn: Callable[..., T], /, *args: Any) -> tuple[T, float]:
+    """``fn(*args)`` and the seconds it took."""
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
+
+
+def _in_background(fn: Callable[..., T], /, *args: Any) -> Future[T]:
+    """``fn(*args)`` in a daemon thread (one that never holds up the interpreter's exit when the run fails first);
+    its result or exception through the future."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # handed to whoever asks for the result
+                future.set_exception(e)
+
+    threading.Thread(target=work, name="fedsec-data", daemon=True).start()
+    return future
+
+
 def run_experiment(
     plan: RunPlan,
     out_dir: str | Path | None = None,
@@ -419,7 +443,9 @@ def run_experiment(
         from fedsec.results.exports import require_packages
 
         require_packages(plan.experiment.tracking)
-    init_ray(backend, verbose=verbose)  # first: a bad cluster address fails before any work
+    # the data loads and partitions in a thread while Ray starts: ray.init mostly waits on Ray's processes
+    data_loading = _in_background(_timed, build_federated_data, plan.data_config, plan.seed)
+    init_ray(backend, verbose=verbose)  # a bad cluster address fails before any other work
     try:
         slots = check_resources(backend)
         _start_actors(backend)
@@ -441,8 +467,7 @@ def run_experiment(
             dropped = run_dir.truncate_after(resume_state["round"] if resume_state else -1)
             logger.info("resuming %s after round %s (%d row(s) of later rounds dropped)", run_dir.path,
                         resume_state["round"] if resume_state else "none", dropped)
-        t_data = time.perf_counter()
-        data = build_federated_data(plan.data_config, plan.seed)
+        data, data_seconds = data_loading.result()
     except (DatasetError, PartitionError) as e:
         run_dir.close()
         _end_run_ray()
@@ -451,7 +476,6 @@ def run_experiment(
         run_dir.close()
         _end_run_ray()
         raise
-    data_seconds = time.perf_counter() - t_data
     outcome = ServerOutcome()
     if stop is not None:
         outcome.stop = stop
