@@ -24,9 +24,10 @@ first time in a process):
 ``--as-before`` measures with Ray's and Flower's own waits instead of fedsec's settings, all three or those named:
 ``raylet`` (the raylet retrying its object-store connection after 1 s instead of 50 ms,
 ``fedsec.runtime.runner.LOCAL_RAY_CONFIG``), ``engine`` (Flower's engine polling its queues every 1 s instead of
-50 ms, ``fedsec.runtime.engine_queues.POLL_S``), ``start`` (Ray's own start of a local Ray: the dashboard's head
-process and the one-second registration poll, ``fedsec.runtime.ray_start``): run it and the plain command one
-after the other for a before/after on the same machine.
+50 ms and scanning for new messages every 0.1 s instead of every 5 ms, ``fedsec.runtime.engine_queues``),
+``start`` (Ray's own start of a local Ray: the dashboard's head process and the one-second registration poll,
+``fedsec.runtime.ray_start``): run it and the plain command one after the other for a before/after on the same
+machine.
 
 Prints one line per part, the best and the median of ``--repeats`` (the median shows what a stall costs: Ray's
 start is not the same every time); asserts nothing. Numbers depend on what else runs on the machine.
@@ -74,6 +75,7 @@ def apply_as_before() -> None:
         runner.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
     if "engine" in waits:
         engine_queues.POLL_S = 1.0  # Flower's engine: get(timeout=1.0)
+        engine_queues.EXTRACT_MIN_S = 0.1  # and a scan for new messages every 0.1 s
     if "start" in waits:
         ray_start.ENABLED = False
 
