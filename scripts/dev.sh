@@ -111,8 +111,9 @@ case "$cmd" in
     "$VENV/bin/ruff" check .
     if [ -f mkdocs.yml ]; then
       echo "== mkdocs build --strict"
-      # NO_MKDOCS_2_WARNING: mkdocs-material 9.8's end-of-life banner, printed on every build
-      NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -q -d "${TMPDIR:-/tmp}/fedsec-site"
+      # NO_MKDOCS_2_WARNING: mkdocs-material 9.8's end-of-life banner, printed on every build; no -q: it hides the
+      # warnings (a broken link or anchor) from --strict too, and the build passes with them
+      NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict -d "${TMPDIR:-/tmp}/fedsec-site"
     fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
