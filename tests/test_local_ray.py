@@ -104,7 +104,10 @@ def test_a_sweeps_ray_head_gets_the_same_settings_and_start(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         settings, session = done.stdout.strip().splitlines()[-2:]
-        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in orphans._processes_of(session)]
+        processes = orphans._processes_of(session)
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes]
+    # stopped whole (SIGKILL to the head's process group): no process of the session is left
+    assert len(processes) > 3 and _gone(processes)
     assert json.loads(settings) == runner.LOCAL_RAY_CONFIG
     # started as a lone run's Ray (fedsec/runtime/ray_start.py): no dashboard head process, the raylet's agent
     assert not any(b"dashboard/dashboard.py" in c for c in commands)

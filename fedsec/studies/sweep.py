@@ -210,15 +210,16 @@ def _cell_dies_with_parent() -> None:  # pragma: no cover - runs in the child be
     die_with_parent(signal.SIGKILL)
 
 
+#: the process that runs a sweep's Ray head, in a process group of its own: on SIGTERM (from the sweep once its cells
+#: are done or stopped, or from the kernel when the sweep dies), or when the head exits, it SIGKILLs the whole group.
+#: Why not Ray's own stop: `ray start --block` alone leaves gcs_server running after SIGTERM, and its SIGTERM handler
+#: gives each process up to a second to exit, one after the other (ray/_private/node.py ``_kill_process_impl``): 5.5 s
+#: at the end of every sweep here, with SIGTERM first and SIGKILL after a 5 s deadline. Nothing of a sweep's head is
+#: kept: its GCS is in memory, and the object store's memory goes with the raylet's process (no file in /dev/shm here);
+#: tests/test_local_ray.py checks that no process of the session is left.
 _HEAD_SUPERVISOR = """
-import os, signal, subprocess, sys, time
+import os, signal, subprocess, sys
 def stop(*_):
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    os.killpg(0, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while head.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(0.5)
     os.killpg(0, signal.SIGKILL)
 head = subprocess.Popen(sys.argv[1:])
 signal.signal(signal.SIGTERM, stop)
@@ -241,8 +242,7 @@ def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> I
                "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", "--include-dashboard=false",
                "--disable-usage-stats", f"--system-config={json.dumps(LOCAL_RAY_CONFIG)}"]
     log = log_path.open("ab")
-    # a supervisor in its own process group runs the head; on SIGTERM (from us, or from the kernel when the sweep
-    # dies) it stops the whole group: `ray start --block` alone leaves gcs_server running after SIGTERM
+    # a supervisor in its own process group runs the head and ends the whole group on SIGTERM (_HEAD_SUPERVISOR)
     process = subprocess.Popen([sys.executable, "-c", _HEAD_SUPERVISOR, *command], stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                preexec_fn=die_with_parent if LINUX else None)
