@@ -390,9 +390,9 @@ def _timed(fn: Callable[..., T], /, *args: Any) -> tuple[T, float]:
     return fn(*args), time.perf_counter() - started
 
 
-def _in_background(fn: Callable[..., T], /, *args: Any) -> Future[T]:
-    """``fn(*args)`` in a daemon thread (one that never holds up the interpreter's exit when the run fails first);
-    its result or exception through the future."""
+def _in_background(fn: Callable[..., T], /, *args: Any, name: str) -> Future[T]:
+    """``fn(*args)`` in a daemon thread called ``name`` (one that never holds up the interpreter's exit when the run
+    fails first); its result or exception through the future."""
     future: Future[T] = Future()
 
     def work() -> None:
@@ -402,7 +402,7 @@ def _in_background(fn: Callable[..., T], /, *args: Any) -> Future[T]:
             except BaseException as e:  # handed to whoever asks for the result
                 future.set_exception(e)
 
-    threading.Thread(target=work, name="fedsec-data", daemon=True).start()
+    threading.Thread(target=work, name=name, daemon=True).start()
     return future
 
 
@@ -444,8 +444,8 @@ def run_experiment(
 
         require_packages(plan.experiment.tracking)
     # the data loads and partitions in a thread while Ray starts: ray.init mostly waits on Ray's processes
-    data_loading = _in_background(_timed, build_federated_data, plan.data_config, plan.seed)
-    init_ray(backend, verbose=verbose)  # a bad cluster address fails before any other work
+    data_loading = _in_background(_timed, build_federated_data, plan.data_config, plan.seed, name="fedsec-data")
+    init_ray(backend, verbose=verbose)  # a bad cluster address fails here, before the run directory is made
     try:
         slots = check_resources(backend)
         _start_actors(backend)
