@@ -23,7 +23,7 @@ first time in a process):
 
 ``--as-before`` measures with Ray's and Flower's own waits instead of fedsec's settings, all three or those named:
 ``raylet`` (the raylet retrying its object-store connection after 1 s instead of 50 ms,
-``fedsec.runtime.runner.LOCAL_RAY_CONFIG``), ``engine`` (Flower's engine polling its queues every 1 s instead of
+``fedsec.runtime.ray_start.LOCAL_RAY_CONFIG``), ``engine`` (Flower's engine polling its queues every 1 s instead of
 50 ms and scanning for new messages every 0.1 s instead of every 5 ms, ``fedsec.runtime.engine_queues``),
 ``start`` (Ray's own start of a local Ray: the dashboard's head process and the one-second registration poll,
 ``fedsec.runtime.ray_start``): run it and the plain command one after the other for a before/after on the same
@@ -69,10 +69,10 @@ def apply_as_before() -> None:
     waits = [w for w in os.environ.get(AS_BEFORE_ENV, "").split(",") if w]
     if not waits:
         return
-    from fedsec.runtime import engine_queues, ray_start, runner
+    from fedsec.runtime import engine_queues, ray_start
 
     if "raylet" in waits:
-        runner.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
+        ray_start.LOCAL_RAY_CONFIG = dict(RAY_DEFAULTS)
     if "engine" in waits:
         engine_queues.POLL_S = 1.0  # Flower's engine: get(timeout=1.0)
         engine_queues.EXTRACT_MIN_S = 0.1  # and a scan for new messages every 0.1 s

@@ -1,5 +1,5 @@
 """A local Ray that fedsec starts (fedsec/runtime/runner.py): its raylet retries its object-store connection every
-50 ms rather than Ray's 1 s (``runner.LOCAL_RAY_CONFIG``; a sweep's Ray head, fedsec/studies/sweep.py
+50 ms rather than Ray's 1 s (``ray_start.LOCAL_RAY_CONFIG``; a sweep's Ray head, fedsec/studies/sweep.py
 ``local_ray_head``, too); it starts without the dashboard's head process (fedsec/runtime/ray_start.py); its
 shutdown ends the autoscaler monitor first (fedsec/runtime/orphans.py ``stop_autoscaler_monitor``), only that
 process, and leaves nothing of the session."""
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedsec.config import BackendConfig
-from fedsec.runtime import orphans, runner
+from fedsec.runtime import orphans, ray_start, runner
 
 
 def _monitors_of(session: str) -> list[int]:
@@ -57,8 +57,6 @@ def test_shutdown_ends_the_monitor_first_and_leaves_nothing_of_the_session():
         import ray._private.node
         import ray._private.services
 
-        from fedsec.runtime import ray_start
-
         # the two swaps last only while Ray starts
         assert ray._private.node.Node.start_api_server is not ray_start._no_dashboard_process
         assert not isinstance(ray._private.services.get_node, functools.partial)
@@ -100,7 +98,7 @@ def test_a_sweeps_ray_head_gets_the_same_settings_and_start(tmp_path):
             "print(ray._private.worker._global_node.get_session_dir_path())\n"
             "ray.shutdown()\n")
     with local_ray_head(1, log_path=tmp_path / "head.log") as address:
-        done = subprocess.run([sys.executable, "-c", read, address, json.dumps(list(runner.LOCAL_RAY_CONFIG))],
+        done = subprocess.run([sys.executable, "-c", read, address, json.dumps(list(ray_start.LOCAL_RAY_CONFIG))],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         settings, session = done.stdout.strip().splitlines()[-2:]
@@ -108,7 +106,7 @@ def test_a_sweeps_ray_head_gets_the_same_settings_and_start(tmp_path):
         commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes]
     # stopped whole (SIGKILL to the head's process group): no process of the session is left
     assert len(processes) > 3 and _gone(processes)
-    assert json.loads(settings) == runner.LOCAL_RAY_CONFIG
+    assert json.loads(settings) == ray_start.LOCAL_RAY_CONFIG
     # started as a lone run's Ray (fedsec/runtime/ray_start.py): no dashboard head process, the raylet's agent
     assert not any(b"dashboard/dashboard.py" in c for c in commands)
     assert any(b"dashboard/agent.py" in c for c in commands)

@@ -1,5 +1,6 @@
-"""A local Ray's start without two waits that Ray 2.55 (pinned through ``flwr[simulation]==1.42.0``) has no setting
-for, used while fedsec's runner starts a local Ray (:func:`fedsec.runtime.runner.init_ray`).
+"""How fedsec starts a local Ray (:func:`fedsec.runtime.runner.init_ray`, and a sweep's or a privacy study's head):
+one setting Ray takes (:data:`LOCAL_RAY_CONFIG`), and two waits that Ray 2.55 (pinned through
+``flwr[simulation]==1.42.0``) has no setting for:
 
 - **The dashboard's head process.** ``ray.init(include_dashboard=False)``, as fedsec calls it, still starts
   ``ray/dashboard/dashboard.py`` with ``--modules-to-load=UsageStatsHead`` (``ray/_private/services.py``,
@@ -34,9 +35,17 @@ from typing import Any
 
 from .engine_swap import swapped
 
-__all__ = ["ENABLED", "REGISTRATION_POLL_S", "get_node_soon", "main", "prompt_local_start"]
+__all__ = ["ENABLED", "LOCAL_RAY_CONFIG", "REGISTRATION_POLL_S", "get_node_soon", "main", "prompt_local_start"]
 
-#: False: Ray starts as it would on its own (``benchmarks/bench_startup.py --as-before``)
+#: Ray system settings for a local Ray that fedsec starts. The raylet connects to its own object store right after
+#: starting the store's thread, and when the socket is not listening yet it retries only after
+#: ``raylet_client_connect_timeout_milliseconds`` (Ray's default 1,000 ms, 10 attempts): in 10 of 24 local starts on
+#: this project's 2-core machine the raylet's log shows 1.00 s between "Starting object store" and "ObjectManager
+#: server started", and ``ray.init`` took 3.4-3.7 s instead of 2.4-2.7 s. Retrying every 50 ms (200 attempts: the
+#: same 10 s before Ray gives up), 16 starts left 0.05-0.10 s at most there (docs/performance.md). A joined cluster
+#: keeps its own settings (Ray refuses ``_system_config`` when joining).
+LOCAL_RAY_CONFIG = {"raylet_client_connect_timeout_milliseconds": 50, "raylet_client_num_connect_attempts": 200}
+#: False: Ray's own start, with both waits (``benchmarks/bench_startup.py --as-before start``)
 ENABLED = True
 #: how long :func:`get_node_soon` polls before it leaves the wait to Ray's own one-second tries
 REGISTRATION_POLL_S = 10.0

@@ -32,6 +32,7 @@ from fedsec.config import BackendConfig
 from fedsec.errors import FedsecRuntimeError
 from fedsec.plan import RunPlan
 
+from . import ray_start
 from .signals import StopOnSignal
 
 logger = logging.getLogger(__name__)
@@ -228,11 +229,10 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
     if address:
         kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": python_path}}
     else:
-        kwargs["_system_config"] = dict(LOCAL_RAY_CONFIG)
+        kwargs["_system_config"] = dict(ray_start.LOCAL_RAY_CONFIG)
     if address and address != "auto":
         check_reachable(address)
     from .orphans import end_orphans, record_session
-    from .ray_start import prompt_local_start
 
     if not address:
         end_orphans()  # Ray processes a SIGKILLed run left behind (only those of dead fedsec drivers)
@@ -241,7 +241,7 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
         # "local": always a fresh local Ray; a bare ray.init() would join whatever `ray start` last recorded in
         # /tmp/ray/ray_current_cluster, even a head that is long gone
         # a local Ray without the dashboard's process and the second-long registration poll (fedsec.runtime.ray_start)
-        local_start = contextlib.nullcontext() if address else prompt_local_start()
+        local_start = contextlib.nullcontext() if address else ray_start.prompt_local_start()
         with _environment(PYTHONPATH=None if address else python_path), local_start:
             context = ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
@@ -256,15 +256,6 @@ def init_ray(backend: BackendConfig, *, verbose: bool = False) -> None:
             record_session(session)
             _RAY["session"] = session
 
-
-#: Ray system settings for a local Ray that fedsec starts. The raylet connects to its own object store right after
-#: starting the store's thread, and when the socket is not listening yet it retries only after
-#: ``raylet_client_connect_timeout_milliseconds`` (Ray's default 1,000 ms, 10 attempts): in 10 of 24 local starts on
-#: this project's 2-core machine the raylet's log shows 1.00 s between "Starting object store" and "ObjectManager
-#: server started", and ``ray.init`` took 3.4-3.7 s instead of 2.4-2.7 s. Retrying every 50 ms (200 attempts: the
-#: same 10 s before Ray gives up), 16 starts left 0.05-0.10 s at most there (docs/performance.md). A joined cluster
-#: keeps its own settings (Ray refuses ``_system_config`` when joining).
-LOCAL_RAY_CONFIG = {"raylet_client_connect_timeout_milliseconds": 50, "raylet_client_num_connect_attempts": 200}
 
 #: what a client actor imports for its first message, imported as it starts (:func:`_start_actors`)
 CLIENT_MODULES = ("fedsec.clients.app", "fedsec.plan")  # the plan: an attack carries the defense it simulates

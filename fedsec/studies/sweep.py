@@ -232,10 +232,10 @@ stop()
 def local_ray_head(num_cpus: int, *, log_path: Path, timeout: float = 60.0) -> Iterator[str]:
     """Start a one-node Ray cluster (``ray start --head --block``) for the sweep; yield its address; stop it. The
     head starts as a local Ray that a lone run starts: the same Ray settings
-    (:data:`fedsec.runtime.runner.LOCAL_RAY_CONFIG`, through ``ray start``'s ``--system-config``), without the
+    (:data:`fedsec.runtime.ray_start.LOCAL_RAY_CONFIG`, through ``ray start``'s ``--system-config``), without the
     dashboard's process and the one-second registration poll (Ray's command line run through
     :func:`fedsec.runtime.ray_start.main`)."""
-    from fedsec.runtime.runner import LOCAL_RAY_CONFIG
+    from fedsec.runtime.ray_start import LOCAL_RAY_CONFIG
 
     port = free_port()
     command = [sys.executable, "-m", "fedsec.runtime.ray_start", "start", "--head", "--block", f"--port={port}",
