@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedsec.data import (
     DATASETS,
@@ -21,6 +22,7 @@ from fedsec.data import (
     read_idx,
 )
 from fedsec.data.datasets import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from fedsec.data.federated import FederatedData, WorkerData
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.int32): 0x0C}
@@ -442,3 +444,32 @@ def test_partition_keys_are_validated_in_the_config():
     path = plan(partition="pathological", classes_per_client=3, num_clients=10)
     data = build_federated_data(path.experiment.data, path.experiment.seed)
     assert all(np.unique(data.y_train[p]).size == 3 for p in data.partitions)
+
+
+def _read_only_federated_data() -> FederatedData:
+    """Four clients over 10 examples of shape (1, 2, 2), the arrays read-only as Ray's zero-copy fetch hands them
+    to a worker."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 1, 2, 2)
+    y = np.arange(10, dtype=np.int64) % 3
+    partitions = [np.array([3, 0, 7]), np.array([1, 8]), np.array([2, 5, 9]), np.array([4, 6])]
+    for a in (x, y):
+        a.flags.writeable = False
+    return FederatedData(x, y, x[:0].copy(), y[:0].copy(), partitions, num_classes=3)
+
+
+def test_a_cpu_worker_copies_out_only_the_clients_own_examples():
+    data = _read_only_federated_data()
+    worker = WorkerData(data=data, device=torch.device("cpu"))
+    assert worker.x_on_device is None  # no copy of the whole set on the CPU
+    x, y = worker.client_tensors(2)
+    torch.testing.assert_close(x, torch.tensor([[[[8.0, 9.0], [10.0, 11.0]]], [[[20.0, 21.0], [22.0, 23.0]]],
+                                                [[[36.0, 37.0], [38.0, 39.0]]]]))  # rows 2, 5 and 9, in that order
+    assert y.tolist() == [2, 2, 0] and y.dtype == torch.int64
+    x.add_(100.0)  # a client's tensors are its own: writing them leaves the shared arrays as they were
+    y.zero_()
+    assert data.x_train[2, 0, 0, 0] == 8.0 and data.y_train[2] == 2
+    assert not np.shares_memory(x.numpy(), data.x_train)
+
+
+def test_a_workers_data_max_is_the_largest_input_value():
+    assert WorkerData(data=_read_only_federated_data(), device=torch.device("cpu")).data_max == 39.0
