@@ -413,13 +413,23 @@ def run_experiment(
     is restored, never reset); ``overwrite``: delete the run the directory holds first. ``stop``: a
     ``threading.Event`` that, once set (Ctrl-C, SIGTERM), makes the server record nothing more."""
     quiet_frameworks(verbose)
+    from fedsec.data import DatasetError, PartitionError
+    from fedsec.data.federated import build_federated_data
+
+    backend = plan.backend
+    t0 = time.perf_counter()
+    if plan.experiment.tracking is not None:  # a tracker's missing package fails before anything starts
+        from fedsec.results.exports import require_packages
+
+        require_packages(plan.experiment.tracking)
+    # the data loads and partitions in a thread while this thread imports Ray and Flower's engine (0.9 s on one
+    # core) and Ray starts (mostly waiting on Ray's processes)
+    data_loading = _in_background(_timed, build_federated_data, plan.data_config, plan.seed, name="fedsec-data")
     import ray
     from flwr.simulation import run_simulation
 
     from fedsec.clients.app import make_client_app
     from fedsec.clients.spec import ClientSpec
-    from fedsec.data import DatasetError, PartitionError
-    from fedsec.data.federated import build_federated_data
     from fedsec.hooks.privacy import dp_histories_of
     from fedsec.results import RunDirectory
     from fedsec.server.app import ServerOutcome, make_server_app
@@ -428,14 +438,6 @@ def run_experiment(
     from .engine_queues import prompt_engine_queues
     from .warm_actors import kept_actors
 
-    backend = plan.backend
-    t0 = time.perf_counter()
-    if plan.experiment.tracking is not None:  # a tracker's missing package fails before anything starts
-        from fedsec.results.exports import require_packages
-
-        require_packages(plan.experiment.tracking)
-    # the data loads and partitions in a thread while Ray starts: ray.init mostly waits on Ray's processes
-    data_loading = _in_background(_timed, build_federated_data, plan.data_config, plan.seed, name="fedsec-data")
     init_ray(backend, verbose=verbose)  # a bad cluster address fails here, before the run directory is made
     try:
         slots = check_resources(backend)
