@@ -15,7 +15,7 @@ from fedsec.arrays import load_record, record_to_tensors
 from fedsec.audits.evasion import adversarial_batch
 from fedsec.audits.input_space import InputSpace
 from fedsec.data.federated import WorkerData, worker_data
-from fedsec.models import build_model
+from fedsec.models import build_model, channels_last_on_cpu
 from fedsec.protocol import NUM_EXAMPLES_KEY, PARTITION_ID_KEY
 from fedsec.training import BatchHook, train_local
 from fedsec.training.local import Objective
@@ -54,7 +54,7 @@ def local_model(spec: ClientSpec, data: WorkerData, arrays: ArrayRecord, *, reus
     model = _MODELS.get(key)
     if model is None:
         built = build_model(spec.model_name, data.data.input_shape, data.data.num_classes)
-        model = _MODELS[key] = built.to(data.device)
+        model = _MODELS[key] = channels_last_on_cpu(built.to(data.device))  # oneDNN's layout: fedsec.models.layout
     model.load_state_dict(_global_state(arrays), strict=True)
     return model
 

@@ -99,3 +99,54 @@ def test_resnet20_gn_takes_a_dp_sgd_step():
     assert all(p.grad_sample is not None for p in model.parameters())
     optimizer.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+def test_channels_last_changes_the_layout_not_the_values():
+    from fedsec.arrays import model_to_record
+    from fedsec.models import channels_last_on_cpu
+
+    plain = build_model("cnn", (1, 28, 28), 10, seed=0)
+    fast = channels_last_on_cpu(build_model("cnn", (1, 28, 28), 10, seed=0))
+    assert fast[3].weight.is_contiguous(memory_format=torch.channels_last)  # the 16 -> 32 convolution
+    assert not plain[3].weight.is_contiguous(memory_format=torch.channels_last)
+    for key, array in model_to_record(plain).items():  # records read out in logical order: the same bytes
+        assert model_to_record(fast)[key].numpy().tobytes() == array.numpy().tobytes(), key
+    x, y = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
+    for model in (plain, fast):  # one epoch of SGD with momentum, batches of 16
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        for i in range(0, 64, 16):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x[i : i + 16]), y[i : i + 16]).backward()
+            opt.step()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)  # float rounding apart
+    assert not torch.equal(plain[0].weight, build_model("cnn", (1, 28, 28), 10, seed=0)[0].weight)  # it trained
+
+
+def test_models_without_convolutions_are_left_as_they_are():
+    from fedsec.models import channels_last_on_cpu
+
+    model = build_model("mlp", (1, 8, 8), 10, seed=0)
+    before = {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()}
+    assert channels_last_on_cpu(model) is model
+    assert {k: (v.data_ptr(), v.stride()) for k, v in model.state_dict().items()} == before
+
+
+def test_clients_train_and_the_server_evaluates_channels_last_on_a_cpu(tmp_path):
+    from fedsec.arrays import model_to_record
+    from fedsec.clients.honest import local_model
+    from fedsec.clients.spec import ClientSpec
+    from fedsec.data.federated import build_federated_data, worker_data
+    from fedsec.hooks.base import ServerContext
+    from fedsec.plan import plan_from_dict
+
+    plan = plan_from_dict({"rounds": 1, "data": {"dataset": "digits", "partition": "iid", "num_clients": 4},
+                           "model": {"name": "cnn"}, "train": {"clients_per_round": 4}})
+    spec = ClientSpec.from_plan(plan)
+    data = worker_data(None, spec.data, spec.seed)
+    initial = model_to_record(build_model("cnn", data.data.input_shape, 10, seed=0))
+    client = local_model(spec, data, initial, reuse=True)
+    assert client[3].weight.is_contiguous(memory_format=torch.channels_last)
+    ctx = ServerContext.build(plan.server_plan().facts, build_federated_data(plan.experiment.data, 0), tmp_path,
+                              torch.device("cpu"))
+    assert ctx.model[3].weight.is_contiguous(memory_format=torch.channels_last)

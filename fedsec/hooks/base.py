@@ -43,7 +43,7 @@ from fedsec.data import DatasetSpec
 from fedsec.data.federated import FederatedData
 from fedsec.errors import ConfigError
 from fedsec.federation import BufferSpec, Federation
-from fedsec.models import build_model
+from fedsec.models import build_model, channels_last_on_cpu
 from fedsec.privacy import PrivacyPlan
 from fedsec.registry import NoParams
 from fedsec.results.contract import Metric, SummaryMetric
@@ -118,7 +118,7 @@ class ServerContext:
     def build(cls, facts: RunFacts, data: FederatedData, plots: Path, device: torch.device) -> ServerContext:
         import numpy as np
 
-        model = build_model(facts.model_name, data.input_shape, data.num_classes).to(device)
+        model = channels_last_on_cpu(build_model(facts.model_name, data.input_shape, data.num_classes).to(device))
         x = torch.from_numpy(np.array(data.x_test, copy=True)).to(device)
         y = torch.from_numpy(np.array(data.y_test, dtype=np.int64, copy=True)).to(device)
         return cls(facts, data, device, x, y, model, plots)
