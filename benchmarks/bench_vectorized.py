@@ -8,10 +8,13 @@
 Rows (the cohorts of issue-sized workloads, Fashion-MNIST-shaped data, one local epoch of SGD with momentum 0.9,
 batch 32): the CNN with 100 clients of 60 examples (1,000 registered / 100 per round), logreg with 1,000 clients of 6
 examples (10,000 / 1,000), the CNN with 10 clients of 600 examples (100 / 10). The per-client path reuses one model
-and loads the global weights before each client, as a fedsec actor does. Prints the best of ``--repeats`` for each
-(after one warm-up call), their ratio, and the largest parameter difference between the two paths; then a floor no
-stacking can beat on this machine: one model trained on all the clients' examples in batches of clients x 32 (the
-same arithmetic per step in one dense kernel), and its ratio to the per-client path.
+and loads the global weights before each client, as a fedsec actor does (convolution weights channels-last on a CPU,
+:mod:`fedsec.models.layout`). Prints the best of ``--repeats`` for each (after one warm-up call): a plain loop (the
+same clients one after another on a model as PyTorch builds it, contiguous), fedsec's per-client path and its ratio
+to the plain loop, the stacked path and its ratio to the per-client path, the largest parameter difference between
+the per-client and stacked paths; then a floor no stacking can beat on this machine: one model (fedsec's layout)
+trained on all the clients' examples in batches of clients x 32 (the same arithmetic per step in one dense kernel),
+and its ratio to the per-client path.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 
 import torch
 
-from fedsec.models import build_model
+from fedsec.models import build_model, channels_last_on_cpu
 from fedsec.privacy.dp_sgd import dp_sgd_epoch
 from fedsec.training.local import train_local
 from fedsec.training.stacked_dp_sgd import dp_train_stacked
@@ -78,7 +81,7 @@ def batch_sweep(batches: list[int], repeats: int) -> None:
     arithmetic of the 100 x 60 row at each batch size, whatever the implementation that batches it."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(6000, 1, 28, 28, generator=g), torch.randint(0, 10, (6000,), generator=g)
-    model = build_model("cnn", (1, 28, 28), 10, seed=0)
+    model = channels_last_on_cpu(build_model("cnn", (1, 28, 28), 10, seed=0))  # fedsec's layout on a CPU
     start = {k: v.clone() for k, v in model.state_dict().items()}
     for batch in batches:
         best = float("inf")
@@ -104,15 +107,18 @@ def main() -> None:
         batch_sweep(args.batch_sweep, args.repeats)
         return
     print(f"torch {torch.__version__}, {args.threads} threads, best of {args.repeats}{', DP-SGD' if args.dp else ''}")
-    print(f"{'model':8} {'clients':>7} {'examples':>8} {'one by one s':>13} {'stacked s':>10} {'ratio':>6} "
-          f"{'max diff':>9} {'floor s':>8} {'floor ratio':>11}")
+    print(f"{'model':8} {'clients':>7} {'examples':>8} {'plain s':>8} {'one by one s':>13} {'vs plain':>8} "
+          f"{'stacked s':>10} {'ratio':>6} {'max diff':>9} {'floor s':>8} {'floor ratio':>11}")
     for name, clients, examples in ROWS:
         shape = (1, 28, 28) if name == "cnn" else (784,)
         g = torch.Generator().manual_seed(0)
         xs = [torch.rand(examples, *shape, generator=g) for _ in range(clients)]
         ys = [torch.randint(0, 10, (examples,), generator=g) for _ in range(clients)]
         seeds = list(range(clients))
-        model = build_model(name, shape, 10, seed=0)
+        model = channels_last_on_cpu(build_model(name, shape, 10, seed=0))  # as a fedsec actor has it
+        plain_model = build_model(name, shape, 10, seed=0)
+        one_after_another(plain_model, xs[:2], ys[:2], seeds[:2], args.dp)  # warm-up
+        plain = min(one_after_another(plain_model, xs, ys, seeds, args.dp)[0] for _ in range(args.repeats))
         stacked(model, xs[:2], ys[:2], seeds[:2], args.dp)  # warm-up: torch.func's first call
         loop = min(one_after_another(model, xs, ys, seeds, args.dp)[0] for _ in range(args.repeats))
         runs = [stacked(model, xs, ys, seeds, args.dp) for _ in range(args.repeats)]
@@ -121,8 +127,8 @@ def main() -> None:
         diff = max(float((runs[0][1][k][i] - reference[i][k]).abs().max()) for i in range(clients)
                    for k in reference[i])
         floor = min(one_big_model(model, xs, ys) for _ in range(args.repeats))
-        print(f"{name:8} {clients:7d} {examples:8d} {loop:13.3f} {fast:10.3f} {fast / loop:6.2f} {diff:9.1e} "
-              f"{floor:8.3f} {floor / loop:11.2f}")
+        print(f"{name:8} {clients:7d} {examples:8d} {plain:8.3f} {loop:13.3f} {loop / plain:8.2f} {fast:10.3f} "
+              f"{fast / loop:6.2f} {diff:9.1e} {floor:8.3f} {floor / loop:11.2f}")
 
 
 if __name__ == "__main__":

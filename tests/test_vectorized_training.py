@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsec.models import build_model
+from fedsec.models import build_model, channels_last_on_cpu
 from fedsec.training.local import train_local
 from fedsec.training.vectorized import train_stacked, why_not_vectorized
 from tests.in_process import run_in_process
@@ -24,8 +24,10 @@ RAW = {"name": "vectorized", "seed": 4, "rounds": 3,
        "backend": {"messages": "cohort", "cohort_nodes": 2}}
 
 
+@pytest.mark.parametrize("per_client_layout", [lambda m: m, channels_last_on_cpu], ids=["contiguous", "actors"])
 @pytest.mark.parametrize(("name", "shape"), [("logreg", (64,)), ("mlp", (64,)), ("cnn", (1, 28, 28))])
-def test_stacked_training_equals_one_client_after_another(name, shape):
+def test_stacked_training_equals_one_client_after_another(name, shape, per_client_layout):
+    # "actors": the per-client path as a fedsec actor runs it (convolutions channels-last, fedsec/models/layout.py)
     sizes = [37, 60, 5, 64]  # unequal: short clients run out of steps and are masked
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(n, *shape, generator=g) for n in sizes]
@@ -34,7 +36,7 @@ def test_stacked_training_equals_one_client_after_another(name, shape):
     result = train_stacked(model, xs, ys, epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-3,
                            generators=[torch.Generator().manual_seed(i) for i in range(4)])
     for i in range(4):
-        alone = build_model(name, shape, 10, seed=0)
+        alone = per_client_layout(build_model(name, shape, 10, seed=0))
         r = train_local(alone, xs[i], ys[i], epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=1e-3,
                         generator=torch.Generator().manual_seed(i))
         for key, p in alone.named_parameters():
