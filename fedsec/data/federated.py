@@ -83,9 +83,9 @@ class WorkerData:
     then selected on the device); on the CPU, the arrays the worker fetched themselves, not copied.
 
     Why not a CPU tensor copy: arrays fetched from Ray's object store are read-only views of its shared memory, and
-    copying all of them cost each client process 0.87 s of its first message on this project's 2-core machine
-    (Fashion-MNIST's 188 MB, every page faulted in twice), while a client reads only its own examples. Those are
-    copied out when it trains (:meth:`client_tensors`), so nothing writes to the shared arrays (NumPy refuses it).
+    copying all of them (Fashion-MNIST's 188 MB) cost each client process 0.87 s of its first message on this
+    project's 2-core machine and a private copy of the whole set, while a client reads only its own examples. Those
+    are copied out when it trains (:meth:`client_tensors`), so nothing writes to the shared arrays (NumPy refuses it).
     """
 
     data: FederatedData
