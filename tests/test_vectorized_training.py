@@ -44,6 +44,27 @@ def test_stacked_training_equals_one_client_after_another(name, shape, per_clien
         assert result.losses[i] == pytest.approx(r.loss, rel=1e-5) and result.num_steps[i] == r.num_steps
 
 
+def test_clients_smaller_than_a_batch_are_not_padded_to_it():
+    # 10,000 clients of 6 examples at batch 32 (the peers' logreg row): a step holds the longest client's 6 columns,
+    # not 32 of which 26 are padding, and each client still trains as it would alone
+    sizes = [6, 3, 6]
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(n, 64, generator=g) for n in sizes]
+    ys = [torch.randint(0, 10, (n,), generator=g) for n in sizes]
+    model = build_model("logreg", (64,), 10, seed=0)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    result = train_stacked(model, xs, ys, epochs=2, batch_size=32, lr=0.05, momentum=0.9,
+                           generators=[torch.Generator().manual_seed(i) for i in range(3)])
+    assert seen == [6, 6]  # one step per epoch, 6 examples wide (per client, under vmap)
+    for i in range(3):
+        alone = build_model("logreg", (64,), 10, seed=0)
+        train_local(alone, xs[i], ys[i], epochs=2, batch_size=32, lr=0.05, momentum=0.9,
+                    generator=torch.Generator().manual_seed(i))
+        for key, p in alone.named_parameters():
+            assert torch.allclose(result.params[key][i], p.detach(), rtol=0, atol=1e-6), (i, key)
+
+
 def test_models_with_running_statistics_or_randomness_are_refused():
     assert "BatchNorm1d" in why_not_vectorized(nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
     assert "Dropout" in why_not_vectorized(nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
 __all__ = ["StackedResult", "checked_sizes", "stack_params", "stacked_sgd_step", "train_stacked", "why_not_vectorized"]
 
@@ -104,12 +105,12 @@ def train_stacked(
     model.train()
     try:
         for _ in range(epochs):
-            orders = torch.zeros((clients, width), dtype=torch.long, device=device)
-            for i, (n, g) in enumerate(zip(sizes, generators, strict=True)):
-                orders[i, :n] = torch.randperm(n, generator=g).to(device)
+            permutations = [torch.randperm(n, generator=g) for n, g in zip(sizes, generators, strict=True)]
+            orders = F.pad(pad_sequence(permutations, batch_first=True), (0, width - max(sizes))).to(device)
             losses.zero_()
             for step in range(max(steps_of)):
-                columns = slice(step * batch_size, (step + 1) * batch_size)
+                # a batch's columns end at the longest client: clients smaller than a batch are not padded to it
+                columns = slice(step * batch_size, min((step + 1) * batch_size, max(sizes)))
                 index, weight = orders[:, columns], real[:, columns].to(data.dtype)
                 active = real[:, columns].any(dim=1)
                 grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
@@ -144,13 +145,11 @@ def stack_params(model: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor
     """``model``'s parameters repeated once per client (name -> (clients, ...)), and the clients' examples and
     labels zero-padded to the longest client: (clients, longest, ...) and (clients, longest)."""
     clients, sizes = len(xs), [int(x.shape[0]) for x in xs]
-    params = {name: p.detach().unsqueeze(0).repeat(clients, *([1] * p.dim())).clone()
+    params = {name: p.detach().unsqueeze(0).repeat(clients, *([1] * p.dim()))  # repeat copies
               for name, p in model.named_parameters()}
-    data = xs[0].new_zeros((clients, max(sizes), *xs[0].shape[1:]))
-    labels = ys[0].new_zeros((clients, max(sizes)))
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        data[i, : sizes[i]], labels[i, : sizes[i]] = x, y
-    return params, data, labels
+    if min(sizes) == max(sizes):  # one copy each, no padding
+        return params, torch.stack(xs), torch.stack(ys)
+    return params, pad_sequence(xs, batch_first=True), pad_sequence(ys, batch_first=True)
 
 
 def stacked_sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
@@ -161,12 +160,18 @@ def stacked_sgd_step(params: dict[str, torch.Tensor], grads: dict[str, torch.Ten
     its first step at the run's first step (each has at least one batch), so one "first" flag serves all."""
     first = momenta is None
     new_momenta: dict[str, torch.Tensor] = {}
+    everyone = bool(active.all())  # then torch.where(mask, new, old) is new: skip the select
     for name, p in params.items():
         mask = active.view(-1, *([1] * (p.dim() - 1)))
         d = grads[name] + weight_decay * p if weight_decay else grads[name]
         if momentum:
-            b = d if first else torch.where(mask, momentum * momenta[name] + d, momenta[name])
+            if first:
+                b = d
+            else:
+                b = momentum * momenta[name] + d
+                if not everyone:
+                    b = torch.where(mask, b, momenta[name])
             new_momenta[name] = b
             d = b
-        params[name] = torch.where(mask, p - lr * d, p)
+        params[name] = p - lr * d if everyone else torch.where(mask, p - lr * d, p)
     return new_momenta if momentum else None
