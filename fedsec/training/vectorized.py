@@ -98,19 +98,19 @@ def train_stacked(
         return dict(zip(leaves, found, strict=True)), totals.detach()
     rows = torch.arange(clients, device=device)[:, None]
     steps_of = [-(-n // batch_size) for n in sizes]
-    width = max(steps_of) * batch_size  # every client's permutation, padded to whole batches
-    real = torch.arange(width, device=device)[None, :] < torch.tensor(sizes, device=device)[:, None]
+    longest = max(sizes)  # every client's permutation padded to the longest; a step's columns end there too, so
+    # clients smaller than a batch are not padded to it (6 columns, not 32, for clients of 6 examples at batch 32)
+    real = torch.arange(longest, device=device)[None, :] < torch.tensor(sizes, device=device)[:, None]
     losses = torch.zeros(clients, dtype=torch.float64, device=device)
     was_training = model.training
     model.train()
     try:
         for _ in range(epochs):
             permutations = [torch.randperm(n, generator=g) for n, g in zip(sizes, generators, strict=True)]
-            orders = F.pad(pad_sequence(permutations, batch_first=True), (0, width - max(sizes))).to(device)
+            orders = pad_sequence(permutations, batch_first=True).to(device)
             losses.zero_()
             for step in range(max(steps_of)):
-                # a batch's columns end at the longest client: clients smaller than a batch are not padded to it
-                columns = slice(step * batch_size, min((step + 1) * batch_size, max(sizes)))
+                columns = slice(step * batch_size, min((step + 1) * batch_size, longest))
                 index, weight = orders[:, columns], real[:, columns].to(data.dtype)
                 active = real[:, columns].any(dim=1)
                 grads, totals = gradients(params, data[rows, index], labels[rows, index], weight)
