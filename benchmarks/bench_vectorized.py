@@ -9,12 +9,12 @@ Rows (the cohorts of issue-sized workloads, Fashion-MNIST-shaped data, one local
 batch 32): the CNN with 100 clients of 60 examples (1,000 registered / 100 per round), logreg with 1,000 clients of 6
 examples (10,000 / 1,000), the CNN with 10 clients of 600 examples (100 / 10). The per-client path reuses one model
 and loads the global weights before each client, as a fedsec actor does (convolution weights channels-last on a CPU,
-:mod:`fedsec.models.layout`). Prints the best of ``--repeats`` for each (after one warm-up call): a plain loop (the
-same clients one after another on a model as PyTorch builds it, contiguous), fedsec's per-client path and its ratio
-to the plain loop, the stacked path and its ratio to the per-client path, the largest parameter difference between
-the per-client and stacked paths; then a floor no stacking can beat on this machine: one model (fedsec's layout)
-trained on all the clients' examples in batches of clients x 32 (the same arithmetic per step in one dense kernel),
-and its ratio to the per-client path.
+:mod:`fedsec.models.layout`, except under DP-SGD). Prints the best of ``--repeats`` for each (after one warm-up
+call): a plain loop (the same clients one after another on a model as PyTorch builds it, contiguous), fedsec's
+per-client path and its ratio to the plain loop, the stacked path and its ratio to the per-client path, the largest
+parameter difference between the per-client and stacked paths; then a floor no stacking can beat on this machine:
+one model (fedsec's layout) trained on all the clients' examples in batches of clients x 32 (the same arithmetic per
+step in one dense kernel), and its ratio to the per-client path.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def main() -> None:
         xs = [torch.rand(examples, *shape, generator=g) for _ in range(clients)]
         ys = [torch.randint(0, 10, (examples,), generator=g) for _ in range(clients)]
         seeds = list(range(clients))
-        model = channels_last_on_cpu(build_model(name, shape, 10, seed=0))  # as a fedsec actor has it
+        model = build_model(name, shape, 10, seed=0)  # as a fedsec actor has it: channels-last, but not for DP-SGD
+        model = model if args.dp else channels_last_on_cpu(model)
         plain_model = build_model(name, shape, 10, seed=0)
         one_after_another(plain_model, xs[:2], ys[:2], seeds[:2], args.dp)  # warm-up
         plain = min(one_after_another(plain_model, xs, ys, seeds, args.dp)[0] for _ in range(args.repeats))
