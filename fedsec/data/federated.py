@@ -37,6 +37,12 @@ class FederatedData:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @functools.cached_property
+    def data_max(self) -> float:
+        """The largest training input value (a "white" pixel after normalisation), for trigger stamping; computed
+        once, when first asked (it reads every example)."""
+        return float(self.x_train.max())
+
     def without_test(self) -> FederatedData:
         """A copy without the test set (what clients need)."""
         empty_x = np.zeros((0, *self.input_shape), dtype=self.x_train.dtype)
@@ -102,11 +108,10 @@ class WorkerData:
         on_device = torch.from_numpy(self.data.partitions[partition_id]).to(self.device)
         return self.x_on_device.index_select(0, on_device), self.y_on_device.index_select(0, on_device)
 
-    @functools.cached_property
+    @property
     def data_max(self) -> float:
-        """The largest input value (a "white" pixel after normalisation), for trigger stamping; computed when an
-        attack first asks (it reads every example)."""
-        return float(self.data.x_train.max())
+        """:attr:`FederatedData.data_max` of the worker's data."""
+        return self.data.data_max
 
 
 _WORKER_CACHE: dict[str, WorkerData] = {}

@@ -54,7 +54,7 @@ class ServerEvaluator:
         self.model, self.x, self.y = model, x_test, y_test
         self.num_classes = data.num_classes
         self.attack = attack
-        data_max = float(data.x_train.max())
+        data_max = data.data_max  # once per run: the full and the subset evaluator share it
         self.attack_state = attack.prepare_test(self.x, self.y, data_max=data_max)
         self.trigger_target: int | None = None
         if poison is not None and poison.kind == "trigger":
